@@ -1,0 +1,328 @@
+"""The exact curvature engine: the centred-cotangent pass of MATH §1.
+
+For a network piecewise linear in each parameter P, with mean softmax cross-entropy,
+
+    H_PP = (1/N) Σ_n J_nᵀ (diag p_n − p_n p_nᵀ) J_n,        J_n = ∂z_n/∂P,
+
+and since ``diag p − p pᵀ = Σ_k c_k c_kᵀ`` with centred cotangents ``c_k = √p_k (e_k − p)``,
+
+    diag H_PP = (1/N) Σ_n Σ_k (J_nᵀ c_nk)^⊙2,     Tr H_PP = (1/N) Σ_n Σ_k ‖J_nᵀ c_nk‖².
+
+One forward pass records, at each supported layer, its input patches and the autograd edge of
+its output; one vectorised backward pass pushes all K cotangents of every example back to
+those outputs (never to the weights); the layer rules then form the sums of squares from
+patches and cotangents (``minsharp.curvature.patches``). Memory is bounded by ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
+from tqdm.auto import tqdm
+
+from minsharp.curvature import patches
+from minsharp.curvature.guard import (
+    PROBE_EXAMPLES,
+    mismatch_tolerance,
+    parameter_uses,
+    relative_ggn_mismatch,
+)
+from minsharp.curvature.layers import Layer, find_layers, model_dtype_device, preserved_buffers
+from minsharp.curvature.results import Curvature, CurvatureDiagonal, CurvatureTrace
+from minsharp.data.batches import input_batches
+from minsharp.errors import MinsharpError, ModelError, NotPiecewiseLinearError
+
+DEFAULT_BATCH_SIZE = 256
+
+
+def hessian_trace(
+    model: nn.Module,
+    data: Any,
+    *,
+    curvature: Curvature = "hessian",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+) -> CurvatureTrace:
+    """Exact trace of each parameter's diagonal Hessian block, ``Tr H_PP``.
+
+    ``Tr H_PP = (1/N) Σ_n Σ_k p_nk ‖J_nᵀ (e_k − p_n)‖²`` for the mean softmax cross-entropy
+    over all N examples of ``data`` (MATH §1; Ibayashi, Hamaguchi & Imaizumi 2021, "Minimum
+    sharpness: scale-invariant parameter-robustness of neural networks", eq. for the
+    per-layer trace). Exact for every weight and bias of ``nn.Linear`` and ``nn.Conv1d/2d/3d``
+    in a network that is piecewise linear in each of them (ReLU, pooling, residual sums,
+    concatenation, eval-mode batch-norm…), whatever the forward code.
+
+    Args:
+        model: the network; its output must be logits of shape (N, K). It is handed back as
+            given (mode, parameters, ``.grad``, hooks, buffers).
+        data: a tensor X, a tuple (X, y), or an iterable/DataLoader of such batches. Labels
+            are not used: the quantity does not depend on them.
+        curvature: ``"hessian"`` checks on a probe batch that the network is piecewise linear
+            in each parameter and raises :class:`NotPiecewiseLinearError` otherwise;
+            ``"ggn"`` returns the exact generalized Gauss–Newton traces for any network.
+        batch_size: examples per pass; memory grows linearly with it.
+        progress: show a progress bar over batches.
+
+    Example:
+        A single linear layer has ``Tr H_WW = (1/N) Σ_n ‖x_n‖² (1 − ‖p_n‖²)``:
+
+        >>> import torch
+        >>> layer = torch.nn.Linear(3, 4, bias=False).double()
+        >>> x = torch.randn(5, 3, dtype=torch.float64)
+        >>> p = layer(x).softmax(1)
+        >>> expected = (x.square().sum(1) * (1 - p.square().sum(1))).mean()
+        >>> torch.isclose(torch.tensor(hessian_trace(layer, x).total), expected.detach())
+        tensor(True)
+    """
+    sums, num_examples, seconds = _curvature_pass(
+        model, data, curvature, batch_size, progress, diagonal=False
+    )
+    return CurvatureTrace(
+        by_parameter={name: float(total) / num_examples for name, total in sums.items()},
+        curvature=curvature,
+        num_examples=num_examples,
+        seconds=seconds,
+    )
+
+
+def hessian_diagonal(
+    model: nn.Module,
+    data: Any,
+    *,
+    curvature: Curvature = "hessian",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+) -> CurvatureDiagonal:
+    """Exact diagonal of each parameter's Hessian block, ``diag H_PP``, shaped like P.
+
+    ``diag H_PP = (1/N) Σ_n Σ_k p_nk (J_nᵀ (e_k − p_n))^⊙2`` (MATH §1; Ibayashi et al. 2021).
+    Arguments, exactness conditions and guarantees as for :func:`hessian_trace`; the result
+    is in the model's dtype and on its device.
+
+    Example:
+        For one linear layer, ``diag H_WW[c, j] = (1/N) Σ_n (p_nc − p_nc²) x_nj²``:
+
+        >>> import torch
+        >>> layer = torch.nn.Linear(3, 4, bias=False).double()
+        >>> x = torch.randn(5, 3, dtype=torch.float64)
+        >>> p = layer(x).softmax(1).detach()
+        >>> expected = (p - p.square()).T @ x.square() / 5
+        >>> torch.allclose(hessian_diagonal(layer, x)["weight"], expected)
+        True
+    """
+    sums, num_examples, seconds = _curvature_pass(
+        model, data, curvature, batch_size, progress, diagonal=True
+    )
+    _, device = model_dtype_device(model)
+    dtype = _parameter_dtypes(model)
+    return CurvatureDiagonal(
+        by_parameter={
+            name: (total / num_examples).to(dtype=dtype[name], device=device)
+            for name, total in sums.items()
+        },
+        curvature=curvature,
+        num_examples=num_examples,
+        seconds=seconds,
+    )
+
+
+@dataclass
+class _Call:
+    """What one forward call of a layer leaves for the backward pass."""
+
+    captured: Tensor
+    edge: GradientEdge
+
+
+def _curvature_pass(
+    model: nn.Module,
+    data: Any,
+    curvature: Curvature,
+    batch_size: int,
+    progress: bool,
+    *,
+    diagonal: bool,
+) -> tuple[dict[str, Tensor], int, float]:
+    """Sums over examples (not yet divided by N) of the per-parameter diagonals or traces."""
+    if curvature not in ("hessian", "ggn"):
+        raise MinsharpError(f"curvature must be 'hessian' or 'ggn'; got {curvature!r}.")
+    start = time.perf_counter()
+    layers = find_layers(model)
+    dtype, device = model_dtype_device(model)
+    # Sums are kept in float64 so that long runs in float32 lose nothing to accumulation.
+    accumulate = torch.float64 if device.type != "mps" else dtype
+    sums: dict[str, Tensor] = {}
+    num_examples = 0
+    parameters = dict(model.named_parameters())
+    for layer in layers:
+        for name in layer.parameter_names:
+            shape = parameters[name].shape if diagonal else ()
+            sums[name] = torch.zeros(shape, dtype=accumulate, device=device)
+
+    with preserved_buffers(model), torch.enable_grad():
+        batches = input_batches(data, batch_size, device, dtype)
+        for inputs in tqdm(batches, disable=not progress, desc="curvature", unit="batch"):
+            if num_examples == 0:
+                check_formula(model, layers, inputs[:PROBE_EXAMPLES], curvature)
+            for name, value in _batch_sums(model, layers, inputs, diagonal).items():
+                sums[name] += value.to(accumulate)
+            num_examples += inputs.shape[0]
+    return sums, num_examples, time.perf_counter() - start
+
+
+def _batch_sums(
+    model: nn.Module, layers: list[Layer], inputs: Tensor, diagonal: bool
+) -> dict[str, Tensor]:
+    with _recording(layers, inputs.shape[0], diagonal) as calls:
+        logits = run_forward(model, inputs)
+    with torch.no_grad():
+        cotangents = centred_cotangents(logits)
+    recorded = [(layer, call) for layer in layers if (call := calls.get(layer.name)) is not None]
+    if not recorded:
+        return {}
+    output_cotangents = torch.autograd.grad(
+        logits,
+        [call.edge for _, call in recorded],
+        cotangents,
+        is_grads_batched=True,
+        allow_unused=True,
+    )
+    sums = {}
+    with torch.no_grad():
+        for (layer, call), output_cotangent in zip(recorded, output_cotangents, strict=True):
+            if output_cotangent is None:
+                continue
+            rows = layer.rule.rows(layer.module, output_cotangent)
+            if layer.weight is not None:
+                if diagonal:
+                    value = patches.weight_diagonal(call.captured, rows)
+                    sums[layer.weight] = value.reshape(layer.module.weight.shape)
+                else:
+                    sums[layer.weight] = patches.weight_trace(call.captured, rows)
+            if layer.bias is not None:
+                value = patches.bias_diagonal(rows)
+                sums[layer.bias] = value.reshape(-1) if diagonal else value.sum()
+    return sums
+
+
+def centred_cotangents(logits: Tensor) -> Tensor:
+    """``c[k, n] = √p_nk (e_k − p_n)`` (K, N, K): ``Σ_k c c ᵀ = diag p_n − p_n p_nᵀ``."""
+    probabilities = logits.softmax(1)
+    K = logits.shape[1]
+    identity = torch.eye(K, dtype=logits.dtype, device=logits.device)
+    return probabilities.T.sqrt()[:, :, None] * (identity[:, None, :] - probabilities[None])
+
+
+@contextmanager
+def _recording(layers: list[Layer], batch: int, diagonal: bool) -> Iterator[dict[str, _Call]]:
+    """Forward hooks that record each layer's patches and output edge; removed on exit."""
+    calls: dict[str, _Call] = {}
+
+    def hook_for(layer: Layer):  # noqa: ANN202
+        def record(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
+            if layer.name in calls:
+                raise ModelError(
+                    f"module {layer.name or '(root)'} ran twice in one forward pass (weight "
+                    "sharing). The exact formula needs each parameter used once; give each "
+                    "use its own module."
+                )
+            inputs = args[0]
+            if inputs.shape[0] != batch:
+                raise ModelError(
+                    f"module {layer.name or '(root)'} received input of shape "
+                    f"{tuple(inputs.shape)}, whose first axis is not the batch of {batch} "
+                    "examples. minsharp needs the example axis first in every layer."
+                )
+            found = layer.rule.patches(module, inputs.detach())
+            captured = patches.capture_patches(found, inputs, diagonal=diagonal)
+            calls[layer.name] = _Call(captured, get_gradient_edge(output))
+
+        return record
+
+    handles = [layer.module.register_forward_hook(hook_for(layer)) for layer in layers]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_forward(model: nn.Module, inputs: Tensor) -> Tensor:
+    """Logits of ``model`` on ``inputs``, checked to be a finite (N, K ≥ 2) tensor."""
+    try:
+        logits = model(inputs)
+    except MinsharpError:
+        raise
+    except Exception as error:  # any failure inside user code: name the input that caused it
+        raise ModelError(
+            f"model forward failed on an input batch of shape {tuple(inputs.shape)} "
+            f"({type(error).__name__}: {error}). Check that the data matches the model's "
+            "expected input shape."
+        ) from error
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ModelError(
+            f"model output must be logits of shape (N, K) with K ≥ 2 classes; got {shape}. "
+            "Wrap the model so that it returns the pre-softmax class scores."
+        )
+    if logits.shape[0] != inputs.shape[0]:
+        raise ModelError(
+            f"model returned {logits.shape[0]} rows of logits for {inputs.shape[0]} examples."
+        )
+    if not torch.isfinite(logits).all():
+        raise ModelError("model produced non-finite logits (NaN or inf) on the data.")
+    return logits
+
+
+def check_formula(
+    model: nn.Module, layers: list[Layer], probe: Tensor, curvature: Curvature
+) -> None:
+    """Raise if the per-layer formula is not exact for ``model`` (see ``guard``).
+
+    Parameters used outside one call of their module always raise :class:`ModelError`;
+    parameters in which the network is not piecewise linear raise
+    :class:`NotPiecewiseLinearError` unless ``curvature == "ggn"``.
+    """
+    names = [name for layer in layers for name in layer.parameter_names]
+    parameters = dict(model.named_parameters())
+    logits = run_forward(model, probe)
+    uses = parameter_uses(logits)
+    shared = [name for name in names if uses[id(parameters[name])] > 1]
+    if shared:
+        raise ModelError(
+            f"parameters used more than once per forward pass: {', '.join(shared)} (weight "
+            "sharing, or use outside the module's forward). The exact formula needs each "
+            "parameter used once, through its module."
+        )
+    if curvature == "ggn":
+        return
+    used = {name: parameters[name] for name in names if uses[id(parameters[name])] == 1}
+    mismatch = relative_ggn_mismatch(lambda: run_forward(model, probe), used)
+    tolerance = mismatch_tolerance(probe.dtype if probe.is_floating_point() else torch.float32)
+    owner = {name: layer for layer in layers for name in layer.parameter_names}
+    failing = {name: m for name, m in mismatch.items() if not m <= tolerance}
+    if failing:
+        listed = "\n  ".join(
+            f"{name} in {owner[name].name or '(root)'} ({type(owner[name].module).__name__}): "
+            f"relative |Hv − Gv| = {m:.2e}"
+            for name, m in failing.items()
+        )
+        raise NotPiecewiseLinearError(
+            "the network is not piecewise linear in these parameters, so the Hessian block "
+            f"is not the Gauss–Newton block the engine computes (tolerance {tolerance:.1e}):"
+            f"\n  {listed}\nCause: a smooth nonlinearity (tanh, sigmoid, GELU, softplus), "
+            "normalisation (LayerNorm, train-mode batch-norm) or attention after these "
+            "layers. Pass curvature='ggn' to get the exact generalized Gauss–Newton "
+            "quantities instead, labelled as such."
+        )
+
+
+def _parameter_dtypes(model: nn.Module) -> dict[str, torch.dtype]:
+    return {name: p.dtype for name, p in model.named_parameters()}

@@ -1,0 +1,130 @@
+"""Finding the measurable layers of a model, and handing the model back untouched."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from minsharp.curvature.rules import RULES, LayerRule, supported_types
+from minsharp.errors import ModelError, UnsupportedModuleError
+
+# Modules whose training-mode forward is stochastic or couples the examples of a batch.
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A supported module with trainable parameters, and the full names of those."""
+
+    name: str
+    module: nn.Module
+    rule: LayerRule
+    weight: str | None
+    bias: str | None
+
+    @property
+    def parameter_names(self) -> list[str]:
+        """Full names of the trainable parameters of this layer."""
+        return [name for name in (self.weight, self.bias) if name is not None]
+
+
+def find_layers(model: nn.Module) -> list[Layer]:
+    """The supported layers holding every trainable parameter of ``model``.
+
+    Raises :class:`UnsupportedModuleError` listing trainable parameters in other modules,
+    :class:`ModelError` for tied parameters, non-finite values, training-mode batch-norm or
+    dropout, or a model with nothing to measure.
+    """
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    layers, unsupported, owner = [], [], {}
+    for module_name, module in model.named_modules():
+        trainable = [
+            (local, p) for local, p in module.named_parameters(recurse=False) if p.requires_grad
+        ]
+        for local, parameter in trainable:
+            full = f"{module_name}.{local}" if module_name else local
+            if id(parameter) in owner:
+                raise ModelError(
+                    f"parameter {full} is the same tensor as {owner[id(parameter)]} (tied "
+                    "weights). The exact formula needs each parameter used once per forward "
+                    "pass; untie the weights or freeze one copy with requires_grad_(False)."
+                )
+            owner[id(parameter)] = full
+        if not trainable:
+            continue
+        rule = RULES.get(type(module))
+        names = {local: f"{module_name}.{local}" if module_name else local for local, _ in trainable}
+        if rule is None or set(names) - {"weight", "bias"}:
+            unsupported.append(
+                f"{module_name or '(root)'} ({type(module).__name__}): {', '.join(names.values())}"
+            )
+            continue
+        layers.append(Layer(module_name, module, rule, names.get("weight"), names.get("bias")))
+    if unsupported:
+        raise UnsupportedModuleError(
+            "trainable parameters outside supported modules:\n  "
+            + "\n  ".join(unsupported)
+            + f"\nSupported modules: {supported_types()} (exact type, not subclasses). "
+            "Freeze the others with requires_grad_(False) to measure the rest, or replace them."
+        )
+    if not layers:
+        raise ModelError(
+            f"model has no trainable parameters in supported modules ({supported_types()})."
+        )
+    _check_finite(model)
+    _check_mode(model)
+    return layers
+
+
+def _check_finite(model: nn.Module) -> None:
+    bad = [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and not torch.isfinite(p.detach()).all()
+    ]
+    if bad:
+        raise ModelError(
+            f"non-finite (NaN or inf) values in parameters: {', '.join(bad)}. "
+            "Curvature is undefined there; check the checkpoint or the training run."
+        )
+
+
+def _check_mode(model: nn.Module) -> None:
+    training = [
+        f"{name} ({type(m).__name__})"
+        for name, m in model.named_modules()
+        if m.training and isinstance(m, _MODE_DEPENDENT)
+    ]
+    if training:
+        raise ModelError(
+            "model is in training mode and these modules then make the forward pass "
+            f"stochastic or couple the examples of a batch: {', '.join(training)}. "
+            "Call model.eval() first (batch-norm then uses its running statistics)."
+        )
+
+
+def model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of the model's first floating parameter."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype, p.device
+    raise ModelError("model has no floating-point parameters.")
+
+
+@contextmanager
+def preserved_buffers(model: nn.Module) -> Iterator[None]:
+    """Restore every buffer on exit, for modules that update state in their forward."""
+    saved = {name: b.detach().clone() for name, b in model.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                if name in saved:
+                    buffer.copy_(saved[name])
+

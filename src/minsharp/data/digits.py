@@ -1,0 +1,26 @@
+"""scikit-learn's bundled digits: the built-in data set that needs no network."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def load_digits(
+    test_fraction: float = 0.25, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """8×8 digit images (1797, 10 classes) as flat features in [0, 1], split train/test.
+
+    Returns ``((X_train, y_train), (X_test, y_test))`` with a seeded random split.
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1); got {test_fraction}.")
+    bunch = sklearn_digits()
+    inputs = torch.as_tensor(bunch.data, dtype=dtype) / 16.0
+    labels = torch.as_tensor(bunch.target, dtype=torch.long)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    cut = int(round(len(labels) * (1 - test_fraction)))
+    train, test = order[:cut], order[cut:]
+    return (inputs[train], labels[train]), (inputs[test], labels[test])
