@@ -20,11 +20,14 @@ from minsharp.errors import (
     NotPiecewiseLinearError,
     UnsupportedModuleError,
 )
+from minsharp.measures import MinimumSharpness, minimum_sharpness
+from minsharp.symmetry import chain_layers, rescale
 
 __all__ = [
     "CurvatureDiagonal",
     "CurvatureTrace",
     "DataError",
+    "MinimumSharpness",
     "MinsharpError",
     "ModelError",
     "NotAChainError",
@@ -32,6 +35,9 @@ __all__ = [
     "UnsupportedModuleError",
     "brute_force_ggn_diagonal",
     "brute_force_hessian_diagonal",
+    "chain_layers",
     "hessian_diagonal",
     "hessian_trace",
+    "minimum_sharpness",
+    "rescale",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from torch import nn
@@ -13,7 +14,7 @@ def mlp(
     """ReLU multilayer perceptron ``in → hidden[0] → … → num_classes`` on flattened inputs."""
     widths = [in_features, *hidden]
     layers: list[nn.Module] = [nn.Flatten()]
-    for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
+    for width_in, width_out in itertools.pairwise(widths):
         layers += [nn.Linear(width_in, width_out, bias=bias), nn.ReLU()]
     layers.append(nn.Linear(widths[-1], num_classes, bias=bias))
     return nn.Sequential(*layers)

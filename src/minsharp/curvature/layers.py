@@ -58,7 +58,8 @@ def find_layers(model: nn.Module) -> list[Layer]:
         if not trainable:
             continue
         rule = RULES.get(type(module))
-        names = {local: f"{module_name}.{local}" if module_name else local for local, _ in trainable}
+        prefix = f"{module_name}." if module_name else ""
+        names = {local: prefix + local for local, _ in trainable}
         if rule is None or set(names) - {"weight", "bias"}:
             unsupported.append(
                 f"{module_name or '(root)'} ({type(module).__name__}): {', '.join(names.values())}"

@@ -57,7 +57,7 @@ def weight_trace(captured: Tensor, rows: Tensor) -> Tensor:
     """``Σ_kn ‖δ_kn U_nᵀ‖²`` for captured patches and cotangent rows ``δ`` (K, N, G, C, S)."""
     if rows.shape[-1] == 1:
         return torch.einsum("kngc,ng->", rows[..., 0].square(), captured[:, :, 0, 0])
-    K, N, G, C, S = rows.shape
+    K, _, _, C, S = rows.shape
     P = captured.shape[2]
     if S * (K * C + P) < K * C * P:
         cotangent_gram = torch.einsum("kngcs,kngct->ngst", rows, rows)
@@ -73,7 +73,7 @@ def weight_diagonal(captured: Tensor, rows: Tensor) -> Tensor:
     """``Σ_kn (δ_kn U_nᵀ)^⊙2`` as a (G, C, P) tensor."""
     if rows.shape[-1] == 1:
         return torch.einsum("ngc,ngp->gcp", rows[..., 0].square().sum(0), captured[..., 0])
-    K, N, G, C, S = rows.shape
+    G, C = rows.shape[2:4]
     total = rows.new_zeros(G, C, captured.shape[2])
     for gradients in _per_cotangent_gradients(captured, rows):
         total += gradients.square().sum((0, 1))
@@ -87,7 +87,7 @@ def bias_diagonal(rows: Tensor) -> Tensor:
 
 def _per_cotangent_gradients(captured: Tensor, rows: Tensor) -> Iterator[Tensor]:
     """``δ_kn U_nᵀ`` (K, n, G, C, P) for slices of the batch small enough to hold in memory."""
-    K, N, G, C, S = rows.shape
+    K, N, G, C = rows.shape[:4]
     P = captured.shape[2]
     step = max(1, DIRECT_FORM_ELEMENTS // (K * G * C * P))
     for start in range(0, N, step):

@@ -58,7 +58,7 @@ class CurvatureDiagonal(_PerParameter[Tensor]):
     def trace(self) -> CurvatureTrace:
         """The traces of the same blocks (sums of the diagonals)."""
         return CurvatureTrace(
-            by_parameter={name: float(d.sum(dtype=d.dtype)) for name, d in self.by_parameter.items()},
+            by_parameter={name: float(d.sum()) for name, d in self.by_parameter.items()},
             curvature=self.curvature,
             num_examples=self.num_examples,
             seconds=self.seconds,

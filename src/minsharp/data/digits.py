@@ -21,6 +21,6 @@ def load_digits(
     inputs = torch.as_tensor(bunch.data, dtype=dtype) / 16.0
     labels = torch.as_tensor(bunch.target, dtype=torch.long)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    cut = int(round(len(labels) * (1 - test_fraction)))
+    cut = round(len(labels) * (1 - test_fraction))
     train, test = order[:cut], order[cut:]
     return (inputs[train], labels[train]), (inputs[test], labels[test])

@@ -1,0 +1,209 @@
+"""Minimum Sharpness (Ibayashi, Hamaguchi & Imaizumi 2021), MATH §2.
+
+``MS(θ) = min_α Tr H(T_α θ)`` over the α-scale transformations ``T_α`` of a chain network,
+which leave its function unchanged. The per-layer traces transform as
+``T^W_l → T^W_l / α_l²`` and ``T^b_l → T^b_l / (Π_{m≤l} α_m)²``, so with cumulative
+log-scales ``v_l = Σ_{m≤l} log α_m`` (``v_0 = v_L = 0``)
+
+    MS = min_v Σ_l T^W_l e^{−2(v_l − v_{l−1})} + Σ_l T^b_l e^{−2 v_l},
+
+a convex sum of exponentials solved by :func:`minsharp.solvers.minimize_exp_sum` (in closed
+form ``L (Π_l T^W_l)^{1/L}`` when no bias contributes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_trace
+from minsharp.curvature.guard import PROBE_EXAMPLES
+from minsharp.curvature.layers import model_dtype_device
+from minsharp.data.batches import input_batches
+from minsharp.errors import ModelError
+from minsharp.solvers import minimize_exp_sum
+from minsharp.symmetry import chain_layers, rescale
+
+#: Spread of the random log-scales used to check that the model is a chain.
+CHECK_LOG_SCALE = 0.5
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """How the minimisation over α was solved, and how well."""
+
+    method: Literal["closed form", "newton"]
+    relative_gradient_norm: float
+    """``‖∇_v F‖ / F`` at the returned point (0 up to rounding at the optimum)."""
+    iterations: int
+
+
+@dataclass(frozen=True)
+class MinimumSharpness:
+    """Result of :func:`minimum_sharpness`."""
+
+    value: float
+    """``min_α Tr H(T_α θ)``; the infimum when ``attained`` is False."""
+    alphas: dict[str, float] | None
+    """Optimal α_l per layer (forward order); None when the infimum is not attained."""
+    weight_traces: dict[str, float]
+    """``T^W_l = Tr H`` of each layer's weight at the given parameters."""
+    bias_traces: dict[str, float]
+    """``T^b_l`` of each layer's bias at the given parameters (0 for layers without bias)."""
+    attained: bool
+    """False when a vanishing trace makes the infimum reachable only as some α_l → 0 or ∞."""
+    certificate: Certificate
+    num_examples: int
+    seconds: float
+
+    @property
+    def trace(self) -> float:
+        """``Tr H`` at the given parameters, before rescaling."""
+        return sum(self.weight_traces.values()) + sum(self.bias_traces.values())
+
+    def optimal_traces(self) -> dict[str, tuple[float, float]]:
+        """Per layer ``(T^W_l / α_l², T^b_l / (Π_{m≤l} α_m)²)`` at the optimal rescaling."""
+        if self.alphas is None:
+            raise ValueError("the infimum is not attained, so there is no optimal rescaling.")
+        traces, cumulative = {}, 1.0
+        for name, alpha in self.alphas.items():
+            cumulative *= alpha
+            traces[name] = (
+                self.weight_traces[name] / alpha**2,
+                self.bias_traces[name] / cumulative**2,
+            )
+        return traces
+
+
+def minimum_sharpness(
+    model: nn.Module,
+    data: Any,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+    seed: int = 0,
+) -> MinimumSharpness:
+    """Minimum Sharpness ``MS(θ) = min_α Tr H(T_α θ)`` (Ibayashi, Hamaguchi & Imaizumi 2021).
+
+    The minimum of the Hessian trace of the mean cross-entropy over all layer-wise
+    rescalings ``W_l → α_l W_l, b_l → (Π_{m≤l} α_m) b_l`` (``Π α_l = 1``) that leave a chain
+    ReLU network's function unchanged; invariant to those rescalings by construction. Without
+    biases ``MS = L (Π_l T^W_l)^{1/L}``; with biases the convex problem over log-scales is
+    solved by Newton's method to machine precision (MATH §2).
+
+    Before the trace is computed, the first examples of ``data`` check that a random
+    rescaling leaves the logits unchanged (:class:`~minsharp.errors.NotAChainError`
+    otherwise). Arguments as for :func:`minsharp.hessian_trace`; ``seed`` fixes the random
+    rescaling of that check.
+    """
+    start = time.perf_counter()
+    dtype, device = model_dtype_device(model)
+    batches = input_batches(data, batch_size, device, dtype)
+    first = next(batches)
+    probe = first[:PROBE_EXAMPLES]
+    order = chain_layers(model, probe)
+    rescale(model, _random_alphas(len(order), seed), probe)
+    traces = hessian_trace(
+        model, itertools.chain([first], batches), batch_size=batch_size, progress=progress
+    )
+    layers = traces.by_layer()
+    frozen = [name or "(root)" for name in order if "weight" not in layers.get(name, {})]
+    if frozen:
+        raise ModelError(
+            f"layers with frozen weights: {', '.join(frozen)}. Minimum Sharpness rescales "
+            "every layer of the chain, so all their weights must require grad."
+        )
+    weight = {name: layers[name]["weight"] for name in order}
+    bias = {name: layers[name].get("bias", 0.0) for name in order}
+    solution = solve_scales(list(weight.values()), list(bias.values()))
+    return MinimumSharpness(
+        value=solution.value,
+        alphas=dict(zip(order, solution.alphas, strict=True)) if solution.alphas else None,
+        weight_traces=weight,
+        bias_traces=bias,
+        attained=solution.alphas is not None,
+        certificate=solution.certificate,
+        num_examples=traces.num_examples,
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass(frozen=True)
+class ScaleSolution:
+    """Result of :func:`solve_scales`."""
+
+    value: float
+    """``min_α Σ_l T^W_l/α_l² + T^b_l/(Π_{m≤l}α_m)²``, or its infimum."""
+    alphas: list[float] | None
+    """The minimising α_l, or None when the infimum is not attained."""
+    certificate: Certificate
+
+
+def solve_scales(weight: Sequence[float], bias: Sequence[float]) -> ScaleSolution:
+    """Minimise the rescaled trace over α from per-layer traces (MATH §2).
+
+    ``min_{α>0, Πα=1} Σ_l T^W_l / α_l² + T^b_l / (Π_{m≤l} α_m)²`` for traces ``weight =
+    [T^W_1..T^W_L]`` and ``bias = [T^b_1..T^b_L]`` (zeros for layers without bias). Closed
+    form ``L (Π T^W_l)^{1/L}`` when every bias trace is zero and every weight trace positive;
+    Newton in log-space otherwise. Zero traces may leave the infimum unattained: then
+    ``alphas`` is None and ``value`` the infimum.
+
+    Example:
+        >>> solution = solve_scales([1.0, 4.0], [0.0, 0.0])
+        >>> solution.value, [round(alpha**2, 12) for alpha in solution.alphas]
+        (4.0, [0.5, 2.0])
+    """
+    if len(weight) != len(bias) or not weight:
+        raise ValueError("weight and bias need one trace per layer, at least one layer.")
+    if not all(math.isfinite(t) and t >= 0 for t in [*weight, *bias]):
+        raise ValueError(f"traces must be finite and non-negative; got {weight}, {bias}.")
+    L = len(weight)
+    if not any(bias) and all(t > 0 for t in weight):
+        log_mean = sum(math.log(t) for t in weight) / L
+        alphas = [math.exp(0.5 * (math.log(t) - log_mean)) for t in weight]
+        value = L * math.exp(log_mean)
+        rescaled = np.array([t / a**2 for t, a in zip(weight, alphas, strict=True)])
+        # ∂F/∂v_l = −2 (rescaled_l − rescaled_{l+1}) for the closed-form point.
+        gradient = -2 * (rescaled[:-1] - rescaled[1:])
+        certificate = Certificate("closed form", float(np.linalg.norm(gradient)) / value, 0)
+        return ScaleSolution(value, alphas, certificate)
+    term_weights, exponents = _exp_sum_terms(weight, bias)
+    result = minimize_exp_sum(term_weights, exponents)
+    certificate = Certificate("newton", result.relative_gradient_norm, result.iterations)
+    if not result.attained:
+        return ScaleSolution(result.value, None, certificate)
+    cumulative = np.concatenate([[0.0], result.x, [0.0]])
+    return ScaleSolution(result.value, np.exp(np.diff(cumulative)).tolist(), certificate)
+
+
+def _exp_sum_terms(
+    weight: Sequence[float], bias: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Terms of F over cumulative log-scales ``v_1..v_{L−1}`` (``v_0 = v_L = 0``)."""
+    L = len(weight)
+    weights, exponents = [], []
+    for layer in range(1, L + 1):
+        row = np.zeros(L + 1)  # coefficients of v_0..v_L; v_0 and v_L are fixed at 0
+        row[layer], row[layer - 1] = -2.0, 2.0
+        weights.append(weight[layer - 1])
+        exponents.append(row[1:L])
+        row = np.zeros(L + 1)
+        row[layer] = -2.0
+        weights.append(bias[layer - 1])
+        exponents.append(row[1:L])
+    return np.array(weights), np.array(exponents).reshape(2 * L, L - 1)
+
+
+def _random_alphas(num_layers: int, seed: int) -> list[float]:
+    generator = torch.Generator().manual_seed(seed)
+    logs = torch.randn(num_layers, generator=generator, dtype=torch.float64) * CHECK_LOG_SCALE
+    logs -= logs.mean()
+    return logs.exp().tolist()

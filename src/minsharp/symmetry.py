@@ -1,0 +1,159 @@
+"""The layer-wise α-scale symmetry of chain networks (MATH §2; Ibayashi et al. 2021).
+
+A chain network ``f(x) = W_L φ(… φ(W_1 x + b_1) …) + b_L`` with positively homogeneous ``φ``
+(ReLU, LeakyReLU, max/avg pooling, flatten) computes the same function after
+
+    W_l → α_l W_l,    b_l → (Π_{m≤l} α_m) b_l,     α_l > 0,  Π_l α_l = 1.
+
+This module finds the parametrised layers of a model in forward order, applies such a
+rescaling to a copy, and verifies on a probe batch that the copy computes the same function.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from minsharp.curvature.engine import run_forward
+from minsharp.curvature.layers import model_dtype_device, preserved_buffers
+from minsharp.curvature.rules import RULES
+from minsharp.errors import MinsharpError, NotAChainError
+
+#: How far the product of the α's may stray from 1, relative.
+PRODUCT_TOLERANCE = 1e-6
+
+
+def chain_layers(model: nn.Module, inputs: Tensor) -> list[str]:
+    """Names of the Linear/Conv modules of ``model`` in the order one forward pass calls them.
+
+    Raises :class:`NotAChainError` if a module is called twice (then it is not a chain).
+    """
+    order: list[str] = []
+    names = {module: name for name, module in model.named_modules()}
+
+    def record(module: nn.Module, args: object, output: object) -> None:
+        name = names[module]
+        if name in order:
+            raise NotAChainError(
+                f"module {name or '(root)'} is called twice in one forward pass, so the model "
+                "is not a chain of layers and its α-rescaling is undefined."
+            )
+        order.append(name)
+
+    hooked = [m for m in model.modules() if type(m) in RULES and m.weight is not None]
+    handles = [module.register_forward_hook(record) for module in hooked]
+    try:
+        with preserved_buffers(model), torch.no_grad():
+            run_forward(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not order:
+        raise NotAChainError("model has no Linear or Conv layer to rescale.")
+    return order
+
+
+def rescale(
+    model: nn.Module, alphas: Sequence[float], inputs: Tensor, *, verify: bool = True
+) -> nn.Module:
+    """A copy of ``model`` with ``W_l → α_l W_l`` and ``b_l → (Π_{m≤l} α_m) b_l``.
+
+    The layers ``l = 1..L`` are the Linear/Conv modules in the order a forward pass on
+    ``inputs`` calls them; ``alphas`` holds one positive factor per layer with product 1
+    (MATH §2). With ``verify`` (the default) the copy is checked to compute the same logits
+    on ``inputs``; if it does not, :class:`NotAChainError` explains why Minimum Sharpness is
+    undefined for this model. ``model`` itself is never modified.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(
+        ...     torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)
+        ... ).double()
+        >>> x = torch.randn(5, 3, dtype=torch.float64)
+        >>> twin = rescale(net, [4.0, 0.25], x)
+        >>> torch.allclose(twin[0].weight, 4 * net[0].weight)
+        True
+        >>> torch.allclose(twin(x), net(x))
+        True
+    """
+    dtype, device = model_dtype_device(model)
+    inputs = inputs.to(device=device, dtype=dtype) if inputs.is_floating_point() else inputs
+    order = chain_layers(model, inputs)
+    factors = _checked_alphas(alphas, len(order))
+    twin = copy.deepcopy(model)
+    modules = dict(twin.named_modules())
+    cumulative = 1.0
+    with torch.no_grad():
+        for name, alpha in zip(order, factors, strict=True):
+            cumulative *= alpha
+            modules[name].weight.mul_(alpha)
+            if modules[name].bias is not None:
+                modules[name].bias.mul_(cumulative)
+    if verify:
+        verify_same_function(model, twin, inputs, order)
+    return twin
+
+
+def verify_same_function(
+    model: nn.Module, rescaled: nn.Module, inputs: Tensor, order: Sequence[str]
+) -> None:
+    """Raise :class:`NotAChainError` unless both models give the same logits on ``inputs``."""
+    with preserved_buffers(model), preserved_buffers(rescaled), torch.no_grad():
+        expected = run_forward(model, inputs)
+        got = run_forward(rescaled, inputs)
+    tolerance = 1e3 * torch.finfo(expected.dtype).eps
+    scale = expected.abs().max().clamp_min(1.0)
+    deviation = ((got - expected).abs().max() / scale).item()
+    if deviation <= tolerance:
+        return
+    raise NotAChainError(
+        "rescaling the layers "
+        + " → ".join(name or "(root)" for name in order)
+        + f" changed the model's logits (max relative deviation {deviation:.2e}, tolerance "
+        f"{tolerance:.1e}), so the model is not a chain of positively homogeneous layers and "
+        "Minimum Sharpness is undefined for it."
+        + _suspects(model, order)
+    )
+
+
+def _checked_alphas(alphas: Sequence[float], num_layers: int) -> list[float]:
+    try:
+        factors = [float(a) for a in alphas]
+    except (TypeError, ValueError) as error:
+        raise MinsharpError(f"alphas must be a sequence of numbers; got {alphas!r}.") from error
+    if len(factors) != num_layers:
+        raise MinsharpError(
+            f"alphas has {len(factors)} entries but the model has {num_layers} layers "
+            "to rescale; give one factor per Linear/Conv layer, in forward order."
+        )
+    if not all(math.isfinite(a) and a > 0 for a in factors):
+        raise MinsharpError(f"alphas must be finite and positive; got {factors}.")
+    product = math.prod(factors)
+    if abs(product - 1) > PRODUCT_TOLERANCE:
+        raise MinsharpError(
+            f"the product of alphas must be 1 (otherwise the logits scale by it); got "
+            f"{product:.6g}. Divide each factor by the product's L-th root."
+        )
+    return factors
+
+
+def _suspects(model: nn.Module, order: Sequence[str]) -> str:
+    """Name the modules most likely to break the chain, for the error message."""
+    chain = set(order)
+    others = [
+        f"{name} ({type(m).__name__})"
+        for name, m in model.named_modules()
+        if name not in chain
+        and (any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(False)))
+    ]
+    hint = (
+        "\nLikely causes: residual or parallel branches (their sums mix different scales), "
+        "non-homogeneous activations (tanh, sigmoid, GELU, ELU…), or normalisation layers"
+    )
+    if others:
+        hint += f"; modules outside the chain that hold parameters or state: {', '.join(others)}"
+    return hint + "."
