@@ -121,6 +121,7 @@ def _activation(rng: random.Random) -> nn.Module:
             lambda: nn.ReLU(),
             lambda: nn.ReLU(inplace=True),
             lambda: nn.LeakyReLU(rng.choice([0.01, 0.1, 0.3])),
+            lambda: nn.LeakyReLU(0.2, inplace=True),
             lambda: nn.Hardtanh(),
             lambda: nn.Hardtanh(-0.5, 0.8),
         ]

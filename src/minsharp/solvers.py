@@ -26,6 +26,10 @@ from scipy.optimize import linprog
 
 #: Newton stops once the squared Newton decrement of log F falls below this.
 DECREMENT_TOLERANCE = 1e-30
+#: Below this decrement Newton converges quadratically and a line search would only judge
+#: rounding noise in log F: take full steps, at most ``FULL_STEPS`` of them.
+FULL_STEP_DECREMENT = 1e-8
+FULL_STEPS = 3
 MAX_NEWTON_STEPS = 200
 
 
@@ -113,18 +117,23 @@ def _newton_log_sum_exp(
         return float(top + np.log(np.exp(logits - top).sum()))
 
     x = np.zeros(dimension)
+    full_steps = 0
     for iteration in range(MAX_NEWTON_STEPS + 1):
         logits = log_weights + exponents @ x
         shares = np.exp(logits - logits.max())
         shares /= shares.sum()
         gradient = exponents.T @ shares
-        if iteration == MAX_NEWTON_STEPS or dimension == 0:
+        if iteration == MAX_NEWTON_STEPS or dimension == 0 or full_steps == FULL_STEPS:
             break
         hessian = (exponents.T * shares) @ exponents - np.outer(gradient, gradient)
         step = -np.linalg.lstsq(hessian, gradient, rcond=None)[0]
         decrement = -float(gradient @ step)
         if decrement <= DECREMENT_TOLERANCE:
             break
+        if decrement < FULL_STEP_DECREMENT:
+            full_steps += 1
+            x = x + step
+            continue
         current, length = objective(x), 1.0
         while objective(x + length * step) > current - 0.25 * length * decrement:
             length *= 0.5

@@ -115,8 +115,7 @@ def verify_same_function(
         + " → ".join(name or "(root)" for name in order)
         + f" changed the model's logits (max relative deviation {deviation:.2e}, tolerance "
         f"{tolerance:.1e}), so the model is not a chain of positively homogeneous layers and "
-        "Minimum Sharpness is undefined for it."
-        + _suspects(model, order)
+        "Minimum Sharpness is undefined for it." + _suspects(model, order)
     )
 
 

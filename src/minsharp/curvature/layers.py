@@ -128,4 +128,3 @@ def preserved_buffers(model: nn.Module) -> Iterator[None]:
             for name, buffer in model.named_buffers():
                 if name in saved:
                     buffer.copy_(saved[name])
-

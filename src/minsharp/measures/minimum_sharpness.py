@@ -184,9 +184,7 @@ def solve_scales(weight: Sequence[float], bias: Sequence[float]) -> ScaleSolutio
     return ScaleSolution(result.value, np.exp(np.diff(cumulative)).tolist(), certificate)
 
 
-def _exp_sum_terms(
-    weight: Sequence[float], bias: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray]:
+def _exp_sum_terms(weight: Sequence[float], bias: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Terms of F over cumulative log-scales ``v_1..v_{L−1}`` (``v_0 = v_L = 0``)."""
     L = len(weight)
     weights, exponents = [], []
