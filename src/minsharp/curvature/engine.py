@@ -292,21 +292,28 @@ def check_formula(
     """
     names = [name for layer in layers for name in layer.parameter_names]
     parameters = dict(model.named_parameters())
-    logits = run_forward(model, probe)
+    with _recording(layers, probe.shape[0], diagonal=False) as calls:
+        logits = run_forward(model, probe)
     uses = parameter_uses(logits)
-    shared = [name for name in names if uses[id(parameters[name])] > 1]
-    if shared:
+    owner = {name: layer for layer in layers for name in layer.parameter_names}
+    misused = [
+        name
+        for name in names
+        if uses[id(parameters[name])] > 1
+        or (uses[id(parameters[name])] == 1 and owner[name].name not in calls)
+    ]
+    if misused:
         raise ModelError(
-            f"parameters used more than once per forward pass: {', '.join(shared)} (weight "
-            "sharing, or use outside the module's forward). The exact formula needs each "
-            "parameter used once, through its module."
+            f"parameters used more than once per forward pass, or outside their module's "
+            f"forward: {', '.join(misused)} (weight sharing, or functional use such as "
+            "F.linear(x, layer.weight)). The exact formula needs each parameter used once, "
+            "through a call of its module."
         )
     if curvature == "ggn":
         return
     used = {name: parameters[name] for name in names if uses[id(parameters[name])] == 1}
     mismatch = relative_ggn_mismatch(lambda: run_forward(model, probe), used)
     tolerance = mismatch_tolerance(probe.dtype if probe.is_floating_point() else torch.float32)
-    owner = {name: layer for layer in layers for name in layer.parameter_names}
     failing = {name: m for name, m in mismatch.items() if not m <= tolerance}
     if failing:
         listed = "\n  ".join(
