@@ -20,6 +20,7 @@ failing example prints the builder's name and the seed, and reproduces with ``bu
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -165,7 +166,7 @@ def mlp(seed: int) -> Case:
             shape = (2, rng.randint(1, 3))
             widths[0] = shape[0] * shape[1]
             layers.append(nn.Flatten())
-        for i, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        for i, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
             layers.append(nn.Linear(width_in, width_out, bias=rng.random() < 0.7))
             if i < depth - 1:
                 layers += _between(rng, width_out, 0)
@@ -450,7 +451,7 @@ def smooth_mlp(seed: int) -> Case:
         depth = rng.randint(2, 3)
         widths = [rng.randint(2, 5)] + [rng.randint(2, 7) for _ in range(depth - 1)] + [K]
         layers: list[nn.Module] = []
-        for i, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        for i, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
             layers.append(nn.Linear(width_in, width_out, bias=rng.random() < 0.7))
             if i < depth - 1:
                 if rng.random() < 0.4:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from minsharp.curvature import patches
@@ -158,28 +159,38 @@ def _curvature_pass(
     dtype, device = model_dtype_device(model)
     # Sums are kept in float64 so that long runs in float32 lose nothing to accumulation.
     accumulate = torch.float64 if device.type != "mps" else dtype
-    sums: dict[str, Tensor] = {}
-    num_examples = 0
     parameters = dict(model.named_parameters())
-    for layer in layers:
-        for name in layer.parameter_names:
-            shape = parameters[name].shape if diagonal else ()
-            sums[name] = torch.zeros(shape, dtype=accumulate, device=device)
-
-    with preserved_buffers(model), torch.enable_grad():
+    num_examples = 0
+    reaching: set[str] = set()
+    with preserved_buffers(model), autograd_enabled():
+        sums = {
+            name: torch.zeros(
+                parameters[name].shape if diagonal else (), dtype=accumulate, device=device
+            )
+            for layer in layers
+            for name in layer.parameter_names
+        }
         batches = input_batches(data, batch_size, device, dtype)
         for inputs in tqdm(batches, disable=not progress, desc="curvature", unit="batch"):
             if num_examples == 0:
-                check_formula(model, layers, inputs[:PROBE_EXAMPLES], curvature)
-            for name, value in _batch_sums(model, layers, inputs, diagonal).items():
+                reaching = check_formula(model, layers, inputs[:PROBE_EXAMPLES], curvature)
+            for name, value in _batch_sums(model, layers, inputs, diagonal, reaching).items():
                 sums[name] += value.to(accumulate)
             num_examples += inputs.shape[0]
     return sums, num_examples, time.perf_counter() - start
 
 
+@contextmanager
+def autograd_enabled() -> Iterator[None]:
+    """Gradient recording on, also when the caller is inside ``torch.inference_mode()``."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
 def _batch_sums(
-    model: nn.Module, layers: list[Layer], inputs: Tensor, diagonal: bool
+    model: nn.Module, layers: list[Layer], inputs: Tensor, diagonal: bool, reaching: set[str]
 ) -> dict[str, Tensor]:
+    """Per-parameter sums over one batch; ``reaching``: layers whose output reaches the logits."""
     with _recording(layers, inputs.shape[0], diagonal) as calls:
         logits = run_forward(model, inputs)
     with torch.no_grad():
@@ -198,17 +209,27 @@ def _batch_sums(
     with torch.no_grad():
         for (layer, call), output_cotangent in zip(recorded, output_cotangents, strict=True):
             if output_cotangent is None:
+                if layer.name in reaching:
+                    raise ModelError(
+                        f"the output of module {layer.name or '(root)'} could not be traced "
+                        "back from the logits although its parameters affect them. Please "
+                        "report this model to the minsharp developers."
+                    )
                 continue
             rows = layer.rule.rows(layer.module, output_cotangent)
+            weight, bias = patches.layer_sums(
+                call.captured,
+                rows,
+                weight=layer.weight is not None,
+                bias=layer.bias is not None,
+                diagonal=diagonal,
+            )
             if layer.weight is not None:
-                if diagonal:
-                    value = patches.weight_diagonal(call.captured, rows)
-                    sums[layer.weight] = value.reshape(layer.module.weight.shape)
-                else:
-                    sums[layer.weight] = patches.weight_trace(call.captured, rows)
+                sums[layer.weight] = (
+                    weight.reshape(layer.module.weight.shape) if diagonal else weight
+                )
             if layer.bias is not None:
-                value = patches.bias_diagonal(rows)
-                sums[layer.bias] = value.reshape(-1) if diagonal else value.sum()
+                sums[layer.bias] = bias.reshape(-1) if diagonal else bias
     return sums
 
 
@@ -226,7 +247,7 @@ def _recording(layers: list[Layer], batch: int, diagonal: bool) -> Iterator[dict
     calls: dict[str, _Call] = {}
 
     def hook_for(layer: Layer):  # noqa: ANN202
-        def record(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
+        def record(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
             if layer.name in calls:
                 raise ModelError(
                     f"module {layer.name or '(root)'} ran twice in one forward pass (weight "
@@ -242,7 +263,12 @@ def _recording(layers: list[Layer], batch: int, diagonal: bool) -> Iterator[dict
                 )
             found = layer.rule.patches(module, inputs.detach())
             captured = patches.capture_patches(found, inputs, diagonal=diagonal)
-            calls[layer.name] = _Call(captured, get_gradient_edge(output))
+            # An in-place operation on a view (Linear on 3-D input returns one) would cut the
+            # recorded node out of the graph; a copy keeps it reachable.
+            replacement = output.clone() if output._base is not None else None
+            edge = get_gradient_edge(output if replacement is None else replacement)
+            calls[layer.name] = _Call(captured, edge)
+            return replacement
 
         return record
 
@@ -283,12 +309,13 @@ def run_forward(model: nn.Module, inputs: Tensor) -> Tensor:
 
 def check_formula(
     model: nn.Module, layers: list[Layer], probe: Tensor, curvature: Curvature
-) -> None:
+) -> set[str]:
     """Raise if the per-layer formula is not exact for ``model`` (see ``guard``).
 
     Parameters used outside one call of their module always raise :class:`ModelError`;
     parameters in which the network is not piecewise linear raise
-    :class:`NotPiecewiseLinearError` unless ``curvature == "ggn"``.
+    :class:`NotPiecewiseLinearError` unless ``curvature == "ggn"``. Returns the names of the
+    layers whose parameters reach the logits.
     """
     names = [name for layer in layers for name in layer.parameter_names]
     parameters = dict(model.named_parameters())
@@ -309,11 +336,18 @@ def check_formula(
             "F.linear(x, layer.weight)). The exact formula needs each parameter used once, "
             "through a call of its module."
         )
-    if curvature == "ggn":
-        return
-    used = {name: parameters[name] for name in names if uses[id(parameters[name])] == 1}
-    mismatch = relative_ggn_mismatch(lambda: run_forward(model, probe), used)
-    tolerance = mismatch_tolerance(probe.dtype if probe.is_floating_point() else torch.float32)
+    used = [name for name in names if uses[id(parameters[name])] == 1]
+    if curvature == "hessian" and used:
+        _check_piecewise_linear(model, probe, used, owner)
+    return {owner[name].name for name in used}
+
+
+def _check_piecewise_linear(
+    model: nn.Module, probe: Tensor, names: list[str], owner: dict[str, Layer]
+) -> None:
+    """Raise :class:`NotPiecewiseLinearError` naming parameters where ``H_PP v ≠ G_PP v``."""
+    mismatch, dtype = _probe_in_float64(model, probe, names)
+    tolerance = mismatch_tolerance(dtype)
     failing = {name: m for name, m in mismatch.items() if not m <= tolerance}
     if failing:
         listed = "\n  ".join(
@@ -329,6 +363,53 @@ def check_formula(
             "layers. Pass curvature='ggn' to get the exact generalized Gauss–Newton "
             "quantities instead, labelled as such."
         )
+
+
+def _probe_in_float64(
+    model: nn.Module, probe: Tensor, names: list[str]
+) -> tuple[dict[str, float], torch.dtype]:
+    """Run the probe on float64 copies of the state, where rounding cannot mask a mismatch.
+
+    Forward code that fixes its own dtype (or a device without float64) makes the float64
+    run fail; the probe then runs in the model's dtype.
+    """
+    state = dict(model.named_parameters()) | dict(model.named_buffers())
+    try:
+        return _probe_mismatch(model, probe, names, state, torch.float64), torch.float64
+    except (RuntimeError, TypeError, MinsharpError):
+        dtype = probe.dtype if probe.is_floating_point() else model_dtype_device(model)[0]
+        return _probe_mismatch(model, probe, names, state, None), dtype
+
+
+def _probe_mismatch(
+    model: nn.Module,
+    probe: Tensor,
+    names: list[str],
+    state: dict[str, Tensor],
+    dtype: torch.dtype | None,
+) -> dict[str, float]:
+    def converted(tensor: Tensor) -> Tensor:
+        tensor = tensor.detach()
+        return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+    fixed = {name: converted(tensor) for name, tensor in state.items() if name not in names}
+    inputs = converted(probe)
+
+    def logits_of(leaves: dict[str, Tensor]) -> Tensor:
+        return run_forward(_Functional(model, fixed | leaves), inputs)
+
+    return relative_ggn_mismatch(logits_of, {name: converted(state[name]) for name in names})
+
+
+class _Functional(nn.Module):
+    """``model`` called with the given parameters and buffers (``torch.func.functional_call``)."""
+
+    def __init__(self, model: nn.Module, state: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.model, self.state = model, state
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return functional_call(self.model, self.state, (inputs,))
 
 
 def _parameter_dtypes(model: nn.Module) -> dict[str, torch.dtype]:

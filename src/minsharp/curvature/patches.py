@@ -53,10 +53,46 @@ def capture_patches(patches: Tensor, source: Tensor, *, diagonal: bool) -> Tenso
     return patches
 
 
-def weight_trace(captured: Tensor, rows: Tensor) -> Tensor:
-    """``Σ_kn ‖δ_kn U_nᵀ‖²`` for captured patches and cotangent rows ``δ`` (K, N, G, C, S)."""
+def layer_sums(
+    captured: Tensor, rows: Tensor, *, weight: bool, bias: bool, diagonal: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """Weight and bias sums of squares of one layer call (None where not asked for).
+
+    ``captured`` comes from :func:`capture_patches`, ``rows`` are the cotangents ``δ``
+    (K, N, G, C, S). With ``diagonal`` the weight sum is (G, C, P) and the bias sum (G, C);
+    otherwise both are scalars (traces).
+    """
     if rows.shape[-1] == 1:
-        return torch.einsum("kngc,ng->", rows[..., 0].square(), captured[:, :, 0, 0])
+        return _single_position_sums(captured, rows[..., 0], weight, bias, diagonal)
+    weight_sum = None
+    if weight:
+        weight_sum = (_direct_diagonal if diagonal else _weight_trace)(captured, rows)
+    bias_sum = None
+    if bias:
+        bias_sum = rows.sum(-1).square().sum((0, 1))
+        bias_sum = bias_sum if diagonal else bias_sum.sum()
+    return weight_sum, bias_sum
+
+
+def _single_position_sums(
+    captured: Tensor, rows: Tensor, weight: bool, bias: bool, diagonal: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """S = 1: both sums factor through ``Σ_k δ_kn²`` (N, G, C), one pass over the cotangents."""
+    per_unit = rows.square().sum(0)
+    weight_sum = None
+    if weight:
+        if diagonal:
+            weight_sum = torch.einsum("ngc,ngp->gcp", per_unit, captured[..., 0])
+        else:
+            weight_sum = (per_unit.sum(2) * captured[:, :, 0, 0]).sum()
+    bias_sum = None
+    if bias:
+        bias_sum = per_unit.sum(0) if diagonal else per_unit.sum()
+    return weight_sum, bias_sum
+
+
+def _weight_trace(captured: Tensor, rows: Tensor) -> Tensor:
+    """``Σ_kn ‖δ_kn U_nᵀ‖²`` in the Gram or the direct form, whichever costs less."""
     K, _, _, C, S = rows.shape
     P = captured.shape[2]
     if S * (K * C + P) < K * C * P:
@@ -69,20 +105,13 @@ def weight_trace(captured: Tensor, rows: Tensor) -> Tensor:
     )
 
 
-def weight_diagonal(captured: Tensor, rows: Tensor) -> Tensor:
-    """``Σ_kn (δ_kn U_nᵀ)^⊙2`` as a (G, C, P) tensor."""
-    if rows.shape[-1] == 1:
-        return torch.einsum("ngc,ngp->gcp", rows[..., 0].square().sum(0), captured[..., 0])
+def _direct_diagonal(captured: Tensor, rows: Tensor) -> Tensor:
+    """``Σ_kn (δ_kn U_nᵀ)^⊙2`` as a (G, C, P) tensor, by materialising ``δ_kn U_nᵀ``."""
     G, C = rows.shape[2:4]
     total = rows.new_zeros(G, C, captured.shape[2])
     for gradients in _per_cotangent_gradients(captured, rows):
         total += gradients.square().sum((0, 1))
     return total
-
-
-def bias_diagonal(rows: Tensor) -> Tensor:
-    """``Σ_kn (Σ_s δ_kn[:, s])^⊙2`` as a (G, C) tensor."""
-    return rows.sum(-1).square().sum((0, 1))
 
 
 def _per_cotangent_gradients(captured: Tensor, rows: Tensor) -> Iterator[Tensor]:

@@ -65,6 +65,8 @@ def input_batches(
     seen_examples = 0
     for position, batch in enumerate(batches):
         inputs = _inputs_of(batch, position)
+        if inputs.is_inference():  # made under torch.inference_mode(): autograd refuses those
+            inputs = inputs.clone()
         if inputs.dim() == 0:
             raise DataError(
                 f"data: batch {position} is a 0-d tensor; inputs need a leading example axis."
