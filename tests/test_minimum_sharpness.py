@@ -102,8 +102,10 @@ def test_zero_traces_give_a_flagged_infimum(weight, bias, infimum):
 
 def test_per_neuron_rescaling_changes_minimum_sharpness():
     """MS is invariant to layer-wise α but not to per-neuron rescaling (MATH §2)."""
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).double()
     inputs = torch.randn(7, 4, dtype=torch.float64)
+    assert (model[1](model[0](inputs))[:, 0] > 0).any()  # unit 0 is alive
     twin = copy.deepcopy(model)
     with torch.no_grad():  # unit 0 of the hidden layer: × 5 in, ÷ 5 out
         twin[0].weight[0] *= 5.0
