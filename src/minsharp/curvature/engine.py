@@ -25,20 +25,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
-from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from minsharp.curvature import patches
 from minsharp.curvature.guard import (
     PROBE_EXAMPLES,
-    mismatch_tolerance,
     parameter_uses,
-    relative_ggn_mismatch,
+    ratio_tolerance,
+    second_order_ratios,
 )
 from minsharp.curvature.layers import Layer, find_layers, model_dtype_device, preserved_buffers
 from minsharp.curvature.results import Curvature, CurvatureDiagonal, CurvatureTrace
 from minsharp.data.batches import input_batches
 from minsharp.errors import MinsharpError, ModelError, NotPiecewiseLinearError
+from minsharp.tensors import all_finite
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -302,7 +302,7 @@ def run_forward(model: nn.Module, inputs: Tensor) -> Tensor:
         raise ModelError(
             f"model returned {logits.shape[0]} rows of logits for {inputs.shape[0]} examples."
         )
-    if not torch.isfinite(logits).all():
+    if not all_finite(logits.detach()):
         raise ModelError("model produced non-finite logits (NaN or inf) on the data.")
     return logits
 
@@ -338,78 +338,32 @@ def check_formula(
         )
     used = [name for name in names if uses[id(parameters[name])] == 1]
     if curvature == "hessian" and used:
-        _check_piecewise_linear(model, probe, used, owner)
+        _check_piecewise_linear(logits, {name: parameters[name] for name in used}, owner)
     return {owner[name].name for name in used}
 
 
 def _check_piecewise_linear(
-    model: nn.Module, probe: Tensor, names: list[str], owner: dict[str, Layer]
+    logits: Tensor, parameters: dict[str, Tensor], owner: dict[str, Layer]
 ) -> None:
-    """Raise :class:`NotPiecewiseLinearError` naming parameters where ``H_PP v ≠ G_PP v``."""
-    mismatch, dtype = _probe_in_float64(model, probe, names)
-    tolerance = mismatch_tolerance(dtype)
-    failing = {name: m for name, m in mismatch.items() if not m <= tolerance}
+    """Raise :class:`NotPiecewiseLinearError` naming parameters the logits curve in."""
+    tolerance = ratio_tolerance(logits.dtype)
+    ratios = second_order_ratios(logits, parameters)
+    failing = {name: ratio for name, ratio in ratios.items() if not ratio <= tolerance}
     if failing:
         listed = "\n  ".join(
             f"{name} in {owner[name].name or '(root)'} ({type(owner[name].module).__name__}): "
-            f"relative |Hv − Gv| = {m:.2e}"
-            for name, m in failing.items()
+            f"second-order ratio {ratio:.2e}"
+            for name, ratio in failing.items()
         )
         raise NotPiecewiseLinearError(
             "the network is not piecewise linear in these parameters, so the Hessian block "
-            f"is not the Gauss–Newton block the engine computes (tolerance {tolerance:.1e}):"
-            f"\n  {listed}\nCause: a smooth nonlinearity (tanh, sigmoid, GELU, softplus), "
-            "normalisation (LayerNorm, train-mode batch-norm) or attention after these "
-            "layers. Pass curvature='ggn' to get the exact generalized Gauss–Newton "
-            "quantities instead, labelled as such."
+            "is not the Gauss–Newton block the engine computes (second derivatives of the "
+            f"logits found on a probe batch; tolerance {tolerance:.1e}):\n  {listed}\n"
+            "Cause: a smooth nonlinearity (tanh, sigmoid, GELU, softplus), normalisation "
+            "(LayerNorm, train-mode batch-norm) or attention after these layers. Pass "
+            "curvature='ggn' to get the exact generalized Gauss–Newton quantities instead, "
+            "labelled as such."
         )
-
-
-def _probe_in_float64(
-    model: nn.Module, probe: Tensor, names: list[str]
-) -> tuple[dict[str, float], torch.dtype]:
-    """Run the probe on float64 copies of the state, where rounding cannot mask a mismatch.
-
-    Forward code that fixes its own dtype (or a device without float64) makes the float64
-    run fail; the probe then runs in the model's dtype.
-    """
-    state = dict(model.named_parameters()) | dict(model.named_buffers())
-    try:
-        return _probe_mismatch(model, probe, names, state, torch.float64), torch.float64
-    except (RuntimeError, TypeError, MinsharpError):
-        dtype = probe.dtype if probe.is_floating_point() else model_dtype_device(model)[0]
-        return _probe_mismatch(model, probe, names, state, None), dtype
-
-
-def _probe_mismatch(
-    model: nn.Module,
-    probe: Tensor,
-    names: list[str],
-    state: dict[str, Tensor],
-    dtype: torch.dtype | None,
-) -> dict[str, float]:
-    def converted(tensor: Tensor) -> Tensor:
-        tensor = tensor.detach()
-        return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
-
-    fixed = {name: converted(tensor) for name, tensor in state.items() if name not in names}
-    inputs = converted(probe)
-
-    def logits_of(leaves: dict[str, Tensor]) -> Tensor:
-        return run_forward(_Functional(model, fixed | leaves), inputs)
-
-    return relative_ggn_mismatch(logits_of, {name: converted(state[name]) for name in names})
-
-
-class _Functional(nn.Module):
-    """``model`` called with the given parameters and buffers (``torch.func.functional_call``)."""
-
-    def __init__(self, model: nn.Module, state: dict[str, Tensor]) -> None:
-        super().__init__()
-        self.model, self.state = model, state
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        return functional_call(self.model, self.state, (inputs,))
 
 
 def _parameter_dtypes(model: nn.Module) -> dict[str, torch.dtype]:

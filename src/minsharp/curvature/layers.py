@@ -11,6 +11,7 @@ from torch import nn
 
 from minsharp.curvature.rules import RULES, LayerRule, supported_types
 from minsharp.errors import ModelError, UnsupportedModuleError
+from minsharp.tensors import all_finite
 
 # Modules whose training-mode forward is stochastic or couples the examples of a batch.
 _MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
@@ -86,7 +87,7 @@ def _check_finite(model: nn.Module) -> None:
     bad = [
         name
         for name, p in model.named_parameters()
-        if p.requires_grad and not torch.isfinite(p.detach()).all()
+        if p.requires_grad and not all_finite(p.detach())
     ]
     if bad:
         raise ModelError(

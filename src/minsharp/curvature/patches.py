@@ -47,7 +47,9 @@ def capture_patches(patches: Tensor, source: Tensor, *, diagonal: bool) -> Tenso
     overwrite.
     """
     if patches.shape[-1] == 1:
-        return patches.square() if diagonal else patches.square().sum(2, keepdim=True)
+        if diagonal:
+            return patches.square()
+        return torch.linalg.vector_norm(patches, dim=2, keepdim=True).square()
     if patches.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
         return patches.clone()
     return patches

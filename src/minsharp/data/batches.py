@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from minsharp.errors import DataError
+from minsharp.tensors import all_finite
 
 _FORMS = "a tensor X, a tuple (X, y), or an iterable/DataLoader of such batches"
 
@@ -45,8 +46,6 @@ def input_batches(
     batch_size: int,
     device: torch.device,
     dtype: torch.dtype,
-    *,
-    check_finite: bool = True,
 ) -> Iterator[Tensor]:
     """Yield input batches of at most ``batch_size`` examples on ``device``.
 
@@ -73,7 +72,7 @@ def input_batches(
             )
         if inputs.is_floating_point():
             inputs = inputs.to(device=device, dtype=dtype)
-            if check_finite and not torch.isfinite(inputs).all():
+            if not all_finite(inputs):
                 raise DataError(
                     f"data: batch {position} contains NaN or infinite inputs; "
                     "clean or drop those examples."
