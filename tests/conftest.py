@@ -6,10 +6,13 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from intra-op threads; on a busy 2-core machine their
-    spin-waiting made the suite up to 10× slower."""
+    """One intra-op thread for every test, whatever an earlier test (or the CLI) set.
+
+    Tiny tensors gain nothing from threads, and on a busy 2-core machine their spin-waiting
+    made the suite up to 40× slower.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

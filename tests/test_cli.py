@@ -4,7 +4,7 @@ from minsharp.cli import main
 
 
 def test_demo_prints_the_table(capsys):
-    assert main(["demo", "--epochs", "3", "--hidden", "16"]) == 0
+    assert main(["demo", "--epochs", "3", "--hidden", "16", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     for text in ("Tr H_W", "Minimum Sharpness", "alpha*", "certificate", "time"):
         assert text in out

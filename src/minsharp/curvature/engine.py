@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from minsharp.curvature import patches
 from minsharp.curvature.guard import (
     PROBE_EXAMPLES,
+    known_piecewise_linear,
     parameter_uses,
     ratio_tolerance,
     second_order_ratios,
@@ -312,11 +313,14 @@ def check_formula(
 ) -> set[str]:
     """Raise if the per-layer formula is not exact for ``model`` (see ``guard``).
 
-    Parameters used outside one call of their module always raise :class:`ModelError`;
-    parameters in which the network is not piecewise linear raise
+    Models that are piecewise linear by construction (``guard.known_piecewise_linear``) pass
+    at once. Otherwise parameters used outside one call of their module always raise
+    :class:`ModelError`, and parameters in which the network is not piecewise linear raise
     :class:`NotPiecewiseLinearError` unless ``curvature == "ggn"``. Returns the names of the
     layers whose parameters reach the logits.
     """
+    if known_piecewise_linear(model):
+        return {layer.name for layer in layers}
     names = [name for layer in layers for name in layer.parameter_names]
     parameters = dict(model.named_parameters())
     with _recording(layers, probe.shape[0], diagonal=False) as calls:

@@ -20,10 +20,67 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules import module as module_internals
+
+from minsharp.curvature.rules import RULES
 
 #: Examples in the probe batch.
 PROBE_EXAMPLES = 8
+
+#: Parameter-free modules whose output is piecewise linear (or affine) in their input, in
+#: eval mode (``find_layers`` refuses batch-norm and dropout in training mode).
+PIECEWISE_LINEAR_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.Hardtanh,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+)
+
+
+def known_piecewise_linear(model: nn.Module) -> bool:
+    """Whether ``model`` is piecewise linear in each parameter by construction.
+
+    True for a plain ``nn.Sequential`` (not a subclass: its forward is the composition) of
+    supported layers and :data:`PIECEWISE_LINEAR_MODULES`, nested Sequentials allowed, each
+    module instance used once and no forward hooks that could change outputs. Then every
+    parameter enters the logits once, through a piecewise-linear map, and the probe is moot.
+    """
+    if module_internals._global_forward_hooks or module_internals._global_forward_pre_hooks:
+        return False
+    seen: set[int] = set()
+
+    def known(module: nn.Module) -> bool:
+        if id(module) in seen or module._forward_hooks or module._forward_pre_hooks:
+            return False
+        seen.add(id(module))
+        if type(module) is nn.Sequential:
+            return all(known(child) for child in module)
+        return type(module) in RULES or type(module) in PIECEWISE_LINEAR_MODULES
+
+    return type(model) is nn.Sequential and known(model)
 
 
 def parameter_uses(logits: Tensor) -> Counter[int]:
