@@ -325,9 +325,7 @@ def test_patch_formulas_match_explicit_gradients(
 
     for diagonal in (True, False):
         captured = patches.capture_patches(patches_, torch.empty(0), diagonal=diagonal)
-        weight, bias = patches.layer_sums(
-            captured, rows, weight=True, bias=True, diagonal=diagonal
-        )
+        weight, bias = patches.layer_sums(captured, rows, weight=True, bias=True, diagonal=diagonal)
         expected_weight = expected_diagonal if diagonal else expected_trace
         expected_bias_sum = expected_bias if diagonal else expected_bias.sum()
         torch.testing.assert_close(weight, expected_weight, rtol=1e-12, atol=0)
@@ -511,3 +509,31 @@ def test_builders_honour_their_contract(build: Builder) -> None:
         assert labels.shape == (inputs.shape[0],)
         assert int(labels.min()) >= 0 and int(labels.max()) < logits.shape[1]
         assert all(p.dtype == torch.float64 for p in model.parameters())
+
+
+class _SummedOutputs(nn.Module):
+    """Two layers whose outputs are added: the backward hands both one cotangent tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left, self.right = nn.Linear(4, 5), nn.Linear(4, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.left(x) + self.right(x)))
+
+
+@pytest.mark.parametrize("diagonal", [True, False])
+def test_layers_sharing_one_cotangent_tensor(diagonal: bool) -> None:
+    torch.manual_seed(0)
+    model = _SummedOutputs().double()
+    inputs = torch.randn(6, 4, dtype=torch.float64)
+    expected = minsharp.brute_force_hessian_diagonal(
+        model, inputs, torch.zeros(6, dtype=torch.long)
+    )
+    if diagonal:
+        assert_diagonals_close(minsharp.hessian_diagonal(model, inputs), expected, FLOAT64_RTOL, "")
+    else:
+        assert_traces_close(
+            minsharp.hessian_trace(model, inputs), traces_of(expected), FLOAT64_RTOL, ""
+        )

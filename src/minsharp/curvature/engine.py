@@ -17,6 +17,7 @@ patches and cotangents (``minsharp.curvature.patches``). Memory is bounded by ``
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -206,6 +207,13 @@ def _batch_sums(
         is_grads_batched=True,
         allow_unused=True,
     )
+    # A residual sum hands one cotangent tensor to both branches: only unshared ones are
+    # free to be overwritten.
+    storages = Counter(
+        cotangent.untyped_storage().data_ptr()
+        for cotangent in output_cotangents
+        if cotangent is not None
+    )
     sums = {}
     with torch.no_grad():
         for (layer, call), output_cotangent in zip(recorded, output_cotangents, strict=True):
@@ -224,6 +232,7 @@ def _batch_sums(
                 weight=layer.weight is not None,
                 bias=layer.bias is not None,
                 diagonal=diagonal,
+                overwrite=storages[output_cotangent.untyped_storage().data_ptr()] == 1,
             )
             if layer.weight is not None:
                 sums[layer.weight] = (

@@ -56,16 +56,25 @@ def capture_patches(patches: Tensor, source: Tensor, *, diagonal: bool) -> Tenso
 
 
 def layer_sums(
-    captured: Tensor, rows: Tensor, *, weight: bool, bias: bool, diagonal: bool
+    captured: Tensor,
+    rows: Tensor,
+    *,
+    weight: bool,
+    bias: bool,
+    diagonal: bool,
+    overwrite: bool = False,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Weight and bias sums of squares of one layer call (None where not asked for).
 
     ``captured`` comes from :func:`capture_patches`, ``rows`` are the cotangents ``δ``
     (K, N, G, C, S). With ``diagonal`` the weight sum is (G, C, P) and the bias sum (G, C);
-    otherwise both are scalars (traces).
+    otherwise both are scalars (traces). ``overwrite`` lets ``rows`` be used as scratch
+    space, saving the largest temporary.
     """
     if rows.shape[-1] == 1:
-        return _single_position_sums(captured, rows[..., 0], weight, bias, diagonal)
+        single = rows[..., 0]
+        squares = single.square_() if overwrite else single.square()
+        return _single_position_sums(captured, squares, weight, bias, diagonal)
     weight_sum = None
     if weight:
         weight_sum = (_direct_diagonal if diagonal else _weight_trace)(captured, rows)
@@ -77,10 +86,10 @@ def layer_sums(
 
 
 def _single_position_sums(
-    captured: Tensor, rows: Tensor, weight: bool, bias: bool, diagonal: bool
+    captured: Tensor, squares: Tensor, weight: bool, bias: bool, diagonal: bool
 ) -> tuple[Tensor | None, Tensor | None]:
-    """S = 1: both sums factor through ``Σ_k δ_kn²`` (N, G, C), one pass over the cotangents."""
-    per_unit = rows.square().sum(0)
+    """S = 1: both sums factor through ``Σ_k δ_kn²`` (N, G, C), one pass over the squares."""
+    per_unit = squares.sum(0)
     weight_sum = None
     if weight:
         if diagonal:
