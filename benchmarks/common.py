@@ -110,10 +110,9 @@ class OtherLoad:
         cores = self.cores()
         if cores is None:
             return "CPU use by other processes during the run: unknown (no /proc)"
-        verdict = "quiet" if cores < 0.1 else "NOT quiet: timings may be inflated"
         return (
-            f"CPU use by other processes during the run: {cores:.2f} cores on average "
-            f"(of {os.cpu_count()}; {verdict})"
+            f"CPU use by other processes over the whole run: {cores:.2f} cores on average "
+            f"(of {os.cpu_count()}); the tables give the load during the timed calls they use"
         )
 
 
@@ -202,8 +201,9 @@ def machine_header(title: str, dtype: str, extra: Sequence[str] = ()) -> str:
         f"{platform.release()}",
         f"- threads: {torch.get_num_threads()} (torch.set_num_threads)",
         f"- torch {torch.__version__}, Python {platform.python_version()}, device: CPU",
-        f"- dtype: {dtype}",
         f"- {minsharp_source()}",
+        f"- dtype: {dtype}",
+        f"- memory allocator: {allocator_note()}",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
     ]
     if load is not None:
@@ -212,6 +212,18 @@ def machine_header(title: str, dtype: str, extra: Sequence[str] = ()) -> str:
         )
     lines += [f"- {item}" for item in extra]
     return "\n".join(lines) + "\n"
+
+
+def allocator_note() -> str:
+    """The malloc tuning in force: it decides whether freed tensors' pages go back to the OS."""
+    tuning = {
+        name: value
+        for name, value in os.environ.items()
+        if name.startswith("MALLOC_") or name == "LD_PRELOAD"
+    }
+    if not tuning:
+        return "glibc defaults (freed large blocks are returned to the OS: page faults anew)"
+    return "tuned: " + ", ".join(f"{name}={value}" for name, value in sorted(tuning.items()))
 
 
 def load_note() -> str:
@@ -281,13 +293,15 @@ def timed_calls(
     min_repeats: int = 1,
     max_other_cores: float | None = QUIET_CORES,
     max_attempts: int | None = None,
+    max_total_s: float | None = None,
 ) -> Timing:
     """Time ``repeats`` calls of ``function`` after ``warmup`` untimed ones.
 
     A call during which other processes kept more than ``max_other_cores`` cores busy is
     discarded and made again, up to ``max_attempts`` calls in all (default ``5 × repeats``);
     ``None`` keeps every call. With ``budget_s``, stop once the kept calls have used that many
-    seconds and at least ``min_repeats`` were kept.
+    seconds and at least ``min_repeats`` were kept. With ``max_total_s``, also stop once all
+    calls together (kept or discarded) have used that many seconds.
     """
     for _ in range(warmup):
         function()
@@ -302,6 +316,8 @@ def timed_calls(
             and len(timing.kept) >= min_repeats
             and sum(timing.kept) >= budget_s
         ):
+            break
+        if max_total_s is not None and sum(timing.kept) + sum(timing.discarded) >= max_total_s:
             break
     return timing
 
