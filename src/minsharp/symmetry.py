@@ -83,6 +83,14 @@ def rescale(
     dtype, device = model_dtype_device(model)
     inputs = inputs.to(device=device, dtype=dtype) if inputs.is_floating_point() else inputs
     order = chain_layers(model, inputs)
+    twin = rescaled_copy(model, order, alphas)
+    if verify:
+        verify_same_function(model, twin, inputs, order)
+    return twin
+
+
+def rescaled_copy(model: nn.Module, order: Sequence[str], alphas: Sequence[float]) -> nn.Module:
+    """The rescaled copy of :func:`rescale`, for layers ``order`` already found; unverified."""
     factors = _checked_alphas(alphas, len(order))
     twin = copy.deepcopy(model)
     modules = dict(twin.named_modules())
@@ -93,8 +101,6 @@ def rescale(
             modules[name].weight.mul_(alpha)
             if modules[name].bias is not None:
                 modules[name].bias.mul_(cumulative)
-    if verify:
-        verify_same_function(model, twin, inputs, order)
     return twin
 
 

@@ -123,12 +123,10 @@ def hessian_diagonal(
     sums, num_examples, seconds = _curvature_pass(
         model, data, curvature, batch_size, progress, diagonal=True
     )
-    _, device = model_dtype_device(model)
-    dtype = _parameter_dtypes(model)
+    parameters = dict(model.named_parameters())
     return CurvatureDiagonal(
         by_parameter={
-            name: (total / num_examples).to(dtype=dtype[name], device=device)
-            for name, total in sums.items()
+            name: (total / num_examples).to(parameters[name].dtype) for name, total in sums.items()
         },
         curvature=curvature,
         num_examples=num_examples,
@@ -377,7 +375,3 @@ def _check_piecewise_linear(
             "curvature='ggn' to get the exact generalized Gauss–Newton quantities instead, "
             "labelled as such."
         )
-
-
-def _parameter_dtypes(model: nn.Module) -> dict[str, torch.dtype]:
-    return {name: p.dtype for name, p in model.named_parameters()}

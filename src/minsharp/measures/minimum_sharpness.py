@@ -30,7 +30,7 @@ from minsharp.curvature.layers import model_dtype_device
 from minsharp.data.batches import input_batches
 from minsharp.errors import ModelError
 from minsharp.solvers import minimize_exp_sum
-from minsharp.symmetry import chain_layers, rescale
+from minsharp.symmetry import chain_layers, rescaled_copy, verify_same_function
 
 #: Spread of the random log-scales used to check that the model is a chain.
 CHECK_LOG_SCALE = 0.5
@@ -110,17 +110,19 @@ def minimum_sharpness(
     first = next(batches)
     probe = first[:PROBE_EXAMPLES]
     order = chain_layers(model, probe)
-    rescale(model, _random_alphas(len(order), seed), probe)
-    traces = hessian_trace(
-        model, itertools.chain([first], batches), batch_size=batch_size, progress=progress
-    )
-    layers = traces.by_layer()
-    frozen = [name or "(root)" for name in order if "weight" not in layers.get(name, {})]
+    modules = dict(model.named_modules())
+    frozen = [name or "(root)" for name in order if not modules[name].weight.requires_grad]
     if frozen:
         raise ModelError(
             f"layers with frozen weights: {', '.join(frozen)}. Minimum Sharpness rescales "
             "every layer of the chain, so all their weights must require grad."
         )
+    twin = rescaled_copy(model, order, _random_alphas(len(order), seed))
+    verify_same_function(model, twin, probe, order)
+    traces = hessian_trace(
+        model, itertools.chain([first], batches), batch_size=batch_size, progress=progress
+    )
+    layers = traces.by_layer()
     weight = {name: layers[name]["weight"] for name in order}
     bias = {name: layers[name].get("bias", 0.0) for name in order}
     solution = solve_scales(list(weight.values()), list(bias.values()))
