@@ -1,7 +1,8 @@
 """minsharp: scale-invariant sharpness of neural-network minima.
 
 The exact curvature engine (:func:`hessian_diagonal`, :func:`hessian_trace`), the layer-wise
-rescaling symmetry (:func:`rescale`) and Minimum Sharpness (:func:`minimum_sharpness`).
+rescaling symmetry (:func:`rescale`), Minimum Sharpness (:func:`minimum_sharpness`), and every
+sharpness measure by name through :func:`measure` (:func:`available` lists them).
 """
 
 from minsharp.curvature import (
@@ -20,24 +21,27 @@ from minsharp.errors import (
     NotPiecewiseLinearError,
     UnsupportedModuleError,
 )
-from minsharp.measures import MinimumSharpness, minimum_sharpness
+from minsharp.measures import MeasureResult, MinimumSharpness, available, measure, minimum_sharpness
 from minsharp.symmetry import chain_layers, rescale
 
 __all__ = [
     "CurvatureDiagonal",
     "CurvatureTrace",
     "DataError",
+    "MeasureResult",
     "MinimumSharpness",
     "MinsharpError",
     "ModelError",
     "NotAChainError",
     "NotPiecewiseLinearError",
     "UnsupportedModuleError",
+    "available",
     "brute_force_ggn_diagonal",
     "brute_force_hessian_diagonal",
     "chain_layers",
     "hessian_diagonal",
     "hessian_trace",
+    "measure",
     "minimum_sharpness",
     "rescale",
 ]

@@ -83,6 +83,14 @@ def find_layers(model: nn.Module) -> list[Layer]:
     return layers
 
 
+def check_measurable(model: nn.Module) -> None:
+    """Raise :class:`ModelError` unless ``model`` is a module with finite weights in eval mode."""
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    _check_finite(model)
+    _check_mode(model)
+
+
 def _check_finite(model: nn.Module) -> None:
     bad = [
         name

@@ -84,3 +84,60 @@ def input_batches(
             yield inputs[start : start + batch_size]
     if seen_examples == 0:
         raise DataError(f"data holds no examples; expected {_FORMS} with at least one example.")
+
+
+def labelled_batches(
+    data: Any,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(inputs, labels)`` batches of at most ``batch_size`` examples on ``device``.
+
+    For the measures whose value depends on the labels (loss-based ones). ``data`` is a tuple
+    ``(X, y)`` or an iterable of such batches; labels must be integer class indices with one
+    per example. Raises :class:`DataError` otherwise, and as :func:`input_batches` does.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    if isinstance(data, Tensor) or (isinstance(data, tuple) and len(data) == 1):
+        raise DataError(
+            "data: this measure depends on the labels, but only inputs were given; "
+            "pass (X, y) or an iterable/DataLoader of (X, y) batches."
+        )
+    batches: Iterable[Any] = [data] if _is_single_batch(data) else data
+    if not isinstance(batches, Iterable) or isinstance(batches, (str, bytes, dict)):
+        raise DataError(f"data: got a {type(data).__name__}; expected (X, y) batches.")
+    seen_examples = 0
+    for position, batch in enumerate(batches):
+        if not (
+            isinstance(batch, (tuple, list))
+            and len(batch) >= 2
+            and all(isinstance(t, Tensor) for t in batch[:2])
+        ):
+            raise DataError(
+                f"data: batch {position} is not an (X, y) pair of tensors; this measure "
+                "depends on the labels, so every batch needs them."
+            )
+        labels = batch[1]
+        if labels.is_floating_point() or labels.is_complex() or labels.dim() != 1:
+            raise DataError(
+                f"data: labels of batch {position} must be a 1-D integer tensor of class "
+                f"indices; got dtype {labels.dtype} and shape {tuple(labels.shape)}."
+            )
+        if labels.shape[0] != batch[0].shape[0]:
+            raise DataError(
+                f"data: batch {position} has {batch[0].shape[0]} inputs but "
+                f"{labels.shape[0]} labels."
+            )
+        if labels.numel() == 0:
+            continue
+        if labels.min() < 0:
+            raise DataError(f"data: batch {position} has negative labels; labels are 0..K−1.")
+        inputs = input_batches(batch[0], batch_size, device, dtype)
+        labels = labels.to(device=device, dtype=torch.long)
+        for start, chunk in zip(range(0, labels.shape[0], batch_size), inputs, strict=False):
+            seen_examples += chunk.shape[0]
+            yield chunk, labels[start : start + chunk.shape[0]]
+    if seen_examples == 0:
+        raise DataError("data holds no examples; expected (X, y) with at least one example.")

@@ -29,6 +29,7 @@ from minsharp.curvature.guard import PROBE_EXAMPLES
 from minsharp.curvature.layers import model_dtype_device
 from minsharp.data.batches import input_batches
 from minsharp.errors import ModelError
+from minsharp.measures.registry import Evaluation, register
 from minsharp.solvers import minimize_exp_sum
 from minsharp.symmetry import chain_layers, rescaled_copy, verify_same_function
 
@@ -135,6 +136,42 @@ def minimum_sharpness(
         certificate=solution.certificate,
         num_examples=traces.num_examples,
         seconds=time.perf_counter() - start,
+    )
+
+
+@register(
+    "minimum_sharpness",
+    invariances={"layer"},
+    requires={"chain"},
+    summary="min over layer rescalings α of Tr H (exact per-layer traces, Newton over α)",
+    reference="Ibayashi, Hamaguchi & Imaizumi 2021",
+)
+def _registered(
+    model: nn.Module,
+    data: Any,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+    seed: int = 0,
+) -> Evaluation:
+    result = minimum_sharpness(model, data, batch_size=batch_size, progress=progress, seed=seed)
+    optimal = result.optimal_traces() if result.alphas is not None else None
+    return Evaluation(
+        value=result.value,
+        num_examples=result.num_examples,
+        per_layer={name: sum(pair) for name, pair in optimal.items()} if optimal else None,
+        certificate={
+            "method": result.certificate.method,
+            "relative_gradient_norm": result.certificate.relative_gradient_norm,
+            "iterations": result.certificate.iterations,
+            "attained": result.attained,
+        },
+        details={
+            "alphas": result.alphas,
+            "weight_traces": result.weight_traces,
+            "bias_traces": result.bias_traces,
+            "trace": result.trace,
+        },
     )
 
 

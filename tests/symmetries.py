@@ -1,0 +1,186 @@
+"""Function-preserving reparametrisations of small Sequential networks, for invariance tests.
+
+The three symmetries of ``minsharp.measures.SYMMETRIES``, applied to copies of float64
+``nn.Sequential`` networks of Linear/Conv layers, batch-norm, ReLU and pooling:
+
+* :func:`rescale_layers` — ``W_l → α_l W_l``, ``b_l → c_l b_l`` with ``c_l`` the activation's
+  accumulated scale; a batch-norm absorbs the scale (its running statistics follow it), and
+  the last layer's α brings the scale back to 1;
+* :func:`rescale_neurons` — at every junction of two layers with only ReLU/pooling (and a
+  flatten) between them, unit ``i`` scaled by ``s_i`` on its way in and ``1/s_i`` out;
+* :func:`rescale_batchnorm_inputs` — row ``k`` of each weight feeding a batch-norm (and its
+  bias entry) times ``c_k``, the running mean times ``c_k`` and the variance times ``c_k²``.
+
+Every transform returns a copy and checks that it computes the same logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+PARAMETRISED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
+BATCHNORM = nn.modules.batchnorm._BatchNorm
+#: Standard deviation of the log of the random scale factors.
+LOG_SPREAD = 0.5
+#: Batch-norm ε of the test networks: small enough that ``var → c² var`` is exact in float64.
+BATCHNORM_EPS = 1e-14
+
+
+def _factors(shape: int | tuple[int, ...], generator: torch.Generator) -> Tensor:
+    return (torch.randn(shape, generator=generator, dtype=torch.float64) * LOG_SPREAD).exp()
+
+
+def _scale_rows(layer: nn.Module, factors: Tensor) -> None:
+    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+    layer.weight.mul_(factors.reshape(shape))
+    if layer.bias is not None:
+        layer.bias.mul_(factors)
+
+
+def _scale_batchnorm_statistics(norm: nn.Module, factors: Tensor) -> None:
+    norm.running_mean.mul_(factors)
+    norm.running_var.mul_(factors.square())
+
+
+def rescale_layers(model: nn.Sequential, seed: int) -> nn.Sequential:
+    """The layer (α-scale) symmetry, generalised through batch-norm; see the module doc."""
+    generator = torch.Generator().manual_seed(seed)
+    twin = copy.deepcopy(model)
+    layers = [m for m in twin if isinstance(m, PARAMETRISED)]
+    scale = 1.0
+    with torch.no_grad():
+        for module in twin:
+            if isinstance(module, PARAMETRISED):
+                alpha = 1 / scale if module is layers[-1] else float(_factors(1, generator))
+                module.weight.mul_(alpha)
+                scale *= alpha
+                if module.bias is not None:
+                    module.bias.mul_(scale)
+            elif isinstance(module, BATCHNORM):
+                _scale_batchnorm_statistics(module, torch.full_like(module.running_mean, scale))
+                scale = 1.0
+    return _checked(model, twin)
+
+
+def neuron_junctions(model: nn.Sequential) -> list[tuple[nn.Module, nn.Module]]:
+    """Pairs of consecutive layers joined only by ReLU/pooling (and a flatten after a conv)."""
+    junctions, previous, clean = [], None, False
+    for module in model:
+        if isinstance(module, PARAMETRISED):
+            same_kind = type(previous) is type(module)
+            flattened = isinstance(previous, nn.Conv2d) and isinstance(module, nn.Linear)
+            if clean and (same_kind or flattened):
+                junctions.append((previous, module))
+            previous, clean = module, True
+        elif not isinstance(module, (*HOMOGENEOUS, nn.Flatten)):
+            clean = False
+    return junctions
+
+
+def rescale_neurons(model: nn.Sequential, seed: int) -> nn.Sequential:
+    """Per-unit rescaling at every neuron junction of ``model`` (see :func:`neuron_junctions`)."""
+    generator = torch.Generator().manual_seed(seed)
+    twin = copy.deepcopy(model)
+    junctions = neuron_junctions(twin)
+    if not junctions:
+        raise ValueError("model has no junction of two layers joined by ReLU/pooling only.")
+    with torch.no_grad():
+        for incoming, outgoing in junctions:
+            factors = _factors(incoming.weight.shape[0], generator)
+            _scale_rows(incoming, factors)
+            # Conv → flatten → Linear: each channel is a block of consecutive input columns.
+            columns = outgoing.weight.view(outgoing.weight.shape[0], factors.numel(), -1)
+            columns.div_(factors.reshape(1, -1, 1))
+    return _checked(model, twin)
+
+
+def rescale_batchnorm_inputs(model: nn.Sequential, seed: int) -> nn.Sequential:
+    """Per-unit rescaling of every weight feeding a batch-norm, with its running statistics."""
+    generator = torch.Generator().manual_seed(seed)
+    twin = copy.deepcopy(model)
+    modules = list(twin)
+    pairs = [
+        (layer, norm)
+        for layer, norm in itertools.pairwise(modules)
+        if isinstance(layer, PARAMETRISED) and isinstance(norm, BATCHNORM)
+    ]
+    if not pairs:
+        raise ValueError("model has no layer feeding a batch-norm.")
+    with torch.no_grad():
+        for layer, norm in pairs:
+            factors = _factors(layer.weight.shape[0], generator)
+            _scale_rows(layer, factors)
+            _scale_batchnorm_statistics(norm, factors)
+    return _checked(model, twin)
+
+
+TRANSFORMS: dict[str, Callable[[nn.Sequential, int], nn.Sequential]] = {
+    "layer": rescale_layers,
+    "neuron": rescale_neurons,
+    "batchnorm": rescale_batchnorm_inputs,
+}
+
+#: Input shapes of the networks built by :func:`network`, by name.
+_INPUTS = {"mlp": (5,), "cnn": (2, 6, 6)}
+
+
+def network(kind: str, *, batchnorm: bool, seed: int, classes: int = 3) -> nn.Sequential:
+    """A float64 eval-mode ReLU network: ``kind`` 'mlp' or 'cnn', with or without batch-norm.
+
+    The batch-norm variants normalise the first layer only, so the later layers still form
+    a chain with layer and neuron symmetries.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    if kind == "mlp":
+        first, norm = nn.Linear(5, 6), nn.BatchNorm1d(6, eps=BATCHNORM_EPS)
+        rest: list[nn.Module] = [nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, classes)]
+    else:
+        first, norm = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3, eps=BATCHNORM_EPS)
+        rest = [
+            nn.MaxPool2d(2),
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 3 * 3, classes),
+        ]
+    modules = [first, *([norm] if batchnorm else []), nn.ReLU(), *rest]
+    model = nn.Sequential(*modules).double().eval()
+    with torch.no_grad():
+        for module in model:
+            if isinstance(module, PARAMETRISED) and module.bias is not None:
+                module.bias.normal_(0, 0.5, generator=generator)
+            if isinstance(module, BATCHNORM):
+                module.running_mean.normal_(0, 0.3, generator=generator)
+                module.running_var.uniform_(0.2, 1.0, generator=generator)
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.normal_(0, 0.3, generator=generator)
+    return model
+
+
+def labelled_data(
+    kind: str, seed: int, examples: int = 12, classes: int = 3
+) -> tuple[Tensor, Tensor]:
+    """Seeded float64 inputs for :func:`network` and random labels in ``0..classes−1``."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    inputs = torch.randn((examples, *_INPUTS[kind]), generator=generator, dtype=torch.float64)
+    labels = torch.randint(classes, (examples,), generator=generator)
+    return inputs, labels
+
+
+def _checked(model: nn.Module, twin: nn.Module) -> nn.Sequential:
+    """``twin``, after checking it computes the same logits as ``model`` on random inputs."""
+    first = next(m for m in model.modules() if isinstance(m, PARAMETRISED))
+    kind = "mlp" if isinstance(first, nn.Linear) else "cnn"
+    inputs, _ = labelled_data(kind, seed=12345)
+    with torch.no_grad():
+        expected, got = model(inputs), twin(inputs)
+    deviation = ((got - expected).abs().max() / expected.abs().max()).item()
+    assert deviation < 1e-12, f"the transform changed the logits by {deviation:.1e}"
+    return twin
