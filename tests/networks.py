@@ -10,7 +10,7 @@ Every builder takes an integer seed and returns a :class:`Case` ``(model, inputs
 The same seed always gives the same case (the global torch RNG is forked, not consumed).
 ``PIECEWISE_LINEAR`` holds the builders of networks piecewise linear in every trainable
 parameter (Linear/Conv weights and biases, ReLU-like activations, pooling, residual sums,
-concatenation, eval-mode batch-norm with frozen affine parameters, eval-mode dropout), on
+concatenation, eval-mode batch-norm (its affine parameters measured too), eval-mode dropout), on
 which the Hessian diagonal equals the Gauss–Newton diagonal. ``SMOOTH`` holds networks with
 smooth nonlinearities (tanh, GELU, sigmoid, softplus, LayerNorm), where only the GGN is exact.
 
@@ -72,7 +72,7 @@ def _draw(seed: int, attempt: Callable[[random.Random], tuple[nn.Module, Tensor,
             try:
                 model, inputs, K = attempt(rng)
                 model = model.double().eval()
-                _freeze_normalisation(model)
+                _freeze_layer_norm(model)
                 _randomise_running_statistics(model, rng)
                 with torch.no_grad():
                     logits = model(inputs)
@@ -92,10 +92,10 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _freeze_normalisation(model: nn.Module) -> None:
-    """Batch-norm / LayerNorm affine parameters are not measurable: freeze them."""
+def _freeze_layer_norm(model: nn.Module) -> None:
+    """LayerNorm affine parameters are not measurable (no rule): freeze them."""
     for module in model.modules():
-        if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
+        if isinstance(module, nn.LayerNorm):
             module.requires_grad_(False)
 
 

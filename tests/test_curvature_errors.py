@@ -191,17 +191,12 @@ class _SubclassedLinear(nn.Linear):
             r"1 \(LayerNorm\): 1\.weight, 1\.bias",
         ),
         (
-            lambda: nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)).eval(),
-            _X(5, 3),
-            r"1 \(BatchNorm1d\): 1\.weight, 1\.bias",
-        ),
-        (
             lambda: nn.Sequential(_SubclassedLinear(3, 4), nn.ReLU(), nn.Linear(4, 3)),
             _X(5, 3),
             r"0 \(_SubclassedLinear\): 0\.weight, 0\.bias",
         ),
     ],
-    ids=["embedding", "prelu", "layernorm-affine", "batchnorm-affine", "linear-subclass"],
+    ids=["embedding", "prelu", "layernorm-affine", "linear-subclass"],
 )
 def test_unsupported_module_is_listed(
     build: Callable[[], nn.Module], inputs: Tensor, listed: str
@@ -210,6 +205,15 @@ def test_unsupported_module_is_listed(
     for message in check_rejected(model, inputs, UnsupportedModuleError, listed):
         assert "Supported modules: nn.Linear" in message
         assert "requires_grad_(False)" in message  # the remedy
+
+
+def test_batchnorm_without_running_statistics_is_refused() -> None:
+    model = _seeded_model(
+        lambda: nn.Sequential(
+            nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.Linear(4, 3)
+        ).eval()
+    )
+    check_rejected(model, _X(5, 3), ModelError, "without running statistics")
 
 
 def test_every_unsupported_module_is_listed_at_once() -> None:

@@ -1,11 +1,21 @@
-"""Networks of the seed papers (MATH §6), for any input shape and class count."""
+"""Networks of the seed papers (MATH §6), for any input shape and class count.
+
+Besides the factory functions, :data:`ZOO` names each network for the command line, and
+:func:`build_model` builds one by name for a data set's input shape and class count.
+"""
 
 from __future__ import annotations
 
+import difflib
 import itertools
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
+
+from minsharp.errors import ModelError
 
 
 def mlp(
@@ -31,15 +41,25 @@ def paper_mlp(in_features: int = 784, num_classes: int = 10, *, bias: bool = Tru
 
 
 def small_cnn(
-    in_channels: int = 1, image_size: int = 28, num_classes: int = 10, *, bias: bool = True
+    in_channels: int = 1,
+    image_size: int | tuple[int, int] = 28,
+    num_classes: int = 10,
+    *,
+    bias: bool = True,
 ) -> nn.Sequential:
     """SmallCNN of the Minimum Sharpness paper: conv5×5 →20, pool 2, conv5×5 →20, pool 2, linear.
 
-    With 28×28 inputs the linear layer is 320 → 10.
+    With 28×28 inputs the linear layer is 320 → 10. ``image_size`` is the side of square
+    images or ``(height, width)``.
+
+    Raises:
+        ModelError: the images are smaller than 12×12 pixels, where nothing is left after the
+            second pooling.
     """
-    side = ((image_size - 4) // 2 - 4) // 2
-    if side < 1:
-        raise ValueError(f"small_cnn needs images of at least 12×12 pixels; got {image_size}.")
+    height, width = _sides(image_size)
+    sides = [((side - 4) // 2 - 4) // 2 for side in (height, width)]
+    if min(sides) < 1:
+        raise ModelError(f"small_cnn needs images of at least 12×12 pixels; got {height}×{width}.")
     return nn.Sequential(
         nn.Conv2d(in_channels, 20, 5, bias=bias),
         nn.ReLU(),
@@ -48,10 +68,192 @@ def small_cnn(
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(20 * side * side, num_classes, bias=bias),
+        nn.Linear(20 * sides[0] * sides[1], num_classes, bias=bias),
     )
+
+
+def lenet(
+    in_channels: int = 1,
+    image_size: int | tuple[int, int] = 28,
+    num_classes: int = 10,
+    *,
+    bias: bool = True,
+) -> nn.Sequential:
+    """LeNet of the Minimum Sharpness paper's randomized-label experiment (MATH §6).
+
+    conv5×5 →6 (padding 2), ReLU, max-pool 2 (stride 1), conv5×5 6→16, ReLU, max-pool 2,
+    conv5×5 16→120, ReLU, linear →84, ReLU, linear 84→``num_classes``. With 28×28 inputs the
+    third convolution leaves 120 maps of 7×7 and the first linear layer is 5880 → 84; for
+    other sizes the flattened size is computed. ``image_size`` is the side of square images
+    or ``(height, width)``.
+
+    Raises:
+        ModelError: the images are smaller than 15×15 pixels, where the third convolution
+            has nothing left to cover.
+
+    Example:
+        >>> lenet()[-3]
+        Linear(in_features=5880, out_features=84, bias=True)
+    """
+    height, width = _sides(image_size)
+    # pad-2 conv keeps the side; pool 2 stride 1 takes 1; conv 5 takes 4; pool 2 halves; conv 5.
+    sides = [(side - 1 - 4 - 2) // 2 + 1 - 4 for side in (height, width)]
+    if min(sides) < 1:
+        raise ModelError(f"lenet needs images of at least 15×15 pixels; got {height}×{width}.")
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 6, 5, padding=2, bias=bias),
+        nn.ReLU(),
+        nn.MaxPool2d(2, stride=1),
+        nn.Conv2d(6, 16, 5, bias=bias),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 120, 5, bias=bias),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(120 * sides[0] * sides[1], 84, bias=bias),
+        nn.ReLU(),
+        nn.Linear(84, num_classes, bias=bias),
+    )
+
+
+def _sides(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` of an image size given as one side or a pair."""
+    if isinstance(image_size, int):
+        return image_size, image_size
+    height, width = image_size
+    return int(height), int(width)
 
 
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable scalars."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A network of :data:`ZOO`: how to build it for a data set, and what it accepts."""
+
+    build: Callable[..., nn.Module]
+    """``build(input_shape, num_classes, **options)``."""
+    images: bool
+    """Whether the network takes images ``(C, H, W)``; otherwise inputs are flattened."""
+    options: dict[str, Any]
+    """The accepted options and their defaults."""
+    summary: str
+
+
+def _hidden_widths(hidden: Any) -> list[int]:
+    """``hidden`` as a list of positive widths; a single int is one hidden layer."""
+    widths = [hidden] if isinstance(hidden, int) else hidden
+    if (
+        not isinstance(widths, (list, tuple))
+        or not widths
+        or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)
+    ):
+        raise ModelError(
+            f"model 'mlp': option hidden must be a positive width or a non-empty list of "
+            f"them, e.g. hidden=[64, 32]; got {hidden!r}."
+        )
+    return list(widths)
+
+
+#: The named networks of the command line (``minsharp measure --model NAME``).
+ZOO: dict[str, ZooEntry] = {
+    "small_mlp": ZooEntry(
+        build=lambda shape, classes, *, bias: small_mlp(math.prod(shape), classes, bias=bias),
+        images=False,
+        options={"bias": True},
+        summary="SmallMLP, in-20-20-K, ReLU (Minimum Sharpness paper, Fig. 1)",
+    ),
+    "paper_mlp": ZooEntry(
+        build=lambda shape, classes, *, bias: paper_mlp(math.prod(shape), classes, bias=bias),
+        images=False,
+        options={"bias": True},
+        summary="MLP in-512-128-512-K, ReLU (Minimum Sharpness paper, randomized labels)",
+    ),
+    "mlp": ZooEntry(
+        build=lambda shape, classes, *, hidden, bias: mlp(
+            math.prod(shape), _hidden_widths(hidden), classes, bias=bias
+        ),
+        images=False,
+        options={"hidden": [64, 32], "bias": True},
+        summary="ReLU MLP in-hidden…-K with the given hidden widths (as `minsharp demo`)",
+    ),
+    "small_cnn": ZooEntry(
+        build=lambda shape, classes, *, bias: small_cnn(
+            shape[0], (shape[1], shape[2]), classes, bias=bias
+        ),
+        images=True,
+        options={"bias": True},
+        summary="SmallCNN: conv5×5→20, pool 2, conv5×5→20, pool 2, linear (Fig. 1)",
+    ),
+    "lenet": ZooEntry(
+        build=lambda shape, classes, *, bias: lenet(
+            shape[0], (shape[1], shape[2]), classes, bias=bias
+        ),
+        images=True,
+        options={"bias": True},
+        summary="LeNet: 3 conv5×5 (6, 16, 120 maps), linear 84, linear K (randomized labels)",
+    ),
+}
+
+
+def build_model(
+    name: str, input_shape: Sequence[int], num_classes: int, **options: Any
+) -> nn.Module:
+    """Build the network ``name`` of :data:`ZOO` for inputs of one example's shape.
+
+    Args:
+        name: a key of :data:`ZOO`.
+        input_shape: the shape of one example, e.g. ``(64,)`` or ``(1, 28, 28)``. MLPs flatten
+            it; convolutional networks need ``(channels, height, width)``.
+        num_classes: number of outputs.
+        **options: the network's options (``ZOO[name].options``), e.g. ``bias=False`` or, for
+            ``mlp``, ``hidden=[64, 32]``.
+
+    Returns:
+        The freshly initialised network.
+
+    Raises:
+        ModelError: unknown name or option, a bad option value, or inputs of a shape the
+            network cannot take. The message lists the accepted names or options.
+
+    Example:
+        >>> build_model("mlp", (64,), 10, hidden=[16])
+        Sequential(
+          (0): Flatten(start_dim=1, end_dim=-1)
+          (1): Linear(in_features=64, out_features=16, bias=True)
+          (2): ReLU()
+          (3): Linear(in_features=16, out_features=10, bias=True)
+        )
+    """
+    if name not in ZOO:
+        close = difflib.get_close_matches(name, ZOO, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(f"unknown model {name!r}.{hint} Known models: {', '.join(ZOO)}.")
+    entry = ZOO[name]
+    unknown = sorted(set(options) - set(entry.options))
+    if unknown:
+        accepted = ", ".join(f"{key}={value!r}" for key, value in entry.options.items())
+        raise ModelError(
+            f"model {name!r} has no option {', '.join(map(repr, unknown))}; its options are: "
+            f"{accepted}."
+        )
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ModelError(
+            f"model {name!r}: num_classes must be a positive integer; got {num_classes!r}."
+        )
+    shape = tuple(int(side) for side in input_shape)
+    if entry.images and len(shape) != 3:
+        raise ModelError(
+            f"model {name!r} takes images of shape (channels, height, width), but one example "
+            f"of the data has shape {shape}. Give the inputs as (N, C, H, W), or use an MLP."
+        )
+    if not shape or min(shape) < 1:
+        raise ModelError(f"model {name!r}: examples of shape {shape} have no features.")
+    chosen = {**entry.options, **options}
+    if not isinstance(chosen["bias"], bool):
+        raise ModelError(
+            f"model {name!r}: option bias must be True or False; got {chosen['bias']!r}."
+        )
+    return entry.build(shape, num_classes, **chosen)

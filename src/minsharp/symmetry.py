@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from minsharp.curvature.engine import run_forward
 from minsharp.curvature.layers import model_dtype_device, preserved_buffers
-from minsharp.curvature.rules import RULES
+from minsharp.curvature.rules import WEIGHT_LAYERS
 from minsharp.errors import MinsharpError, NotAChainError
 
 #: How far the product of the α's may stray from 1, relative.
@@ -44,7 +44,7 @@ def chain_layers(model: nn.Module, inputs: Tensor) -> list[str]:
             )
         order.append(name)
 
-    hooked = [m for m in model.modules() if type(m) in RULES and m.weight is not None]
+    hooked = [m for m in model.modules() if type(m) in WEIGHT_LAYERS and m.weight is not None]
     handles = [module.register_forward_hook(record) for module in hooked]
     try:
         with preserved_buffers(model), torch.no_grad():

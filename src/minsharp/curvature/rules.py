@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from minsharp.curvature.batchnorm import batchnorm_patches, batchnorm_rows
 from minsharp.curvature.conv import conv_patches, conv_rows
 from minsharp.curvature.linear import linear_patches, linear_rows
 
@@ -30,12 +31,21 @@ class LayerRule:
 
 _LINEAR = LayerRule(patches=linear_patches, rows=linear_rows)
 _CONV = LayerRule(patches=conv_patches, rows=conv_rows)
+_BATCHNORM = LayerRule(patches=batchnorm_patches, rows=batchnorm_rows)
 
-RULES: dict[type[nn.Module], LayerRule] = {
+#: The layers of a network's chain: their weights carry the layer and neuron symmetries.
+WEIGHT_LAYERS: dict[type[nn.Module], LayerRule] = {
     nn.Linear: _LINEAR,
     nn.Conv1d: _CONV,
     nn.Conv2d: _CONV,
     nn.Conv3d: _CONV,
+}
+
+RULES: dict[type[nn.Module], LayerRule] = {
+    **WEIGHT_LAYERS,
+    nn.BatchNorm1d: _BATCHNORM,
+    nn.BatchNorm2d: _BATCHNORM,
+    nn.BatchNorm3d: _BATCHNORM,
 }
 
 

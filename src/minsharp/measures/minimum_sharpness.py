@@ -154,6 +154,12 @@ def _registered(
     progress: bool = False,
     seed: int = 0,
 ) -> Evaluation:
+    """``MS(θ) = min_α Tr H(T_α θ)`` through the registry (see :func:`minimum_sharpness`).
+
+    ``per_layer`` holds each layer's trace ``T^W_l/α_l² + T^b_l/(Π_{m≤l}α_m)²`` at the optimal
+    rescaling (absent when the infimum is not attained); ``details`` the optimal α and the
+    traces as given.
+    """
     result = minimum_sharpness(model, data, batch_size=batch_size, progress=progress, seed=seed)
     optimal = result.optimal_traces() if result.alphas is not None else None
     return Evaluation(
