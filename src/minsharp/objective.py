@@ -99,7 +99,7 @@ class DatasetObjective:
         with autograd_enabled():
             for loss in self._weighted_losses(point):
                 parts = torch.autograd.grad(loss, list(point.values()), allow_unused=True)
-                total += float(loss)
+                total += float(loss.detach())
                 for name, part in zip(point, parts, strict=True):
                     if part is not None:
                         gradient[name] += part

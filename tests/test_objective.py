@@ -1,0 +1,73 @@
+"""DatasetObjective: loss, gradient and Hessian-vector products over all data, batch by batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests.chains import assert_untouched, snapshot
+from tests.symmetries import labelled_data, network
+from torch.func import functional_call
+from torch.utils.data import DataLoader, TensorDataset
+
+from minsharp.errors import DataError, ModelError
+from minsharp.objective import DatasetObjective, flatten, unflatten
+
+
+def dense_reference(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor):
+    """Loss, gradient and Hessian of the mean cross-entropy by autograd on one flat vector."""
+    names = [name for name, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    buffers = dict(model.named_buffers())
+
+    def loss(vector: torch.Tensor) -> torch.Tensor:
+        pieces = dict(zip(names, vector.split([s.numel() for s in shapes]), strict=True))
+        values = {n: pieces[n].reshape(s) for n, s in zip(names, shapes, strict=True)}
+        logits = functional_call(model, {**values, **buffers}, (inputs,))
+        return torch.nn.functional.cross_entropy(logits, labels)
+
+    point = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    gradient = torch.autograd.functional.jacobian(loss, point)
+    return float(loss(point)), gradient, torch.autograd.functional.hessian(loss, point)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_loss_gradient_and_hvp_match_dense_autograd(kind: str, batchnorm: bool) -> None:
+    model = network(kind, batchnorm=batchnorm, seed=3)
+    inputs, labels = labelled_data(kind, 3)
+    before = snapshot(model)
+    objective = DatasetObjective(model, (inputs, labels), batch_size=5)
+    loss, gradient, hessian = dense_reference(model, inputs, labels)
+    assert objective.loss() == pytest.approx(loss, rel=1e-13)
+    value, gradient_parts = objective.gradient()
+    assert value == pytest.approx(loss, rel=1e-13)
+    torch.testing.assert_close(flatten(gradient_parts), gradient, rtol=1e-11, atol=1e-13)
+    vector = torch.randn(hessian.shape[0], dtype=torch.float64)
+    product = objective.hessian_vector_product(unflatten(vector, objective.parameters))
+    torch.testing.assert_close(flatten(product), hessian @ vector, rtol=1e-10, atol=1e-12)
+    assert_untouched(model, before)
+
+
+def test_perturbed_parameters_and_error_rate() -> None:
+    model = network("mlp", batchnorm=False, seed=1)
+    inputs, labels = labelled_data("mlp", 1)
+    objective = DatasetObjective(model, DataLoader(TensorDataset(inputs, labels), batch_size=4))
+    assert objective.num_examples == 12 and len(objective.batches) == 3
+    direction = {name: torch.ones_like(p) for name, p in objective.parameters.items()}
+    shifted = objective.perturbed(direction, 0.1)
+    for name, p in objective.parameters.items():
+        torch.testing.assert_close(shifted[name], p + 0.1)
+    with torch.no_grad():
+        wrong = (model(inputs).argmax(1) != labels).double().mean().item()
+    assert objective.error_rate() == pytest.approx(wrong)
+
+
+def test_bad_data_and_models_are_refused() -> None:
+    model = network("mlp", batchnorm=True, seed=1)
+    inputs, labels = labelled_data("mlp", 1)
+    with pytest.raises(DataError, match="inputs but 11 labels"):
+        DatasetObjective(model, (inputs, labels[:11]))
+    with pytest.raises(DataError, match="holds no examples"):
+        DatasetObjective(model, [])
+    with pytest.raises(ModelError, match="training mode"):
+        DatasetObjective(model.train(), (inputs, labels))
