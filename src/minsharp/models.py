@@ -53,13 +53,13 @@ def small_cnn(
     images or ``(height, width)``.
 
     Raises:
-        ModelError: the images are smaller than 12×12 pixels, where nothing is left after the
+        ModelError: the images are smaller than 16×16 pixels, where nothing is left after the
             second pooling.
     """
     height, width = _sides(image_size)
     sides = [((side - 4) // 2 - 4) // 2 for side in (height, width)]
     if min(sides) < 1:
-        raise ModelError(f"small_cnn needs images of at least 12×12 pixels; got {height}×{width}.")
+        raise ModelError(f"small_cnn needs images of at least 16×16 pixels; got {height}×{width}.")
     return nn.Sequential(
         nn.Conv2d(in_channels, 20, 5, bias=bias),
         nn.ReLU(),

@@ -375,3 +375,49 @@ def _check_piecewise_linear(
             "curvature='ggn' to get the exact generalized Gauss–Newton quantities instead, "
             "labelled as such."
         )
+
+
+@dataclass(frozen=True)
+class LayerCotangents:
+    """What :func:`layer_cotangents` returns for one layer on one batch."""
+
+    layer: Layer
+    captured: Tensor
+    """The layer's input as :func:`patches.capture_patches` keeps it for traces: squared
+    norms ``‖U_n‖²`` (N, G, 1, 1) when the layer has one position, the patches ``U``
+    (N, G, P, S) otherwise."""
+    cotangents: Tensor | None
+    """``J_nᵀ c_nk`` with respect to the layer's output, for the centred cotangents
+    ``c_nk = √p_nk (e_k − p_n)``: shape (K, N, *output shape); None when the output does not
+    reach the logits."""
+
+
+def layer_cotangents(
+    model: nn.Module, layers: list[Layer], inputs: Tensor
+) -> list[LayerCotangents]:
+    """Input patches and back-propagated centred cotangents at the output of each layer.
+
+    The engine's recording forward pass and one vectorised backward pass of the K centred
+    cotangents (MATH §1), for measures that combine them differently from the per-parameter
+    sums of :func:`hessian_trace` (for example with the layer's weight, as relative flatness
+    does). Layers that did not run are left out. Call inside :func:`autograd_enabled` and
+    after :func:`check_formula` has vetted the layers.
+    """
+    with _recording(layers, inputs.shape[0], diagonal=False) as calls:
+        logits = run_forward(model, inputs)
+    with torch.no_grad():
+        cotangents = centred_cotangents(logits)
+    recorded = [(layer, call) for layer in layers if (call := calls.get(layer.name)) is not None]
+    if not recorded:
+        return []
+    outputs = torch.autograd.grad(
+        logits,
+        [call.edge for _, call in recorded],
+        cotangents,
+        is_grads_batched=True,
+        allow_unused=True,
+    )
+    return [
+        LayerCotangents(layer, call.captured, output)
+        for (layer, call), output in zip(recorded, outputs, strict=True)
+    ]

@@ -135,6 +135,8 @@ def labelled_batches(
         if labels.min() < 0:
             raise DataError(f"data: batch {position} has negative labels; labels are 0..K−1.")
         inputs = input_batches(batch[0], batch_size, device, dtype)
+        if labels.is_inference():  # as for the inputs: autograd refuses to save those
+            labels = labels.clone()
         labels = labels.to(device=device, dtype=torch.long)
         for start, chunk in zip(range(0, labels.shape[0], batch_size), inputs, strict=False):
             seen_examples += chunk.shape[0]

@@ -1,16 +1,27 @@
 """Plain (not rescaling-invariant) curvature measures, the baselines of every comparison.
 
-All refer to the Hessian ``H = ∇²L`` of the mean cross-entropy over the data (MATH §0).
+All refer to the Hessian ``H = ∇²L`` of the mean cross-entropy over the data (MATH §0):
+its exact trace (per-layer formula), Hutchinson's stochastic estimate of the trace, and its
+largest eigenvalue. The last two use products with the full Hessian over the whole data set
+(:class:`minsharp.objective.DatasetObjective`), so they need the labels; so does
+:func:`hessian_top_eigenvalue`, the Lanczos plumbing shared with ``quotient_flatness``.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_trace
+from minsharp.errors import MinsharpError
 from minsharp.measures.registry import Evaluation, register
+from minsharp.objective import DatasetObjective, flatten, unflatten
+from minsharp.solvers import EIGEN_MAX_ITERATIONS, EIGEN_TOLERANCE, largest_eigenvalue
 
 
 @register(
@@ -36,3 +47,224 @@ def exact_hessian_trace(
         module or "(root)": sum(values.values()) for module, values in traces.by_layer().items()
     }
     return Evaluation(value=traces.total, num_examples=traces.num_examples, per_layer=per_layer)
+
+
+@register(
+    "top_eigenvalue",
+    invariances=set(),
+    summary="λ_max(H), the largest Hessian eigenvalue, by Lanczos on Hessian-vector products",
+    reference="Keskar et al. 2017; Dinh, Pascanu, Bengio & Bengio 2017 (not rescaling-invariant)",
+    requires={"labels"},
+)
+def top_eigenvalue(
+    model: nn.Module,
+    data: Any,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+    tolerance: float = EIGEN_TOLERANCE,
+    max_iterations: int = EIGEN_MAX_ITERATIONS,
+    seed: int = 0,
+) -> Evaluation:
+    """``λ_max(H)``, the largest eigenvalue of the full Hessian ``H = ∇²L`` (MATH §0).
+
+    The classic sharpness of a minimum (Keskar et al. 2017), which a layer rescaling changes
+    at will without changing the function (Dinh et al. 2017): ``H → T⁻¹ H T⁻¹``. It is the
+    largest *algebraic* eigenvalue: away from a minimum ``H`` may be indefinite, and a negative
+    eigenvalue of larger magnitude is ignored. ``H`` includes every off-diagonal block, which
+    depends on the labels; products ``H v`` are exact over all of ``data`` (double backward,
+    float64 sums over batches).
+
+    Lanczos (:func:`minsharp.solvers.largest_eigenvalue`) stops when the Ritz pair ``(λ, v)``
+    has ``‖H v − λ v‖ ≤ tolerance · |λ|``; the certificate holds that residual, the number of
+    Hessian-vector products (each one pass over the data) and ``converged``. A run that hits
+    ``max_iterations`` first warns and returns a lower bound on ``λ_max``. With a float32
+    model the products carry rounding near ``1e-7 · ‖H‖``, so tolerances much below ``1e-6``
+    may be out of reach. ``details`` gives ``direction_share``: the share ``‖v_l‖²`` of each
+    layer in the top eigenvector.
+
+    Args:
+        model: the classifier, in eval mode.
+        data: ``(X, y)`` or an iterable of ``(X, y)`` batches.
+        batch_size: examples per forward pass.
+        progress: show a progress bar over Hessian-vector products.
+        tolerance: relative Ritz residual to reach, in (0, 1).
+        max_iterations: largest number of Lanczos steps (Hessian-vector products).
+        seed: seed of the Lanczos start vector.
+    """
+    objective = DatasetObjective(model, data, batch_size)
+    return hessian_top_eigenvalue(
+        objective,
+        scales=None,
+        tolerance=tolerance,
+        max_iterations=max_iterations,
+        seed=seed,
+        progress=progress,
+    )
+
+
+def hessian_top_eigenvalue(
+    objective: DatasetObjective,
+    *,
+    scales: Tensor | None,
+    tolerance: float,
+    max_iterations: int,
+    seed: int,
+    progress: bool,
+) -> Evaluation:
+    """``λ_max(D H D)`` over the flattened parameters, ``D = diag(scales)`` (identity if None).
+
+    The Hessian-vector plumbing shared by ``top_eigenvalue`` and ``quotient_flatness``: flat
+    float64 vectors in the parameters' order, scaled by ``D`` on both sides of each product
+    with the full Hessian of ``objective``. Warns (``RuntimeWarning``) when Lanczos stops at
+    ``max_iterations`` before reaching ``tolerance``.
+
+    Args:
+        objective: the loss over the whole data set.
+        scales: the diagonal of ``D``, float64, as long as the flattened parameters.
+        tolerance: relative residual of :func:`minsharp.solvers.largest_eigenvalue`.
+        max_iterations: its largest number of Lanczos steps.
+        seed: seed of its start vector.
+        progress: show a progress bar over Hessian-vector products.
+
+    Returns:
+        The eigenvalue, a certificate (``residual`` ``‖A v − λ v‖`` and ``relative_residual``
+        ``/ |λ|``, ``matvecs``, ``tolerance``, ``converged``) and the top
+        eigenvector's share per layer in ``details["direction_share"]``.
+    """
+    dimension = sum(p.numel() for p in objective.parameters.values())
+    with tqdm(
+        total=max_iterations, disable=not progress, desc="Hessian-vector products", unit="matvec"
+    ) as bar:
+
+        def product(vector: Tensor) -> Tensor:
+            if scales is not None:
+                vector = scales * vector
+            result = flatten(
+                objective.hessian_vector_product(unflatten(vector, objective.parameters))
+            )
+            bar.update(1)
+            return result if scales is None else scales * result
+
+        pair = largest_eigenvalue(
+            product,
+            dimension,
+            tolerance=tolerance,
+            max_iterations=max_iterations,
+            seed=seed,
+            device=objective.device,
+        )
+        bar.total = bar.n  # stopped before max_iterations: show the bar complete
+    if not pair.converged:
+        warnings.warn(
+            f"Lanczos stopped after max_iterations={max_iterations} steps with residual "
+            f"‖Av − λv‖ = {pair.residual:.2e} > tolerance · |λ| (tolerance={tolerance}); the "
+            f"value {pair.value:.6g} is a lower bound on the top eigenvalue. Raise "
+            "max_iterations or the tolerance.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    shares = unflatten(pair.vector.square(), objective.parameters)
+    return Evaluation(
+        value=pair.value,
+        num_examples=objective.num_examples,
+        certificate={
+            "residual": pair.residual,
+            "relative_residual": pair.residual / abs(pair.value) if pair.value else None,
+            "matvecs": pair.matvecs,
+            "tolerance": tolerance,
+            "converged": pair.converged,
+        },
+        details={"direction_share": _by_module({n: float(s.sum()) for n, s in shares.items()})},
+    )
+
+
+@register(
+    "hutchinson_trace",
+    invariances=set(),
+    summary="Tr H estimated by Hutchinson's E[vᵀHv] over Rademacher probes v, with its error",
+    reference="Hutchinson 1989; Avron & Toledo 2011",
+    requires={"labels"},
+    stochastic=True,
+)
+def hutchinson_trace(
+    model: nn.Module,
+    data: Any,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+    samples: int = 100,
+    seed: int = 0,
+) -> Evaluation:
+    """Hutchinson's estimate ``Tr H ≈ (1/S) Σ_s v_sᵀ H v_s``, ``v_s`` Rademacher (Hutchinson 1989).
+
+    Unbiased for the trace of the full Hessian ``H = ∇²L`` (MATH §0), with variance
+    ``2 Σ_{i≠j} H_ij² / S`` (Avron & Toledo 2011); ``details["standard_error"]`` is the sample
+    standard deviation of ``v_sᵀ H v_s`` over ``√S``. Each probe costs one Hessian-vector product
+    over all of ``data``. ``per_layer`` splits every quadratic form by the layer of its entries:
+    ``v_lᵀ (H v)_l`` has expectation ``Tr H_ll``, so the same probes estimate each layer's
+    trace (standard errors in ``details["per_layer_standard_error"]``). The stochastic
+    counterpart of the exact ``hessian_trace``, for networks that one does not cover (not
+    piecewise linear in every parameter: it refuses them or gives the Gauss–Newton trace).
+
+    Args:
+        model: the classifier, in eval mode.
+        data: ``(X, y)`` or an iterable of ``(X, y)`` batches.
+        batch_size: examples per forward pass.
+        progress: show a progress bar over the probes.
+        samples: number S of probe vectors, at least 2.
+        seed: seed of the probes.
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise MinsharpError(
+            f"samples must be an integer ≥ 2 (probe vectors; the standard error needs two); "
+            f"got {samples!r}."
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise MinsharpError(f"seed must be an integer; got {seed!r}.")
+    objective = DatasetObjective(model, data, batch_size)
+    generator = torch.Generator().manual_seed(seed)
+    forms = torch.empty(samples, len(objective.parameters), dtype=torch.float64)
+    for sample in tqdm(
+        range(samples), disable=not progress, desc="Hutchinson probes", unit="probe"
+    ):
+        probe = {
+            name: (torch.randint(2, p.shape, generator=generator) * 2 - 1).to(p)
+            for name, p in objective.parameters.items()
+        }
+        product = objective.hessian_vector_product(probe)
+        for column, name in enumerate(objective.parameters):
+            forms[sample, column] = (probe[name].double() * product[name].double()).sum()
+    columns: dict[str, list[int]] = {}
+    for column, name in enumerate(objective.parameters):
+        columns.setdefault(_module(name), []).append(column)
+    per_module = {module: forms[:, where].sum(1) for module, where in columns.items()}
+    totals = forms.sum(1)
+    return Evaluation(
+        value=float(totals.mean()),
+        num_examples=objective.num_examples,
+        per_layer={module: float(values.mean()) for module, values in per_module.items()},
+        details={
+            "standard_error": _standard_error(totals),
+            "per_layer_standard_error": {
+                module: _standard_error(values) for module, values in per_module.items()
+            },
+        },
+    )
+
+
+def _standard_error(samples: Tensor) -> float:
+    return float(samples.std() / math.sqrt(samples.numel()))
+
+
+def _module(parameter: str) -> str:
+    """The module owning a parameter (``"(root)"`` for the model's own)."""
+    return parameter.rpartition(".")[0] or "(root)"
+
+
+def _by_module(values: dict[str, float]) -> dict[str, float]:
+    """Per-parameter values summed per owning module, in the parameters' order."""
+    modules: dict[str, float] = {}
+    for name, value in values.items():
+        modules[_module(name)] = modules.get(_module(name), 0.0) + value
+    return modules

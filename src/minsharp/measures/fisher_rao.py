@@ -1,1 +1,179 @@
-"""Placeholder: being written (issue 3)."""
+"""The Fisher–Rao norm (Liang, Poggio, Rakhlin & Stokes 2019).
+
+``‖θ‖²_FR = E[(θᵀ ∇_θ ℓ(x, y))²]``, the squared norm of the parameters in the Fisher
+metric evaluated at the parameters themselves. With logits ``z_n`` and their directional
+derivative ``dz_n = J_n θ`` along ``θ`` (one forward-mode JVP),
+
+    θᵀ ∇_θ ℓ(x_n, y) = (p_n − e_y)ᵀ dz_n,
+
+so the whole norm costs one forward pass with tangents, whatever the architecture.
+
+A function-preserving reparametrisation ``θ → Tθ`` with diagonal ``T`` (layer, neuron and
+batch-norm rescalings) maps gradients to ``T⁻¹ ∇ℓ``, so ``⟨Tθ, T⁻¹∇ℓ⟩ = ⟨θ, ∇ℓ⟩`` and the
+norm is invariant to all three symmetries.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp
+from tqdm.auto import tqdm
+
+from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, autograd_enabled, run_forward
+from minsharp.curvature.layers import check_measurable, model_dtype_device, preserved_buffers
+from minsharp.data.batches import input_batches, labelled_batches
+from minsharp.errors import DataError, MinsharpError, ModelError
+from minsharp.measures.registry import Evaluation, register
+from minsharp.tensors import all_finite
+
+Labels = Literal["true", "model"]
+
+
+@register(
+    "fisher_rao",
+    invariances={"layer", "neuron", "batchnorm"},
+    requires={"labels"},
+    summary="Fisher–Rao norm E[(θᵀ∇ℓ)²], exact, by one forward-mode JVP along θ",
+    reference="Liang, Poggio, Rakhlin & Stokes 2019",
+)
+def fisher_rao_norm(
+    model: nn.Module,
+    data: Any,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = False,
+    labels: Labels = "true",
+) -> Evaluation:
+    """Fisher–Rao norm ``‖θ‖²_FR = E[(θᵀ ∇_θ ℓ(x, y))²]`` over all trainable parameters θ.
+
+    Liang, Poggio, Rakhlin & Stokes 2019, "Fisher–Rao metric, geometry, and complexity of
+    neural networks". With ``dz_n = J_n θ`` the derivative of the logits along θ (one
+    forward-mode JVP per batch) and ``p_n`` the softmax, ``θᵀ∇ℓ(x_n, y) = (p_n − e_y)ᵀ dz_n``:
+
+    * ``labels="true"`` (empirical): ``(1/N) Σ_n ((p_n − e_{y_n})ᵀ dz_n)²`` with the data's
+      labels;
+    * ``labels="model"``: ``y ~ p(·|x_n)`` summed exactly over the K classes,
+      ``(1/N) Σ_n Σ_k p_nk (dz_nk − p_nᵀ dz_n)² = (1/N) Σ_n dz_nᵀ (diag p_n − p_n p_nᵀ) dz_n``;
+      labels are then not needed.
+
+    Exact for any differentiable network (no piecewise-linearity needed). Invariant to every
+    function-preserving diagonal rescaling of the parameters (layer, neuron, batch-norm),
+    since ``⟨Tθ, T⁻¹∇ℓ⟩ = ⟨θ, ∇ℓ⟩``. For a bias-free ReLU chain of depth L,
+    ``θᵀ∇ℓ = L (p − e_y)ᵀ z`` (the paper's structural identity).
+
+    Args:
+        model: the network in eval mode; its output must be logits (N, K).
+        data: ``(X, y)`` or an iterable/DataLoader of ``(X, y)`` batches; with
+            ``labels="model"`` inputs alone suffice.
+        batch_size: examples per forward pass.
+        progress: show a progress bar over batches.
+        labels: ``"true"`` or ``"model"``, as above.
+
+    Returns:
+        The norm as ``value``; ``details["mean_projection"]`` holds ``E[θᵀ∇ℓ]`` for
+        ``labels="true"`` (``θᵀ∇L``, the gradient of the mean loss along θ).
+
+    Example:
+        A single bias-free linear layer has ``dz_n = z_n``:
+
+        >>> import torch
+        >>> layer = torch.nn.Linear(3, 4, bias=False).double()
+        >>> x, y = torch.randn(5, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0])
+        >>> z = layer(x).detach()
+        >>> projection = ((z.softmax(1) * z).sum(1) - z[range(5), y])
+        >>> value = fisher_rao_norm(layer, (x, y)).value
+        >>> abs(value - projection.square().mean().item()) < 1e-12
+        True
+    """
+    if labels not in ("true", "model"):
+        raise MinsharpError(f"option labels must be 'true' or 'model'; got {labels!r}.")
+    check_measurable(model)
+    # Inside torch.inference_mode() the tensors made here would be inference tensors, which
+    # forward-mode AD and in-place accumulation refuse: work outside it throughout.
+    with autograd_enabled():
+        total, projection_sum, num_examples = _sums(model, data, labels, batch_size, progress)
+    details: dict[str, Any] = {"labels": labels}
+    if labels == "true":
+        details["mean_projection"] = projection_sum / num_examples
+    return Evaluation(value=total / num_examples, num_examples=num_examples, details=details)
+
+
+def _sums(
+    model: nn.Module, data: Any, labels: Labels, batch_size: int, progress: bool
+) -> tuple[float, float, int]:
+    """Sums over the data of ``(θᵀ∇ℓ)²`` (expected over y for "model") and of ``θᵀ∇ℓ``."""
+    dtype, device = model_dtype_device(model)
+    parameters = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    if not parameters:
+        raise MinsharpError("model has no trainable parameters: the Fisher–Rao norm is empty.")
+    fixed = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
+    fixed.update((name, b.detach().clone()) for name, b in model.named_buffers())
+
+    def logits_at(point: dict[str, Tensor], inputs: Tensor) -> Tensor:
+        return functional_call(model, {**fixed, **point}, (inputs,), strict=True)
+
+    num_examples, num_classes = 0, 0
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    projection_sum = torch.zeros((), dtype=torch.float64, device=device)
+    batches = _batches(data, labels, batch_size, device, dtype)
+    for inputs, targets in tqdm(batches, disable=not progress, desc="fisher-rao"):
+        if num_examples == 0:  # shape and finiteness checks, with clear errors
+            with preserved_buffers(model), torch.no_grad():
+                num_classes = run_forward(model, inputs[:1]).shape[1]
+        with warnings.catch_warnings():
+            # torch's first forward-mode call loads decompositions through torch.jit.script
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
+            logits, tangent = jvp(
+                lambda point, inputs=inputs: logits_at(point, inputs),
+                (parameters,),
+                (parameters,),
+            )
+        _check_logits(logits, inputs.shape[0], num_classes)
+        probabilities = logits.detach().double().softmax(1)
+        tangent = tangent.detach().double()
+        centred = tangent - (probabilities * tangent).sum(1, keepdim=True)
+        if targets is None:
+            total += (probabilities * centred.square()).sum()
+        else:
+            _check_labels(targets, num_classes)
+            # θᵀ∇ℓ_n = (p_n − e_y)ᵀ dz_n = −(dz_ny − p_nᵀ dz_n)
+            projections = -centred.gather(1, targets[:, None])[:, 0]
+            total += projections.square().sum()
+            projection_sum += projections.sum()
+        num_examples += inputs.shape[0]
+    return float(total), float(projection_sum), num_examples
+
+
+def _batches(
+    data: Any, labels: Labels, batch_size: int, device: torch.device, dtype: torch.dtype
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """``(inputs, labels)`` batches; labels None when the model's own distribution is used."""
+    if labels == "true":
+        yield from labelled_batches(data, batch_size, device, dtype)
+    else:
+        for inputs in input_batches(data, batch_size, device, dtype):
+            yield inputs, None
+
+
+def _check_logits(logits: Tensor, num_examples: int, num_classes: int) -> None:
+    if logits.dim() != 2 or logits.shape != (num_examples, num_classes):
+        raise ModelError(
+            f"model output must be logits of shape ({num_examples}, {num_classes}); got "
+            f"{tuple(logits.shape)}."
+        )
+    if not all_finite(logits.detach()):
+        raise ModelError("model produced non-finite logits (NaN or inf) on the data.")
+
+
+def _check_labels(labels: Tensor, num_classes: int) -> None:
+    largest = int(labels.max())
+    if largest >= num_classes:
+        raise DataError(
+            f"data: label {largest} is out of range for a model with {num_classes} output "
+            f"classes; labels must lie in 0..{num_classes - 1}."
+        )

@@ -1,0 +1,81 @@
+"""The model zoo: LeNet as MATH §6 specifies it, and build_model's checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from minsharp.errors import ModelError
+from minsharp.models import ZOO, build_model, count_parameters, lenet, small_cnn
+
+
+def test_lenet_is_the_paper_network_on_mnist():
+    net = lenet()
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    pools = [m for m in net if isinstance(m, nn.MaxPool2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (1, 6, (5, 5), (2, 2)),
+        (6, 16, (5, 5), (0, 0)),
+        (16, 120, (5, 5), (0, 0)),
+    ]
+    assert [(p.kernel_size, p.stride) for p in pools] == [(2, 1), (2, 2)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(5880, 84), (84, 10)]
+    assert sum(isinstance(m, nn.ReLU) for m in net) == 4
+    assert all(m.bias is not None for m in [*convs, *linears])
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert not any(m.bias is not None for m in lenet(bias=False) if hasattr(m, "bias"))
+
+
+@pytest.mark.parametrize(
+    ("channels", "size", "classes"), [(3, 32, 7), (1, 16, 2), (2, (20, 31), 4)]
+)
+def test_lenet_and_small_cnn_fit_any_image_size(channels, size, classes):
+    height, width = (size, size) if isinstance(size, int) else size
+    for factory in (lenet, small_cnn):
+        net = factory(channels, size, classes)
+        assert net(torch.zeros(2, channels, height, width)).shape == (2, classes)
+
+
+def test_too_small_images_are_refused():
+    with pytest.raises(ModelError, match="lenet needs images of at least 15×15 pixels; got 14×14"):
+        lenet(1, 14)
+    with pytest.raises(ModelError, match="small_cnn needs images of at least 16×16"):
+        small_cnn(1, (15, 28))
+    assert lenet(1, 15)(torch.zeros(1, 1, 15, 15)).shape == (1, 10)
+    assert small_cnn(1, 16)(torch.zeros(1, 1, 16, 16)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_zoo_model_builds_for_its_inputs(name):
+    shape = (1, 28, 28) if ZOO[name].images else (64,)
+    net = build_model(name, shape, 3)
+    assert net(torch.zeros(2, *shape)).shape == (2, 3)
+    without = build_model(name, shape, 3, bias=False)
+    assert count_parameters(without) < count_parameters(net)
+
+
+def test_mlp_hidden_widths():
+    net = build_model("mlp", (8, 8), 10, hidden=[5, 4])
+    assert [m.out_features for m in net if isinstance(m, nn.Linear)] == [5, 4, 10]
+    assert [
+        m.out_features for m in build_model("mlp", (4,), 2, hidden=3) if isinstance(m, nn.Linear)
+    ] == [3, 2]
+    with pytest.raises(ModelError, match="option hidden must be a positive width"):
+        build_model("mlp", (4,), 2, hidden=[3, 0])
+
+
+def test_build_model_errors_name_the_model_and_what_it_accepts():
+    with pytest.raises(ModelError, match=r"unknown model 'lenet5'\. Did you mean lenet"):
+        build_model("lenet5", (1, 28, 28), 10)
+    with pytest.raises(
+        ModelError, match=r"model 'lenet' has no option 'width'; its options are: bias=True"
+    ):
+        build_model("lenet", (1, 28, 28), 10, width=3)
+    with pytest.raises(ModelError, match=r"takes images of shape \(channels, height, width\)"):
+        build_model("small_cnn", (784,), 10)
+    with pytest.raises(ModelError, match="option bias must be True or False"):
+        build_model("small_mlp", (4,), 10, bias="no")
+    with pytest.raises(ModelError, match="num_classes must be a positive integer"):
+        build_model("small_mlp", (4,), 0)
