@@ -30,6 +30,7 @@ bench: setup
 	$(BIN)/python benchmarks/paper_exactness_speed.py
 	$(BIN)/python benchmarks/cost_ratio.py
 	$(TUNED_MALLOC) $(BIN)/python benchmarks/cost_ratio.py --output benchmarks/results/cost_ratio_tuned_allocator.md
+	$(BIN)/python benchmarks/normalized_sharpness_solver.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache

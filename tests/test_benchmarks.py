@@ -78,3 +78,26 @@ def test_cost_ratio_quick(tmp_path) -> None:
         assert len(row) == len(header)
         assert row[trace_ratio].endswith("×")
         assert float(row[trace_ratio].rstrip("×")) > 0
+
+
+def test_normalized_sharpness_solver_quick(tmp_path) -> None:
+    text = run_quick("normalized_sharpness_solver.py", tmp_path / "ns.md")
+    summary_header = table_rows(text, "state | objective | exact")[0]
+    layer_header = table_rows(text, "state | objective | layer")[0]
+    rows = table_rows(text, "init |") + table_rows(text, "trained |")
+    summary = [row for row in rows if len(row) == len(summary_header)]
+    layers = [row for row in rows if len(row) == len(layer_header)]
+    assert {(row[0], row[1]) for row in summary} == {
+        (state, objective) for state in ("init", "trained") for objective in ("arxiv", "icml")
+    }
+    assert len(layers) == 2 * 2 * 4  # states × objectives × Linear layers
+    verdict = summary_header.index("bar (KKT ≤ 1e-10, CPU < 1 s)")
+    kkt = layer_header.index("ours: certificate KKT")
+    reevaluated = layer_header.index("ours: KKT re-evaluated")
+    gap = layer_header.index("GD / ours − 1")
+    for row in summary:
+        assert row[verdict] in ("PASS", "MISS")
+    for row in layers:
+        assert float(row[kkt]) <= 1e-10, row
+        assert float(row[reevaluated]) <= 1e-10, row
+        assert float(row[gap]) >= -1e-9, row  # gradient steps never beat the minimum

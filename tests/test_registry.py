@@ -14,12 +14,15 @@ A new measure cannot join the registry without its claims checked here.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from tests.symmetries import TRANSFORMS, labelled_data, network
 
 from minsharp.errors import ModelError
 from minsharp.measures import SYMMETRIES, available, measure, spec
 
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "measures.md"
 INVARIANT = 1e-6
 MOVED = 1e-3
 
@@ -86,3 +89,16 @@ def test_every_measure_documents_itself(name: str) -> None:
     assert chosen.summary and chosen.reference
     assert chosen.compute.__doc__ and len(chosen.compute.__doc__) > 80
     assert set(chosen.invariances) <= set(SYMMETRIES)
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_measure_is_in_the_docs_table_with_its_invariances(name: str) -> None:
+    rows = [
+        line
+        for line in DOCS.read_text(encoding="utf-8").splitlines()
+        if line.startswith(f"| `{name}` |")
+    ]
+    assert len(rows) == 1, f"docs/measures.md needs one table row for {name}"
+    declared = rows[0].split("|")[2]
+    for symmetry in SYMMETRIES:
+        assert (symmetry in declared) == (symmetry in spec(name).invariances), (name, declared)

@@ -407,8 +407,11 @@ class NormalizedSharpnessSolution:
     objective: NormalizedObjective
     """``"arxiv"`` or ``"icml"``."""
     attained: bool
-    """False when some entries of ``h`` or ``W²`` can only be driven to zero contribution in a
-    limit (a scale going to 0 or ∞): ``value`` is then the infimum, approached but not reached."""
+    """False when some positive terms of the objective can only be driven to zero in a limit
+    (a scale going to 0 or ∞): ``value`` is then the infimum, approached but not reached.
+    arXiv: a term per positive entry of ``h`` or ``W²``. ICML: a term ``h_ij W_ik² s_j / s_k``
+    per pair of positive entries in one row, so a row with ``h_i = 0`` (a dead unit) adds
+    exactly 0 at every ``s`` and does not count."""
     relative_kkt: float
     """``‖∇_b F(b)‖₂ / F(b)`` at the returned log-scales, over the variables of the attained
     part: the optimality certificate (0 when nothing is left to optimise)."""
@@ -478,13 +481,14 @@ def minimize_normalized_sharpness(
     arXiv the σ-part of the joint gradient vanishes by construction).
 
     Zero entries. Rows and columns form a bipartite graph with an edge ``row i → column j``
-    where ``h_ij > 0`` and ``column j → row i`` where ``W_ij > 0``. The minimum is attained
-    iff every edge lies in a strongly connected component; edges between components can be
-    driven to zero contribution together (scales going to 0 or ∞ along the order of the
-    components) without changing the rest. They are pruned exactly, ``attained`` is then
-    False and the value is the infimum, and each component is an independent problem. This
-    covers all-zero rows and columns of ``h`` (dead ReLU units, always-zero inputs), pruned
-    iteratively. The arXiv values of the blocks add up; ICML adds ``F`` before the root.
+    where ``h_ij > 0`` and ``column j → row i`` where ``W_ij > 0``. A term is bounded away
+    from zero iff its edges lie in one strongly connected component; terms between
+    components can be driven to zero together (scales going to 0 or ∞ along the order of the
+    components) without changing the rest. They are pruned exactly, the value is the
+    infimum (``attained`` False if a positive term was pruned), and each component is an
+    independent problem whose minimum is attained. This covers all-zero rows and columns of
+    ``h`` (dead ReLU units, always-zero inputs), pruned iteratively. The arXiv values of the
+    blocks add up; ICML adds ``F`` before the root.
 
     Args:
         diag_hessian: ``h``, (m, n), finite and non-negative.
@@ -512,7 +516,8 @@ def minimize_normalized_sharpness(
     m, n = h.shape
     row_logs = torch.full((m,), math.nan, dtype=torch.float64)
     column_logs = torch.full((n,), math.nan, dtype=torch.float64)
-    blocks, attained = _support_blocks(h, w2)
+    blocks = _support_blocks(h, w2)
+    attained = _terms(h, w2, objective) == sum(_terms(b.h, b.w2, objective) for b in blocks)
     # Global scale: NS(c_h h, c_w W²) = √(c_h c_w) NS(h, W²) for both objectives.
     h_scale = float(h.max()) if h.numel() else 1.0
     w_scale = float(w2.max()) if w2.numel() else 1.0
@@ -615,14 +620,14 @@ class _Block:
     w2: Tensor
 
 
-def _support_blocks(h: Tensor, w2: Tensor) -> tuple[list[_Block], bool]:
-    """Strongly connected blocks of the support graph, and whether the minimum is attained.
+def _support_blocks(h: Tensor, w2: Tensor) -> list[_Block]:
+    """The strongly connected blocks of the support graph (with at least one edge).
 
     Graph: ``row i → column j`` where ``h_ij > 0``, ``column j → row i`` where ``W_ij² > 0``.
     Rows and columns with no positive ``h`` or no positive ``W²`` entry are pruned first,
     iteratively; what remains is one block whenever ``h`` or ``W²`` has no zero left in it
     (then every node reaches every other). Otherwise scipy's strongly connected components
-    split it. The minimum is attained iff no positive entry falls outside the blocks.
+    split it.
     """
     rows = torch.arange(h.shape[0])
     columns = torch.arange(h.shape[1])
@@ -641,10 +646,14 @@ def _support_blocks(h: Tensor, w2: Tensor) -> tuple[list[_Block], bool]:
         blocks = [_Block(rows, columns, sub_h, sub_w)]
     else:
         blocks = _strong_components(sub_h, sub_w, rows, columns)
-    kept = sum(
-        int(torch.count_nonzero(block.h)) + int(torch.count_nonzero(block.w2)) for block in blocks
-    )
-    return blocks, kept == int(torch.count_nonzero(h)) + int(torch.count_nonzero(w2))
+    return blocks
+
+
+def _terms(h: Tensor, w2: Tensor, objective: NormalizedObjective) -> int:
+    """Number of positive terms: entries (arXiv) or same-row pairs ``h_ij W_ik²`` (ICML)."""
+    if objective == "arxiv":
+        return int(torch.count_nonzero(h)) + int(torch.count_nonzero(w2))
+    return int(((h > 0).sum(1) * (w2 > 0).sum(1)).sum())
 
 
 def _strong_components(h: Tensor, w2: Tensor, rows: Tensor, columns: Tensor) -> list[_Block]:
