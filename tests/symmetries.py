@@ -133,24 +133,35 @@ _INPUTS = {"mlp": (5,), "cnn": (2, 6, 6)}
 def network(kind: str, *, batchnorm: bool, seed: int, classes: int = 3) -> nn.Sequential:
     """A float64 eval-mode ReLU network: ``kind`` 'mlp' or 'cnn', with or without batch-norm.
 
-    The batch-norm variants normalise the first layer only, so the later layers still form
-    a chain with layer and neuron symmetries.
+    The batch-norm variants normalise one layer only — the MLP its second (so the bias in
+    front of the batch-norm carries an accumulated layer scale), the CNN its first — so the
+    rest still forms a chain with layer and neuron symmetries.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    norm: list[nn.Module]
     if kind == "mlp":
-        first, norm = nn.Linear(5, 6), nn.BatchNorm1d(6, eps=BATCHNORM_EPS)
-        rest: list[nn.Module] = [nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, classes)]
+        norm = [nn.BatchNorm1d(5, eps=BATCHNORM_EPS)] if batchnorm else []
+        modules = [
+            nn.Linear(5, 6),
+            nn.ReLU(),
+            nn.Linear(6, 5),
+            *norm,
+            nn.ReLU(),
+            nn.Linear(5, classes),
+        ]
     else:
-        first, norm = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3, eps=BATCHNORM_EPS)
-        rest = [
+        norm = [nn.BatchNorm2d(3, eps=BATCHNORM_EPS)] if batchnorm else []
+        modules = [
+            nn.Conv2d(2, 3, 3, padding=1),
+            *norm,
+            nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(3, 4, 3, padding=1),
             nn.ReLU(),
             nn.Flatten(),
             nn.Linear(4 * 3 * 3, classes),
         ]
-    modules = [first, *([norm] if batchnorm else []), nn.ReLU(), *rest]
     model = nn.Sequential(*modules).double().eval()
     with torch.no_grad():
         for module in model:

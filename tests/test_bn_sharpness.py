@@ -30,26 +30,40 @@ def loss_of(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> tor
     return nn.functional.cross_entropy(model(inputs), labels)
 
 
+def normalised_layer(model: nn.Sequential) -> str:
+    """Name of the (single) module right in front of a batch-norm."""
+    modules = list(model)
+    (index,) = [
+        i
+        for i in range(len(modules) - 1)
+        if isinstance(modules[i + 1], nn.BatchNorm1d | nn.BatchNorm2d)
+    ]
+    return str(index)
+
+
 def direct_bn_sharpness(
     model: nn.Sequential, inputs: torch.Tensor, labels: torch.Tensor, delta: float, nodes: int
 ) -> float:
-    """MATH §5 by hand: blocks of the first (batch-normalised) layer are its rows with their
+    """MATH §5 by hand: the blocks of the batch-normalised layer are its weight rows and its
     bias entries, every other tensor is one block; the loss along the line from copies."""
     work = copy.deepcopy(model)
     base = loss_of(work, inputs, labels)
     base.backward()
-    first = work[0]
+    layer = normalised_layer(work)
     direction = {}
-    rows_w = first.weight.detach().flatten(1)
-    rows_g = first.weight.grad.flatten(1)
-    for k in range(first.weight.shape[0]):
-        w = torch.cat([rows_w[k], first.bias.detach()[k : k + 1]])
-        g = torch.cat([rows_g[k], first.bias.grad[k : k + 1]])
-        v = w.norm() * g / g.norm() if g.norm() > 0 else torch.zeros_like(g)
-        direction[("0.weight", k)] = v[:-1]
-        direction[("0.bias", k)] = v[-1]
     for name, p in work.named_parameters():
-        if not name.startswith("0."):
+        if name == f"{layer}.weight":
+            rows_w, rows_g = p.detach().flatten(1), p.grad.flatten(1)
+            scale = torch.stack(
+                [
+                    rows_w[k].norm() / rows_g[k].norm() if rows_g[k].norm() > 0 else torch.zeros(())
+                    for k in range(len(rows_w))
+                ]
+            )
+            direction[name] = p.grad * scale.reshape(-1, *[1] * (p.dim() - 1))
+        elif name == f"{layer}.bias":
+            direction[name] = p.detach().abs() * torch.sign(p.grad)
+        else:
             direction[name] = p.detach().norm() * p.grad / p.grad.norm()
     x, w = np.polynomial.legendre.leggauss(nodes)
     total = 0.0
@@ -58,11 +72,7 @@ def direct_bn_sharpness(
         moved = copy.deepcopy(model)
         with torch.no_grad():
             for name, p in moved.named_parameters():
-                if name.startswith("0."):
-                    for k in range(p.shape[0]):
-                        p[k] += t * direction[(name, k)].reshape(p[k].shape)
-                else:
-                    p += t * direction[name]
+                p += t * direction[name]
             total += wi / 2 * (loss_of(moved, inputs, labels) - base.detach()).item()
     return total
 
@@ -75,7 +85,7 @@ def test_matches_a_direct_computation_on_perturbed_copies(kind, delta, nodes):
     expected = direct_bn_sharpness(model, inputs, labels, delta, nodes)
     result = bn_sharpness(model, (inputs, labels), delta=delta, nodes=nodes, batch_size=5)
     assert result.value == pytest.approx(expected, rel=1e-10, abs=0)
-    assert result.details["row_blocks"] == ["0.weight"]
+    assert result.details["row_blocks"] == [f"{normalised_layer(model)}.weight"]
     assert sum(result.details["weights"]) == pytest.approx(1, rel=1e-14)
     assert result.details["loss"] == pytest.approx(loss_of(model, inputs, labels).item())
 
@@ -110,11 +120,13 @@ def test_direction_has_each_block_norm_and_zero_where_the_gradient_vanishes():
     assert rows == {"0.weight": "0.bias"}
     direction = bn_sharpness_direction(parameters, gradient, rows)
     assert list(direction) == list(parameters)
-    for k in range(3):
-        block = torch.cat([direction["0.weight"][k].flatten(), direction["0.bias"][k : k + 1]])
-        weight = torch.cat([parameters["0.weight"][k].flatten(), parameters["0.bias"][k : k + 1]])
-        expected = 0.0 if k == 1 else weight.norm().item()
-        assert block.norm().item() == pytest.approx(expected, rel=1e-12, abs=0)
+    for k in range(3):  # rows and bias entries are separate blocks, each moved by its norm
+        for name, block in [
+            ("0.weight", direction["0.weight"][k]),
+            ("0.bias", direction["0.bias"][k]),
+        ]:
+            expected = 0.0 if k == 1 else parameters[name][k].norm().item()
+            assert block.norm().item() == pytest.approx(expected, rel=1e-12, abs=0)
     assert torch.equal(direction["4.bias"], torch.zeros_like(parameters["4.bias"]))
     assert direction["4.weight"].norm().item() == pytest.approx(
         parameters["4.weight"].norm().item(), rel=1e-12
@@ -125,7 +137,7 @@ def test_direction_has_each_block_norm_and_zero_where_the_gradient_vanishes():
 def test_rows_are_found_in_training_mode_without_touching_the_statistics():
     model = network("mlp", batchnorm=True, seed=0).train()
     before = {name: b.clone() for name, b in model.named_buffers()}
-    assert batchnorm_rows(model, labelled_data("mlp", 0)[0][:4]) == {"0.weight": "0.bias"}
+    assert batchnorm_rows(model, labelled_data("mlp", 0)[0][:4]) == {"2.weight": "2.bias"}
     for name, buffer in model.named_buffers():
         assert torch.equal(buffer, before[name])
     assert batchnorm_rows(network("mlp", batchnorm=False, seed=0), labelled_data("mlp", 0)[0]) == {}

@@ -38,7 +38,8 @@ NETWORKS = {
 FAST_OPTIONS: dict[str, dict[str, object]] = {
     "hutchinson_trace": {"samples": 20},
     "adaptive_sharpness_average": {"samples": 20},
-    "pac_bayes_flatness": {"samples": 8},
+    # The loss always rises with the noise, so the σ search brackets on every network.
+    "pac_bayes_flatness": {"samples": 8, "metric": "loss"},
 }
 
 

@@ -111,10 +111,17 @@ class DatasetObjective:
         product = {name: torch.zeros_like(t, dtype=torch.float64) for name, t in point.items()}
         with autograd_enabled():
             for loss in self._weighted_losses(point):
-                gradient = torch.autograd.grad(loss, list(point.values()), create_graph=True)
-                directional = sum(
-                    (g * vector[name]).sum() for name, g in zip(point, gradient, strict=True)
+                gradient = torch.autograd.grad(
+                    loss, list(point.values()), create_graph=True, allow_unused=True
                 )
+                terms = [
+                    (g * vector[name]).sum()
+                    for name, g in zip(point, gradient, strict=True)
+                    if g is not None
+                ]
+                directional = sum(terms)
+                if not isinstance(directional, Tensor) or not directional.requires_grad:
+                    continue  # no parameter reaches this batch's loss, or only linearly
                 parts = torch.autograd.grad(directional, list(point.values()), allow_unused=True)
                 for name, part in zip(point, parts, strict=True):
                     if part is not None:

@@ -557,6 +557,23 @@ def minimize_normalized_sharpness(
     )
 
 
+def check_normalized_options(objective: str, tolerance: float, max_iterations: int) -> None:
+    """Raise :class:`MinsharpError` unless the normalized-sharpness solver options are valid."""
+    if objective not in NORMALIZED_OBJECTIVES:
+        raise MinsharpError(
+            f"objective must be one of {', '.join(map(repr, NORMALIZED_OBJECTIVES))}; "
+            f"got {objective!r}."
+        )
+    if not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
+        raise MinsharpError(f"tolerance must be a number in (0, 1); got {tolerance!r}.")
+    if (
+        isinstance(max_iterations, bool)
+        or not isinstance(max_iterations, int)
+        or max_iterations < 0
+    ):
+        raise MinsharpError(f"max_iterations must be an integer ≥ 0; got {max_iterations!r}.")
+
+
 def _validated_layer(
     diag_hessian: Tensor | np.ndarray,
     weight_squared: Tensor | np.ndarray,
@@ -565,19 +582,7 @@ def _validated_layer(
     max_iterations: int,
 ) -> tuple[Tensor, Tensor]:
     """Both matrices as float64 CPU tensors, after checking every argument."""
-    if objective not in NORMALIZED_OBJECTIVES:
-        raise ValueError(
-            f"objective must be one of {', '.join(map(repr, NORMALIZED_OBJECTIVES))}; "
-            f"got {objective!r}."
-        )
-    if not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
-        raise ValueError(f"tolerance must be a number in (0, 1); got {tolerance!r}.")
-    if (
-        isinstance(max_iterations, bool)
-        or not isinstance(max_iterations, int)
-        or max_iterations < 0
-    ):
-        raise ValueError(f"max_iterations must be an integer ≥ 0; got {max_iterations!r}.")
+    check_normalized_options(objective, tolerance, max_iterations)
     matrices = []
     for name, value in (("diag_hessian", diag_hessian), ("weight_squared", weight_squared)):
         if isinstance(value, Tensor):
@@ -585,25 +590,25 @@ def _validated_layer(
         try:
             matrix = torch.as_tensor(value, dtype=torch.float64, device="cpu")
         except (TypeError, ValueError, RuntimeError) as error:
-            raise ValueError(
+            raise MinsharpError(
                 f"{name} must be a real matrix (tensor or array); got {type(value).__name__}."
             ) from error
         if matrix.dim() != 2:
-            raise ValueError(
+            raise MinsharpError(
                 f"{name} must be a 2-D matrix (rows = output units, columns = inputs); got "
                 f"shape {tuple(matrix.shape)}. Reshape conv weights to (C_out, C_in) first."
             )
         if not all_finite(matrix):
-            raise ValueError(f"{name} holds non-finite entries (NaN or inf).")
+            raise MinsharpError(f"{name} holds non-finite entries (NaN or inf).")
         if matrix.numel() and float(matrix.min()) < 0:
-            raise ValueError(
+            raise MinsharpError(
                 f"{name} must be non-negative (a Hessian diagonal of a piecewise-linear network, "
                 f"or squared weights); its smallest entry is {float(matrix.min()):.3g}."
             )
         matrices.append(matrix)
     h, w2 = matrices
     if h.shape != w2.shape:
-        raise ValueError(
+        raise MinsharpError(
             f"diag_hessian and weight_squared must have the same shape; got "
             f"{tuple(h.shape)} and {tuple(w2.shape)}."
         )
@@ -819,7 +824,7 @@ def _newton_cg(
         point = problem.point(b)
         value, gradient_norm = point.value, float(point.gradient.norm())
         if not (math.isfinite(value) and math.isfinite(gradient_norm)):
-            raise FloatingPointError(
+            raise MinsharpError(
                 "normalized sharpness: the objective overflowed in float64 (entries of h or "
                 "W² spanning more than ~600 orders of magnitude within one layer)."
             )

@@ -1,17 +1,78 @@
-"""Training loops for the experiments (SGD with momentum, the seed paper's schedule)."""
+"""Training for the experiments, and checkpoints that rebuild the trained network.
+
+The optimiser is the one of the Minimum Sharpness paper's randomized-label experiment
+(MATH §6): SGD with momentum and weight decay, cross-entropy loss, and the learning rate
+
+    η_t = η₀ / (1 + λ·t),   t = number of minibatch steps already taken (0 for the first),
+
+with ``η₀ = config.lr`` and ``λ = config.lr_decay``. Training is deterministic given
+``config.seed``: minibatches come from a permutation drawn with a generator seeded by it, and
+anything a model draws from the global generator (dropout…) is drawn from it reseeded with
+``config.seed`` (the caller's global state is restored afterwards). On CPU the same seed and
+the same initial weights give bit-identical trained weights.
+
+A checkpoint is a directory holding ``model.safetensors`` (the state dict) and
+``checkpoint.json`` (how to rebuild the network through :func:`minsharp.models.build_model`,
+the weights' SHA-256 and dtype, and a free-form JSON record such as the training config and
+history). Both files are written atomically, the weights first, so a ``checkpoint.json``
+that exists describes weights that were completely written.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from minsharp.errors import DataError, MinsharpError, ModelError
+from minsharp.io import load_weights, write_json_atomic
+from minsharp.models import build_model
+
+#: File names inside a checkpoint directory.
+WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.json"
+#: The ``format`` tag and version written into ``checkpoint.json``.
+CHECKPOINT_FORMAT = "minsharp-checkpoint"
+CHECKPOINT_VERSION = 1
+
+#: Examples per forward pass when measuring accuracy (no gradients are kept).
+EVAL_BATCH_SIZE = 8192
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """SGD with momentum and the learning rate ``lr / (1 + decay · t)``, t = steps taken."""
+    """SGD with momentum and the learning rate ``lr / (1 + lr_decay · t)``, t = steps taken.
+
+    Attributes:
+        epochs: the most passes over the training set (fewer when the target is reached).
+        batch_size: examples per minibatch; the last minibatch of an epoch may be smaller.
+        lr: the initial learning rate η₀.
+        momentum: SGD momentum (PyTorch's form: ``v ← μ·v + g``, ``w ← w − η_t·v``).
+        weight_decay: L2 coefficient added to the gradient (``g ← g + wd·w``).
+        lr_decay: λ of the schedule ``η_t = η₀ / (1 + λ·t)`` (MATH §6: 1e−4).
+        seed: seeds the minibatch order (and the global generator during training).
+        target_train_accuracy: stop after the first epoch whose training accuracy, measured
+            in eval mode on the whole training set, is at least this; ``None`` trains for all
+            ``epochs``.
+
+    Raises:
+        MinsharpError: a value out of range (negative epochs, non-positive batch size or
+            learning rate, negative momentum/decays, a target outside (0, 1]).
+    """
 
     epochs: int = 30
     batch_size: int = 64
@@ -20,24 +81,116 @@ class TrainingConfig:
     weight_decay: float = 1e-5
     lr_decay: float = 1e-4
     seed: int = 0
+    target_train_accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            problems.append(f"epochs must be a non-negative integer, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            problems.append(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("momentum", "weight_decay", "lr_decay"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                problems.append(f"{name} must be a non-negative number, got {value!r}")
+        target = self.target_train_accuracy
+        if target is not None and not (isinstance(target, (int, float)) and 0 < target <= 1):
+            problems.append(f"target_train_accuracy must be in (0, 1] or None, got {target!r}")
+        if problems:
+            raise MinsharpError(f"invalid training config: {'; '.join(problems)}.")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain (JSON-able) dictionary."""
+        return dataclasses.asdict(self)
+
+
+def learning_rate(config: TrainingConfig, step: int) -> float:
+    """The learning rate of minibatch step ``step`` (counted from 0): ``lr / (1 + lr_decay·t)``.
+
+    This is the schedule of the Minimum Sharpness paper's randomized-label experiment
+    (MATH §6), with t the number of steps taken before this one.
+
+    Example:
+        >>> learning_rate(TrainingConfig(lr=0.1, lr_decay=1e-4), 10_000)
+        0.05
+    """
+    return config.lr / (1.0 + config.lr_decay * step)
 
 
 @dataclass
 class TrainingHistory:
-    """Per-epoch mean training loss and accuracy (on the batches as they were seen)."""
+    """What happened in each epoch of :func:`train_classifier` (one entry per epoch run).
+
+    Attributes:
+        loss: mean cross-entropy over the epoch's minibatches, weighted by their sizes, as
+            the batches were seen (train mode, weights changing during the epoch).
+        accuracy: fraction of the epoch's examples classified correctly as the batches were
+            seen (same caveats as ``loss``).
+        train_accuracy: accuracy on the whole training set after the epoch, in eval mode.
+        test_accuracy: accuracy on the test set after the epoch, in eval mode; empty when no
+            test set was given.
+        learning_rate: the learning rate of the epoch's last minibatch step.
+        seconds: wall-clock seconds of the epoch, evaluation included.
+        epochs_run: number of epochs run (the length of each list above).
+        stopped_early: whether training stopped before ``config.epochs`` because
+            ``train_accuracy`` reached ``config.target_train_accuracy``.
+    """
 
     loss: list[float] = field(default_factory=list)
     accuracy: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
+    learning_rate: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    epochs_run: int = 0
+    stopped_early: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain (JSON-able) dictionary."""
+        return dataclasses.asdict(self)
 
 
 def train_classifier(
-    model: nn.Module, inputs: Tensor, labels: Tensor, config: TrainingConfig
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    config: TrainingConfig,
+    *,
+    test: tuple[Tensor, Tensor] | None = None,
+    progress: bool = False,
+    description: str = "training",
 ) -> TrainingHistory:
     """Train ``model`` in place on ``(inputs, labels)`` with cross-entropy; deterministic.
 
-    Minibatches are drawn by a permutation seeded from ``config.seed``; the model is left in
-    eval mode.
+    Each epoch visits the training set in an order drawn by ``torch.randperm`` from a
+    generator seeded with ``config.seed``, in minibatches of ``config.batch_size``; step t
+    (counted over all epochs from 0) uses the learning rate ``lr / (1 + lr_decay·t)``
+    (MATH §6). After each epoch the accuracy on the whole training set (and on ``test``) is
+    measured in eval mode without gradients; training stops once it reaches
+    ``config.target_train_accuracy``. The model is left in eval mode.
+
+    Args:
+        model: the network, already initialised; its parameters are updated in place.
+        inputs: training inputs ``(N, …)`` on the model's device.
+        labels: class indices ``(N,)``.
+        config: the optimiser, schedule, epochs, seed and early-stopping target.
+        test: optional ``(inputs, labels)`` evaluated after each epoch.
+        progress: show a progress bar over epochs (on stderr) with the loss and accuracies.
+        description: the progress bar's label.
+
+    Returns:
+        The per-epoch history.
+
+    Raises:
+        DataError: inputs and labels of different lengths, or no examples.
+        ModelError: the training loss became non-finite (the run diverged); lower ``lr``.
     """
+    _check_data(inputs, labels, "training")
+    if test is not None:
+        _check_data(*test, "test")
+    count = len(labels)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -45,31 +198,336 @@ def train_classifier(
         momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 1.0 / (1.0 + config.lr_decay * step)
-    )
     history = TrainingHistory()
-    model.train()
-    for _ in range(config.epochs):
-        order = torch.randperm(len(labels), generator=generator)
-        total_loss, correct = 0.0, 0
-        for start in range(0, len(labels), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            logits = model(inputs[batch])
-            loss = F.cross_entropy(logits, labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total_loss += loss.item() * len(batch)
-            correct += int((logits.argmax(1) == labels[batch]).sum())
-        history.loss.append(total_loss / len(labels))
-        history.accuracy.append(correct / len(labels))
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    step = 0
+    bar = tqdm(
+        range(config.epochs), desc=description, unit="epoch", disable=not progress, leave=False
+    )
+    with bar, torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(config.seed)
+        for epoch in bar:
+            start = time.perf_counter()
+            model.train()
+            order = torch.randperm(count, generator=generator).to(labels.device)
+            total_loss = torch.zeros((), dtype=torch.float64, device=labels.device)
+            correct = torch.zeros((), dtype=torch.int64, device=labels.device)
+            rate = config.lr
+            for begin in range(0, count, config.batch_size):
+                batch = order[begin : begin + config.batch_size]
+                rate = learning_rate(config, step)
+                for group in optimizer.param_groups:
+                    group["lr"] = rate
+                targets = labels[batch]
+                logits = model(inputs[batch])
+                loss = F.cross_entropy(logits, targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                with torch.no_grad():
+                    total_loss += loss.detach().double() * len(batch)
+                    correct += (logits.argmax(1) == targets).sum()
+            mean_loss = float(total_loss) / count
+            if not math.isfinite(mean_loss):
+                raise ModelError(
+                    f"training diverged: the mean loss of epoch {epoch + 1} is {mean_loss} "
+                    f"(lr {config.lr}, batch size {config.batch_size}); lower the learning rate."
+                )
+            history.loss.append(mean_loss)
+            history.accuracy.append(int(correct) / count)
+            history.learning_rate.append(rate)
+            history.train_accuracy.append(_eval_accuracy(model, inputs, labels))
+            if test is not None:
+                history.test_accuracy.append(_eval_accuracy(model, *test))
+            history.seconds.append(time.perf_counter() - start)
+            history.epochs_run = epoch + 1
+            if progress:
+                shown = {
+                    "loss": f"{mean_loss:.4f}",
+                    "train": f"{history.train_accuracy[-1]:.3f}",
+                }
+                if test is not None:
+                    shown["test"] = f"{history.test_accuracy[-1]:.3f}"
+                bar.set_postfix(shown, refresh=False)
+            target = config.target_train_accuracy
+            if target is not None and history.train_accuracy[-1] >= target:
+                history.stopped_early = history.epochs_run < config.epochs
+                break
     model.eval()
     return history
 
 
+def _check_data(inputs: Tensor, labels: Tensor, what: str) -> None:
+    """Raise :class:`DataError` unless ``inputs`` and ``labels`` pair up and are non-empty."""
+    if labels.dim() != 1 or inputs.shape[:1] != labels.shape:
+        raise DataError(
+            f"{what} inputs {tuple(inputs.shape)} and labels {tuple(labels.shape)} do not pair "
+            "up: expected inputs (N, …) and labels (N,)."
+        )
+    if len(labels) == 0:
+        raise DataError(f"the {what} set is empty.")
+
+
+def _eval_accuracy(model: nn.Module, inputs: Tensor, labels: Tensor) -> float:
+    """:func:`accuracy` in eval mode, restoring the model's train/eval mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        return accuracy(model, inputs, labels)
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, inputs: Tensor, labels: Tensor) -> float:
-    """Fraction of ``inputs`` whose arg-max logit is the label."""
-    return float((model(inputs).argmax(1) == labels).float().mean())
+def accuracy(
+    model: nn.Module, inputs: Tensor, labels: Tensor, *, batch_size: int = EVAL_BATCH_SIZE
+) -> float:
+    """Fraction of ``inputs`` whose arg-max logit is the label.
+
+    Runs without gradients in chunks of ``batch_size`` examples, in the model's current
+    train/eval mode. Returns ``nan`` for an empty set.
+    """
+    if len(labels) == 0:
+        return float("nan")
+    correct = 0
+    for begin in range(0, len(labels), batch_size):
+        logits = model(inputs[begin : begin + batch_size])
+        correct += int((logits.argmax(1) == labels[begin : begin + batch_size]).sum())
+    return correct / len(labels)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: nn.Module,
+    *,
+    model_spec: Mapping[str, Any],
+    record: Mapping[str, Any],
+) -> None:
+    """Write ``model`` to ``directory`` as ``model.safetensors`` plus ``checkpoint.json``.
+
+    ``checkpoint.json`` holds ``{"format", "version", "model": model_spec, "weights": {"file",
+    "sha256", "dtype"}, "record": record}``. Before anything is written, ``model_spec`` is
+    checked to rebuild (on the meta device, without touching any random generator) a network
+    with exactly the model's state-dict keys and shapes. Both files are written atomically
+    (temporary file, fsync, rename), the weights first; the directory is created if needed.
+
+    Args:
+        directory: the checkpoint directory.
+        model: the trained network (any device; the weights are stored from the CPU).
+        model_spec: ``{"name": zoo name, "input_shape": [...], "num_classes": K,
+            "options": {...}}``, the arguments of :func:`minsharp.models.build_model`.
+        record: anything JSON-able (training config, history…); non-finite floats are
+            stored as the strings ``"nan"``, ``"inf"``, ``"-inf"``.
+
+    Raises:
+        ModelError: ``model_spec`` is malformed or rebuilds a different network.
+        MinsharpError: the directory cannot be written.
+    """
+    from safetensors.torch import save as safetensors_bytes
+
+    directory = Path(directory)
+    spec = _normalised_spec(model_spec, where="model_spec")
+    state = {name: value.detach() for name, value in model.state_dict().items()}
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        rebuilt = _build(spec, where="model_spec").state_dict()
+    differences = _state_differences(state, rebuilt)
+    if differences:
+        raise ModelError(
+            f"model_spec {spec} does not rebuild the model being saved: {differences}. Give the "
+            "zoo name, input shape, class count and options the model was built with."
+        )
+    floating = [value.dtype for value in state.values() if value.is_floating_point()]
+    dtype = str(floating[0]).removeprefix("torch.") if floating else "float32"
+    tensors = {name: value.cpu().contiguous() for name, value in state.items()}
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as failure:
+        raise MinsharpError(f"cannot create checkpoint directory {directory}: {failure}.") from None
+    payload = safetensors_bytes(tensors, metadata={"format": CHECKPOINT_FORMAT})
+    _write_bytes_atomic(directory / WEIGHTS_FILE, payload)
+    write_json_atomic(
+        directory / CHECKPOINT_FILE,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "model": spec,
+            "weights": {
+                "file": WEIGHTS_FILE,
+                "sha256": hashlib.sha256(payload).hexdigest(),
+                "dtype": dtype,
+            },
+            "record": dict(record),
+        },
+    )
+
+
+def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network saved by :func:`save_checkpoint` in ``directory``.
+
+    The network is rebuilt with :func:`minsharp.models.build_model` from the ``model`` entry
+    of ``checkpoint.json`` (the caller's random generators are left untouched), converted to
+    the saved dtype, and filled from ``model.safetensors`` after checking the file's SHA-256
+    against the one recorded; keys and shapes must match exactly.
+
+    Args:
+        directory: the checkpoint directory.
+
+    Returns:
+        ``(model, record)``: the network on the CPU in eval mode, and the ``record`` given to
+        :func:`save_checkpoint` as read back from JSON.
+
+    Raises:
+        ModelError: ``checkpoint.json`` or ``model.safetensors`` is missing, truncated,
+            corrupt or inconsistent; the message names the file.
+    """
+    directory = Path(directory)
+    path = directory / CHECKPOINT_FILE
+    if not path.is_file():
+        state = "is a directory" if path.is_dir() else "does not exist"
+        raise ModelError(f"checkpoint file {path} {state}; was the checkpoint saved completely?")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as failure:
+        raise ModelError(
+            f"checkpoint file {path} is not readable JSON ({failure}); it is corrupt or "
+            "truncated. Delete the checkpoint directory and train again."
+        ) from None
+    if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"checkpoint file {path} is not a {CHECKPOINT_FORMAT} file.")
+    if content.get("version") != CHECKPOINT_VERSION:
+        raise ModelError(
+            f"checkpoint file {path} has version {content.get('version')!r}; this minsharp "
+            f"reads version {CHECKPOINT_VERSION}."
+        )
+    weights = content.get("weights")
+    record = content.get("record")
+    if not isinstance(weights, dict) or not isinstance(record, dict):
+        raise ModelError(f"checkpoint file {path} lacks its 'weights' or 'record' entry.")
+    spec = _normalised_spec(content.get("model"), where=f"checkpoint file {path}")
+    name = weights.get("file", WEIGHTS_FILE)
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise ModelError(f"checkpoint file {path}: the weights file {name!r} is not a file name.")
+    weights_path = directory / name
+    if not weights_path.is_file():
+        raise ModelError(f"weights file {weights_path} of checkpoint {path} does not exist.")
+    expected = weights.get("sha256")
+    digest = _sha256(weights_path)
+    if expected != digest:
+        raise ModelError(
+            f"weights file {weights_path} does not match checkpoint {path}: its SHA-256 is "
+            f"{digest}, the checkpoint recorded {expected}. The file is corrupt, truncated or "
+            "was replaced; delete the checkpoint directory and train again."
+        )
+    dtype = getattr(torch, str(weights.get("dtype", "float32")), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ModelError(f"checkpoint file {path}: unknown weights dtype {weights.get('dtype')!r}.")
+    with torch.random.fork_rng(devices=[]):
+        model = _build(spec, where=f"checkpoint file {path}").to(dtype)
+    load_weights(model, weights_path, model_name=spec["name"])
+    model.eval()
+    return model, record
+
+
+def _normalised_spec(spec: Any, *, where: str) -> dict[str, Any]:
+    """``spec`` checked and in plain types: name, input_shape (list), num_classes, options."""
+    if not isinstance(spec, Mapping):
+        raise ModelError(f"{where}: the model spec must be a mapping, got {type(spec).__name__}.")
+    missing = [key for key in ("name", "input_shape", "num_classes") if key not in spec]
+    if missing:
+        raise ModelError(
+            f"{where}: the model spec lacks {', '.join(missing)}; expected "
+            '{"name": zoo name, "input_shape": [...], "num_classes": K, "options": {...}}.'
+        )
+    name, shape, classes = spec["name"], spec["input_shape"], spec["num_classes"]
+    options = spec.get("options") or {}
+    if (
+        not isinstance(name, str)
+        or not isinstance(shape, Sequence)
+        or isinstance(shape, str)
+        or not all(isinstance(side, int) and not isinstance(side, bool) for side in shape)
+        or not isinstance(classes, int)
+        or isinstance(classes, bool)
+        or classes < 1
+        or not isinstance(options, Mapping)
+    ):
+        raise ModelError(
+            f"{where}: malformed model spec {dict(spec)!r}; expected a zoo name, a list of "
+            "integer input sides, a positive class count and a mapping of options."
+        )
+    try:
+        options = json.loads(json.dumps(dict(options), allow_nan=False))
+    except (TypeError, ValueError) as failure:
+        raise ModelError(f"{where}: the model options are not plain JSON ({failure}).") from None
+    return {"name": name, "input_shape": list(shape), "num_classes": classes, "options": options}
+
+
+def _build(spec: dict[str, Any], *, where: str) -> nn.Module:
+    """:func:`build_model` from a normalised spec, naming ``where`` in its errors."""
+    try:
+        return build_model(
+            spec["name"], spec["input_shape"], spec["num_classes"], **spec["options"]
+        )
+    except ModelError as failure:
+        raise ModelError(f"{where}: {failure}") from None
+    except TypeError as failure:  # a builder rejecting an option's value
+        raise ModelError(f"{where}: cannot build model {spec['name']!r} ({failure}).") from None
+
+
+def _state_differences(state: Mapping[str, Tensor], rebuilt: Mapping[str, Tensor]) -> str:
+    """Keys and shapes in which two state dicts differ, or ``""``."""
+    problems = []
+    missing = [key for key in rebuilt if key not in state]
+    extra = [key for key in state if key not in rebuilt]
+    shapes = [
+        f"{key} {tuple(state[key].shape)} vs {tuple(rebuilt[key].shape)}"
+        for key in state
+        if key in rebuilt and state[key].shape != rebuilt[key].shape
+    ]
+    if missing:
+        problems.append(f"the rebuilt network has keys the model lacks {missing[:5]}")
+    if extra:
+        problems.append(f"the model has keys the rebuilt network lacks {extra[:5]}")
+    if shapes:
+        problems.append(f"shapes differ (model vs rebuilt) {shapes[:5]}")
+    return "; ".join(problems)
+
+
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of the file at ``path``, raising :class:`ModelError` naming it."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as failure:
+        raise ModelError(f"weights file {path} cannot be read ({failure}).") from None
+    return digest.hexdigest()
+
+
+def _write_bytes_atomic(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` through a flushed temporary file and one rename."""
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+    except OSError as failure:
+        raise MinsharpError(f"cannot write {path}: {failure}.") from None
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)  # mkstemp makes it private (0600)
+        os.replace(temporary, path)
+    except BaseException as failure:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(failure, OSError):
+            raise MinsharpError(f"cannot write {path}: {failure}.") from None
+        raise

@@ -105,6 +105,18 @@ def _check_finite(model: nn.Module) -> None:
 
 
 def _check_mode(model: nn.Module) -> None:
+    batch_statistics = [
+        f"{name} ({type(m).__name__})"
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None
+    ]
+    if batch_statistics:
+        raise ModelError(
+            "batch-norm without running statistics (track_running_stats=False) normalises "
+            "with each batch's own statistics, also in eval mode, so a measure would depend on "
+            f"how the data is batched: {', '.join(batch_statistics)}. Measure a model whose "
+            "batch-norm layers track running statistics."
+        )
     training = [
         f"{name} ({type(m).__name__})"
         for name, m in model.named_modules()

@@ -17,8 +17,10 @@ and approximates it by a one-dimensional integral along the sharpest direction:
 evaluated by Gauss–Legendre quadrature.
 
 **Blocks** (our choice, MATH §5 leaves it open): each row (output unit) of the weight of a
-Linear or Conv layer whose output feeds a batch-norm, together with that unit's bias entry,
-is one block; every other trainable parameter tensor is one block. Each block thus moves by
+Linear or Conv layer whose output feeds a batch-norm is one block, and so is each entry of
+that layer's bias; every other trainable parameter tensor is one block. (A row and its bias
+entry are separate blocks because the layer symmetry scales them by different factors, α_l
+and Π_{m≤l} α_m.) Each block thus moves by
 ``t‖w_k‖``, a radius proportional to its own scale, which makes ``θ + t v`` follow every
 rescaling that acts as a positive scalar on each block — the per-unit rescaling in front of
 a batch-norm and the layer-wise α-scaling — so S is invariant to both.
@@ -80,7 +82,7 @@ def bn_sharpness(
     available, so this implements our reading of it. ``L`` is the mean cross-entropy over
     all of ``data`` with the model in eval mode (batch-norm uses its running statistics),
     ``g = ∇L(θ)``, and the blocks ``k`` are: each row of a Linear/Conv weight feeding a
-    batch-norm together with its bias entry, and every other trainable tensor as a whole
+    batch-norm, each entry of that layer's bias, and every other trainable tensor as a whole
     (see :func:`bn_sharpness_direction`). The integral is evaluated by ``nodes``-point
     Gauss–Legendre quadrature on ``[0, δ]``, exact for polynomials of degree ``2·nodes − 1``.
 
@@ -206,7 +208,7 @@ def bn_sharpness_direction(
     """The sharpest scale-aware direction ``v_k = ‖w_k‖ g_k / ‖g_k‖`` of BN-sharpness.
 
     Blocks ``k``: for each weight named in ``rows`` (from :func:`batchnorm_rows`), each row
-    ``W[i]`` together with the bias entry ``b[i]`` of the bias named there (when it is in
+    ``W[i]``, and each entry ``b[i]`` of the bias named there (when it is in
     ``parameters``); every other tensor of ``parameters`` as a whole. A block whose
     gradient is zero (or missing) gets ``v_k = 0``. Works on any parameter dictionary, e.g.
     ``dict(model.named_parameters())`` with ``{name: p.grad}`` during training; the result
@@ -230,17 +232,15 @@ def bn_sharpness_direction(
             grad = _gradient_of(gradient, weight_name, weight)
             weight_sq = weight.double().flatten(1).square().sum(1)
             grad_sq = grad.double().flatten(1).square().sum(1)
-            if bias_name is not None:
-                bias = parameters[bias_name].detach()
-                bias_grad = _gradient_of(gradient, bias_name, bias)
-                weight_sq = weight_sq + bias.double().square()
-                grad_sq = grad_sq + bias_grad.double().square()
             scale = _ratio(weight_sq.sqrt(), grad_sq.sqrt())
             direction[weight_name] = (
                 grad.double() * scale.reshape(-1, *[1] * (weight.dim() - 1))
             ).to(weight.dtype)
             if bias_name is not None:
-                direction[bias_name] = (bias_grad.double() * scale).to(bias.dtype)
+                bias = parameters[bias_name].detach()
+                bias_grad = _gradient_of(gradient, bias_name, bias)
+                bias_scale = _ratio(bias.double().abs(), bias_grad.double().abs())
+                direction[bias_name] = (bias_grad.double() * bias_scale).to(bias.dtype)
         for name, tensor in parameters.items():
             if name in direction:
                 continue

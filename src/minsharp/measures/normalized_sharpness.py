@@ -31,13 +31,14 @@ from torch import Tensor, nn
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_diagonal
 from minsharp.curvature.layers import find_layers
 from minsharp.curvature.rules import WEIGHT_LAYERS
-from minsharp.errors import ModelError
+from minsharp.errors import MinsharpError, ModelError
 from minsharp.measures.registry import Evaluation, register
 from minsharp.solvers import (
     NORMALIZED_MAX_ITERATIONS,
     NORMALIZED_TOLERANCE,
     NormalizedObjective,
     NormalizedSharpnessSolution,
+    check_normalized_options,
     minimize_normalized_sharpness,
 )
 
@@ -75,12 +76,12 @@ def layer_matrices(
         ([[3.0, 0.0], [3.0, 0.0], [0.0, 3.0], [0.0, 3.0]], [12.0, 0.0])
     """
     if diag_hessian.shape != weight.shape:
-        raise ValueError(
+        raise MinsharpError(
             f"diag_hessian has shape {tuple(diag_hessian.shape)} but the weight has shape "
             f"{tuple(weight.shape)}; pass the diagonal of this very weight."
         )
     if weight.dim() < 2:
-        raise ValueError(f"a weight matrix needs at least 2 dimensions; got {weight.dim()}.")
+        raise MinsharpError(f"a weight matrix needs at least 2 dimensions; got {weight.dim()}.")
     h = diag_hessian.detach().to("cpu", torch.float64)
     w2 = weight.detach().to("cpu", torch.float64).square()
     rows, columns = weight.shape[:2]
@@ -88,7 +89,7 @@ def layer_matrices(
     if groups == 1:
         return h, w2
     if groups < 1 or rows % groups:
-        raise ValueError(f"groups={groups} does not divide the {rows} output channels.")
+        raise MinsharpError(f"groups={groups} does not divide the {rows} output channels.")
     return torch.block_diag(*h.chunk(groups)), torch.block_diag(*w2.chunk(groups))
 
 
@@ -196,6 +197,7 @@ def _evaluate(
     max_iterations: int,
 ) -> Evaluation:
     """Exact diagonal once, then one solve per weight matrix."""
+    check_normalized_options(objective, tolerance, max_iterations)
     diagonal = hessian_diagonal(model, data, batch_size=batch_size, progress=progress)
     layers = [
         layer

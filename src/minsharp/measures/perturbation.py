@@ -25,6 +25,7 @@ copy of the network (common random numbers).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -484,8 +485,9 @@ def pac_bayes_flatness(
         ``1/σ²``; ``details`` hold ``sigma``, ``sigma_upper`` (the bracket's upper end),
         ``deviation`` and ``deviation_upper`` (their estimated deviations), its
         ``standard_error``, ``metric_at_minimum`` and ``evaluations``; ``certificate`` the
-        bisection's record (``bracketed`` is False when even σ = 1e4 stays within the target,
-        or σ = 1e-8 exceeds it, and σ is then that limit).
+        bisection's record (``bracketed`` is False, with a warning, when even the largest σ
+        tried, 0.1·2¹⁶ ≈ 6554, stays within the target or the smallest, 0.1·2⁻²³ ≈ 1.2e-8,
+        exceeds it; σ is then that limit).
     """
     if metric not in ("error", "loss"):
         raise MinsharpError(f"metric must be 'error' or 'loss'; got {metric!r}.")
@@ -531,6 +533,14 @@ def pac_bayes_flatness(
         search = _bisect_log(deviation, target, tolerance)
     finally:
         bar.close()
+    if not search.bracketed:
+        warnings.warn(
+            f"pac_bayes_flatness: no σ in the search range brings the {metric} deviation across "
+            f"the target {target} (stopped at σ = {search.lower:.3g}); the value only marks the "
+            "search limit (certificate['bracketed'] is False).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return Evaluation(
         value=1 / search.lower**2,
         num_examples=objective.num_examples,
@@ -618,14 +628,14 @@ def _standard_normal_draws(
 ) -> Iterator[Parameters]:
     """``samples`` standard normal tensors shaped like ``parameters``, the same on every call.
 
-    One generator on the parameters' device, seeded with ``seed``; each draw takes one tensor
-    per parameter, in order.
+    One CPU generator seeded with ``seed`` draws in float64, one tensor per parameter in
+    order, then casts to each parameter's dtype and device: the same seed gives the same noise
+    for float32 and float64 models, on any device.
     """
-    first = next(iter(parameters.values()))
-    generator = torch.Generator(device=first.device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     for _ in range(samples):
         yield {
-            name: torch.randn(p.shape, generator=generator, dtype=p.dtype, device=p.device)
+            name: torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p)
             for name, p in parameters.items()
         }
 

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from torch import nn
 
+from minsharp.curvature.engine import autograd_enabled
+from minsharp.curvature.layers import check_measurable
 from minsharp.errors import MinsharpError, ModelError
 
 Symmetry = Literal["layer", "neuron", "batchnorm"]
@@ -174,8 +176,10 @@ def measure(name: str, model: nn.Module, data: Any, **options: Any) -> MeasureRe
             f"measure {name!r} needs a network with batch-norm layers (it rescales the "
             "weights feeding each normalised unit), and this model has none."
         )
+    check_measurable(model)
     start = time.perf_counter()
-    evaluation = chosen.compute(model, data, **options)
+    with autograd_enabled():
+        evaluation = chosen.compute(model, data, **options)
     seconds = time.perf_counter() - start
     if not math.isfinite(evaluation.value):
         raise ModelError(
