@@ -182,7 +182,6 @@ def epsilon_sharpness(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
-    seed: int = 0,
     epsilon: float = 1e-3,
     steps: int = 20,
     step_size: float = 1.0,
@@ -209,7 +208,6 @@ def epsilon_sharpness(
         data: ``(X, y)`` or an iterable of ``(X, y)`` batches.
         batch_size: examples per forward pass.
         progress: progress bar over the ascent steps.
-        seed: unused (the ascent is deterministic); accepted for a uniform interface.
         epsilon: ``ε > 0``, the box's relative half-width.
         steps: ascent steps, each one gradient over the data.
         step_size: first step's length as a fraction of the box half-width (then cosine decay).
@@ -220,7 +218,6 @@ def epsilon_sharpness(
         linearised model still promises inside the box — and the fraction of coordinates on
         the box's faces).
     """
-    del seed
     _check_positive("epsilon", epsilon)
     _check_ascent(steps, step_size)
     objective = DatasetObjective(model, data, batch_size)
@@ -260,7 +257,6 @@ def adaptive_sharpness(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
-    seed: int = 0,
     norm: Norm = "inf",
     rho: float | None = None,
     steps: int = 20,
@@ -296,7 +292,6 @@ def adaptive_sharpness(
         data: ``(X, y)`` or an iterable of ``(X, y)`` batches.
         batch_size: examples per forward pass.
         progress: progress bar over the ascent steps.
-        seed: unused (the ascent is deterministic); accepted for a uniform interface.
         norm: ``"inf"`` (ℓ∞ ball, a box) or ``"2"``.
         rho: radius ``ρ > 0`` in the normalised coordinates; None for the norm's default.
         steps: ascent steps, each one gradient over the data.
@@ -323,7 +318,6 @@ def adaptive_sharpness(
         >>> before > 0 and abs(after - before) < 1e-9 * before
         True
     """
-    del seed
     norm = _checked_norm(norm)
     rho = ADAPTIVE_RHO[norm] if rho is None else rho
     _check_positive("rho", rho)
