@@ -29,3 +29,7 @@ class NotPiecewiseLinearError(ModelError):
 
 class NotAChainError(ModelError):
     """The model is not a chain of positively homogeneous layers: α-rescaling changes it."""
+
+
+class StudyError(MinsharpError):
+    """A study's configuration, directory or stored results cannot be used as given."""

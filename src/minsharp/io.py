@@ -1,4 +1,4 @@
-"""Safe reading of weights and data files, and atomic writing of JSON results.
+"""Safe reading of weights and data files, and atomic writing of JSON, text and bytes.
 
 Nothing here unpickles arbitrary objects: ``.safetensors`` files are read with
 :func:`safetensors.torch.load_file`, ``.npz`` archives with ``allow_pickle=False``, and every
@@ -304,13 +304,35 @@ def write_json_atomic(path: str | Path, content: Any) -> None:
 
     The text goes to a temporary file in the same directory, is flushed to disk, and then
     replaces ``path`` in one :func:`os.replace`: readers see the old file or the new one, never
-    a partial write.
+    a partial write. Values are first passed through :func:`jsonable`.
+
+    Raises:
+        MinsharpError: the directory does not exist or cannot be written.
+    """
+    text = json.dumps(jsonable(content), indent=2, allow_nan=False) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`write_bytes_atomic`.
+
+    Raises:
+        MinsharpError: the directory does not exist or cannot be written.
+    """
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically.
+
+    The bytes go to a temporary file in the same directory, are flushed to disk, and then
+    replace ``path`` in one :func:`os.replace`: readers see the old file or the new one, never
+    a partial write. The file gets the usual permissions (``0o666`` less the umask).
 
     Raises:
         MinsharpError: the directory does not exist or cannot be written.
     """
     path = Path(path)
-    text = json.dumps(jsonable(content), indent=2, allow_nan=False) + "\n"
     try:
         descriptor, temporary = tempfile.mkstemp(
             dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
@@ -318,8 +340,8 @@ def write_json_atomic(path: str | Path, content: Any) -> None:
     except OSError as failure:
         raise MinsharpError(f"cannot write {path}: {failure}.") from failure
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(payload)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private (0600)

@@ -177,7 +177,7 @@ ZOO: dict[str, ZooEntry] = {
         ),
         images=False,
         options={"hidden": [64, 32], "bias": True},
-        summary="ReLU MLP in-hidden…-K with the given hidden widths (as `minsharp demo`)",
+        summary="ReLU MLP in-hidden…-K with the given hidden widths (`minsharp demo`: [128, 128])",
     ),
     "small_cnn": ZooEntry(
         build=lambda shape, classes, *, bias: small_cnn(

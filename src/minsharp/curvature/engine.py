@@ -17,7 +17,6 @@ patches and cotangents (``minsharp.curvature.patches``). Memory is bounded by ``
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -126,7 +125,8 @@ def hessian_diagonal(
     parameters = dict(model.named_parameters())
     return CurvatureDiagonal(
         by_parameter={
-            name: (total / num_examples).to(parameters[name].dtype) for name, total in sums.items()
+            name: total.div_(num_examples).to(parameters[name].dtype)
+            for name, total in sums.items()
         },
         curvature=curvature,
         num_examples=num_examples,
@@ -140,6 +140,12 @@ class _Call:
 
     captured: Tensor
     edge: GradientEdge
+    source: Tensor
+    """The layer's input, still attached to the graph (the head shortcut starts from it)."""
+    source_version: int
+    """``source._version`` at the call: a later in-place change voids the head shortcut."""
+    output_size: int
+    """Number of elements of the layer's output."""
 
 
 def _curvature_pass(
@@ -175,7 +181,7 @@ def _curvature_pass(
             if num_examples == 0:
                 reaching = check_formula(model, layers, inputs[:PROBE_EXAMPLES], curvature)
             for name, value in _batch_sums(model, layers, inputs, diagonal, reaching).items():
-                sums[name] += value.to(accumulate)
+                sums[name] += value
             num_examples += inputs.shape[0]
     return sums, num_examples, time.perf_counter() - start
 
@@ -190,63 +196,172 @@ def autograd_enabled() -> Iterator[None]:
 def _batch_sums(
     model: nn.Module, layers: list[Layer], inputs: Tensor, diagonal: bool, reaching: set[str]
 ) -> dict[str, Tensor]:
-    """Per-parameter sums over one batch; ``reaching``: layers whose output reaches the logits."""
+    """Per-parameter sums over one batch; ``reaching``: layers whose output reaches the logits.
+
+    One recording forward pass; then, when the logits are the output of a Linear layer (the
+    head), its sums in closed form (:func:`head_unit_squares`) and the K centred cotangents
+    pulled back through it without the K × K block (:func:`head_cotangents`); otherwise the
+    K centred cotangents of the logits (:func:`class_cotangents`). Either way they are pushed
+    back to the remaining layers' outputs one class at a time, and each layer accumulates its
+    sums of squares (:class:`patches.LayerSums`).
+    """
     with _recording(layers, inputs.shape[0], diagonal) as calls:
         logits = run_forward(model, inputs)
-    with torch.no_grad():
-        cotangents = centred_cotangents(logits)
     recorded = [(layer, call) for layer in layers if (call := calls.get(layer.name)) is not None]
     if not recorded:
         return {}
-    output_cotangents = torch.autograd.grad(
-        logits,
-        [call.edge for _, call in recorded],
-        cotangents,
-        is_grads_batched=True,
-        allow_unused=True,
-    )
-    # A residual sum hands one cotangent tensor to both branches: only unshared ones are
-    # free to be overwritten.
-    storages = Counter(
-        cotangent.untyped_storage().data_ptr()
-        for cotangent in output_cotangents
-        if cotangent is not None
-    )
-    sums = {}
+    K = logits.shape[1]
+    accumulators = {
+        layer.name: patches.LayerSums(
+            call.captured,
+            classes=K,
+            weight=layer.weight is not None,
+            bias=layer.bias is not None,
+            diagonal=diagonal,
+        )
+        for layer, call in recorded
+    }
     with torch.no_grad():
-        for (layer, call), output_cotangent in zip(recorded, output_cotangents, strict=True):
-            if output_cotangent is None:
-                if layer.name in reaching:
-                    raise ModelError(
-                        f"the output of module {layer.name or '(root)'} could not be traced "
-                        "back from the logits although its parameters affect them. Please "
-                        "report this model to the minsharp developers."
-                    )
-                continue
-            rows = layer.rule.rows(layer.module, output_cotangent)
-            weight, bias = patches.layer_sums(
-                call.captured,
-                rows,
-                weight=layer.weight is not None,
-                bias=layer.bias is not None,
-                diagonal=diagonal,
-                overwrite=storages[output_cotangent.untyped_storage().data_ptr()] == 1,
+        probabilities = logits.detach().softmax(1)
+    head = _head(recorded, logits)
+    if head is None:
+        start, rest = logits, recorded
+        cotangents = class_cotangents(probabilities)
+    else:
+        head_layer, head_call = head
+        with torch.no_grad():
+            accumulators[head_layer.name].add_unit_squares(head_unit_squares(probabilities))
+        start = head_call.source
+        rest = [(layer, call) for layer, call in recorded if layer is not head_layer]
+        weight = head_layer.module.weight.detach()
+        cotangents = head_cotangents(weight, probabilities)
+    unused = set()
+    if rest and start.requires_grad:
+        edges = [call.edge for _, call in rest]
+        size = start.numel() + sum(call.output_size for _, call in rest)
+        for chunk in pull_back(start, edges, cotangents, K, size):
+            with torch.no_grad():
+                for (layer, _), cotangent in zip(rest, chunk, strict=True):
+                    if cotangent is None:
+                        unused.add(layer.name)
+                        continue
+                    rows = layer.rule.rows(layer.module, cotangent)
+                    accumulators[layer.name].add(rows)
+            if unused & reaching:
+                _raise_untraced(sorted(unused & reaching)[0])
+    else:
+        unused = {layer.name for layer, _ in rest}
+    if unused & reaching:
+        _raise_untraced(sorted(unused & reaching)[0])
+    sums = {}
+    for layer, _ in recorded:
+        if layer.name in unused:
+            continue
+        weight_sum, bias_sum = accumulators[layer.name].result()
+        if layer.weight is not None and weight_sum is not None:
+            sums[layer.weight] = (
+                weight_sum.reshape(layer.module.weight.shape) if diagonal else weight_sum
             )
-            if layer.weight is not None:
-                sums[layer.weight] = (
-                    weight.reshape(layer.module.weight.shape) if diagonal else weight
-                )
-            if layer.bias is not None:
-                sums[layer.bias] = bias.reshape(-1) if diagonal else bias
+        if layer.bias is not None and bias_sum is not None:
+            sums[layer.bias] = bias_sum.reshape(-1) if diagonal else bias_sum
     return sums
 
 
-def centred_cotangents(logits: Tensor) -> Tensor:
-    """``c[k, n] = √p_nk (e_k − p_n)`` (K, N, K): ``Σ_k c c ᵀ = diag p_n − p_n p_nᵀ``."""
-    probabilities = logits.softmax(1)
-    K = logits.shape[1]
-    identity = torch.eye(K, dtype=logits.dtype, device=logits.device)
-    return probabilities.T.sqrt()[:, :, None] * (identity[:, None, :] - probabilities[None])
+def _raise_untraced(name: str) -> None:
+    raise ModelError(
+        f"the output of module {name or '(root)'} could not be traced back from the logits "
+        "although its parameters affect them. Please report this model to the minsharp "
+        "developers."
+    )
+
+
+def _head(recorded: list[tuple[Layer, _Call]], logits: Tensor) -> tuple[Layer, _Call] | None:
+    """The recorded ``nn.Linear`` call on 2-D input whose output is the logits, if any."""
+    edge = get_gradient_edge(logits)
+    for layer, call in recorded:
+        if (
+            type(layer.module) is nn.Linear
+            and call.source.dim() == 2
+            and call.source._version == call.source_version
+            and call.edge == edge
+        ):
+            return layer, call
+    return None
+
+
+def class_cotangents(probabilities: Tensor) -> Iterator[Tensor]:
+    """``c_k = √p_k (e_k − p)`` (N, K) for k = 1..K: ``Σ_k c_k c_kᵀ = diag p − p pᵀ``."""
+    roots = probabilities.sqrt()
+    for k in range(probabilities.shape[1]):
+        cotangent = probabilities * -roots[:, k : k + 1]
+        cotangent[:, k] += roots[:, k]
+        yield cotangent
+
+
+def head_unit_squares(probabilities: Tensor) -> Tensor:
+    """``Σ_k c_k^⊙2 = p ⊙ (1 − p)`` (N, 1, K): the diagonal of ``diag p − p pᵀ``.
+
+    The rows ``δ`` of a head layer (logits = W h + b) are the centred cotangents themselves,
+    so its sums need only these squares, not the K × K cotangents.
+    """
+    return (probabilities * (1 - probabilities)).unsqueeze(1)
+
+
+def head_cotangents(weight: Tensor, probabilities: Tensor) -> Iterator[Tensor]:
+    """``Wᵀ c_k = √p_k (W[k] − Wᵀ p)`` (N, H) for k = 1..K, pulled back through the head.
+
+    The centred cotangents of the logits pulled back through ``logits = W h + b`` at a cost
+    of N·H each, instead of N·K·H for ``c_k`` times ``W``: no K × K block is ever formed.
+    """
+    roots = probabilities.sqrt()
+    mean_row = probabilities @ weight  # (N, H): Wᵀ p_n for every example
+    for k in range(probabilities.shape[1]):
+        yield roots[:, k : k + 1] * (weight[k] - mean_row)
+
+
+#: Cotangents pushed back together hold at most about this many elements at the layers'
+#: outputs; below it one vectorised backward pass serves several classes.
+CHUNK_ELEMENTS = 1 << 20
+
+
+def pull_back(
+    output: Tensor, edges: list[GradientEdge], cotangents: Iterator[Tensor], count: int, size: int
+) -> Iterator[tuple[Tensor | None, ...]]:
+    """``count`` cotangents of ``output`` back-propagated to every edge, a chunk at a time.
+
+    Yields per chunk, for each edge, the stacked cotangents (k, *edge shape) of the chunk's
+    k classes, or None where the output does not depend on the edge. ``size`` is the number
+    of elements one cotangent occupies at ``output`` and the edges together: chunks hold up
+    to :data:`CHUNK_ELEMENTS` of them. A chunk of several classes is one vectorised backward
+    pass; large layers get one pass per class, which never holds K copies of the
+    activations' cotangents and needs no batching rule for the backward of every operation
+    (max-pooling and convolution have none: vectorised, they would run once per class and
+    then be stacked). The graph is kept until the last chunk.
+    """
+    step = max(1, min(count, CHUNK_ELEMENTS // max(size, 1)))
+    pending: list[Tensor] = []
+    done = 0
+    for cotangent in cotangents:
+        pending.append(cotangent)
+        if len(pending) < step and done + len(pending) < count:
+            continue
+        done += len(pending)
+        keep = done < count
+        if len(pending) == 1:
+            pulled = torch.autograd.grad(
+                output, edges, pending[0], retain_graph=keep, allow_unused=True
+            )
+            yield tuple(None if p is None else p.unsqueeze(0) for p in pulled)
+        else:
+            yield torch.autograd.grad(
+                output,
+                edges,
+                torch.stack(pending),
+                retain_graph=keep,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+        pending = []
 
 
 @contextmanager
@@ -275,7 +390,7 @@ def _recording(layers: list[Layer], batch: int, diagonal: bool) -> Iterator[dict
             # recorded node out of the graph; a copy keeps it reachable.
             replacement = output.clone() if output._base is not None else None
             edge = get_gradient_edge(output if replacement is None else replacement)
-            calls[layer.name] = _Call(captured, edge)
+            calls[layer.name] = _Call(captured, edge, inputs, inputs._version, output.numel())
             return replacement
 
         return record
@@ -397,27 +512,28 @@ def layer_cotangents(
 ) -> list[LayerCotangents]:
     """Input patches and back-propagated centred cotangents at the output of each layer.
 
-    The engine's recording forward pass and one vectorised backward pass of the K centred
-    cotangents (MATH §1), for measures that combine them differently from the per-parameter
+    The engine's recording forward pass and its backward passes of the K centred cotangents
+    (MATH §1), stacked, for measures that combine them differently from the per-parameter
     sums of :func:`hessian_trace` (for example with the layer's weight, as relative flatness
     does). Layers that did not run are left out. Call inside :func:`autograd_enabled` and
     after :func:`check_formula` has vetted the layers.
     """
     with _recording(layers, inputs.shape[0], diagonal=False) as calls:
         logits = run_forward(model, inputs)
-    with torch.no_grad():
-        cotangents = centred_cotangents(logits)
     recorded = [(layer, call) for layer in layers if (call := calls.get(layer.name)) is not None]
     if not recorded:
         return []
-    outputs = torch.autograd.grad(
-        logits,
-        [call.edge for _, call in recorded],
-        cotangents,
-        is_grads_batched=True,
-        allow_unused=True,
-    )
+    with torch.no_grad():
+        probabilities = logits.detach().softmax(1)
+    edges = [call.edge for _, call in recorded]
+    K = logits.shape[1]
+    size = logits.numel() + sum(call.output_size for _, call in recorded)
+    chunks = list(pull_back(logits, edges, class_cotangents(probabilities), K, size))
     return [
-        LayerCotangents(layer, call.captured, output)
-        for (layer, call), output in zip(recorded, outputs, strict=True)
+        LayerCotangents(
+            layer,
+            call.captured,
+            None if chunks[0][i] is None else torch.cat([chunk[i] for chunk in chunks]),
+        )
+        for i, (layer, call) in enumerate(recorded)
     ]

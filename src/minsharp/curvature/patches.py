@@ -25,6 +25,11 @@ The engine folds the class weights into the cotangents (``√p_nk (e_k − p_n)`
   ``δ_kn U_nᵀ`` (cost ∝ K·C·P·S), whichever is cheaper; with S = 1 the Gram form is the
   rank-one shortcut ``‖δ_kn‖²‖U_n‖²``.
 * bias diagonal    ``Σ_kn (Σ_s δ_kn[:, s])^⊙2``
+
+The engine pushes the K cotangents back a few at a time, so :class:`LayerSums` accumulates
+these sums over chunks of cotangents; whatever factors out of the sum over ``k`` (the squares
+``Σ_k δ_kn²`` when S = 1, the cotangent Gram matrices) is summed first and combined with the
+patches once.
 """
 
 from __future__ import annotations
@@ -48,68 +53,123 @@ def capture_patches(patches: Tensor, source: Tensor, *, diagonal: bool) -> Tenso
     """
     if patches.shape[-1] == 1:
         if diagonal:
-            return patches.square()
+            return patches * patches
         return torch.linalg.vector_norm(patches, dim=2, keepdim=True).square()
     if patches.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
         return patches.clone()
     return patches
 
 
+class LayerSums:
+    """Weight and bias sums of squares of one layer call, over chunks of its cotangents.
+
+    Args:
+        captured: the patches as :func:`capture_patches` keeps them.
+        classes: K, the number of cotangents that will be added in all (it decides between
+            the Gram and the direct form of the weight trace).
+        weight, bias: which sums to form.
+        diagonal: diagonals (weight (G, C, P), bias (G, C)) rather than traces (scalars).
+    """
+
+    def __init__(
+        self, captured: Tensor, *, classes: int, weight: bool, bias: bool, diagonal: bool
+    ) -> None:
+        self.captured = captured
+        self.classes = classes
+        self.weight = weight
+        self.bias = bias
+        self.diagonal = diagonal
+        self._unit_squares: Tensor | None = None  # S = 1: Σ_k δ_kn² (N, G, C)
+        self._cotangent_gram: Tensor | None = None  # Gram form: Σ_k δ_knᵀ δ_kn (N, G, S, S)
+        self._weight_sum: Tensor | None = None  # direct form
+        self._bias_sum: Tensor | None = None  # S > 1: Σ_kn (Σ_s δ_kn)² (G, C)
+
+    @property
+    def single_position(self) -> bool:
+        """Whether the layer has one position (S = 1): all sums factor through ``Σ_k δ_kn²``."""
+        return self.captured.shape[-1] == 1
+
+    def add(self, rows: Tensor) -> None:
+        """Add the cotangents ``δ`` (k, N, G, C, S) of k of the K classes."""
+        if self.single_position:
+            self._add_single_position(rows[..., 0])
+            return
+        if self.weight:
+            if self.diagonal:
+                self._weight_sum = _plus(self._weight_sum, _direct_diagonal(self.captured, rows))
+            elif self._gram_is_cheaper(rows.shape[3]):
+                gram = torch.einsum("kngcs,kngct->ngst", rows, rows)
+                self._cotangent_gram = _plus(self._cotangent_gram, gram)
+            else:
+                self._weight_sum = _plus(self._weight_sum, _direct_trace(self.captured, rows))
+        if self.bias:
+            self._bias_sum = _plus(self._bias_sum, rows.sum(-1).square().sum((0, 1)))
+
+    def add_unit_squares(self, squares: Tensor) -> None:
+        """S = 1 only: add ``Σ_k δ_kn²`` (N, G, C) over some of the classes, formed elsewhere."""
+        self._unit_squares = _plus(self._unit_squares, squares)
+
+    def _add_single_position(self, single: Tensor) -> None:
+        """S = 1: add ``Σ_k δ_kn²`` of cotangents (k, N, G, C), in place."""
+        if self._unit_squares is None:
+            self._unit_squares = torch.zeros_like(single[0])
+        for row in single:
+            self._unit_squares.addcmul_(row, row)
+
+    def result(self) -> tuple[Tensor | None, Tensor | None]:
+        """Weight and bias sums over everything added (None where not asked for)."""
+        if self._unit_squares is not None:
+            return self._single_position_sums(self._unit_squares)
+        weight_sum = self._weight_sum
+        if self._cotangent_gram is not None:
+            patch_gram = torch.einsum("ngps,ngpt->ngst", self.captured, self.captured)
+            weight_sum = (self._cotangent_gram * patch_gram).sum()
+        bias_sum = self._bias_sum
+        if bias_sum is not None and not self.diagonal:
+            bias_sum = bias_sum.sum()
+        return (weight_sum if self.weight else None), bias_sum
+
+    def _single_position_sums(self, per_unit: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """S = 1: ``Σ_n Σ_k δ_kn² ⊗ U_n^⊙2`` (diagonal) or ``Σ_n Σ_k ‖δ_kn‖² ‖U_n‖²`` (trace)."""
+        weight_sum = None
+        if self.weight:
+            if self.diagonal:
+                weight_sum = torch.einsum("ngc,ngp->gcp", per_unit, self.captured[..., 0])
+            else:
+                weight_sum = (per_unit.sum(2) * self.captured[:, :, 0, 0]).sum()
+        bias_sum = None
+        if self.bias:
+            bias_sum = per_unit.sum(0) if self.diagonal else per_unit.sum()
+        return weight_sum, bias_sum
+
+    def _gram_is_cheaper(self, C: int) -> bool:
+        """Gram form cost S²(K·C + P) against the direct form's K·C·P·S."""
+        P, S = self.captured.shape[2:]
+        K = self.classes
+        return S * (K * C + P) < K * C * P
+
+
 def layer_sums(
-    captured: Tensor,
-    rows: Tensor,
-    *,
-    weight: bool,
-    bias: bool,
-    diagonal: bool,
-    overwrite: bool = False,
+    captured: Tensor, rows: Tensor, *, weight: bool, bias: bool, diagonal: bool
 ) -> tuple[Tensor | None, Tensor | None]:
-    """Weight and bias sums of squares of one layer call (None where not asked for).
+    """Weight and bias sums of squares of one layer call, all K cotangents at once.
 
     ``captured`` comes from :func:`capture_patches`, ``rows`` are the cotangents ``δ``
     (K, N, G, C, S). With ``diagonal`` the weight sum is (G, C, P) and the bias sum (G, C);
-    otherwise both are scalars (traces). ``overwrite`` lets ``rows`` be used as scratch
-    space, saving the largest temporary.
+    otherwise both are scalars (traces). None where not asked for.
     """
-    if rows.shape[-1] == 1:
-        single = rows[..., 0]
-        squares = single.square_() if overwrite else single.square()
-        return _single_position_sums(captured, squares, weight, bias, diagonal)
-    weight_sum = None
-    if weight:
-        weight_sum = (_direct_diagonal if diagonal else _weight_trace)(captured, rows)
-    bias_sum = None
-    if bias:
-        bias_sum = rows.sum(-1).square().sum((0, 1))
-        bias_sum = bias_sum if diagonal else bias_sum.sum()
-    return weight_sum, bias_sum
+    sums = LayerSums(captured, classes=rows.shape[0], weight=weight, bias=bias, diagonal=diagonal)
+    sums.add(rows)
+    return sums.result()
 
 
-def _single_position_sums(
-    captured: Tensor, squares: Tensor, weight: bool, bias: bool, diagonal: bool
-) -> tuple[Tensor | None, Tensor | None]:
-    """S = 1: both sums factor through ``Σ_k δ_kn²`` (N, G, C), one pass over the squares."""
-    per_unit = squares.sum(0)
-    weight_sum = None
-    if weight:
-        if diagonal:
-            weight_sum = torch.einsum("ngc,ngp->gcp", per_unit, captured[..., 0])
-        else:
-            weight_sum = (per_unit.sum(2) * captured[:, :, 0, 0]).sum()
-    bias_sum = None
-    if bias:
-        bias_sum = per_unit.sum(0) if diagonal else per_unit.sum()
-    return weight_sum, bias_sum
+def _plus(total: Tensor | None, term: Tensor) -> Tensor:
+    """``total + term``, in place where ``total`` exists; ``term`` itself the first time."""
+    return term if total is None else total.add_(term)
 
 
-def _weight_trace(captured: Tensor, rows: Tensor) -> Tensor:
-    """``Σ_kn ‖δ_kn U_nᵀ‖²`` in the Gram or the direct form, whichever costs less."""
-    K, _, _, C, S = rows.shape
-    P = captured.shape[2]
-    if S * (K * C + P) < K * C * P:
-        cotangent_gram = torch.einsum("kngcs,kngct->ngst", rows, rows)
-        patch_gram = torch.einsum("ngps,ngpt->ngst", captured, captured)
-        return (cotangent_gram * patch_gram).sum()
+def _direct_trace(captured: Tensor, rows: Tensor) -> Tensor:
+    """``Σ_kn ‖δ_kn U_nᵀ‖²`` by materialising ``δ_kn U_nᵀ``."""
     return sum(
         (gradients.square().sum() for gradients in _per_cotangent_gradients(captured, rows)),
         start=rows.new_zeros(()),

@@ -1,0 +1,406 @@
+"""The study commands of the ``minsharp`` command line: ``study``, ``report`` and ``demo``.
+
+``minsharp study randomized-labels`` builds a :class:`~minsharp.study.presets.StudyConfig`
+from a preset, an optional JSON config file and override flags (in that order), runs it with
+:func:`~minsharp.study.runner.run_study` and writes the report; ``minsharp report DIR``
+rewrites a study's report; ``minsharp demo`` is the ``demo`` preset into ``./minsharp-demo``.
+Every problem ends the command with exit status 2 and one ``minsharp: error: …`` line
+(:class:`~minsharp.errors.MinsharpError`, handled by :func:`minsharp.cli.main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minsharp.errors import MinsharpError, StudyError
+from minsharp.models import ZOO
+from minsharp.study.presets import (
+    DTYPES,
+    PRESETS,
+    ModelPlan,
+    StudyConfig,
+    preset,
+    read_config_file,
+)
+from minsharp.study.report import format_table, write_report
+from minsharp.study.runner import run_study
+
+#: Where ``minsharp demo`` writes its study.
+DEMO_DIRECTORY = "minsharp-demo"
+
+#: Bootstrap resamples of the report's intervals, unless ``--resamples`` says otherwise.
+RESAMPLES = 2000
+
+
+def default_directory(preset_name: str) -> str:
+    """The study directory when ``--output`` is not given: ``./minsharp-study-<preset>``."""
+    return f"minsharp-study-{preset_name}"
+
+
+def study_config(args: argparse.Namespace, *, preset_name: str) -> StudyConfig:
+    """The study of a command line: preset, then ``--config`` file, then override flags.
+
+    Raises:
+        StudyError: an unreadable config file, a malformed override or an invalid result.
+    """
+    config = preset(preset_name)
+    if getattr(args, "config", None):
+        config = read_config_file(args.config, base=config)
+    values: dict[str, Any] = {}
+    if args.ratios is not None:
+        values["ratios"] = tuple(_floats(args.ratios, "--ratios"))
+    if args.seeds is not None:
+        values["seeds"] = tuple(_seeds(args.seeds))
+    if args.models is not None:
+        values["models"] = tuple(_models(args.models, config))
+    if args.measures is not None:
+        names = [name.strip() for name in args.measures.split(",") if name.strip()]
+        values["measures"] = tuple(names)
+        values["measure_options"] = {
+            name: options for name, options in config.measure_options.items() if name in names
+        }
+    for flag, key in (
+        ("dataset", "dataset"),
+        ("corruption", "corruption"),
+        ("train_size", "train_size"),
+        ("test_size", "test_size"),
+        ("measure_examples", "measure_examples"),
+        ("dtype", "dtype"),
+    ):
+        if getattr(args, flag) is not None:
+            values[key] = getattr(args, flag)
+    training = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "target_train_accuracy": args.target_accuracy,
+    }
+    training = {key: value for key, value in training.items() if value is not None}
+    if "target_train_accuracy" in training and training["target_train_accuracy"] == "none":
+        training["target_train_accuracy"] = None
+    models = values.get("models", config.models)
+    if training:
+        values["training"] = {**config.training, **training}
+        # A flag sets the value for every model, so it replaces the models' own settings.
+        models = tuple(
+            dataclasses.replace(
+                model,
+                training={k: v for k, v in model.training.items() if k not in training},
+            )
+            for model in models
+        )
+        values["models"] = models
+    if args.hidden is not None:
+        if not any(model.zoo == "mlp" for model in models):
+            raise StudyError(
+                "--hidden sets the widths of `mlp` models, and this study has none "
+                f"({', '.join(f'{m.name} ({m.zoo})' for m in models)})."
+            )
+        values["models"] = tuple(
+            dataclasses.replace(model, options={**model.options, "hidden": list(args.hidden)})
+            if model.zoo == "mlp"
+            else model
+            for model in models
+        )
+    return dataclasses.replace(config, **values) if values else config
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise StudyError(
+            f"{flag} must be comma-separated numbers, e.g. 0,0.5,1; got {text!r}."
+        ) from None
+    if not values:
+        raise StudyError(f"{flag} is empty.")
+    return values
+
+
+def _seeds(text: str) -> list[int]:
+    """``0,1,2`` or ranges ``0-9`` (inclusive), mixed."""
+    seeds: list[int] = []
+    for part in (part.strip() for part in text.split(",")):
+        if not part:
+            continue
+        first, dash, last = part.partition("-")
+        try:
+            if dash:
+                seeds += range(int(first), int(last) + 1)
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise StudyError(
+                f"--seeds must be non-negative integers or ranges, e.g. 0,1,2 or 0-9; got {text!r}."
+            ) from None
+    if not seeds:
+        raise StudyError("--seeds is empty.")
+    return seeds
+
+
+def _models(text: str, config: StudyConfig) -> list[ModelPlan]:
+    """Models named by ``--models``: the preset's own (by name), else zoo networks."""
+    own = {model.name: model for model in config.models}
+    chosen = []
+    for name in (part.strip() for part in text.split(",")):
+        if not name:
+            continue
+        if name in own:
+            chosen.append(own[name])
+        elif name in ZOO:
+            chosen.append(ModelPlan(name, name))
+        else:
+            raise StudyError(
+                f"--models: unknown model {name!r}; give models of the preset "
+                f"({', '.join(own)}) or of the zoo ({', '.join(ZOO)})."
+            )
+    if not chosen:
+        raise StudyError("--models is empty.")
+    return chosen
+
+
+def resolve_study_device(text: str) -> torch.device:
+    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        MinsharpError: an unknown or unavailable device.
+    """
+    from minsharp.cli import resolve_device
+
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device(text)
+
+
+def run_study_command(args: argparse.Namespace, *, preset_name: str, directory: str) -> None:
+    """Run a study from parsed arguments, write its report and print the correlation table.
+
+    Raises:
+        MinsharpError: bad arguments, configuration, directory or data; or runs that failed
+            (after the report is written).
+    """
+    if args.threads is not None:
+        if args.threads < 1:
+            raise MinsharpError(f"--threads must be positive; got {args.threads}.")
+        torch.set_num_threads(args.threads)
+    if args.resamples < 1:
+        raise MinsharpError(f"--resamples must be positive; got {args.resamples}.")
+    config = study_config(args, preset_name=preset_name)
+    device = resolve_study_device(args.device)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    if preset_name == "paper" and device.type == "cpu":
+        print(
+            "note: the paper preset trains 220 networks for 1000-3000 epochs each on full "
+            "MNIST; on a CPU that takes weeks. Use --device cuda on a GPU machine, or "
+            "--preset cpu.",
+            file=sys.stderr,
+        )
+    output = Path(args.output or directory).expanduser()
+    try:
+        outcome = run_study(
+            config,
+            output,
+            data_root=args.data_dir,
+            download=args.download,
+            force=args.force,
+            progress=progress,
+            device=device,
+            argv=getattr(args, "argv", None),
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\nminsharp: interrupted. Finished runs are kept in {output}; run the same "
+            "command again to resume.",
+            file=sys.stderr,
+        )
+        raise
+    print(
+        f"\n{len(outcome.trained)} runs trained, {len(outcome.reused)} reused, "
+        f"{len(outcome.failed)} failed, in {outcome.seconds / 60:.1f} min."
+    )
+    if outcome.measure_errors:
+        print(f"{len(outcome.measure_errors)} measure evaluations failed (see the report):")
+        for run, name, message in outcome.measure_errors[:10]:
+            print(f"  {run} {name}: {message}")
+    if not args.no_report:
+        print_report(output, resamples=args.resamples)
+    if outcome.failed:
+        raise StudyError(
+            f"{len(outcome.failed)} runs failed to train ("
+            + "; ".join(f"{run}: {message}" for run, message in list(outcome.failed.items())[:3])
+            + "). Their errors are in runs/<run-id>/result.json; run the same command again "
+            "to retry them."
+        )
+
+
+def print_report(directory: str | Path, *, resamples: int = RESAMPLES) -> None:
+    """Write the report of the study in ``directory`` and print its correlation table."""
+    report = write_report(directory, resamples=resamples)
+    if report.table:
+        print("\nRank correlation of each measure with the generalization gap:\n")
+        print(format_table(report.table))
+    else:
+        print("\nNo finished runs yet: nothing to correlate.")
+    print(f"\nreport: {report.path}")
+
+
+def study_command(args: argparse.Namespace) -> None:
+    """``minsharp study randomized-labels``."""
+    run_study_command(args, preset_name=args.preset, directory=default_directory(args.preset))
+
+
+def demo_command(args: argparse.Namespace) -> None:
+    """``minsharp demo``: the ``demo`` preset into ``./minsharp-demo``."""
+    run_study_command(args, preset_name="demo", directory=DEMO_DIRECTORY)
+
+
+def report_command(args: argparse.Namespace) -> None:
+    """``minsharp report DIR``."""
+    if args.resamples < 1:
+        raise MinsharpError(f"--resamples must be positive; got {args.resamples}.")
+    print_report(args.directory, resamples=args.resamples)
+
+
+# --------------------------------------------------------------------------- parsers
+
+_STUDY_DESCRIPTION = """\
+The randomized-label study (Ibayashi, Hamaguchi & Imaizumi 2021, Fig. 2): train networks on
+training sets whose labels are partly permuted (label-noise ratio r), measure each trained
+network's sharpness on its training inputs (with the labels it was trained on), and correlate
+every measure with the generalization gap (train accuracy - test accuracy): Kendall tau-b and
+Spearman rho with bootstrap intervals, and Jiang et al.'s granulated Kendall coefficient.
+
+The settings come from --preset, then the JSON --config file (keys of study.json's "config";
+"training" and "measure_options" are merged), then the override flags.
+
+presets:
+  demo   digits (bundled), 5 ratios x 3 seeds, MLP 64-128-128-10, 4 measures (~1-2 min)
+  cpu    4000/2000 MNIST images, the paper's MLP 784-512-128-512-10, 11 ratios x 2 seeds,
+         8 measures (about 25 min on 2 cores)
+  paper  the paper's protocol: full MNIST, 11 ratios x 10 trials, MLP (lr 0.1, 3000 epochs)
+         and LeNet (lr 0.01, 1000 epochs), batch 1024 (for a GPU machine)
+
+Each finished run is written to DIR/runs/<run-id>/result.json (atomically) with its
+checkpoint; a stopped study resumes when rerun with the same settings and directory and never
+retrains a finished run. A directory made with other settings is refused (--force overwrites
+it). At the end, DIR/report.md, DIR/figures/ and DIR/runs.csv are written.
+"""
+
+_STUDY_EPILOG = """\
+examples:
+  minsharp study randomized-labels --preset cpu --data-dir ~/mnist --output runs/cpu
+  minsharp study randomized-labels --preset paper --download --device cuda
+  minsharp study randomized-labels --preset demo --ratios 0,0.5,1 --seeds 0-4 --epochs 100
+  minsharp report runs/cpu
+"""
+
+
+def _add_study_arguments(
+    parser: argparse.ArgumentParser, *, directory: str, threads: int | None
+) -> None:
+    """The flags shared by ``study randomized-labels`` and ``demo``."""
+    grid = parser.add_argument_group("overrides of the preset")
+    grid.add_argument("--ratios", metavar="R,R,…", help="label-noise ratios, e.g. 0,0.5,1")
+    grid.add_argument("--seeds", metavar="S,S,…", help="trial seeds, e.g. 0,1,2 or 0-9")
+    grid.add_argument(
+        "--models", metavar="M,M,…", help=f"models of the preset or of the zoo ({', '.join(ZOO)})"
+    )
+    grid.add_argument("--hidden", type=int, nargs="+", metavar="W", help="widths of mlp models")
+    grid.add_argument("--measures", metavar="A,B,…", help="measures (see `minsharp measures`)")
+    grid.add_argument("--epochs", type=int, metavar="N", help="training epochs (all models)")
+    grid.add_argument("--batch-size", type=int, metavar="B", help="minibatch size (all models)")
+    grid.add_argument("--lr", type=float, metavar="LR", help="initial learning rate (all models)")
+    grid.add_argument(
+        "--target-accuracy",
+        type=_target,
+        metavar="A|none",
+        help="stop training at this train accuracy (all models); none: all epochs",
+    )
+    grid.add_argument("--dataset", help="digits, mnist, fashion-mnist or cifar10")
+    grid.add_argument("--train-size", type=int, metavar="N", help="training examples")
+    grid.add_argument("--test-size", type=int, metavar="N", help="test examples")
+    grid.add_argument("--corruption", choices=("permute", "uniform"), help="label-noise rule")
+    grid.add_argument(
+        "--measure-examples", type=int, metavar="N", help="measure on the first N train inputs"
+    )
+    grid.add_argument("--dtype", choices=DTYPES, help="float32 or float64")
+    run = parser.add_argument_group("running")
+    run.add_argument("--output", metavar="DIR", help=f"study directory (./{directory})")
+    run.add_argument("--data-dir", metavar="DIR", help="folder of the data files (default: cache)")
+    run.add_argument("--download", action="store_true", help="download missing data files")
+    run.add_argument(
+        "--force", action="store_true", help="overwrite a study made with other settings"
+    )
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars over runs and epochs (default: when stderr is a terminal)",
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=threads,
+        metavar="N",
+        help=f"CPU threads ({threads or 'torch' + chr(39) + 's default'})",
+    )
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
+    run.add_argument(
+        "--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples ({RESAMPLES})"
+    )
+    run.add_argument("--no-report", action="store_true", help="do not write the report")
+
+
+def _target(text: str) -> float | str:
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or none, got {text!r}") from None
+
+
+def add_study_parsers(commands: Any) -> None:
+    """Add ``study``, ``report`` and ``demo`` to the ``minsharp`` subcommands."""
+    demo = commands.add_parser(
+        "demo",
+        help="the randomized-label study on the bundled digits (about a minute)",
+        description="The randomized-label study's demo preset: scikit-learn's digits, "
+        "ratios 0, 0.25, 0.5, 0.75, 1 x 3 seeds, an MLP 64-128-128-10, Minimum Sharpness, "
+        "normalized sharpness, Hessian trace and epsilon-sharpness. Writes the study and its "
+        f"report to ./{DEMO_DIRECTORY} (resumed if run again) and prints the correlations.",
+    )
+    _add_study_arguments(demo, directory=DEMO_DIRECTORY, threads=1)
+    demo.set_defaults(run=demo_command)
+
+    study = commands.add_parser("study", help="run a study (randomized-labels)")
+    kinds = study.add_subparsers(dest="study", required=True)
+    randomized = kinds.add_parser(
+        "randomized-labels",
+        help="train on partly shuffled labels, correlate measures with the gap",
+        description=_STUDY_DESCRIPTION,
+        epilog=_STUDY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    randomized.add_argument("--preset", choices=PRESETS, default="demo", help="(demo)")
+    randomized.add_argument("--config", metavar="FILE", help="JSON study config")
+    _add_study_arguments(randomized, directory="minsharp-study-<preset>", threads=None)
+    randomized.set_defaults(run=study_command)
+
+    report = commands.add_parser(
+        "report",
+        help="write a study's report (markdown, figures, CSV)",
+        description="Write DIR/report.md, DIR/figures/*.png and DIR/runs.csv from the finished "
+        "runs of the study in DIR, and print the correlation table.",
+    )
+    report.add_argument("directory", metavar="DIR", help="the study directory")
+    report.add_argument(
+        "--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples ({RESAMPLES})"
+    )
+    report.set_defaults(run=report_command)

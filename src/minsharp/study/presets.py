@@ -1,0 +1,571 @@
+"""Configurations of the randomized-label study, and its three presets.
+
+A :class:`StudyConfig` fixes everything that decides a study's results: the data set and its
+split, the label-corruption rule, the grid (label-noise ratios × seeds × models), each
+model's training and the measures with their options. It is written to ``DIR/study.json``
+and compared there on every resume. How the study is run (device, threads, progress bars,
+where the data files are) is not part of it.
+
+The presets (:data:`PRESETS`):
+
+``demo``
+    scikit-learn's bundled digits (offline), ratios 0, 0.25, 0.5, 0.75, 1 × 3 seeds, a ReLU
+    MLP 64-128-128-10 trained for 250 epochs (every network reaches 100 % training accuracy,
+    also on fully random labels); Minimum Sharpness, normalized sharpness and two
+    non-invariant baselines (Hessian trace, ε-sharpness). About a minute on 2 cores.
+``cpu``
+    MNIST, 4 000 training and 2 000 test images (from the test files alone where only those
+    are on disk), the paper's MLP 784-512-128-512-10, ratios 0, 0.1, …, 1 × 2 seeds, 300
+    epochs of batch 256 at learning rate 0.05, and eight measures. Under half an hour on 2
+    cores; every network ends at or near 100 % training accuracy.
+``paper``
+    The protocol of the Minimum Sharpness paper (MATH §6) exactly: full MNIST, ratios 0, 0.1,
+    …, 1, 10 trials, the MLP (lr 0.1, 3 000 epochs) and LeNet (lr 0.01, 1 000 epochs), batch
+    1 024, momentum 0.9, weight decay 1e−5, lr decay 1e−4 per step. For a GPU machine.
+
+A JSON config file holds the keys of :meth:`StudyConfig.to_dict`, any subset of them, and
+optionally ``"preset"``, the preset it modifies (:func:`config_from_mapping`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from minsharp.data.corruption import RULES
+from minsharp.data.datasets import DATASETS, canonical_name
+from minsharp.errors import MinsharpError, StudyError
+from minsharp.measures import spec
+from minsharp.models import ZOO
+from minsharp.train import TrainingConfig
+
+#: Names of the presets, in the order the command line lists them.
+PRESETS: tuple[str, ...] = ("demo", "cpu", "paper")
+
+#: Training settings a study or a model may set: the fields of
+#: :class:`~minsharp.train.TrainingConfig` except ``seed``, which each run takes from its grid
+#: seed.
+TRAINING_KEYS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(TrainingConfig) if f.name != "seed"
+)
+
+#: Floating dtypes a study may compute in.
+DTYPES: tuple[str, ...] = ("float32", "float64")
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """One network of the grid: a zoo model with its options and its own training settings.
+
+    Attributes:
+        name: the model's value on the grid's ``model`` axis and in run ids (letters,
+            digits, ``_``, ``.``, ``-``).
+        zoo: the :data:`minsharp.models.ZOO` entry it is built from.
+        options: the zoo model's options (e.g. ``{"hidden": [128, 128]}``).
+        training: training settings that override the study's for this model (e.g. the
+            paper's lr 0.01 and 1 000 epochs for LeNet); keys of :data:`TRAINING_KEYS`.
+    """
+
+    name: str
+    zoo: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    training: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain JSON types."""
+        return {
+            "name": self.name,
+            "zoo": self.zoo,
+            "options": copy.deepcopy(dict(self.options)),
+            "training": dict(self.training),
+        }
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything that decides the results of a randomized-label study.
+
+    Attributes:
+        preset: the preset this configuration started from (a label for the report).
+        dataset: a name of :data:`minsharp.data.datasets.DATASETS`.
+        train_size: training examples (``None``: all the data set offers).
+        test_size: test examples (``None``: all).
+        data_seed: seed of the train/test split and subsets
+            (:func:`minsharp.data.datasets.load_dataset`).
+        corruption: the label-corruption rule, ``"permute"`` (the paper's) or ``"uniform"``.
+        ratios: the label-noise ratios r ∈ [0, 1].
+        seeds: the trials; a run's seed initialises its network and orders its minibatches.
+        models: the networks.
+        training: the training settings shared by all models (keys of :data:`TRAINING_KEYS`).
+        measures: the registered measures computed on every trained network.
+        measure_options: options per measure (``spec(name).defaults`` keys).
+        measure_examples: measure on the first this-many training examples (``None``: all).
+        dtype: ``"float32"`` or ``"float64"``, for data, training and measures.
+    """
+
+    preset: str
+    dataset: str
+    train_size: int | None
+    test_size: int | None
+    data_seed: int
+    corruption: str
+    ratios: tuple[float, ...]
+    seeds: tuple[int, ...]
+    models: tuple[ModelPlan, ...]
+    training: Mapping[str, Any]
+    measures: tuple[str, ...]
+    measure_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    measure_examples: int | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def runs(self) -> int:
+        """Number of runs of the grid: ratios × seeds × models."""
+        return len(self.ratios) * len(self.seeds) * len(self.models)
+
+    def model(self, name: str) -> ModelPlan:
+        """The model plan called ``name``."""
+        for plan in self.models:
+            if plan.name == name:
+                return plan
+        raise StudyError(f"the study has no model {name!r}.")
+
+    def training_config(self, model: ModelPlan, seed: int) -> TrainingConfig:
+        """The :class:`~minsharp.train.TrainingConfig` of one run of ``model``."""
+        return TrainingConfig(**{**self.training, **model.training}, seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON types (what ``study.json`` stores)."""
+        return {
+            "preset": self.preset,
+            "dataset": self.dataset,
+            "train_size": self.train_size,
+            "test_size": self.test_size,
+            "data_seed": self.data_seed,
+            "corruption": self.corruption,
+            "ratios": list(self.ratios),
+            "seeds": list(self.seeds),
+            "models": [model.to_dict() for model in self.models],
+            "training": dict(self.training),
+            "measures": list(self.measures),
+            "measure_options": {
+                name: copy.deepcopy(dict(options)) for name, options in self.measure_options.items()
+            },
+            "measure_examples": self.measure_examples,
+            "dtype": self.dtype,
+        }
+
+
+#: Keys of a config mapping (:meth:`StudyConfig.to_dict`).
+CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(StudyConfig))
+
+_MODEL_KEYS = ("name", "zoo", "options", "training")
+
+
+def validate(config: StudyConfig) -> None:
+    """Check a configuration; raise :class:`StudyError` naming every problem found.
+
+    Checked: the data set, sizes and seeds; ratios in [0, 1], distinct to four decimals;
+    distinct non-negative integer seeds; models with distinct names, zoo entries and known
+    options; training settings that make a :class:`~minsharp.train.TrainingConfig` for each
+    model; registered measures, distinct, with known options; the dtype.
+    """
+    problems: list[str] = []
+    if config.dataset not in DATASETS:
+        problems.append(f"dataset must be one of {', '.join(DATASETS)}; got {config.dataset!r}")
+    for key in ("train_size", "test_size", "measure_examples"):
+        value = getattr(config, key)
+        if value is not None and not (_is_int(value) and value >= 1):
+            problems.append(f"{key} must be a positive integer or null; got {value!r}")
+    if not _is_int(config.data_seed):
+        problems.append(f"data_seed must be an integer; got {config.data_seed!r}")
+    if config.corruption not in RULES:
+        problems.append(f"corruption must be one of {', '.join(RULES)}; got {config.corruption!r}")
+    if not config.ratios:
+        problems.append("ratios is empty; give at least one label-noise ratio")
+    for ratio in config.ratios:
+        if not (isinstance(ratio, float) and math.isfinite(ratio) and 0 <= ratio <= 1):
+            problems.append(f"ratios must be numbers in [0, 1]; got {ratio!r}")
+    labels = [ratio_label(ratio) for ratio in config.ratios if isinstance(ratio, float)]
+    if len(set(labels)) != len(labels):
+        problems.append(f"ratios must be distinct to four decimals; got {list(config.ratios)}")
+    if not config.seeds:
+        problems.append("seeds is empty; give at least one seed")
+    if not all(_is_int(seed) and seed >= 0 for seed in config.seeds):
+        problems.append(f"seeds must be non-negative integers; got {list(config.seeds)}")
+    elif len(set(config.seeds)) != len(config.seeds):
+        problems.append(f"seeds must be distinct; got {list(config.seeds)}")
+    problems += _model_problems(config)
+    problems += _measure_problems(config)
+    if config.dtype not in DTYPES:
+        problems.append(f"dtype must be one of {', '.join(DTYPES)}; got {config.dtype!r}")
+    if problems:
+        raise StudyError(f"invalid study configuration: {'; '.join(problems)}.")
+
+
+def _model_problems(config: StudyConfig) -> list[str]:
+    problems: list[str] = []
+    if not config.models:
+        problems.append("models is empty; give at least one model")
+    names = [model.name for model in config.models]
+    if len(set(names)) != len(names):
+        problems.append(f"model names must be distinct; got {names}")
+    unknown_training = sorted(set(config.training) - set(TRAINING_KEYS))
+    if unknown_training:
+        problems.append(
+            f"training has no setting {', '.join(map(repr, unknown_training))}; the settings "
+            f"are {', '.join(TRAINING_KEYS)}"
+        )
+    for model in config.models:
+        if not isinstance(model.name, str) or not _NAME.fullmatch(model.name):
+            problems.append(
+                f"model name {model.name!r} must be letters, digits, '_', '.' or '-' "
+                "(it names the run directories)"
+            )
+        if model.zoo not in ZOO:
+            problems.append(
+                f"model {model.name!r}: zoo must be one of {', '.join(ZOO)}; got {model.zoo!r}"
+            )
+        else:
+            unknown = sorted(set(model.options) - set(ZOO[model.zoo].options))
+            if unknown:
+                accepted = ", ".join(f"{k}={v!r}" for k, v in ZOO[model.zoo].options.items())
+                problems.append(
+                    f"model {model.name!r} ({model.zoo}) has no option "
+                    f"{', '.join(map(repr, unknown))}; its options are {accepted}"
+                )
+        unknown = sorted(set(model.training) - set(TRAINING_KEYS))
+        if unknown:
+            problems.append(
+                f"model {model.name!r}: training has no setting {', '.join(map(repr, unknown))}; "
+                f"the settings are {', '.join(TRAINING_KEYS)}"
+            )
+        elif not unknown_training:
+            try:
+                config.training_config(model, 0)
+            except MinsharpError as error:
+                problems.append(f"model {model.name!r}: {error}".rstrip("."))
+    return problems
+
+
+def _measure_problems(config: StudyConfig) -> list[str]:
+    problems: list[str] = []
+    if not config.measures:
+        problems.append("measures is empty; give at least one measure")
+    if len(set(config.measures)) != len(config.measures):
+        problems.append(f"measures must be distinct; got {list(config.measures)}")
+    for name in config.measures:
+        try:
+            spec(name)
+        except MinsharpError as error:
+            problems.append(str(error).rstrip("."))
+    for name, options in config.measure_options.items():
+        if name not in config.measures:
+            problems.append(
+                f"measure_options names {name!r}, which is not among the measures "
+                f"({', '.join(config.measures)})"
+            )
+            continue
+        try:
+            defaults = spec(name).defaults
+        except MinsharpError:
+            continue  # already reported
+        unknown = sorted(set(options) - set(defaults))
+        if "progress" in options:
+            unknown.append("progress")
+        if unknown:
+            accepted = ", ".join(f"{k}={v!r}" for k, v in defaults.items() if k != "progress")
+            problems.append(
+                f"measure {name!r} has no study option {', '.join(map(repr, unknown))}; its "
+                f"options are {accepted} (progress bars follow --progress)"
+            )
+    return problems
+
+
+def ratio_label(ratio: float) -> str:
+    """A ratio as it appears in run ids: at most four decimals, no trailing zeros.
+
+    Example:
+        >>> ratio_label(0.25), ratio_label(1.0), ratio_label(0.30000000000000004)
+        ('0.25', '1', '0.3')
+    """
+    text = f"{ratio:.4f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --------------------------------------------------------------------------- the presets
+
+#: Measures of the ``cpu`` and ``paper`` presets: the two scale-invariant measures the paper
+#: compares, the other invariant ones that are cheap on an MLP, and the plain baselines.
+STUDY_MEASURES: tuple[str, ...] = (
+    "minimum_sharpness",
+    "normalized_sharpness",
+    "normalized_sharpness_icml",
+    "hessian_trace",
+    "top_eigenvalue",
+    "fisher_rao",
+    "epsilon_sharpness",
+    "adaptive_sharpness_average",
+)
+
+#: Options of :data:`STUDY_MEASURES`: Lanczos to a relative residual of 1e-4, plenty to rank
+#: networks; the default 1e-6 is at the edge of float32 and may take all 100 iterations.
+STUDY_MEASURE_OPTIONS: dict[str, dict[str, Any]] = {"top_eigenvalue": {"tolerance": 1e-4}}
+
+#: The training of the paper's randomized-label experiment (MATH §6), shared by its models.
+PAPER_TRAINING: dict[str, Any] = {
+    "batch_size": 1024,
+    "momentum": 0.9,
+    "weight_decay": 1e-5,
+    "lr_decay": 1e-4,
+    "target_train_accuracy": None,
+}
+
+
+def _ratios(step: float, stop: float = 1.0) -> tuple[float, ...]:
+    count = round(stop / step)
+    return tuple(round(index * step, 10) for index in range(count + 1))
+
+
+def demo_preset() -> StudyConfig:
+    """The ``demo`` preset: digits, 5 ratios × 3 seeds, an MLP 64-128-128-10, 4 measures."""
+    return StudyConfig(
+        preset="demo",
+        dataset="digits",
+        train_size=None,
+        test_size=None,
+        data_seed=0,
+        corruption="permute",
+        ratios=(0.0, 0.25, 0.5, 0.75, 1.0),
+        seeds=(0, 1, 2),
+        models=(ModelPlan("mlp", "mlp", {"hidden": [128, 128]}),),
+        training={
+            "epochs": 250,
+            "batch_size": 64,
+            "lr": 0.05,
+            "momentum": 0.9,
+            "weight_decay": 1e-5,
+            "lr_decay": 1e-4,
+            "target_train_accuracy": None,
+        },
+        measures=(
+            "minimum_sharpness",
+            "normalized_sharpness",
+            "hessian_trace",
+            "epsilon_sharpness",
+        ),
+    )
+
+
+def cpu_preset() -> StudyConfig:
+    """The ``cpu`` preset: 4 000 MNIST images, the paper's MLP, 11 ratios × 2 seeds."""
+    return StudyConfig(
+        preset="cpu",
+        dataset="mnist",
+        train_size=4000,
+        test_size=2000,
+        data_seed=0,
+        corruption="permute",
+        ratios=_ratios(0.1),
+        seeds=(0, 1),
+        models=(ModelPlan("mlp", "paper_mlp"),),
+        training={
+            "epochs": 300,
+            "batch_size": 256,
+            "lr": 0.05,
+            "momentum": 0.9,
+            "weight_decay": 1e-5,
+            "lr_decay": 1e-4,
+            "target_train_accuracy": None,
+        },
+        measures=STUDY_MEASURES,
+        measure_options=copy.deepcopy(STUDY_MEASURE_OPTIONS),
+    )
+
+
+def paper_preset() -> StudyConfig:
+    """The ``paper`` preset: MATH §6 exactly (full MNIST, 11 ratios × 10 trials, MLP, LeNet)."""
+    return StudyConfig(
+        preset="paper",
+        dataset="mnist",
+        train_size=None,
+        test_size=None,
+        data_seed=0,
+        corruption="permute",
+        ratios=_ratios(0.1),
+        seeds=tuple(range(10)),
+        models=(
+            ModelPlan("mlp", "paper_mlp", training={"lr": 0.1, "epochs": 3000}),
+            ModelPlan("lenet", "lenet", training={"lr": 0.01, "epochs": 1000}),
+        ),
+        training=dict(PAPER_TRAINING),
+        measures=STUDY_MEASURES,
+        measure_options=copy.deepcopy(STUDY_MEASURE_OPTIONS),
+    )
+
+
+_BUILDERS = {"demo": demo_preset, "cpu": cpu_preset, "paper": paper_preset}
+
+
+def preset(name: str) -> StudyConfig:
+    """The preset ``name`` of :data:`PRESETS`.
+
+    Raises:
+        StudyError: an unknown name.
+    """
+    if name not in _BUILDERS:
+        raise StudyError(f"unknown preset {name!r}; the presets are {', '.join(PRESETS)}.")
+    return _BUILDERS[name]()
+
+
+# --------------------------------------------------------------------------- config files
+
+
+def config_from_mapping(content: Mapping[str, Any], *, base: StudyConfig) -> StudyConfig:
+    """``base`` with the settings of a config mapping (a config file's content) applied.
+
+    Top-level keys replace ``base``'s values, except ``training`` and ``measure_options``,
+    which are merged into ``base``'s (key by key, measure by measure). ``models`` is a list of
+    ``{"name", "zoo", "options", "training"}`` (``zoo`` defaults to ``name``). A ``"preset"``
+    key names the preset to start from instead of ``base``.
+
+    Raises:
+        StudyError: unknown keys, values of the wrong type, or an invalid result.
+    """
+    if not isinstance(content, Mapping):
+        raise StudyError(f"a study config must be a JSON object; got {type(content).__name__}.")
+    unknown = sorted(set(content) - set(CONFIG_KEYS))
+    if unknown:
+        raise StudyError(
+            f"unknown study config keys {', '.join(map(repr, unknown))}; the keys are "
+            f"{', '.join(CONFIG_KEYS)}."
+        )
+    if "preset" in content:
+        base = preset(str(content["preset"]))
+    values: dict[str, Any] = {}
+    for key, value in content.items():
+        if key == "preset":
+            continue
+        if key == "training":
+            values[key] = {**base.training, **_mapping(value, key)}
+        elif key == "measure_options":
+            merged = {name: dict(options) for name, options in base.measure_options.items()}
+            for name, options in _mapping(value, key).items():
+                merged[name] = {**merged.get(name, {}), **_mapping(options, f"{key}.{name}")}
+            values[key] = merged
+        elif key == "models":
+            values[key] = tuple(_model_plan(entry) for entry in _sequence(value, key))
+        elif key == "ratios":
+            values[key] = tuple(_number(ratio, key) for ratio in _sequence(value, key))
+        elif key in ("seeds", "measures"):
+            values[key] = tuple(_sequence(value, key))
+        elif key == "dataset":
+            values[key] = _dataset(value)
+        else:
+            values[key] = value
+    return dataclasses.replace(base, **values)
+
+
+def read_config_file(path: str | Path, *, base: StudyConfig) -> StudyConfig:
+    """The study config in the JSON file ``path``, applied to ``base`` (see above).
+
+    Raises:
+        StudyError: the file is missing or not JSON, or its settings are invalid.
+    """
+    path = Path(path).expanduser()
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StudyError(f"config file {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise StudyError(f"config file {path} cannot be read: {error}.") from None
+    except json.JSONDecodeError as error:
+        raise StudyError(f"config file {path} is not valid JSON: {error}.") from None
+    try:
+        return config_from_mapping(content, base=base)
+    except StudyError as error:
+        raise StudyError(f"config file {path}: {error}") from None
+
+
+def stored_config(content: Mapping[str, Any]) -> StudyConfig:
+    """The :class:`StudyConfig` of a stored :meth:`StudyConfig.to_dict` (all keys present).
+
+    Raises:
+        StudyError: a key is missing or a value is invalid.
+    """
+    if not isinstance(content, Mapping):
+        raise StudyError("the stored study config is not a JSON object.")
+    missing = [key for key in CONFIG_KEYS if key not in content]
+    if missing:
+        raise StudyError(f"the stored study config lacks {', '.join(missing)}.")
+    config = config_from_mapping(
+        {key: value for key, value in content.items() if key != "preset"}, base=demo_preset()
+    )
+    return dataclasses.replace(
+        config,
+        preset=str(content["preset"]),
+        training=dict(_mapping(content["training"], "training")),
+        measure_options={
+            name: dict(_mapping(options, f"measure_options.{name}"))
+            for name, options in _mapping(content["measure_options"], "measure_options").items()
+        },
+    )
+
+
+def _model_plan(entry: Any) -> ModelPlan:
+    if isinstance(entry, str):
+        return ModelPlan(entry, entry)
+    entry = _mapping(entry, "models[]")
+    unknown = sorted(set(entry) - set(_MODEL_KEYS))
+    if unknown or "name" not in entry:
+        raise StudyError(
+            f"a model entry must be a zoo name or an object with keys {', '.join(_MODEL_KEYS)} "
+            f"(name required); got {dict(entry)!r}."
+        )
+    return ModelPlan(
+        name=entry["name"],
+        zoo=entry.get("zoo", entry["name"]),
+        options=dict(_mapping(entry.get("options", {}), "options")),
+        training=dict(_mapping(entry.get("training", {}), "training")),
+    )
+
+
+def _mapping(value: Any, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise StudyError(f"{key} must be a JSON object; got {value!r}.")
+    return value
+
+
+def _sequence(value: Any, key: str) -> Sequence[Any]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise StudyError(f"{key} must be a JSON list; got {value!r}.")
+    return value
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise StudyError(f"{key} must hold numbers; got {value!r}.")
+    return float(value)
+
+
+def _dataset(value: Any) -> str:
+    try:
+        return canonical_name(str(value))
+    except MinsharpError as error:
+        raise StudyError(str(error)) from None
