@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -600,3 +601,37 @@ def test_json_is_written_atomically(tmp_path, monkeypatch):
         write_json_atomic(path, {"value": 2})
     assert json.loads(path.read_text())["value"] == "inf"  # the old file is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_an_internal_error_in_a_measure_is_reported_per_measure(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    from minsharp.measures import registry
+
+    def broken(model, data, *, batch_size: int = 256, progress: bool = False):
+        """Stands in for a measure with a bug."""
+        raise RuntimeError("boom")
+
+    fake = dataclasses.replace(registry.spec("hessian_trace"), name="broken", compute=broken)
+    monkeypatch.setitem(registry._REGISTRY, "broken", fake)
+    output = tmp_path / "out.json"
+    argv = [
+        "measure",
+        "--model",
+        "small_mlp",
+        "--random-init",
+        "--data",
+        "digits",
+        "--examples",
+        "20",
+        "--measures",
+        "hessian_trace,broken",
+        "--output",
+        str(output),
+    ]
+    assert main([*argv, "--keep-going"]) == 2
+    content = json.loads(output.read_text())
+    assert [r["name"] for r in content["measures"]] == ["hessian_trace"]
+    assert "internal error (RuntimeError: boom)" in content["failures"][0]["message"]
+    assert main(argv) == 2
+    assert "measure 'broken' failed: internal error" in capsys.readouterr().err

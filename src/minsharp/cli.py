@@ -409,10 +409,16 @@ def run_measures(
                 raise MinsharpError(
                     f"out of memory ({str(error).splitlines()[0]}); lower --batch-size."
                 ) from error
-        except MinsharpError as error:
+        except Exception as error:  # a measure's failure must not lose the others' results
+            message = str(error)
+            if not isinstance(error, MinsharpError):
+                message = (
+                    f"internal error ({type(error).__name__}: {error}); please report it to the "
+                    "minsharp developers with the command line"
+                )
             if not keep_going:
-                raise MinsharpError(f"measure {name!r} failed: {error}") from error
-            failures.append({"name": name, "error": type(error).__name__, "message": str(error)})
+                raise MinsharpError(f"measure {name!r} failed: {message}") from error
+            failures.append({"name": name, "error": type(error).__name__, "message": message})
     return results, failures
 
 
