@@ -20,13 +20,10 @@ that exists describes weights that were completely written.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +36,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from minsharp.errors import DataError, MinsharpError, ModelError
-from minsharp.io import load_weights, write_json_atomic
+from minsharp.io import load_weights, write_bytes_atomic, write_json_atomic
 from minsharp.models import build_model
 
 #: File names inside a checkpoint directory.
@@ -348,7 +345,7 @@ def save_checkpoint(
     except OSError as failure:
         raise MinsharpError(f"cannot create checkpoint directory {directory}: {failure}.") from None
     payload = safetensors_bytes(tensors, metadata={"format": CHECKPOINT_FORMAT})
-    _write_bytes_atomic(directory / WEIGHTS_FILE, payload)
+    write_bytes_atomic(directory / WEIGHTS_FILE, payload)
     write_json_atomic(
         directory / CHECKPOINT_FILE,
         {
@@ -506,28 +503,3 @@ def _sha256(path: Path) -> str:
     except OSError as failure:
         raise ModelError(f"weights file {path} cannot be read ({failure}).") from None
     return digest.hexdigest()
-
-
-def _write_bytes_atomic(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a flushed temporary file and one rename."""
-    try:
-        descriptor, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
-    except OSError as failure:
-        raise MinsharpError(f"cannot write {path}: {failure}.") from None
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(temporary, 0o666 & ~mask)  # mkstemp makes it private (0600)
-        os.replace(temporary, path)
-    except BaseException as failure:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        if isinstance(failure, OSError):
-            raise MinsharpError(f"cannot write {path}: {failure}.") from None
-        raise
