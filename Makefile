@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-setup clean
 
 setup: $(STAMP)
 
@@ -26,11 +26,31 @@ test: setup
 # The cost ratio twice: with glibc's defaults, and with freed memory kept (no page faults anew).
 TUNED_MALLOC := MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=4294967295 MALLOC_TOP_PAD_=268435456
 
-bench: setup
-	$(BIN)/python benchmarks/paper_exactness_speed.py
-	$(BIN)/python benchmarks/cost_ratio.py
-	$(TUNED_MALLOC) $(BIN)/python benchmarks/cost_ratio.py --output benchmarks/results/cost_ratio_tuned_allocator.md
-	$(BIN)/python benchmarks/normalized_sharpness_solver.py
+# Optional peers for benchmarks/peers.py (BackPACK, ASDL, nngeometry, PyHessian, curvlinops)
+# and matplotlib. BackPACK, curvlinops and nngeometry go in with --no-deps: they declare
+# torchvision, which would replace the pinned CPU torch; their real dependencies are in the
+# `bench` extra. A peer that is missing is reported as such by the benchmark, not an error.
+PEERS_NO_DEPS := backpack-for-pytorch==1.7.1 curvlinops-for-pytorch==3.0.1 nngeometry==0.4
+
+bench-setup: setup
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet --no-deps $(PEERS_NO_DEPS)
+
+# Every benchmark script, then docs/benchmarks.md from their tables and plots. About 45
+# minutes on 2 idle cores; each script waits up to BENCH_WAIT seconds for a quiet machine.
+BENCH_WAIT ?= 60
+BENCH := --wait-quiet $(BENCH_WAIT)
+
+bench: bench-setup
+	$(BIN)/python benchmarks/paper_exactness_speed.py $(BENCH)
+	$(BIN)/python benchmarks/approximation.py $(BENCH)
+	$(BIN)/python benchmarks/peers.py $(BENCH)
+	$(BIN)/python benchmarks/scaling.py $(BENCH)
+	$(BIN)/python benchmarks/cost_ratio.py $(BENCH)
+	$(TUNED_MALLOC) $(BIN)/python benchmarks/cost_ratio.py $(BENCH) --output benchmarks/results/cost_ratio_tuned_allocator.md
+	$(BIN)/python benchmarks/solvers.py $(BENCH)
+	$(BIN)/python benchmarks/normalized_sharpness_solver.py $(BENCH)
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache

@@ -7,6 +7,7 @@ The scripts import this module by name (``import common``): run them as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -354,3 +355,96 @@ def write_atomically(path: Path, text: str) -> None:
 def seconds(value: float) -> str:
     """Format a duration in seconds with three significant digits."""
     return f"{value:.3g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak memory, optional peers, verdicts, plots
+# ---------------------------------------------------------------------------------------------
+
+#: How peak memory is measured, for the notes of the tables that report it.
+MEMORY_METHOD = (
+    "peak memory = the process's peak resident set size during the call (VmHWM, reset just "
+    "before it through /proc/self/clear_refs) minus its resident set size just before the "
+    "call, after glibc's malloc_trim; it counts every allocation that reached memory (torch "
+    "CPU tensors, peers' own buffers), which tracemalloc does not see"
+)
+
+
+def _resident_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc), so the baseline is what is in use."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def peak_memory_mib(function: Callable[[], object]) -> tuple[object, float | None]:
+    """Call ``function`` once; its result and its peak extra resident memory in MiB.
+
+    See :data:`MEMORY_METHOD`. None where ``/proc/self/clear_refs`` cannot reset the peak
+    (not Linux, or not permitted).
+    """
+    _release_free_memory()
+    before = _resident_kib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return function(), None
+    result = function()
+    peak = _resident_kib("VmHWM")
+    if before is None or peak is None:
+        return result, None
+    return result, max(peak - before, 0) / 1024
+
+
+def optional_module(name: str) -> tuple[object | None, str]:
+    """Import an optional benchmark dependency: the module, or None and why not."""
+    import importlib
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module(name), ""
+    except Exception as error:  # any failure to import a peer: report it, do not crash
+        return None, f"not installed or fails to import ({type(error).__name__}: {error})"
+
+
+def verdict(passed: bool | None, unknown: str = "n/a") -> str:
+    """``PASS`` / ``MISS`` for a bar, or the reason it could not be judged."""
+    if passed is None:
+        return unknown
+    return "PASS" if passed else "MISS"
+
+
+def save_figure(figure: object, markdown: Path, suffix: str) -> Path:
+    """Save a matplotlib figure next to ``markdown`` as ``<stem>_<suffix>.png``; its path."""
+    path = Path(markdown).with_name(f"{Path(markdown).stem}_{suffix}.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110, bbox_inches="tight")  # type: ignore[attr-defined]
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)  # type: ignore[arg-type]
+    return path
+
+
+def pyplot() -> object:
+    """The pyplot module of matplotlib, with the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -101,3 +101,139 @@ def test_normalized_sharpness_solver_quick(tmp_path) -> None:
         assert float(row[kkt]) <= 1e-10, row
         assert float(row[reevaluated]) <= 1e-10, row
         assert float(row[gap]) >= -1e-9, row  # gradient steps never beat the minimum
+
+
+PEER_COLUMNS = (
+    "BackPACK DiagGGNExact (s, × ours diag)",
+    "BackPACK DiagHessian (s, × ours diag)",
+    "ASDL exact Fisher diag (s, × ours diag)",
+    "nngeometry FIM PMatDiag (s, × ours diag)",
+)
+
+
+def test_peers_quick(tmp_path) -> None:
+    """Every peer either ran (a time and a ratio) or says why not; ours always ran."""
+    text = run_quick("peers.py", tmp_path / "peers.md")
+    header = table_rows(text, "model | params")[0]
+    rows = [row for row in table_rows(text, "mlp") + table_rows(text, "SmallCNN")]
+    timed = [row for row in rows if len(row) == len(header)]
+    assert len(timed) == 4  # two models × two class counts
+    for row in timed:
+        assert float(row[header.index("ours: diagonal (s)")]) > 0
+        assert float(row[header.index("ours: trace (s)")]) > 0
+        for column in PEER_COLUMNS:
+            cell = row[header.index(column)]
+            assert cell.endswith("×)") or cell.startswith(("not run (", "failed (")), cell
+        difference = row[header.index("max rel. diff to ours")]
+        assert difference == "n/a" or float(difference) < 1e-4, row  # peers agree with us
+        assert row[header.index("bar: ours diagonal")].startswith(("PASS", "MISS", "no bar"))
+    assert "## Peak memory of one call" in text
+    assert "## Stochastic traces: Hutchinson" in text
+
+
+def test_peers_quick_without_any_peer_installed(tmp_path) -> None:
+    """With the peers hidden, the script still runs ours and marks each peer not installed."""
+    output = tmp_path / "alone.md"
+    peers = ("backpack", "asdl", "nngeometry", "pyhessian", "curvlinops")
+    script = BENCHMARKS / "peers.py"
+    hide = "\n".join(
+        [
+            "import runpy, sys",
+            f"sys.modules.update(dict.fromkeys({peers!r}))",  # None: import raises
+            f"sys.path.insert(0, {str(BENCHMARKS)!r})",
+            f"sys.argv = [{str(script)!r}, '--quick', '--output', {str(output)!r}]",
+            f"runpy.run_path({str(script)!r}, run_name='__main__')",
+        ]
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", hide], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert completed.returncode == 0, completed.stderr
+    text = output.read_text(encoding="utf-8")
+    assert "absent: " in text
+    header = table_rows(text, "model | params")[0]
+    for row in table_rows(text, "mlp"):
+        if len(row) != len(header):
+            continue
+        assert float(row[header.index("ours: diagonal (s)")]) > 0
+        for column in PEER_COLUMNS:
+            assert row[header.index(column)] == "not run (not installed)"
+
+
+def test_approximation_quick(tmp_path) -> None:
+    text = run_quick("approximation.py", tmp_path / "approx.md")
+    header = table_rows(text, "model | dtype")[0]
+    rows = [row for row in table_rows(text, "tiny MLP") if len(row) == len(header)]
+    assert {row[header.index("directions")] for row in rows} == {"gaussian", "rademacher"}
+    for row in rows:
+        assert float(row[header.index("rel. error of diag (‖d̂ − d‖₂/‖d‖₂)")]) > 0
+    assert (tmp_path / "approx_error.png").is_file()
+
+
+def test_scaling_quick(tmp_path) -> None:
+    text = run_quick("scaling.py", tmp_path / "scaling.md")
+    header = table_rows(text, "axis | value")[0]
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith(("| N |", "| width |", "| depth |", "| K |"))
+    ]
+    assert {row[0] for row in rows} == {"N", "width", "depth", "K"}
+    for row in rows:
+        assert len(row) == len(header)
+        assert row[header.index("trace / step")].endswith("×")
+    assert (tmp_path / "scaling_time.png").is_file()
+
+
+def test_solvers_quick(tmp_path) -> None:
+    text = run_quick("solvers.py", tmp_path / "solvers.md")
+    header = table_rows(text, "model | state")[0]
+    rows = [row for row in table_rows(text, "tiny MLP") if len(row) == len(header)]
+    assert {row[header.index("state")] for row in rows} == {"init", "trained"}
+    for row in rows:
+        assert float(row[header.index("ours: ‖∇_u F‖/F")]) <= 1e-10, row
+
+
+def test_report_assembles_the_results(tmp_path) -> None:
+    """Sections in order, headings demoted, plots copied and relinked, bars summarised."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "peers.md").write_text(
+        "# Peers title\n\n- threads: 1\n\n## Time\n\n"
+        "| model | K | bar: ours diagonal |\n| --- | --- | --- |\n"
+        "| SmallMLP | 10 | MISS (≥ 2× BackPACK GGN) |\n| LeNet | 10 | PASS (faster) |\n"
+        "\n![plot](peers_speedups.png)\n",
+        encoding="utf-8",
+    )
+    (results / "peers_speedups.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (results / "cost_ratio.md").write_text(
+        "# Cost\n\n| K | trace bar ≤ 2× |\n| --- | --- |\n| 10 | PASS |\n", encoding="utf-8"
+    )
+    output = tmp_path / "docs" / "benchmarks.md"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "report.py"),
+            "--results",
+            str(results),
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
+    assert completed.returncode == 0, completed.stderr
+    text = output.read_text(encoding="utf-8")
+    assert text.startswith("# Benchmarks")
+    assert "### Peers title" in text and "#### Time" in text
+    assert text.index("### Peers title") < text.index("### Cost")
+    assert "Not yet run:" in text and "`scaling.md`" in text
+    assert (tmp_path / "docs" / "benchmarks" / "peers_speedups.png").is_file()
+    assert "(benchmarks/peers_speedups.png)" in text
+    summary = text[text.index("## Bars") : text.index("### Peers title")]
+    assert "| 1 | 1 |" in summary  # peers: one PASS, one MISS
+    missed = [line for line in summary.splitlines() if line.startswith("- ")]
+    assert len(missed) == 1 and "SmallMLP" in missed[0] and "MISS" in missed[0]

@@ -1,0 +1,157 @@
+"""The engine's backward strategies give the same exact answer.
+
+The engine pushes the K centred cotangents back either from the logits, or, when the logits
+are the output of a Linear layer (the head), from the head's input with the head's own sums in
+closed form (``engine.head_unit_squares`` / ``engine.head_cotangents``); and it pushes them a
+chunk of classes at a time (``engine.CHUNK_ELEMENTS``). Every combination must agree with the
+brute-force diagonal, also with many classes (K large against the widths, where the head
+shortcut matters), and with each other to rounding.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests.networks import conv2d, mlp
+from tests.test_curvature_exact import (
+    FLOAT64_RTOL,
+    assert_diagonals_close,
+    assert_traces_close,
+    traces_of,
+)
+from torch import Tensor, nn
+
+import minsharp
+from minsharp.curvature import engine
+
+#: Class counts much larger than the widths of the tiny networks below.
+MANY_CLASSES = [2, 17, 60]
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same.:UserWarning")
+
+
+def tiny_mlp(classes: int, seed: int = 0) -> tuple[nn.Module, Tensor, Tensor]:
+    """A float64 ReLU MLP 5-4-3-K and 6 inputs."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3), nn.LeakyReLU(0.1), nn.Linear(3, classes)
+    ).double()
+    inputs = torch.randn(6, 5, dtype=torch.float64)
+    return model.eval(), inputs, torch.randint(0, classes, (6,))
+
+
+class ScaledLogits(nn.Module):
+    """Logits that are not the output of a Linear layer: the generic path."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 2.0 * self.body(x)
+
+
+class ConvHead(nn.Module):
+    """A convolution with max-pooling, then a Linear head on the flattened maps."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+        self.head = nn.Linear(3 * 2 * 2, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+
+
+def check_against_brute_force(model: nn.Module, inputs: Tensor, labels: Tensor) -> None:
+    expected = minsharp.brute_force_hessian_diagonal(model, inputs, labels)
+    diagonal = minsharp.hessian_diagonal(model, inputs)
+    trace = minsharp.hessian_trace(model, inputs)
+    assert_diagonals_close(diagonal, expected, FLOAT64_RTOL, "diagonal")
+    assert_traces_close(trace, traces_of(expected), FLOAT64_RTOL, "trace")
+
+
+@pytest.mark.parametrize("classes", MANY_CLASSES)
+def test_head_shortcut_with_many_classes(classes: int) -> None:
+    model, inputs, labels = tiny_mlp(classes)
+    check_against_brute_force(model, inputs, labels)
+
+
+@pytest.mark.parametrize("classes", MANY_CLASSES)
+def test_generic_path_with_many_classes(classes: int) -> None:
+    torch.manual_seed(1)
+    model = ScaledLogits(classes).double().eval()
+    inputs = torch.randn(5, 5, dtype=torch.float64)
+    check_against_brute_force(model, inputs, torch.randint(0, classes, (5,)))
+
+
+@pytest.mark.parametrize("classes", [3, 25])
+def test_convolution_and_pooling_before_the_head(classes: int) -> None:
+    torch.manual_seed(2)
+    model = ConvHead(classes).double().eval()
+    inputs = torch.randn(4, 2, 6, 6, dtype=torch.float64)
+    check_against_brute_force(model, inputs, torch.randint(0, classes, (4,)))
+
+
+def test_the_head_is_found_only_where_it_gives_the_logits() -> None:
+    model, inputs, _ = tiny_mlp(7)
+    layers = engine.find_layers(model)
+    with engine.autograd_enabled(), engine._recording(layers, 6, diagonal=False) as calls:
+        logits = engine.run_forward(model, inputs)
+    recorded = [(layer, calls[layer.name]) for layer in layers]
+    head = engine._head(recorded, logits)
+    assert head is not None and head[0].name == "4"
+    assert engine._head(recorded[:-1], logits) is None  # the head not recorded: none found
+    assert engine._head(recorded, 2.0 * logits) is None  # logits made after the head
+
+
+@pytest.mark.parametrize("diagonal", [True, False])
+@pytest.mark.parametrize(
+    "build", [lambda: tiny_mlp(30)[:2], lambda: (conv2d(3).model, conv2d(3).inputs)]
+)
+def test_head_shortcut_agrees_with_the_generic_path(
+    build: object, diagonal: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, inputs = build()  # type: ignore[operator]
+    compute = minsharp.hessian_diagonal if diagonal else minsharp.hessian_trace
+    shortcut = compute(model, inputs)
+    monkeypatch.setattr(engine, "_head", lambda recorded, logits: None)
+    generic = compute(model, inputs)
+    if diagonal:
+        assert_diagonals_close(shortcut, generic, 1e-12, "shortcut vs generic")
+    else:
+        assert_traces_close(shortcut, generic, 1e-12, "shortcut vs generic")
+
+
+@pytest.mark.parametrize("chunk", [1, 50, 1 << 40])
+@pytest.mark.parametrize("build", [mlp, conv2d], ids=["mlp", "conv2d"])
+def test_every_chunk_size_gives_the_same_result(
+    chunk: int, build: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One class per backward pass, a few, or all K in one vectorised pass."""
+    case = build(4)  # type: ignore[operator]
+    diagonal = minsharp.hessian_diagonal(case.model, case.inputs)
+    trace = minsharp.hessian_trace(case.model, case.inputs)
+    monkeypatch.setattr(engine, "CHUNK_ELEMENTS", chunk)
+    assert_diagonals_close(
+        minsharp.hessian_diagonal(case.model, case.inputs), diagonal, 1e-12, f"chunk {chunk}"
+    )
+    assert_traces_close(
+        minsharp.hessian_trace(case.model, case.inputs), trace, 1e-12, f"chunk {chunk}"
+    )
+
+
+def test_head_formulas_in_closed_form() -> None:
+    """``Σ_k c_k² = p(1 − p)`` and ``Wᵀ c_k`` equal the explicit centred cotangents."""
+    torch.manual_seed(3)
+    probabilities = torch.randn(4, 9, dtype=torch.float64).softmax(1)
+    weight = torch.randn(9, 5, dtype=torch.float64)
+    explicit = torch.stack(list(engine.class_cotangents(probabilities)))  # (K, N, K)
+    torch.testing.assert_close(
+        engine.head_unit_squares(probabilities)[:, 0], explicit.square().sum(0), rtol=1e-14, atol=0
+    )
+    pulled = torch.stack(list(engine.head_cotangents(weight, probabilities)))
+    torch.testing.assert_close(pulled, explicit @ weight, rtol=1e-12, atol=1e-15)
+    outer = torch.einsum("knc,knd->ncd", explicit, explicit)
+    expected = torch.diag_embed(probabilities) - probabilities[:, :, None] * probabilities[:, None]
+    torch.testing.assert_close(outer, expected, rtol=1e-12, atol=1e-15)
