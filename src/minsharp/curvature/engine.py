@@ -9,9 +9,11 @@ and since ``diag p − p pᵀ = Σ_k c_k c_kᵀ`` with centred cotangents ``c_k 
     diag H_PP = (1/N) Σ_n Σ_k (J_nᵀ c_nk)^⊙2,     Tr H_PP = (1/N) Σ_n Σ_k ‖J_nᵀ c_nk‖².
 
 One forward pass records, at each supported layer, its input patches and the autograd edge of
-its output; one vectorised backward pass pushes all K cotangents of every example back to
-those outputs (never to the weights); the layer rules then form the sums of squares from
-patches and cotangents (``minsharp.curvature.patches``). Memory is bounded by ``batch_size``.
+its output. A Linear layer producing the logits gets its sums in closed form; the K
+cotangents are pushed back from there (or from the logits) to the other layers' outputs,
+never to the weights, a chunk of classes per backward pass (:func:`pull_back`); the layer
+rules then form the sums of squares from patches and cotangents
+(``minsharp.curvature.patches``). Memory is bounded by ``batch_size``, not by K.
 """
 
 from __future__ import annotations
