@@ -3,10 +3,10 @@
 ``minsharp measure`` loads a network (a model of :data:`minsharp.models.ZOO` or a factory
 ``package.module:function``) and its weights, a labelled data set, and computes registered
 sharpness measures, printing a table and optionally writing every result with its provenance
-as JSON. ``minsharp study randomized-labels``, ``minsharp report`` and ``minsharp demo`` (the
-study's demo preset) live in :mod:`minsharp.study.commands`. Every problem with the
-arguments, files, model or data ends the command with exit status 2 and one
-``minsharp: error: …`` line.
+as JSON. ``minsharp study randomized-labels|batch-size|bn-sharpness``, ``minsharp report``
+and ``minsharp demo`` (the randomized-label study's demo preset) live in
+:mod:`minsharp.study.commands`. Every problem with the arguments, files, model or data ends
+the command with exit status 2 and one ``minsharp: error: …`` line.
 """
 
 from __future__ import annotations

@@ -19,13 +19,30 @@ from minsharp.errors import ModelError
 
 
 def mlp(
-    in_features: int, hidden: Sequence[int], num_classes: int, *, bias: bool = True
+    in_features: int,
+    hidden: Sequence[int],
+    num_classes: int,
+    *,
+    bias: bool = True,
+    batchnorm: bool = False,
 ) -> nn.Sequential:
-    """ReLU multilayer perceptron ``in → hidden[0] → … → num_classes`` on flattened inputs."""
+    """ReLU multilayer perceptron ``in → hidden[0] → … → num_classes`` on flattened inputs.
+
+    With ``batchnorm``, every hidden Linear layer is followed by ``nn.BatchNorm1d`` before its
+    ReLU (Linear → BN → ReLU), so each hidden unit's incoming weight row is scale-free
+    (MATH §5).
+
+    Example:
+        >>> [type(layer).__name__ for layer in mlp(4, [3], 2, batchnorm=True)]
+        ['Flatten', 'Linear', 'BatchNorm1d', 'ReLU', 'Linear']
+    """
     widths = [in_features, *hidden]
     layers: list[nn.Module] = [nn.Flatten()]
     for width_in, width_out in itertools.pairwise(widths):
-        layers += [nn.Linear(width_in, width_out, bias=bias), nn.ReLU()]
+        layers.append(nn.Linear(width_in, width_out, bias=bias))
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(width_out))
+        layers.append(nn.ReLU())
     layers.append(nn.Linear(widths[-1], num_classes, bias=bias))
     return nn.Sequential(*layers)
 
@@ -46,11 +63,14 @@ def small_cnn(
     num_classes: int = 10,
     *,
     bias: bool = True,
+    batchnorm: bool = False,
 ) -> nn.Sequential:
     """SmallCNN of the Minimum Sharpness paper: conv5×5 →20, pool 2, conv5×5 →20, pool 2, linear.
 
     With 28×28 inputs the linear layer is 320 → 10. ``image_size`` is the side of square
-    images or ``(height, width)``.
+    images or ``(height, width)``. With ``batchnorm`` each convolution is followed by
+    ``nn.BatchNorm2d`` before its ReLU (conv → BN → ReLU → pool): the network of the
+    BN-sharpness study (MATH §5), where each output channel's filter is scale-free.
 
     Raises:
         ModelError: the images are smaller than 16×16 pixels, where nothing is left after the
@@ -60,16 +80,14 @@ def small_cnn(
     sides = [((side - 4) // 2 - 4) // 2 for side in (height, width)]
     if min(sides) < 1:
         raise ModelError(f"small_cnn needs images of at least 16×16 pixels; got {height}×{width}.")
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 20, 5, bias=bias),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(20, 20, 5, bias=bias),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(20 * sides[0] * sides[1], num_classes, bias=bias),
-    )
+    layers: list[nn.Module] = []
+    for channels_in in (in_channels, 20):
+        layers.append(nn.Conv2d(channels_in, 20, 5, bias=bias))
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(20))
+        layers += [nn.ReLU(), nn.MaxPool2d(2)]
+    layers += [nn.Flatten(), nn.Linear(20 * sides[0] * sides[1], num_classes, bias=bias)]
+    return nn.Sequential(*layers)
 
 
 def lenet(
@@ -172,20 +190,22 @@ ZOO: dict[str, ZooEntry] = {
         summary="MLP in-512-128-512-K, ReLU (Minimum Sharpness paper, randomized labels)",
     ),
     "mlp": ZooEntry(
-        build=lambda shape, classes, *, hidden, bias: mlp(
-            math.prod(shape), _hidden_widths(hidden), classes, bias=bias
+        build=lambda shape, classes, *, hidden, bias, batchnorm: mlp(
+            math.prod(shape), _hidden_widths(hidden), classes, bias=bias, batchnorm=batchnorm
         ),
         images=False,
-        options={"hidden": [64, 32], "bias": True},
-        summary="ReLU MLP in-hidden…-K with the given hidden widths (`minsharp demo`: [128, 128])",
+        options={"hidden": [64, 32], "bias": True, "batchnorm": False},
+        summary="ReLU MLP in-hidden…-K with the given hidden widths (`minsharp demo`: [128, 128]); "
+        "batchnorm=True puts a BatchNorm1d before each hidden ReLU",
     ),
     "small_cnn": ZooEntry(
-        build=lambda shape, classes, *, bias: small_cnn(
-            shape[0], (shape[1], shape[2]), classes, bias=bias
+        build=lambda shape, classes, *, bias, batchnorm: small_cnn(
+            shape[0], (shape[1], shape[2]), classes, bias=bias, batchnorm=batchnorm
         ),
         images=True,
-        options={"bias": True},
-        summary="SmallCNN: conv5×5→20, pool 2, conv5×5→20, pool 2, linear (Fig. 1)",
+        options={"bias": True, "batchnorm": False},
+        summary="SmallCNN: conv5×5→20, pool 2, conv5×5→20, pool 2, linear (Fig. 1); "
+        "batchnorm=True puts a BatchNorm2d after each convolution (BN-sharpness study)",
     ),
     "lenet": ZooEntry(
         build=lambda shape, classes, *, bias: lenet(
@@ -252,8 +272,9 @@ def build_model(
     if not shape or min(shape) < 1:
         raise ModelError(f"model {name!r}: examples of shape {shape} have no features.")
     chosen = {**entry.options, **options}
-    if not isinstance(chosen["bias"], bool):
-        raise ModelError(
-            f"model {name!r}: option bias must be True or False; got {chosen['bias']!r}."
-        )
+    for flag in ("bias", "batchnorm"):
+        if flag in chosen and not isinstance(chosen[flag], bool):
+            raise ModelError(
+                f"model {name!r}: option {flag} must be True or False; got {chosen[flag]!r}."
+            )
     return entry.build(shape, num_classes, **chosen)

@@ -11,6 +11,12 @@ anything a model draws from the global generator (dropout…) is drawn from it r
 ``config.seed`` (the caller's global state is restored afterwards). On CPU the same seed and
 the same initial weights give bit-identical trained weights.
 
+With ``config.bn_sharpness_weight = λ > 0`` each step follows the gradient of
+``L + λ·S_BN`` instead of ``L`` (Yi et al. 2019, MATH §5, reconstructed):
+``ĝ = (1 − λ)·∇L(w) + λ·∇L(w + t v)`` with ``t ~ U(0, δ)`` and the BN-sharpness direction
+``v`` held fixed, before weight decay and momentum (:mod:`minsharp.bn_training`, where the
+combination is derived).
+
 A checkpoint is a directory holding ``model.safetensors`` (the state dict) and
 ``checkpoint.json`` (how to rebuild the network through :func:`minsharp.models.build_model`,
 the weights' SHA-256 and dtype, and a free-form JSON record such as the training config and
@@ -35,8 +41,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from minsharp.bn_training import PROBE_EXAMPLES, BNSharpnessPenalty, check_penalty_settings
 from minsharp.errors import DataError, MinsharpError, ModelError
 from minsharp.io import load_weights, write_bytes_atomic, write_json_atomic
+from minsharp.measures.bn_sharpness import DEFAULT_DELTA
 from minsharp.models import build_model
 
 #: File names inside a checkpoint directory.
@@ -65,10 +73,15 @@ class TrainingConfig:
         target_train_accuracy: stop after the first epoch whose training accuracy, measured
             in eval mode on the whole training set, is at least this; ``None`` trains for all
             ``epochs``.
+        bn_sharpness_weight: λ of the BN-sharpness penalty ``L + λ·S_BN`` (MATH §5); 0 (the
+            default) is plain SGD. Needs a network with batch-norm.
+        bn_sharpness_delta: δ of the penalty, the largest radius ``t ~ U(0, δ)`` relative
+            to each block's norm, in (0, 1].
 
     Raises:
         MinsharpError: a value out of range (negative epochs, non-positive batch size or
-            learning rate, negative momentum/decays, a target outside (0, 1]).
+            learning rate, negative momentum/decays, a target outside (0, 1], a negative
+            penalty weight, a radius outside (0, 1]).
     """
 
     epochs: int = 30
@@ -79,6 +92,8 @@ class TrainingConfig:
     lr_decay: float = 1e-4
     seed: int = 0
     target_train_accuracy: float | None = None
+    bn_sharpness_weight: float = 0.0
+    bn_sharpness_delta: float = DEFAULT_DELTA
 
     def __post_init__(self) -> None:
         problems = []
@@ -95,12 +110,21 @@ class TrainingConfig:
         target = self.target_train_accuracy
         if target is not None and not (isinstance(target, (int, float)) and 0 < target <= 1):
             problems.append(f"target_train_accuracy must be in (0, 1] or None, got {target!r}")
+        problems += check_penalty_settings(self.bn_sharpness_weight, self.bn_sharpness_delta)
         if problems:
             raise MinsharpError(f"invalid training config: {'; '.join(problems)}.")
 
     def as_dict(self) -> dict[str, Any]:
-        """The fields as a plain (JSON-able) dictionary."""
-        return dataclasses.asdict(self)
+        """The fields as a plain (JSON-able) dictionary.
+
+        Without the BN-sharpness penalty (``bn_sharpness_weight == 0``) its two fields are
+        left out, so the dictionary (and every study fingerprint made from it) is the one of
+        plain SGD from before the penalty existed.
+        """
+        fields = dataclasses.asdict(self)
+        if self.bn_sharpness_weight == 0:
+            del fields["bn_sharpness_weight"], fields["bn_sharpness_delta"]
+        return fields
 
 
 def learning_rate(config: TrainingConfig, step: int) -> float:
@@ -130,6 +154,9 @@ class TrainingHistory:
             test set was given.
         learning_rate: the learning rate of the epoch's last minibatch step.
         seconds: wall-clock seconds of the epoch, evaluation included.
+        step_seconds: wall-clock seconds of the epoch's optimisation steps alone (the
+            minibatch loop, up to reading back its loss), without the evaluation.
+        steps: minibatch steps taken in each epoch.
         epochs_run: number of epochs run (the length of each list above).
         stopped_early: whether training stopped before ``config.epochs`` because
             ``train_accuracy`` reached ``config.target_train_accuracy``.
@@ -141,6 +168,8 @@ class TrainingHistory:
     test_accuracy: list[float] = field(default_factory=list)
     learning_rate: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
     epochs_run: int = 0
     stopped_early: bool = False
 
@@ -168,6 +197,12 @@ def train_classifier(
     measured in eval mode without gradients; training stops once it reaches
     ``config.target_train_accuracy``. The model is left in eval mode.
 
+    With ``config.bn_sharpness_weight = λ > 0``, each step's gradient is
+    ``(1 − λ)·∇L(w) + λ·∇L(w + t v)``, ``t ~ U(0, config.bn_sharpness_delta)`` drawn from a
+    generator of its own (so the minibatch order is the same as without the penalty), ``v``
+    the BN-sharpness direction held fixed (:class:`minsharp.bn_training.BNSharpnessPenalty`);
+    weight decay and momentum apply to it as to a plain gradient.
+
     Args:
         model: the network, already initialised; its parameters are updated in place.
         inputs: training inputs ``(N, …)`` on the model's device.
@@ -182,7 +217,8 @@ def train_classifier(
 
     Raises:
         DataError: inputs and labels of different lengths, or no examples.
-        ModelError: the training loss became non-finite (the run diverged); lower ``lr``.
+        ModelError: the training loss became non-finite (the run diverged); lower ``lr``; or
+            the penalty is asked of a network without batch-norm.
     """
     _check_data(inputs, labels, "training")
     if test is not None:
@@ -196,6 +232,17 @@ def train_classifier(
         weight_decay=config.weight_decay,
     )
     history = TrainingHistory()
+    penalty = (
+        BNSharpnessPenalty(
+            model,
+            inputs[:PROBE_EXAMPLES],
+            weight=config.bn_sharpness_weight,
+            delta=config.bn_sharpness_delta,
+            seed=config.seed,
+        )
+        if config.bn_sharpness_weight > 0 and config.epochs > 0
+        else None
+    )
     cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     step = 0
     bar = tqdm(
@@ -216,16 +263,22 @@ def train_classifier(
                 for group in optimizer.param_groups:
                     group["lr"] = rate
                 targets = labels[batch]
-                logits = model(inputs[batch])
-                loss = F.cross_entropy(logits, targets)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if penalty is None:
+                    logits = model(inputs[batch])
+                    loss = F.cross_entropy(logits, targets)
+                    loss.backward()
+                else:
+                    taken = penalty.gradient(model, inputs[batch], targets)
+                    logits, loss = taken.logits, taken.loss
                 optimizer.step()
                 step += 1
                 with torch.no_grad():
                     total_loss += loss.detach().double() * len(batch)
                     correct += (logits.argmax(1) == targets).sum()
             mean_loss = float(total_loss) / count
+            history.step_seconds.append(time.perf_counter() - start)
+            history.steps.append(math.ceil(count / config.batch_size))
             if not math.isfinite(mean_loss):
                 raise ModelError(
                     f"training diverged: the mean loss of epoch {epoch + 1} is {mean_loss} "

@@ -1,9 +1,11 @@
 """The study commands of the ``minsharp`` command line: ``study``, ``report`` and ``demo``.
 
-``minsharp study randomized-labels`` builds a :class:`~minsharp.study.presets.StudyConfig`
-from a preset, an optional JSON config file and override flags (in that order), runs it with
-:func:`~minsharp.study.runner.run_study` and writes the report; ``minsharp report DIR``
-rewrites a study's report; ``minsharp demo`` is the ``demo`` preset into ``./minsharp-demo``.
+``minsharp study <kind>`` (``randomized-labels``, ``batch-size``, ``bn-sharpness``; see
+:mod:`minsharp.study.kinds`) builds the kind's configuration from a preset, an optional JSON
+config file and override flags (in that order), runs it with :func:`minsharp.study.base.
+run_study` and writes the report; ``minsharp report DIR`` rewrites a study's report, for the
+kind recorded in ``DIR/study.json``; ``minsharp demo`` is the randomized-label ``demo``
+preset into ``./minsharp-demo``.
 Every problem ends the command with exit status 2 and one ``minsharp: error: …`` line
 (:class:`~minsharp.errors.MinsharpError`, handled by :func:`minsharp.cli.main`).
 """
@@ -20,16 +22,8 @@ import torch
 
 from minsharp.errors import MinsharpError, StudyError
 from minsharp.models import ZOO
-from minsharp.study.presets import (
-    DTYPES,
-    PRESETS,
-    ModelPlan,
-    StudyConfig,
-    preset,
-    read_config_file,
-)
-from minsharp.study.report import format_table, write_report
-from minsharp.study.runner import run_study
+from minsharp.study import base, kinds
+from minsharp.study.presets import DTYPES, PRESETS, ModelPlan, StudyConfig, read_config_file
 
 #: Where ``minsharp demo`` writes its study.
 DEMO_DIRECTORY = "minsharp-demo"
@@ -38,48 +32,82 @@ DEMO_DIRECTORY = "minsharp-demo"
 RESAMPLES = 2000
 
 
-def default_directory(preset_name: str) -> str:
-    """The study directory when ``--output`` is not given: ``./minsharp-study-<preset>``."""
-    return f"minsharp-study-{preset_name}"
+def default_directory(preset_name: str, kind: str = "randomized-labels") -> str:
+    """The study directory when ``--output`` is not given.
+
+    ``./minsharp-study-<preset>`` for the randomized-label study, else
+    ``./minsharp-<kind>-<preset>``.
+    """
+    if kind == "randomized-labels":
+        return f"minsharp-study-{preset_name}"
+    return f"minsharp-{kind}-{preset_name}"
 
 
-def study_config(args: argparse.Namespace, *, preset_name: str) -> StudyConfig:
+def study_config(
+    args: argparse.Namespace, *, preset_name: str, kind: str = "randomized-labels"
+) -> Any:
     """The study of a command line: preset, then ``--config`` file, then override flags.
+
+    Works for every kind of :data:`minsharp.study.kinds.KINDS`: flags a kind's parser does
+    not define are absent from ``args`` and ignored.
 
     Raises:
         StudyError: an unreadable config file, a malformed override or an invalid result.
     """
-    config = preset(preset_name)
+    entry = kinds.KINDS[kind]
+    config = entry.preset(preset_name)
     if getattr(args, "config", None):
-        config = read_config_file(args.config, base=config)
+        config = read_config_file(args.config, base=config, presets=entry.preset)
+    return apply_overrides(config, args)
+
+
+def apply_overrides(config: Any, args: argparse.Namespace) -> Any:
+    """``config`` with the override flags of ``args`` applied (absent flags ignored).
+
+    Training flags (``--epochs``, ``--batch-size``, ``--lr``, ``--target-accuracy``) set the
+    value for every model, replacing the models' own settings.
+
+    Raises:
+        StudyError: a malformed flag value or an invalid result.
+    """
+
+    def flag(name: str) -> Any:
+        return getattr(args, name, None)
+
     values: dict[str, Any] = {}
-    if args.ratios is not None:
+    if flag("ratios") is not None:
         values["ratios"] = tuple(_floats(args.ratios, "--ratios"))
-    if args.seeds is not None:
+    if flag("weights") is not None:
+        values["weights"] = tuple(_floats(args.weights, "--weights"))
+    if flag("batch_sizes") is not None:
+        values["batch_sizes"] = tuple(_integers(args.batch_sizes, "--batch-sizes"))
+    if flag("seeds") is not None:
         values["seeds"] = tuple(_seeds(args.seeds))
-    if args.models is not None:
+    if flag("models") is not None:
         values["models"] = tuple(_models(args.models, config))
-    if args.measures is not None:
+    if flag("measures") is not None:
         names = [name.strip() for name in args.measures.split(",") if name.strip()]
         values["measures"] = tuple(names)
         values["measure_options"] = {
             name: options for name, options in config.measure_options.items() if name in names
         }
-    for flag, key in (
-        ("dataset", "dataset"),
-        ("corruption", "corruption"),
-        ("train_size", "train_size"),
-        ("test_size", "test_size"),
-        ("measure_examples", "measure_examples"),
-        ("dtype", "dtype"),
+    for key in (
+        "dataset",
+        "corruption",
+        "train_size",
+        "test_size",
+        "measure_examples",
+        "dtype",
+        "delta",
+        "rescale_spread",
     ):
-        if getattr(args, flag) is not None:
-            values[key] = getattr(args, flag)
+        if flag(key) is not None:
+            values[key] = flag(key)
     training = {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "target_train_accuracy": args.target_accuracy,
+        "epochs": flag("epochs"),
+        "batch_size": flag("batch_size"),
+        "lr": flag("lr"),
+        "target_train_accuracy": flag("target_accuracy"),
     }
     training = {key: value for key, value in training.items() if value is not None}
     if "target_train_accuracy" in training and training["target_train_accuracy"] == "none":
@@ -96,7 +124,7 @@ def study_config(args: argparse.Namespace, *, preset_name: str) -> StudyConfig:
             for model in models
         )
         values["models"] = models
-    if args.hidden is not None:
+    if flag("hidden") is not None:
         if not any(model.zoo == "mlp" for model in models):
             raise StudyError(
                 "--hidden sets the widths of `mlp` models, and this study has none "
@@ -117,6 +145,18 @@ def _floats(text: str, flag: str) -> list[float]:
     except ValueError:
         raise StudyError(
             f"{flag} must be comma-separated numbers, e.g. 0,0.5,1; got {text!r}."
+        ) from None
+    if not values:
+        raise StudyError(f"{flag} is empty.")
+    return values
+
+
+def _integers(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise StudyError(
+            f"{flag} must be comma-separated integers, e.g. 64,1000; got {text!r}."
         ) from None
     if not values:
         raise StudyError(f"{flag} is empty.")
@@ -144,7 +184,7 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def _models(text: str, config: StudyConfig) -> list[ModelPlan]:
+def _models(text: str, config: StudyConfig | Any) -> list[ModelPlan]:
     """Models named by ``--models``: the preset's own (by name), else zoo networks."""
     own = {model.name: model for model in config.models}
     chosen = []
@@ -178,8 +218,22 @@ def resolve_study_device(text: str) -> torch.device:
     return resolve_device(text)
 
 
-def run_study_command(args: argparse.Namespace, *, preset_name: str, directory: str) -> None:
-    """Run a study from parsed arguments, write its report and print the correlation table.
+#: What the ``paper`` preset of each kind asks of a CPU, for the note printed there.
+_PAPER_NOTES = {
+    "randomized-labels": "trains 220 networks for 1000-3000 epochs each on full MNIST",
+    "batch-size": "trains 20 networks on full MNIST, the large-batch ones for up to 500 epochs",
+    "bn-sharpness": "trains 10 networks for 100 epochs each on full CIFAR-10",
+}
+
+
+def run_study_command(
+    args: argparse.Namespace,
+    *,
+    preset_name: str,
+    directory: str,
+    kind: str = "randomized-labels",
+) -> None:
+    """Run a study of ``kind`` from parsed arguments, write its report and print its summary.
 
     Raises:
         MinsharpError: bad arguments, configuration, directory or data; or runs that failed
@@ -189,21 +243,22 @@ def run_study_command(args: argparse.Namespace, *, preset_name: str, directory: 
         if args.threads < 1:
             raise MinsharpError(f"--threads must be positive; got {args.threads}.")
         torch.set_num_threads(args.threads)
-    if args.resamples < 1:
-        raise MinsharpError(f"--resamples must be positive; got {args.resamples}.")
-    config = study_config(args, preset_name=preset_name)
+    resamples = getattr(args, "resamples", RESAMPLES)
+    if resamples < 1:
+        raise MinsharpError(f"--resamples must be positive; got {resamples}.")
+    config = study_config(args, preset_name=preset_name, kind=kind)
     device = resolve_study_device(args.device)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     if preset_name == "paper" and device.type == "cpu":
         print(
-            "note: the paper preset trains 220 networks for 1000-3000 epochs each on full "
-            "MNIST; on a CPU that takes weeks. Use --device cuda on a GPU machine, or "
-            "--preset cpu.",
+            f"note: the paper preset {_PAPER_NOTES[kind]}; on a CPU that takes days to weeks. "
+            "Use --device cuda on a GPU machine, or --preset cpu.",
             file=sys.stderr,
         )
     output = Path(args.output or directory).expanduser()
     try:
-        outcome = run_study(
+        outcome = base.run_study(
+            kinds.KINDS[kind].study,
             config,
             output,
             data_root=args.data_dir,
@@ -229,7 +284,7 @@ def run_study_command(args: argparse.Namespace, *, preset_name: str, directory: 
         for run, name, message in outcome.measure_errors[:10]:
             print(f"  {run} {name}: {message}")
     if not args.no_report:
-        print_report(output, resamples=args.resamples)
+        print_report(output, resamples=resamples)
     if outcome.failed:
         raise StudyError(
             f"{len(outcome.failed)} runs failed to train ("
@@ -240,19 +295,24 @@ def run_study_command(args: argparse.Namespace, *, preset_name: str, directory: 
 
 
 def print_report(directory: str | Path, *, resamples: int = RESAMPLES) -> None:
-    """Write the report of the study in ``directory`` and print its correlation table."""
-    report = write_report(directory, resamples=resamples)
-    if report.table:
-        print("\nRank correlation of each measure with the generalization gap:\n")
-        print(format_table(report.table))
-    else:
-        print("\nNo finished runs yet: nothing to correlate.")
-    print(f"\nreport: {report.path}")
+    """Write the report of the study in ``directory`` (any kind) and print its summary.
+
+    The kind is the one ``study.json`` records (:func:`minsharp.study.kinds.write_report`):
+    the correlation table of a randomized-label study, the verdicts of the others.
+    """
+    path, summary = kinds.write_report(directory, resamples=resamples)
+    print(f"\n{summary}")
+    print(f"\nreport: {path}")
 
 
 def study_command(args: argparse.Namespace) -> None:
-    """``minsharp study randomized-labels``."""
-    run_study_command(args, preset_name=args.preset, directory=default_directory(args.preset))
+    """``minsharp study <kind>``: the kind is the subcommand's name."""
+    run_study_command(
+        args,
+        preset_name=args.preset,
+        directory=default_directory(args.preset, args.study),
+        kind=args.study,
+    )
 
 
 def demo_command(args: argparse.Namespace) -> None:
@@ -307,14 +367,23 @@ def _add_study_arguments(
     """The flags shared by ``study randomized-labels`` and ``demo``."""
     grid = parser.add_argument_group("overrides of the preset")
     grid.add_argument("--ratios", metavar="R,R,…", help="label-noise ratios, e.g. 0,0.5,1")
+    _add_shared_overrides(grid, batch_size=True, hidden=True)
+    grid.add_argument("--corruption", choices=("permute", "uniform"), help="label-noise rule")
+    _add_running_arguments(parser, directory=directory, threads=threads)
+
+
+def _add_shared_overrides(grid: argparse._ArgumentGroup, *, batch_size: bool, hidden: bool) -> None:
+    """Override flags every study kind accepts (``--batch-size`` and ``--hidden`` optional)."""
     grid.add_argument("--seeds", metavar="S,S,…", help="trial seeds, e.g. 0,1,2 or 0-9")
     grid.add_argument(
         "--models", metavar="M,M,…", help=f"models of the preset or of the zoo ({', '.join(ZOO)})"
     )
-    grid.add_argument("--hidden", type=int, nargs="+", metavar="W", help="widths of mlp models")
+    if hidden:
+        grid.add_argument("--hidden", type=int, nargs="+", metavar="W", help="widths of mlp models")
     grid.add_argument("--measures", metavar="A,B,…", help="measures (see `minsharp measures`)")
     grid.add_argument("--epochs", type=int, metavar="N", help="training epochs (all models)")
-    grid.add_argument("--batch-size", type=int, metavar="B", help="minibatch size (all models)")
+    if batch_size:
+        grid.add_argument("--batch-size", type=int, metavar="B", help="minibatch size (all models)")
     grid.add_argument("--lr", type=float, metavar="LR", help="initial learning rate (all models)")
     grid.add_argument(
         "--target-accuracy",
@@ -325,11 +394,23 @@ def _add_study_arguments(
     grid.add_argument("--dataset", help="digits, mnist, fashion-mnist or cifar10")
     grid.add_argument("--train-size", type=int, metavar="N", help="training examples")
     grid.add_argument("--test-size", type=int, metavar="N", help="test examples")
-    grid.add_argument("--corruption", choices=("permute", "uniform"), help="label-noise rule")
     grid.add_argument(
         "--measure-examples", type=int, metavar="N", help="measure on the first N train inputs"
     )
     grid.add_argument("--dtype", choices=DTYPES, help="float32 or float64")
+
+
+def _add_running_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    directory: str,
+    threads: int | None,
+    resamples: bool = True,
+) -> None:
+    """How a study runs: directory, data, resume, progress, threads, device, report.
+
+    ``resamples``: offer ``--resamples`` (the randomized-label report's bootstrap).
+    """
     run = parser.add_argument_group("running")
     run.add_argument("--output", metavar="DIR", help=f"study directory (./{directory})")
     run.add_argument("--data-dir", metavar="DIR", help="folder of the data files (default: cache)")
@@ -351,10 +432,44 @@ def _add_study_arguments(
         help=f"CPU threads ({threads or 'torch' + chr(39) + 's default'})",
     )
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
-    run.add_argument(
-        "--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples ({RESAMPLES})"
-    )
+    if resamples:
+        run.add_argument(
+            "--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples ({RESAMPLES})"
+        )
     run.add_argument("--no-report", action="store_true", help="do not write the report")
+
+
+_BATCH_SIZE_DESCRIPTION = """\
+Large- vs small-batch minima (Rangamani et al. 2019, MATH 4): train matched networks (the same
+initial weights per seed) with a small and a large batch size until a target training
+accuracy, then measure each with quotient-manifold flatness, Minimum Sharpness, normalized
+sharpness, the Hessian trace and the top eigenvalue, together with a randomly layer-rescaled
+copy of it (the same function, verified). The report compares the batch sizes per measure,
+paired by seed, says whether large-batch minima came out sharper under the invariant measure,
+and shows which measures move under the rescaling.
+
+presets:
+  demo   digits (bundled), a bias-free MLP 64-64-64-10, batches 16 vs 512, 3 seeds (~20 s)
+  cpu    2000/2000 MNIST images, the bias-free MLP 784-512x5-10 and LeNet, batches 64 vs 500,
+         5 seeds (about 7 min on 2 cores, 16 min on one)
+  paper  full MNIST, batches 256 vs 6000 (Keskar et al.'s, assumed), 5 seeds (a GPU machine)
+"""
+
+_BN_DESCRIPTION = """\
+BN-sharpness training (Yi et al. 2019, MATH 5, reconstructed): train networks with batch-norm
+with plain SGD (lambda = 0) and with the penalty L + lambda * S_BN, from the same initial
+weights and minibatch order for the same epochs; each penalised step follows
+(1 - lambda) grad L(w) + lambda grad L(w + t v), t ~ U(0, delta), v the BN-sharpness direction
+held fixed. The report gives test accuracy with its spread over seeds, the paired difference
+and whether the paper's claim held, BN-sharpness before and after training, and the measured
+cost per step.
+
+presets:
+  demo   digits (bundled), an MLP 64-64-64-10 with batch-norm, lambda 0 vs 0.5, 5 seeds (~10 s)
+  cpu    4000/4000 MNIST images, the small CNN with batch-norm, 15 epochs, lambda 0 vs 0.5,
+         10 seeds (about 8 min on 2 cores, 14 min on one)
+  paper  full CIFAR-10, the small CNN with batch-norm, 100 epochs, 5 seeds (a GPU machine)
+"""
 
 
 def _target(text: str) -> float | str:
@@ -379,9 +494,11 @@ def add_study_parsers(commands: Any) -> None:
     _add_study_arguments(demo, directory=DEMO_DIRECTORY, threads=1)
     demo.set_defaults(run=demo_command)
 
-    study = commands.add_parser("study", help="run a study (randomized-labels)")
-    kinds = study.add_subparsers(dest="study", required=True)
-    randomized = kinds.add_parser(
+    study = commands.add_parser(
+        "study", help="run a study (randomized-labels, batch-size, bn-sharpness)"
+    )
+    kinds_parser = study.add_subparsers(dest="study", required=True)
+    randomized = kinds_parser.add_parser(
         "randomized-labels",
         help="train on partly shuffled labels, correlate measures with the gap",
         description=_STUDY_DESCRIPTION,
@@ -393,14 +510,62 @@ def add_study_parsers(commands: Any) -> None:
     _add_study_arguments(randomized, directory="minsharp-study-<preset>", threads=None)
     randomized.set_defaults(run=study_command)
 
+    batch = kinds_parser.add_parser(
+        "batch-size",
+        help="large- vs small-batch minima under invariant and plain measures",
+        description=_BATCH_SIZE_DESCRIPTION,
+        epilog="example:\n  minsharp study batch-size --preset cpu --data-dir ~/mnist "
+        "--output runs/batch",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    batch.add_argument(
+        "--preset", choices=kinds.KINDS["batch-size"].presets, default="demo", help="(demo)"
+    )
+    batch.add_argument("--config", metavar="FILE", help="JSON study config")
+    grid = batch.add_argument_group("overrides of the preset")
+    grid.add_argument("--batch-sizes", metavar="B,B,…", help="batch sizes compared, e.g. 64,500")
+    grid.add_argument(
+        "--rescale-spread", type=float, metavar="S", help="α_l drawn log-uniformly in [1/S, S]"
+    )
+    _add_shared_overrides(grid, batch_size=False, hidden=True)
+    _add_running_arguments(
+        batch, directory="minsharp-batch-size-<preset>", threads=None, resamples=False
+    )
+    batch.set_defaults(run=study_command)
+
+    penalty = kinds_parser.add_parser(
+        "bn-sharpness",
+        help="BN-sharpness training vs plain SGD",
+        description=_BN_DESCRIPTION,
+        epilog="example:\n  minsharp study bn-sharpness --preset cpu --data-dir ~/mnist "
+        "--output runs/bn",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    penalty.add_argument(
+        "--preset", choices=kinds.KINDS["bn-sharpness"].presets, default="demo", help="(demo)"
+    )
+    penalty.add_argument("--config", metavar="FILE", help="JSON study config")
+    grid = penalty.add_argument_group("overrides of the preset")
+    grid.add_argument("--weights", metavar="L,L,…", help="penalty weights λ, e.g. 0,0.5 (0: SGD)")
+    grid.add_argument("--delta", type=float, metavar="D", help="penalty radius δ in (0, 1]")
+    _add_shared_overrides(grid, batch_size=True, hidden=True)
+    _add_running_arguments(
+        penalty, directory="minsharp-bn-sharpness-<preset>", threads=None, resamples=False
+    )
+    penalty.set_defaults(run=study_command)
+
     report = commands.add_parser(
         "report",
         help="write a study's report (markdown, figures, CSV)",
         description="Write DIR/report.md, DIR/figures/*.png and DIR/runs.csv from the finished "
-        "runs of the study in DIR, and print the correlation table.",
+        "runs of the study in DIR, for the kind its study.json records (randomized-labels, "
+        "batch-size, bn-sharpness), and print its summary.",
     )
     report.add_argument("directory", metavar="DIR", help="the study directory")
     report.add_argument(
-        "--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples ({RESAMPLES})"
+        "--resamples",
+        type=int,
+        default=RESAMPLES,
+        help=f"bootstrap resamples of a randomized-label report ({RESAMPLES})",
     )
     report.set_defaults(run=report_command)

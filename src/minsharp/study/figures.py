@@ -1,7 +1,8 @@
-"""The figures of a randomized-label study's report, drawn with matplotlib's Agg canvas.
+"""The figures of the study reports, drawn with matplotlib's Agg canvas.
 
 No pyplot and no global backend: each figure is a :class:`matplotlib.figure.Figure` rendered
-to PNG bytes in memory and written atomically. Every figure takes the report's run rows (one
+to PNG bytes in memory and written atomically (:func:`new_figure`, :func:`save_figure`, shared
+by every study's report). The randomized-label figures take the report's run rows (one
 mapping per finished run with ``model``, ``ratio``, ``seed``, ``gap``, accuracies and one
 value per measure, ``nan`` where it failed) and the correlation table.
 """
@@ -38,30 +39,32 @@ def write_figures(
     written = []
     columns = min(4, len(measures))
     lines = math.ceil(len(measures) / columns)
-    figure = _figure(3.6 * columns, 3.0 * lines)
+    figure = new_figure(3.6 * columns, 3.0 * lines)
     axes = [figure.add_subplot(lines, columns, index + 1) for index in range(len(measures))]
     for axis, name in zip(axes, measures, strict=True):
         _gap_panel(figure, axis, rows, name, by_name.get(name), colorbar=False)
     _ratio_colorbar(figure, axes, rows)
-    written.append(_save(figure, folder / "measures_vs_gap.png"))
+    written.append(save_figure(figure, folder / "measures_vs_gap.png"))
     for name in measures:
-        figure = _figure(5.0, 3.8)
+        figure = new_figure(5.0, 3.8)
         axis = figure.add_subplot(1, 1, 1)
         _gap_panel(figure, axis, rows, name, by_name.get(name), colorbar=True)
         axis.set_ylabel(name, fontsize=8)
-        written.append(_save(figure, folder / f"gap_{name}.png"))
-    written.append(_save(_ratio_figure(rows, measures), folder / "measures_vs_ratio.png"))
-    written.append(_save(_tau_figure(table), folder / "kendall_tau.png"))
+        written.append(save_figure(figure, folder / f"gap_{name}.png"))
+    written.append(save_figure(_ratio_figure(rows, measures), folder / "measures_vs_ratio.png"))
+    written.append(save_figure(_tau_figure(table), folder / "kendall_tau.png"))
     return written
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib ``Figure`` of this size in inches, with constrained layout (no pyplot)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _save(figure: Any, path: Path) -> Path:
+def save_figure(figure: Any, path: Path) -> Path:
+    """Render ``figure`` on an Agg canvas to PNG (110 dpi) and write it to ``path`` atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
@@ -71,7 +74,8 @@ def _save(figure: Any, path: Path) -> Path:
     return path
 
 
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+#: Marker per model, in order.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
 def _gap_panel(
@@ -96,13 +100,13 @@ def _gap_panel(
             cmap="viridis",
             vmin=0.0,
             vmax=1.0,
-            marker=_MARKERS[index % len(_MARKERS)],
+            marker=MARKERS[index % len(MARKERS)],
             s=26,
             edgecolors="black",
             linewidths=0.3,
             label=model if len(models) > 1 else None,
         )
-    _maybe_log(axis, [r[name] for r in rows])
+    log_scale_if_wide(axis, [r[name] for r in rows])
     title = name
     if correlation is not None and math.isfinite(correlation["kendall_tau_b"]):
         title += f"\nτ-b = {correlation['kendall_tau_b']:.2f}"
@@ -129,7 +133,7 @@ def _ratio_figure(rows: list[dict[str, Any]], measures: list[str]) -> Any:
     panels = ["accuracy", *measures]
     columns = min(4, len(panels))
     lines = math.ceil(len(panels) / columns)
-    figure = _figure(3.4 * columns, 2.8 * lines)
+    figure = new_figure(3.4 * columns, 2.8 * lines)
     models = sorted({row["model"] for row in rows})
     for index, panel in enumerate(panels):
         axis = figure.add_subplot(lines, columns, index + 1)
@@ -149,11 +153,11 @@ def _ratio_figure(rows: list[dict[str, Any]], measures: list[str]) -> Any:
                     [r[panel] for r in chosen],
                     s=10,
                     alpha=0.5,
-                    marker=_MARKERS[number % len(_MARKERS)],
+                    marker=MARKERS[number % len(MARKERS)],
                 )
                 ratios, means = _means_by_ratio(rows, model, panel)
                 axis.plot(ratios, means, "-", label=model if len(models) > 1 else None)
-            _maybe_log(axis, [r[panel] for r in rows])
+            log_scale_if_wide(axis, [r[panel] for r in rows])
             axis.set_title(panel, fontsize=9)
             if len(models) > 1:
                 axis.legend(fontsize=6)
@@ -163,7 +167,7 @@ def _ratio_figure(rows: list[dict[str, Any]], measures: list[str]) -> Any:
 
 
 def _tau_figure(table: list[dict[str, Any]]) -> Any:
-    figure = _figure(max(4.5, 0.8 * len(table) + 2), 3.6)
+    figure = new_figure(max(4.5, 0.8 * len(table) + 2), 3.6)
     axis = figure.add_subplot(1, 1, 1)
     positions = np.arange(len(table))
     taus = np.array([row["kendall_tau_b"] for row in table], dtype=float)
@@ -202,7 +206,8 @@ def _tau_figure(table: list[dict[str, Any]]) -> Any:
     return figure
 
 
-def _maybe_log(axis: Any, values: Sequence[float]) -> None:
+def log_scale_if_wide(axis: Any, values: Sequence[float]) -> None:
+    """Put ``axis``'s y scale on a log scale when the finite values span :data:`LOG_SPAN`."""
     finite = [value for value in values if math.isfinite(value)]
     if finite and min(finite) > 0 and max(finite) / min(finite) >= LOG_SPAN:
         axis.set_yscale("log")

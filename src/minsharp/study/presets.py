@@ -34,10 +34,10 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from minsharp.data.corruption import RULES
 from minsharp.data.datasets import DATASETS, canonical_name
@@ -174,23 +174,33 @@ CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(StudyCon
 _MODEL_KEYS = ("name", "zoo", "options", "training")
 
 
+class GridConfig(Protocol):
+    """What the shared checks need of a study kind's configuration (duck-typed)."""
+
+    dataset: str
+    train_size: int | None
+    test_size: int | None
+    data_seed: int
+    seeds: tuple[int, ...]
+    models: tuple[ModelPlan, ...]
+    training: Mapping[str, Any]
+    measures: tuple[str, ...]
+    measure_options: Mapping[str, Mapping[str, Any]]
+    measure_examples: int | None
+    dtype: str
+
+    def training_config(self, model: ModelPlan, seed: int) -> TrainingConfig:
+        """The training of one run of ``model`` with ``seed``."""
+        ...
+
+
 def validate(config: StudyConfig) -> None:
     """Check a configuration; raise :class:`StudyError` naming every problem found.
 
-    Checked: the data set, sizes and seeds; ratios in [0, 1], distinct to four decimals;
-    distinct non-negative integer seeds; models with distinct names, zoo entries and known
-    options; training settings that make a :class:`~minsharp.train.TrainingConfig` for each
-    model; registered measures, distinct, with known options; the dtype.
+    Checked: :func:`common_problems` (data set, sizes, seeds, models, training, measures,
+    dtype); the corruption rule; ratios in [0, 1], distinct to four decimals.
     """
-    problems: list[str] = []
-    if config.dataset not in DATASETS:
-        problems.append(f"dataset must be one of {', '.join(DATASETS)}; got {config.dataset!r}")
-    for key in ("train_size", "test_size", "measure_examples"):
-        value = getattr(config, key)
-        if value is not None and not (_is_int(value) and value >= 1):
-            problems.append(f"{key} must be a positive integer or null; got {value!r}")
-    if not _is_int(config.data_seed):
-        problems.append(f"data_seed must be an integer; got {config.data_seed!r}")
+    problems = common_problems(config)
     if config.corruption not in RULES:
         problems.append(f"corruption must be one of {', '.join(RULES)}; got {config.corruption!r}")
     if not config.ratios:
@@ -201,21 +211,47 @@ def validate(config: StudyConfig) -> None:
     labels = [ratio_label(ratio) for ratio in config.ratios if isinstance(ratio, float)]
     if len(set(labels)) != len(labels):
         problems.append(f"ratios must be distinct to four decimals; got {list(config.ratios)}")
+    raise_problems(problems)
+
+
+def raise_problems(problems: Sequence[str]) -> None:
+    """Raise :class:`StudyError` listing ``problems``, if there are any."""
+    if problems:
+        raise StudyError(f"invalid study configuration: {'; '.join(problems)}.")
+
+
+def common_problems(config: GridConfig) -> list[str]:
+    """The problems every study kind checks alike (empty when there are none).
+
+    The data set, positive sizes (or null), an integer data seed; distinct non-negative
+    integer seeds; models with distinct names, zoo entries and known options (:func:`
+    model_problems`); registered measures, distinct, with known options (:func:`
+    measure_problems`); the dtype.
+    """
+    problems: list[str] = []
+    if config.dataset not in DATASETS:
+        problems.append(f"dataset must be one of {', '.join(DATASETS)}; got {config.dataset!r}")
+    for key in ("train_size", "test_size", "measure_examples"):
+        value = getattr(config, key)
+        if value is not None and not (_is_int(value) and value >= 1):
+            problems.append(f"{key} must be a positive integer or null; got {value!r}")
+    if not _is_int(config.data_seed):
+        problems.append(f"data_seed must be an integer; got {config.data_seed!r}")
     if not config.seeds:
         problems.append("seeds is empty; give at least one seed")
     if not all(_is_int(seed) and seed >= 0 for seed in config.seeds):
         problems.append(f"seeds must be non-negative integers; got {list(config.seeds)}")
     elif len(set(config.seeds)) != len(config.seeds):
         problems.append(f"seeds must be distinct; got {list(config.seeds)}")
-    problems += _model_problems(config)
-    problems += _measure_problems(config)
+    problems += model_problems(config)
+    problems += measure_problems(config)
     if config.dtype not in DTYPES:
         problems.append(f"dtype must be one of {', '.join(DTYPES)}; got {config.dtype!r}")
-    if problems:
-        raise StudyError(f"invalid study configuration: {'; '.join(problems)}.")
+    return problems
 
 
-def _model_problems(config: StudyConfig) -> list[str]:
+def model_problems(config: GridConfig) -> list[str]:
+    """Problems with the models and their training settings (see :func:`common_problems`)."""
     problems: list[str] = []
     if not config.models:
         problems.append("models is empty; give at least one model")
@@ -260,7 +296,8 @@ def _model_problems(config: StudyConfig) -> list[str]:
     return problems
 
 
-def _measure_problems(config: StudyConfig) -> list[str]:
+def measure_problems(config: GridConfig) -> list[str]:
+    """Problems with the measures and their options (see :func:`common_problems`)."""
     problems: list[str] = []
     if not config.measures:
         problems.append("measures is empty; give at least one measure")
@@ -437,52 +474,70 @@ def preset(name: str) -> StudyConfig:
 # --------------------------------------------------------------------------- config files
 
 
-def config_from_mapping(content: Mapping[str, Any], *, base: StudyConfig) -> StudyConfig:
+#: Config keys holding a list of numbers (read as floats).
+FLOAT_LISTS: tuple[str, ...] = ("ratios", "weights")
+
+ConfigT = TypeVar("ConfigT")
+
+
+def config_from_mapping(
+    content: Mapping[str, Any],
+    *,
+    base: ConfigT,
+    presets: Callable[[str], ConfigT] | None = None,
+) -> ConfigT:
     """``base`` with the settings of a config mapping (a config file's content) applied.
 
-    Top-level keys replace ``base``'s values, except ``training`` and ``measure_options``,
-    which are merged into ``base``'s (key by key, measure by measure). ``models`` is a list of
-    ``{"name", "zoo", "options", "training"}`` (``zoo`` defaults to ``name``). A ``"preset"``
-    key names the preset to start from instead of ``base``.
+    Works for the configuration dataclass of any study kind: the keys are its fields. Top-level
+    keys replace ``base``'s values, except ``training`` and ``measure_options``, which are
+    merged into ``base``'s (key by key, measure by measure). ``models`` is a list of
+    ``{"name", "zoo", "options", "training"}`` (``zoo`` defaults to ``name``); lists become
+    tuples (:data:`FLOAT_LISTS` of floats). A ``"preset"`` key names the preset to start from
+    instead of ``base`` (looked up by ``presets``, default: the randomized-label
+    :func:`preset`).
 
     Raises:
         StudyError: unknown keys, values of the wrong type, or an invalid result.
     """
     if not isinstance(content, Mapping):
         raise StudyError(f"a study config must be a JSON object; got {type(content).__name__}.")
-    unknown = sorted(set(content) - set(CONFIG_KEYS))
+    keys = [f.name for f in dataclasses.fields(base)]  # type: ignore[arg-type]
+    unknown = sorted(set(content) - set(keys))
     if unknown:
         raise StudyError(
             f"unknown study config keys {', '.join(map(repr, unknown))}; the keys are "
-            f"{', '.join(CONFIG_KEYS)}."
+            f"{', '.join(keys)}."
         )
     if "preset" in content:
-        base = preset(str(content["preset"]))
+        base = (presets or preset)(str(content["preset"]))  # type: ignore[assignment]
     values: dict[str, Any] = {}
     for key, value in content.items():
         if key == "preset":
             continue
+        current = getattr(base, key)
         if key == "training":
-            values[key] = {**base.training, **_mapping(value, key)}
+            values[key] = {**current, **_mapping(value, key)}
         elif key == "measure_options":
-            merged = {name: dict(options) for name, options in base.measure_options.items()}
+            merged = {name: dict(options) for name, options in current.items()}
             for name, options in _mapping(value, key).items():
                 merged[name] = {**merged.get(name, {}), **_mapping(options, f"{key}.{name}")}
             values[key] = merged
         elif key == "models":
             values[key] = tuple(_model_plan(entry) for entry in _sequence(value, key))
-        elif key == "ratios":
-            values[key] = tuple(_number(ratio, key) for ratio in _sequence(value, key))
-        elif key in ("seeds", "measures"):
+        elif key in FLOAT_LISTS:
+            values[key] = tuple(_number(number, key) for number in _sequence(value, key))
+        elif isinstance(current, tuple):
             values[key] = tuple(_sequence(value, key))
         elif key == "dataset":
             values[key] = _dataset(value)
         else:
             values[key] = value
-    return dataclasses.replace(base, **values)
+    return dataclasses.replace(base, **values)  # type: ignore[type-var]
 
 
-def read_config_file(path: str | Path, *, base: StudyConfig) -> StudyConfig:
+def read_config_file(
+    path: str | Path, *, base: ConfigT, presets: Callable[[str], ConfigT] | None = None
+) -> ConfigT:
     """The study config in the JSON file ``path``, applied to ``base`` (see above).
 
     Raises:
@@ -498,34 +553,35 @@ def read_config_file(path: str | Path, *, base: StudyConfig) -> StudyConfig:
     except json.JSONDecodeError as error:
         raise StudyError(f"config file {path} is not valid JSON: {error}.") from None
     try:
-        return config_from_mapping(content, base=base)
+        return config_from_mapping(content, base=base, presets=presets)
     except StudyError as error:
         raise StudyError(f"config file {path}: {error}") from None
 
 
-def stored_config(content: Mapping[str, Any]) -> StudyConfig:
-    """The :class:`StudyConfig` of a stored :meth:`StudyConfig.to_dict` (all keys present).
+def stored_config(content: Mapping[str, Any], *, base: Any = None) -> Any:
+    """The configuration of a stored ``to_dict()`` (all keys present).
+
+    ``base`` is any configuration of the same kind (default: the randomized-label
+    :func:`demo_preset`, giving a :class:`StudyConfig`); the stored values replace all of
+    its own, ``training`` and ``measure_options`` included.
 
     Raises:
         StudyError: a key is missing or a value is invalid.
     """
+    base = demo_preset() if base is None else base
     if not isinstance(content, Mapping):
         raise StudyError("the stored study config is not a JSON object.")
-    missing = [key for key in CONFIG_KEYS if key not in content]
+    keys = [f.name for f in dataclasses.fields(base)]
+    missing = [key for key in keys if key not in content]
     if missing:
         raise StudyError(f"the stored study config lacks {', '.join(missing)}.")
+    # Start from empty training settings and options, so that the stored ones are taken
+    # exactly as they are rather than merged into the base's.
+    empty = dataclasses.replace(base, training={}, measure_options={})
     config = config_from_mapping(
-        {key: value for key, value in content.items() if key != "preset"}, base=demo_preset()
+        {key: value for key, value in content.items() if key != "preset"}, base=empty
     )
-    return dataclasses.replace(
-        config,
-        preset=str(content["preset"]),
-        training=dict(_mapping(content["training"], "training")),
-        measure_options={
-            name: dict(_mapping(options, f"measure_options.{name}"))
-            for name, options in _mapping(content["measure_options"], "measure_options").items()
-        },
-    )
+    return dataclasses.replace(config, preset=str(content["preset"]))
 
 
 def _model_plan(entry: Any) -> ModelPlan:

@@ -19,51 +19,63 @@ The figures are drawn by :mod:`minsharp.study.figures` (matplotlib's Agg canvas,
 
 from __future__ import annotations
 
-import csv
-import datetime
-import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from minsharp.errors import MinsharpError, StudyError
 from minsharp.io import write_text_atomic
-from minsharp.measures import SYMMETRIES, spec
 from minsharp.models import ZOO
+from minsharp.study import base
+from minsharp.study.base import RESULT_FILE, RUNS_DIR, StudyRecords, versions
 from minsharp.study.figures import write_figures
-from minsharp.study.presets import StudyConfig, paper_preset, stored_config
-from minsharp.study.runner import RESULT_FILE, RUNS_DIR, read_result, read_study, versions
+from minsharp.study.presets import StudyConfig, paper_preset
+from minsharp.study.reporting import (
+    CSV_FILE,
+    FIGURES_DIR,
+    MAX_ROWS,
+    REPORT_FILE,
+    as_float,
+    cell,
+    csv_text,
+    invariances_text,
+    machine_markdown,
+    mean,
+    number_text,
+    options_text,
+    problems_markdown,
+    report_time,
+    setting_text,
+    uses_labels,
+)
+from minsharp.study.runner import RANDOMIZED_LABELS
 from minsharp.study.statistics import correlation_table, kendall_tau_b
 
-REPORT_FILE = "report.md"
-CSV_FILE = "runs.csv"
-FIGURES_DIR = "figures"
+__all__ = [
+    "AXES",
+    "CSV_FILE",
+    "DIFFERS",
+    "FIGURES_DIR",
+    "INCLUDES",
+    "MAX_ROWS",
+    "NEAR_PERFECT",
+    "REPORT_FILE",
+    "SAME",
+    "Report",
+    "StudyRecords",
+    "format_table",
+    "paper_differences",
+    "read_records",
+    "run_rows",
+    "write_report",
+]
 
 #: The grid's axes, as the granulated Kendall coefficient groups runs.
 AXES: tuple[str, ...] = ("ratio", "seed", "model")
 
-#: Longest tables of failures and warnings in the report.
-MAX_ROWS = 30
-
 #: Runs whose training accuracy ends below this are flagged in the report.
 NEAR_PERFECT = 0.99
-
-
-@dataclass
-class StudyRecords:
-    """A study directory as read back: its ``study.json`` and the usable run results."""
-
-    directory: Path
-    study: dict[str, Any]
-    config: StudyConfig
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Finished runs by run id, in the planned order."""
-    unfinished: dict[str, str] = field(default_factory=dict)
-    """Planned runs without a usable result, with the reason."""
 
 
 @dataclass
@@ -78,25 +90,13 @@ class Report:
 
 
 def read_records(directory: str | Path) -> StudyRecords:
-    """The study in ``directory``: its config and every finished run's result.
+    """The randomized-label study in ``directory``: its config and every finished run's result.
 
     Raises:
-        StudyError: not a study directory, or an unreadable ``study.json``.
+        StudyError: not a study directory, a study of another kind, or an unreadable
+            ``study.json``.
     """
-    directory = Path(directory).expanduser()
-    study = read_study(directory)
-    try:
-        config = stored_config(study.get("config", {}))
-    except MinsharpError as error:
-        raise StudyError(f"{directory / 'study.json'}: {error}") from None
-    records = StudyRecords(directory, study, config)
-    for run in study.get("runs", []):
-        result, reason = read_result(directory / RUNS_DIR / run / RESULT_FILE)
-        if result is None:
-            records.unfinished[run] = reason
-        else:
-            records.results[run] = result
-    return records
+    return base.read_records(directory, RANDOMIZED_LABELS)
 
 
 def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
@@ -116,7 +116,7 @@ def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
             "clean_train_accuracy": result.get("clean_train_accuracy"),
             "test_accuracy": result["test_accuracy"],
             "gap": result["gap"],
-            "final_loss": _float(result.get("final_loss")),
+            "final_loss": as_float(result.get("final_loss")),
             "epochs_run": result.get("epochs_run"),
             "training_seconds": result.get("timings", {}).get("training"),
             "measure_seconds": result.get("timings", {}).get("measures"),
@@ -124,7 +124,7 @@ def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
         errors = []
         for name in records.config.measures:
             entry = result["measures"].get(name, {"error": "missing", "message": "not computed"})
-            row[name] = _float(entry.get("value")) if "value" in entry else math.nan
+            row[name] = as_float(entry.get("value")) if "value" in entry else math.nan
             if "error" in entry:
                 errors.append(name)
         row["errors"] = ";".join(errors)
@@ -226,8 +226,8 @@ def _markdown(
         "accuracy (Ibayashi, Hamaguchi & Imaizumi 2021, Fig. 2; MATH §6).\n"
     )
     add(
-        f"Written {_now()} by minsharp {versions().get('minsharp')} from {len(rows)} finished "
-        f"of {planned} planned runs in `{records.directory}`."
+        f"Written {report_time()} by minsharp {versions().get('minsharp')} from {len(rows)} "
+        f"finished of {planned} planned runs in `{records.directory}`."
         + (
             " **The study is not finished**: rerun the same command to complete it."
             if len(rows) < planned
@@ -259,13 +259,13 @@ def _markdown(
         add(_per_ratio_markdown(rows, config) + "\n")
     else:
         add("## Results\n\nNo run has finished yet: there is nothing to correlate.\n")
-    add(_problems_markdown(records, rows))
+    add(problems_markdown(records, left_out="the correlations for these runs"))
     add("## What was run\n")
     add(_setup_markdown(records) + "\n")
     add("## How this run differs from the paper\n")
     add(_paper_markdown(config, data) + "\n")
     add("## Machine and versions\n")
-    add(_machine_markdown(study) + "\n")
+    add(machine_markdown(study) + "\n")
     add("## Files\n")
     add(
         f"* `{CSV_FILE}`: one row per finished run (axes, accuracies, gap, timings, measure "
@@ -299,7 +299,7 @@ def _results_lead(
     if len(ratios) > 1:
         rising = []
         for name in records.config.measures:
-            means = [_mean([r[name] for r in rows if r["ratio"] == ratio]) for ratio in ratios]
+            means = [mean([r[name] for r in rows if r["ratio"] == ratio]) for ratio in ratios]
             finite = [value for value in means if math.isfinite(value)]
             if len(finite) == len(means):
                 tau = _tau(ratios, means)
@@ -322,7 +322,7 @@ def _correlation_markdown(table: list[dict[str, Any]], config: StudyConfig, perc
     lines = [header, "|" + " --- |" * (5 + len(axes) + 1)]
     for row in table:
         lines.append(
-            f"| `{row['measure']}` | {_invariances(row['measure'])} | {row['n']} | "
+            f"| `{row['measure']}` | {invariances_text(row['measure'])} | {row['n']} | "
             f"{_with_interval(row['kendall_tau_b'], row['kendall_tau_b_ci'])} | "
             f"{_with_interval(row['spearman_rho'], row['spearman_rho_ci'])} | "
             + " | ".join(_fixed(row["granulated"].get(axis, math.nan)) for axis in axes)
@@ -342,55 +342,12 @@ def _per_ratio_markdown(rows: list[dict[str, Any]], config: StudyConfig) -> str:
         cells = [
             f"{ratio:g}",
             str(len(chosen)),
-            f"{_mean([r['train_accuracy'] for r in chosen]):.3f}",
-            f"{_mean([r['test_accuracy'] for r in chosen]):.3f}",
-            f"{_mean([r['gap'] for r in chosen]):.3f}",
-        ] + [_number_text(_mean([r[name] for r in chosen])) for name in measures]
+            f"{mean([r['train_accuracy'] for r in chosen]):.3f}",
+            f"{mean([r['test_accuracy'] for r in chosen]):.3f}",
+            f"{mean([r['gap'] for r in chosen]):.3f}",
+        ] + [number_text(mean([r[name] for r in chosen])) for name in measures]
         lines.append("| " + " | ".join(cells) + " |")
     return "Means over seeds and models.\n\n" + "\n".join(lines)
-
-
-def _problems_markdown(records: StudyRecords, rows: list[dict[str, Any]]) -> str:
-    entries = [
-        (run, name, entry)
-        for run, result in records.results.items()
-        for name, entry in result["measures"].items()
-    ]
-    errors = [
-        (run, name, str(entry.get("message"))) for run, name, entry in entries if "error" in entry
-    ]
-    warned = [
-        (run, name, str(entry["warnings"][0]))
-        for run, name, entry in entries
-        if entry.get("warnings") and "error" not in entry
-    ]
-    text = ""
-    if errors:
-        text += "### Failed measures\n\nLeft out of the correlations for these runs:\n\n"
-        text += _table(("run", "measure", "error"), errors)
-    if warned:
-        text += (
-            "### Measure warnings\n\nThe value is kept (see the run's certificate in "
-            "`result.json`):\n\n" + _table(("run", "measure", "first warning"), warned)
-        )
-    if records.unfinished:
-        text += "### Runs without a result\n\n"
-        text += _table(("run", "why"), list(records.unfinished.items()))
-    return text
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], limit: int = MAX_ROWS) -> str:
-    """A markdown table of at most ``limit`` rows, saying how many were left out."""
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for row in rows[:limit]:
-        cells = [
-            f"`{cell}`" if index == 1 and len(header) == 3 else _cell(cell)
-            for index, cell in enumerate(row)
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    if len(rows) > limit:
-        lines.append(f"\n… and {len(rows) - limit} more (see `{CSV_FILE}` and the runs' results).")
-    return "\n".join(lines) + "\n\n"
 
 
 def _setup_markdown(records: StudyRecords) -> str:
@@ -427,7 +384,7 @@ def _setup_markdown(records: StudyRecords) -> str:
     for model in config.models:
         training = config.training_config(model, 0)
         lines.append(
-            f"  | {model.name} | `{model.zoo}`{_options(model.options)} | "
+            f"  | {model.name} | `{model.zoo}`{options_text(model.options)} | "
             f"{parameters.get(model.name, '?')} | {training.epochs} | {training.batch_size} | "
             f"{training.lr:g} | {training.momentum:g} | {training.weight_decay:g} | "
             f"{training.lr_decay:g} | "
@@ -444,7 +401,7 @@ def _setup_markdown(records: StudyRecords) -> str:
         if config.measure_examples is None
         else f"the first {config.measure_examples} training inputs"
     )
-    labelled = [name for name in config.measures if _uses_labels(name)]
+    labelled = [name for name in config.measures if uses_labels(name)]
     unlabelled = [name for name in config.measures if name not in labelled]
     use = (
         f"; of these, {', '.join(f'`{n}`' for n in unlabelled)} depend on the inputs only"
@@ -463,8 +420,8 @@ def _setup_markdown(records: StudyRecords) -> str:
             if isinstance(entry := result["measures"].get(name), dict) and "seconds" in entry
         ]
         lines.append(
-            f"  * `{name}`{_options(options)}: invariant to {_invariances(name)}"
-            + (f"; {_mean(seconds):.2f} s per run on average" if seconds else "")
+            f"  * `{name}`{options_text(options)}: invariant to {invariances_text(name)}"
+            + (f"; {mean(seconds):.2f} s per run on average" if seconds else "")
         )
     training_time = sum(
         (r.get("timings") or {}).get("training", 0) for r in records.results.values()
@@ -490,7 +447,7 @@ def _paper_markdown(config: StudyConfig, data: Mapping[str, Any]) -> str:
     )
     lines = [lead, "", "| setting | paper | this study | |", "| --- | --- | --- | --- |"]
     lines += [
-        f"| {name} | {_cell(paper)} | {_cell(ours)} | "
+        f"| {name} | {cell(paper)} | {cell(ours)} | "
         f"{f'**{status}**' if status == DIFFERS else status} |"
         for name, paper, ours, status in rows
     ]
@@ -556,7 +513,7 @@ def paper_differences(
     add(
         "models",
         ", ".join(f"{m.name} (`{m.zoo}`)" for m in paper.models),
-        ", ".join(f"{m.name} (`{m.zoo}`{_options(m.options)})" for m in config.models),
+        ", ".join(f"{m.name} (`{m.zoo}`{options_text(m.options)})" for m in config.models),
         sorted((m.zoo, tuple(m.options.items())) for m in config.models)
         == sorted((m.zoo, ()) for m in paper.models),
     )
@@ -579,8 +536,8 @@ def paper_differences(
             add(
                 f"{model.name}: {key.replace('_', ' ')}"
                 + ("" if analogue.zoo == model.zoo else f" (vs the paper's `{analogue.zoo}`)"),
-                _setting(theirs[key]),
-                _setting(ours[key]),
+                setting_text(theirs[key]),
+                setting_text(ours[key]),
                 ours[key] == theirs[key],
             )
     add(
@@ -603,30 +560,6 @@ def paper_differences(
     return rows
 
 
-def _machine_markdown(study: Mapping[str, Any]) -> str:
-    sessions = study.get("sessions", []) or []
-    if not sessions:
-        return "Not recorded."
-    lines = []
-    for index, session in enumerate(sessions, 1):
-        machine = session.get("machine", {}) or {}
-        found = session.get("versions", {}) or {}
-        lines.append(
-            f"{index}. {session.get('started', '?')}: {machine.get('processor', '?')}, "
-            f"{machine.get('usable_cores', '?')} usable cores, torch threads "
-            f"{session.get('threads', '?')}, device {session.get('device', '?')}"
-            + (f" ({machine['accelerator']})" if machine.get("accelerator") else "")
-            + f"; {machine.get('platform', '?')}; "
-            + ", ".join(f"{name} {version}" for name, version in found.items())
-            + (f"; command `minsharp {' '.join(session['argv'])}`" if session.get("argv") else "")
-        )
-    return (
-        "Sessions that trained runs of this study (a resumed study has several):\n\n"
-        + "\n".join(lines)
-        + f"\n\nReport written with {', '.join(f'{k} {v}' for k, v in versions().items())}."
-    )
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -647,62 +580,11 @@ def _csv(rows: list[dict[str, Any]], measures: list[str]) -> str:
         *measures,
         "errors",
     ]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: _csv_value(row.get(key)) for key in columns})
-    return buffer.getvalue()
-
-
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ""
-    return "" if value is None else value
-
-
-def _float(value: Any) -> float:
-    if value is None or isinstance(value, bool):
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _mean(values: Sequence[float]) -> float:
-    finite = [value for value in values if value is not None and math.isfinite(value)]
-    return float(np.mean(finite)) if finite else math.nan
+    return csv_text(rows, columns)
 
 
 def _tau(x: Sequence[float], y: Sequence[float]) -> float:
     return kendall_tau_b(list(x), list(y))
-
-
-def _declared(name: str) -> tuple[str, ...]:
-    try:
-        declared = spec(name).invariances
-    except MinsharpError:
-        return ()
-    return tuple(symmetry for symmetry in SYMMETRIES if symmetry in declared)
-
-
-def _uses_labels(name: str) -> bool:
-    try:
-        return "labels" in spec(name).requires
-    except MinsharpError:
-        return True
-
-
-def _invariances(name: str) -> str:
-    found = _declared(name)
-    return ", ".join(found) if found else "none"
-
-
-def _options(options: Mapping[str, Any]) -> str:
-    if not options:
-        return ""
-    return " (" + ", ".join(f"{key}={value!r}" for key, value in options.items()) + ")"
 
 
 def _fixed(value: float) -> str:
@@ -718,25 +600,5 @@ def _with_interval(value: float, interval: Sequence[float]) -> str:
     return f"{value:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
-def _number_text(value: float) -> str:
-    return f"{value:.4g}" if math.isfinite(value) else "—"
-
-
-def _setting(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def _list(values: Sequence[float]) -> str:
     return "{" + ", ".join(f"{value:g}" for value in values) + "}"
-
-
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -1,0 +1,747 @@
+"""What every study shares: the directory, resumable atomic per-run results, provenance.
+
+A *study kind* (:class:`StudyKind`) says what one run of a grid is — how runs are planned
+from a configuration, what settings decide a run's result (its fingerprint), and how a run
+is executed — and :func:`run_study` does everything else the same way for all kinds:
+
+* loads the data once (:func:`minsharp.data.datasets.load_dataset`), checks every model
+  builds for them, and writes ``DIR/study.json`` (the kind, the configuration, the data
+  record, the planned run ids and each session's machine and versions);
+* skips every run whose ``DIR/runs/<run-id>/result.json`` is complete and carries the same
+  fingerprint; redoes a missing, truncated, failed or outdated one;
+* writes each run's record atomically once the run is done (``status`` ``"complete"``, or
+  ``"failed"`` with the error, which the next resume redoes);
+* refuses a directory made for another kind, configuration or data unless ``force``.
+
+Layout of a study directory ``DIR``::
+
+    DIR/study.json                  kind, config, data record, planned run ids, sessions
+    DIR/runs/<run-id>/result.json   one finished run (written atomically, last)
+    DIR/runs/<run-id>/checkpoint/   model.safetensors + checkpoint.json (save_checkpoint)
+
+The kinds: ``randomized-labels`` (:mod:`minsharp.study.runner`), ``batch-size``
+(:mod:`minsharp.study.batch_size`) and ``bn-sharpness`` (:mod:`minsharp.study.bn_sharpness`);
+:mod:`minsharp.study.kinds` names them all.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from minsharp.data.datasets import Splits, load_dataset
+from minsharp.errors import MinsharpError, StudyError
+from minsharp.io import jsonable, write_json_atomic
+from minsharp.measures import measure
+from minsharp.models import build_model
+from minsharp.study.presets import ModelPlan
+
+#: ``format`` tags and versions of the two kinds of JSON file a study writes.
+STUDY_FORMAT = "minsharp-study"
+RUN_FORMAT = "minsharp-study-run"
+FORMAT_VERSION = 1
+
+#: File and folder names inside a study directory.
+STUDY_FILE = "study.json"
+RUNS_DIR = "runs"
+RESULT_FILE = "result.json"
+CHECKPOINT_DIR = "checkpoint"
+
+
+class StudyConfigLike(Protocol):
+    """What :func:`run_study` needs of a kind's configuration."""
+
+    preset: str
+    dataset: str
+    train_size: int | None
+    test_size: int | None
+    data_seed: int
+    dtype: str
+    models: tuple[ModelPlan, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON types (``study.json``'s ``config``)."""
+        ...
+
+
+class RunPlanLike(Protocol):
+    """What :func:`run_study` needs of a planned run."""
+
+    run_id: str
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """A study's data on the compute device (inputs in the study's dtype)."""
+
+    train_inputs: Tensor
+    train_labels: Tensor
+    test_inputs: Tensor
+    test_labels: Tensor
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+    @classmethod
+    def from_splits(cls, splits: Splits, device: torch.device) -> StudyData:
+        """``splits`` moved to ``device``."""
+        return cls(
+            splits.train_inputs.to(device),
+            splits.train_labels.to(device),
+            splits.test_inputs.to(device),
+            splits.test_labels.to(device),
+            splits.num_classes,
+            splits.input_shape,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        """Where the data live."""
+        return self.train_inputs.device
+
+
+@dataclass(frozen=True)
+class StudyKind:
+    """One kind of study: how its runs are planned, fingerprinted, executed and checked.
+
+    Attributes:
+        name: the kind, as ``study.json`` records it and ``minsharp study <name>`` runs it.
+        plan_runs: ``config → [plan, …]``, each plan with a unique ``run_id``.
+        fingerprint: ``(config, plan) → str``, the SHA-256 of every setting that decides
+            the run's result (:func:`fingerprint`); a stored result is reused only when
+            its fingerprint is this one.
+        execute: ``(config, plan, data, run_dir, record, progress) → None``: runs the plan
+            and fills ``record`` (a dict already holding the format, run id and
+            fingerprint). An exception marks the run failed, with what ``record`` holds by
+            then; the record is written by :func:`run_study`.
+        stored_config: ``study.json``'s ``config`` mapping → the configuration.
+        grid_text: ``config → str``, the grid in words (``"2 models × 3 seeds"``).
+        summarise: ``result → str``, one line about a finished run.
+        measured_on: what the measures are computed on, in words (``study.json``).
+        result_numbers: keys a complete result holds as finite numbers.
+        measure_groups: keys of a result holding ``{measure: entry}`` dictionaries, each
+            entry with a ``value`` or an ``error``.
+    """
+
+    name: str
+    plan_runs: Callable[[Any], Sequence[RunPlanLike]]
+    fingerprint: Callable[[Any, Any], str]
+    execute: Callable[[Any, Any, StudyData, Path, dict[str, Any], bool], None]
+    stored_config: Callable[[Mapping[str, Any]], Any]
+    grid_text: Callable[[Any], str]
+    summarise: Callable[[Mapping[str, Any]], str]
+    measured_on: str
+    result_numbers: tuple[str, ...]
+    measure_groups: tuple[str, ...] = ("measures",)
+
+
+@dataclass
+class StudyOutcome:
+    """What :func:`run_study` did.
+
+    Attributes:
+        directory: the study directory.
+        planned: run ids of the grid, in the order they run.
+        reused: runs found finished and kept.
+        trained: runs trained (and measured) now.
+        redone: among ``trained``, runs whose stored result was unusable, with the reason.
+        failed: runs that failed, with the message (they are redone next time).
+        measure_errors: ``(run id, measure, message)`` of every measure that failed.
+        seconds: wall time of the call.
+    """
+
+    directory: Path
+    planned: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    trained: list[str] = field(default_factory=list)
+    redone: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    measure_errors: list[tuple[str, str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def derive_seed(*parts: Any) -> int:
+    """A seed in [0, 2³¹) determined by ``parts`` (SHA-256 of their JSON), stable everywhere.
+
+    Example:
+        >>> derive_seed("corruption", 0, "0.5") == derive_seed("corruption", 0, "0.5")
+        True
+    """
+    digest = hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def fingerprint(settings: Mapping[str, Any]) -> str:
+    """SHA-256 of ``settings`` as canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(jsonable(settings), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def run_study(
+    kind: StudyKind,
+    config: StudyConfigLike,
+    directory: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    download: bool = False,
+    force: bool = False,
+    progress: bool = False,
+    device: str | torch.device = "cpu",
+    argv: list[str] | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> StudyOutcome:
+    """Run (or resume) the study ``config`` of kind ``kind`` in ``directory``.
+
+    The data are loaded once. ``study.json`` is checked against ``kind``, ``config`` and the
+    data, then (re)written; each run not yet finished is executed and its ``result.json``
+    written atomically.
+
+    Args:
+        kind: the study kind.
+        config: the kind's configuration.
+        directory: the study directory (created if needed).
+        data_root: the folder of the data set's files (default: the data cache).
+        download: fetch missing official data files first.
+        force: overwrite a ``study.json`` written for another configuration or other data
+            (runs whose settings changed are then redone).
+        progress: show progress bars over runs and inside runs (stderr).
+        device: where to train and measure.
+        argv: the command line, recorded with the session.
+        echo: called with one line per run and per notice (default: print to stdout).
+
+    Returns:
+        What was reused, trained, redone and failed.
+
+    Raises:
+        StudyError: the directory belongs to another study, kind or configuration (without
+            ``force``), is not a directory, or holds an unreadable ``study.json``.
+        DataError: the data cannot be loaded (missing files: the message says how to get
+            them).
+    """
+    started = time.perf_counter()
+    say = echo or _echo
+    directory = Path(directory).expanduser()
+    device = torch.device(device)
+    previous = existing_study(directory, force=force)
+    if previous is not None and not force:
+        check_same_config(directory, previous, config, kind)
+    splits = load_dataset(
+        config.dataset,
+        root=data_root,
+        download=download,
+        train_size=config.train_size,
+        test_size=config.test_size,
+        seed=config.data_seed,
+        dtype=getattr(torch, config.dtype),
+    )
+    if previous is not None and not force:
+        check_same_data(directory, previous, splits.info)
+    plans = list(kind.plan_runs(config))
+    check_models_fit(config, splits)
+    session = {
+        "started": now(),
+        "argv": argv,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "machine": machine_info(device),
+        "versions": versions(),
+    }
+    sessions = list(previous.get("sessions", [])) if previous is not None else []
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / RUNS_DIR).mkdir(exist_ok=True)
+    study = {
+        "format": STUDY_FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": kind.name,
+        "created": previous.get("created", now()) if previous is not None else now(),
+        "config": config.to_dict(),
+        "data": splits.info,
+        "measured_on": kind.measured_on,
+        "runs": [plan.run_id for plan in plans],
+        "sessions": [*sessions, session],
+    }
+    write_json_atomic(directory / STUDY_FILE, study)
+
+    outcome = StudyOutcome(directory=directory, planned=[plan.run_id for plan in plans])
+    todo: list[tuple[Any, str]] = []
+    for plan in plans:
+        digest = kind.fingerprint(config, plan)
+        stored, reason = read_result(
+            directory / RUNS_DIR / plan.run_id / RESULT_FILE,
+            digest,
+            numbers=kind.result_numbers,
+            groups=kind.measure_groups,
+        )
+        if stored is not None:
+            outcome.reused.append(plan.run_id)
+            outcome.measure_errors += measure_errors(plan.run_id, stored, kind.measure_groups)
+        else:
+            todo.append((plan, digest))
+            if reason != "not run yet":
+                outcome.redone[plan.run_id] = reason
+    say(
+        f"study {directory}: {len(plans)} runs ({kind.grid_text(config)}); "
+        f"{len(outcome.reused)} finished already, {len(todo)} to run"
+    )
+    for run, reason in outcome.redone.items():
+        say(f"  redoing {run}: {reason}")
+
+    data = StudyData.from_splits(splits, device)
+    bar = tqdm(
+        total=len(plans),
+        initial=len(outcome.reused),
+        desc="runs",
+        unit="run",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    with bar:
+        for plan, digest in todo:
+            bar.set_postfix_str(plan.run_id, refresh=True)
+            result = execute_run(kind, config, plan, data, directory, digest, progress=progress)
+            bar.update(1)
+            if result["status"] == "complete":
+                outcome.trained.append(plan.run_id)
+                outcome.measure_errors += measure_errors(plan.run_id, result, kind.measure_groups)
+            else:
+                outcome.failed[plan.run_id] = result["message"]
+            done = len(outcome.reused) + len(outcome.trained) + len(outcome.failed)
+            say(f"[{done}/{len(plans)}] {kind.summarise(result)}")
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def execute_run(
+    kind: StudyKind,
+    config: Any,
+    plan: Any,
+    data: StudyData,
+    directory: Path,
+    fingerprint: str,
+    *,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Execute one run with ``kind.execute`` and write its ``result.json``; returns the record.
+
+    Any exception (divergence, out of memory, a bug) is written as a ``"failed"`` record
+    with its type, first line and a short traceback, which the next resume redoes;
+    ``KeyboardInterrupt`` leaves no record.
+    """
+    run_dir = directory / RUNS_DIR / plan.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_path = run_dir / RESULT_FILE
+    if result_path.exists():  # an unusable result (checked by the caller): not a finished run
+        result_path.unlink()
+    record: dict[str, Any] = {
+        "format": RUN_FORMAT,
+        "version": FORMAT_VERSION,
+        "run_id": plan.run_id,
+        "fingerprint": fingerprint,
+    }
+    try:
+        kind.execute(config, plan, data, run_dir, record, progress)
+    except Exception as error:  # recorded, and redone on resume: the study goes on
+        record.update(
+            status="failed",
+            error=type(error).__name__,
+            message=str(error).splitlines()[0] if str(error) else type(error).__name__,
+            traceback=traceback.format_exc(limit=4),
+            finished=now(),
+        )
+    else:
+        record.update(status="complete", finished=now())
+    write_json_atomic(result_path, record)
+    return record
+
+
+def build_network(model: ModelPlan, seed: int, data: StudyData) -> nn.Module:
+    """The zoo network of ``model`` initialised under ``torch.manual_seed(seed)``.
+
+    The caller's global generator is left as it was; the network is on the data's device in
+    their dtype.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = build_model(model.zoo, data.input_shape, data.num_classes, **model.options)
+    return network.to(device=data.device, dtype=data.train_inputs.dtype)
+
+
+def model_spec(model: ModelPlan, data: StudyData) -> dict[str, Any]:
+    """The ``model_spec`` of :func:`minsharp.train.save_checkpoint` for a study network."""
+    return {
+        "name": model.zoo,
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "options": dict(model.options),
+    }
+
+
+def measure_all(
+    model: nn.Module,
+    inputs: tuple[Tensor, Tensor],
+    names: Sequence[str],
+    options: Mapping[str, Mapping[str, Any]],
+) -> tuple[dict[str, Any], float]:
+    """Every measure of ``names`` on ``model`` and ``inputs``; ``(entries, seconds)``.
+
+    Each entry is :meth:`~minsharp.measures.MeasureResult.to_dict` without the name, or
+    ``{"error", "message", "seconds"}`` for a measure that failed (the others go on).
+    Warnings a measure raises (a solver stopping early…) are kept under ``"warnings"``.
+    """
+    entries: dict[str, Any] = {}
+    started = time.perf_counter()
+    for name in names:
+        began = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = measure(name, model, inputs, **dict(options.get(name, {})))
+            except Exception as error:  # recorded for this run; the other measures go on
+                entries[name] = {
+                    "error": type(error).__name__,
+                    "message": str(error) or type(error).__name__,
+                    "seconds": time.perf_counter() - began,
+                }
+            else:
+                entries[name] = {
+                    key: value for key, value in result.to_dict().items() if key != "name"
+                }
+        if caught:  # e.g. a solver that stopped early: kept with the value, not printed
+            entries[name]["warnings"] = [str(warning.message) for warning in caught]
+    return entries, time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- stored files
+
+
+def read_result(
+    path: Path,
+    fingerprint: str | None = None,
+    *,
+    numbers: Sequence[str] = (),
+    groups: Sequence[str] = ("measures",),
+) -> tuple[dict[str, Any] | None, str]:
+    """A finished run's ``result.json``, or ``None`` and why it cannot be used.
+
+    A result is usable when it is a JSON object of this format and version, its status is
+    ``"complete"``, the keys ``numbers`` hold finite numbers, each key of ``groups`` holds a
+    dictionary of measure entries (each with a value or an error), and (when
+    ``fingerprint`` is given) it was made with the same settings.
+    """
+    if not path.exists():
+        return None, "not run yet"
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return None, f"{path.name} is unreadable or truncated ({type(error).__name__}: {error})"
+    if not isinstance(content, dict) or content.get("format") != RUN_FORMAT:
+        return None, f"{path.name} is not a {RUN_FORMAT} file"
+    if content.get("version") != FORMAT_VERSION:
+        return None, f"{path.name} has format version {content.get('version')!r}"
+    if content.get("status") != "complete":
+        return None, f"the run had failed ({content.get('error')}: {content.get('message')})"
+    if fingerprint is not None and content.get("fingerprint") != fingerprint:
+        return None, "it was made with other settings"
+    for key in numbers:
+        if not is_finite_number(content.get(key)):
+            return None, f"{path.name} has no valid {key!r}"
+    for key in groups:
+        entries = content.get(key)
+        if not isinstance(entries, dict) or not all(
+            isinstance(entry, dict) and ("value" in entry or "error" in entry)
+            for entry in entries.values()
+        ):
+            return None, f"{path.name} has no valid {key!r}"
+    return content, ""
+
+
+def is_finite_number(value: Any) -> bool:
+    """Whether ``value`` is an int or float (not a bool) and finite."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def read_study(directory: str | Path) -> dict[str, Any]:
+    """The content of ``directory/study.json``.
+
+    Raises:
+        StudyError: no such file, or not a study file.
+    """
+    directory = Path(directory).expanduser()
+    path = directory / STUDY_FILE
+    if not directory.is_dir():
+        raise StudyError(f"study directory {directory} does not exist.")
+    if not path.is_file():
+        raise StudyError(
+            f"{directory} is not a study directory: it has no {STUDY_FILE}. Give the --output "
+            "directory of a `minsharp study …` command."
+        )
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise StudyError(f"{path} is unreadable ({error}).") from None
+    if not isinstance(content, dict) or content.get("format") != STUDY_FORMAT:
+        raise StudyError(f"{path} is not a {STUDY_FORMAT} file.")
+    if content.get("version") != FORMAT_VERSION:
+        raise StudyError(
+            f"{path} has format version {content.get('version')!r}; this minsharp reads "
+            f"version {FORMAT_VERSION}."
+        )
+    return content
+
+
+@dataclass
+class StudyRecords:
+    """A study directory as read back: its ``study.json`` and the usable run results."""
+
+    directory: Path
+    study: dict[str, Any]
+    config: Any
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Finished runs by run id, in the planned order."""
+    unfinished: dict[str, str] = field(default_factory=dict)
+    """Planned runs without a usable result, with the reason."""
+
+
+def read_records(directory: str | Path, kind: StudyKind) -> StudyRecords:
+    """The study of kind ``kind`` in ``directory``: its config and every finished run's result.
+
+    Raises:
+        StudyError: not a study directory, a study of another kind, or an unreadable
+            ``study.json``.
+    """
+    directory = Path(directory).expanduser()
+    study = read_study(directory)
+    stored_kind = study.get("kind", kind.name)
+    if stored_kind != kind.name:
+        raise StudyError(f"{directory} holds a {stored_kind!r} study, not a {kind.name!r} one.")
+    try:
+        config = kind.stored_config(study.get("config", {}))
+    except MinsharpError as error:
+        raise StudyError(f"{directory / STUDY_FILE}: {error}") from None
+    records = StudyRecords(directory, study, config)
+    for run in study.get("runs", []):
+        result, reason = read_result(
+            directory / RUNS_DIR / run / RESULT_FILE,
+            numbers=kind.result_numbers,
+            groups=kind.measure_groups,
+        )
+        if result is None:
+            records.unfinished[run] = reason
+        else:
+            records.results[run] = result
+    return records
+
+
+def existing_study(directory: Path, *, force: bool) -> dict[str, Any] | None:
+    """The stored ``study.json`` of ``directory``, ``None`` for a new or empty directory.
+
+    Raises:
+        StudyError: ``directory`` is a file, or a non-empty directory without a study in it
+            (unless ``force``), or its ``study.json`` is unreadable (unless ``force``).
+    """
+    if directory.exists() and not directory.is_dir():
+        raise StudyError(f"--output {directory} is a file; give a directory.")
+    if not directory.is_dir():
+        return None
+    if not (directory / STUDY_FILE).exists():
+        if any(directory.iterdir()) and not force:
+            raise StudyError(
+                f"{directory} exists, is not empty and is not a study directory (no "
+                f"{STUDY_FILE}); give a new or empty directory with --output (or --force to "
+                "use it anyway)."
+            )
+        return None
+    try:
+        return read_study(directory)
+    except StudyError as error:
+        if force:
+            return None
+        raise StudyError(f"{error} Use --force to start the study there afresh.") from None
+
+
+def check_same_config(
+    directory: Path, previous: Mapping[str, Any], config: StudyConfigLike, kind: StudyKind
+) -> None:
+    """Refuse to resume a study made with another kind or configuration, naming differences.
+
+    Raises:
+        StudyError: the kinds or the configurations differ.
+    """
+    stored = previous.get("config")
+    if previous.get("kind") != kind.name:
+        raise StudyError(
+            f"{directory} holds a {previous.get('kind')!r} study, not {kind.name!r}; give "
+            "another --output."
+        )
+    current = jsonable(config.to_dict())
+    if stored == current:
+        return
+    try:
+        # Same settings written differently (e.g. by an older minsharp): compare as configs.
+        if isinstance(stored, Mapping) and kind.stored_config(stored).to_dict() == config.to_dict():
+            return
+    except MinsharpError:
+        pass
+    found = differences(stored if isinstance(stored, Mapping) else {}, current)
+    raise StudyError(
+        f"{directory / STUDY_FILE} was written for another study configuration ("
+        + "; ".join(found[:6])
+        + (f"; and {len(found) - 6} more" if len(found) > 6 else "")
+        + "). To resume it, run with the same preset, config file and overrides; for a new "
+        "study give another --output; or pass --force to overwrite it (runs whose settings "
+        "changed are then redone)."
+    )
+
+
+def data_identity(info: Mapping[str, Any]) -> dict[str, Any]:
+    """What identifies a study's data: data set, split kind, sizes, seed, files' SHA-256."""
+    return {
+        "dataset": info.get("dataset"),
+        "split_kind": info.get("split_kind"),
+        "sizes": info.get("sizes"),
+        "seed": info.get("seed"),
+        "input_shape": info.get("input_shape"),
+        "files": sorted(
+            (entry.get("name"), entry.get("sha256")) for entry in info.get("files", []) or []
+        ),
+    }
+
+
+def check_same_data(directory: Path, previous: Mapping[str, Any], info: Mapping[str, Any]) -> None:
+    """Refuse to resume a study whose data differ from those it was made with.
+
+    Raises:
+        StudyError: other files or another split, naming the differences.
+    """
+    stored = jsonable(data_identity(previous.get("data", {}) or {}))
+    current = jsonable(data_identity(info))
+    if stored == current:
+        return
+    found = differences(stored, current)
+    raise StudyError(
+        f"the data differ from those {directory / STUDY_FILE} was made with ("
+        + "; ".join(found[:4])
+        + "): other files or another split. Point --data-dir at the same files, give another "
+        "--output, or pass --force to redo the study with these data."
+    )
+
+
+def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``key: stored → current`` for each top-level key that differs."""
+    return [
+        f"{key}: {_short(stored.get(key))} there, {_short(current.get(key))} here"
+        for key in sorted(set(stored) | set(current))
+        if stored.get(key) != current.get(key)
+    ]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 80 else text[:77] + "…"
+
+
+def check_models_fit(config: StudyConfigLike, splits: Splits) -> None:
+    """Build every model once for the data (on the meta device) to fail before training.
+
+    Raises:
+        StudyError: a model cannot take the data's inputs.
+    """
+    for model in config.models:
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                build_model(model.zoo, splits.input_shape, splits.num_classes, **model.options)
+        except MinsharpError as error:
+            raise StudyError(
+                f"model {model.name!r} cannot be built for the {config.dataset} inputs of "
+                f"shape {splits.input_shape}: {error}"
+            ) from None
+
+
+def measure_errors(
+    run: str, result: Mapping[str, Any], groups: Sequence[str] = ("measures",)
+) -> list[tuple[str, str, str]]:
+    """``(run, measure, message)`` of every failed measure of a result (group-prefixed)."""
+    found = []
+    for group in groups:
+        for name, entry in (result.get(group) or {}).items():
+            if isinstance(entry, Mapping) and "error" in entry:
+                label = name if group == "measures" else f"{name} ({group})"
+                found.append((run, label, str(entry.get("message"))))
+    return found
+
+
+def count_text(counts: Sequence[tuple[int, str, str]]) -> str:
+    """``"2 ratios × 1 seed"`` from ``(count, singular, plural)`` triples."""
+    return " × ".join(f"{n} {one if n == 1 else many}" for n, one, many in counts)
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The machine a study runs on: platform, CPU, cores, threads, accelerator."""
+    device = torch.device(device)
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = list(os.getloadavg())
+    if device.type == "cuda" and torch.cuda.is_available():
+        info["accelerator"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as stream:
+            for line in stream:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, minsharp and the libraries a study's numbers depend on."""
+    found = {"python": sys.version.split()[0], "torch": torch.__version__}
+    for package in ("minsharp", "numpy", "scipy", "scikit-learn", "matplotlib"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _echo(line: str) -> None:
+    tqdm.write(line, file=sys.stdout)
