@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import json
 import os
 import pickle
-import struct
 import sys
 import textwrap
 from pathlib import Path
@@ -17,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from tests.idx import write_idx
 
 import minsharp
 from minsharp.cli import main, parse_value
@@ -122,6 +121,12 @@ def direct(name: str, model: torch.nn.Module, data, **options) -> float:
     return minsharp.measure(name, model, data, **options).value
 
 
+def assert_report_matches_api(report: dict, model: torch.nn.Module, data, rel: float) -> None:
+    """Every measure in the command's JSON equals calling ``minsharp.measure`` directly."""
+    for entry in report["measures"]:
+        assert entry["value"] == pytest.approx(direct(entry["name"], model, data), rel=rel)
+
+
 # --- the happy paths -----------------------------------------------------------------------
 
 
@@ -216,10 +221,7 @@ def test_factory_model_with_options_float64_and_test_split(capsys, tmp_path, fac
     assert report["data"]["split"] == "test"
     data = digits_subset(30, "test")
     data = (data[0].double(), data[1])
-    for entry in report["measures"]:
-        assert entry["value"] == pytest.approx(
-            direct(entry["name"], model.double(), data), rel=1e-12
-        )
+    assert_report_matches_api(report, model.double(), data, rel=1e-12)
     assert "float64 on cpu" in out
 
 
@@ -271,14 +273,7 @@ def test_file_data(capsys, tmp_path, small_mlp, weights, suffix):
     report = json.loads(output.read_text())
     assert report["data"]["num_examples"] == 12
     assert report["data"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    for entry in report["measures"]:
-        expected = direct(entry["name"], small_mlp, (inputs, labels))
-        assert entry["value"] == pytest.approx(expected, rel=1e-10)
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+    assert_report_matches_api(report, small_mlp, (inputs, labels), rel=1e-10)
 
 
 def test_mnist_directory_with_lenet(capsys, tmp_path):

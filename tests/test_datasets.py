@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import io
 import json
-import struct
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.idx import idx_bytes, write_idx
 
 from minsharp.data import (
     DATASETS,
@@ -43,24 +43,13 @@ needs_mnist = pytest.mark.skipif(
 # --- writers of tiny files ------------------------------------------------------------------
 
 
-def idx_bytes(array: np.ndarray, *, magic: int | None = None) -> bytes:
-    magic = 0x0800 | array.ndim if magic is None else magic
-    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-
-
 def write_idx_set(
     folder: Path, images: np.ndarray, labels: np.ndarray, *, split: str, gz: bool = True
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     prefix = "t10k" if split == "test" else "train"
     for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
-        content = idx_bytes(array)
-        name = f"{prefix}-{kind}-ubyte"
-        if gz:
-            (folder / f"{name}.gz").write_bytes(gzip.compress(content))
-        else:
-            (folder / name).write_bytes(content)
+        write_idx(folder / f"{prefix}-{kind}-ubyte{'.gz' if gz else ''}", array)
 
 
 def tiny_idx(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tests.idx import write_idx
 
 from minsharp.data import load_mnist_split
 from minsharp.errors import DataError
@@ -20,22 +19,6 @@ needs_mnist = pytest.mark.skipif(
     not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
     reason=f"the MNIST test split is not at {MNIST_DIR} (only present in the shared workspace)",
 )
-
-
-def write_idx(path: Path, array: np.ndarray, *, magic: int | None = None, cut: int = 0) -> Path:
-    """Write ``array`` (uint8) as an IDX file, optionally with another magic or ``cut`` bytes
-    missing at the end; gzip it when ``path`` ends in ``.gz``."""
-    if magic is None:
-        magic = 0x0800 | array.ndim
-    content = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-    content += np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-    if cut:
-        content = content[:-cut]
-    if path.suffix == ".gz":
-        path.write_bytes(gzip.compress(content))
-    else:
-        path.write_bytes(content)
-    return path
 
 
 def write_split(
