@@ -10,25 +10,21 @@ output layer on the same inputs, random labels) is an extra row with no bar.
 
 Usage::
 
-    python benchmarks/cost_ratio.py                                   # about a minute
-    python benchmarks/cost_ratio.py --quick --output /tmp/cost.md      # seconds
-    python benchmarks/cost_ratio.py --profile    # also profile ours even when the bars are met
+    python benchmarks/cost_ratio.py                                # full run
+    python benchmarks/cost_ratio.py --quick --output /tmp/cost.md  # seconds
+    python benchmarks/cost_ratio.py --profile  # also profile ours even when the bars are met
+
+A full run took 14 s on 2 idle cores (``benchmarks/results/cost_ratio.md``).
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-
 import common
-import minsharp
-from minsharp.models import count_parameters, mlp
+from minsharp.models import count_parameters
 
 DEFAULT_OUTPUT = common.RESULTS_DIR / "cost_ratio.md"
 
@@ -36,10 +32,27 @@ DEFAULT_OUTPUT = common.RESULTS_DIR / "cost_ratio.md"
 BARS = {"trace": 2.0, "diagonal": 2.5}
 #: The class count the bars apply to.
 BAR_CLASSES = 10
+#: The table's columns.
+HEADER = [
+    "K",
+    "N",
+    "params",
+    "rounds kept",
+    "max other load (cores)",
+    "training step (ms)",
+    "hessian_trace (ms)",
+    "trace / step (median)",
+    "trace / step (min)",
+    f"trace bar ≤ {BARS['trace']:g}×",
+    "hessian_diagonal (ms)",
+    "diagonal / step (median)",
+    "diagonal / step (min)",
+    f"diagonal bar ≤ {BARS['diagonal']:g}×",
+]
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(common.BaseSettings):
     """What one run measures."""
 
     examples: int
@@ -48,72 +61,14 @@ class Settings:
     warmup: int  # untimed rounds
     repeats: int  # timed rounds kept
     max_rounds: int  # timed rounds made at most (contended ones are discarded)
-    threads: int
-    max_other_cores: float | None  # a round with more load from other processes is discarded
 
 
 FULL = Settings(
-    examples=1000,
-    hidden=(100, 100),
-    classes=(10, 100),
-    warmup=5,
-    repeats=50,
-    max_rounds=500,
-    threads=common.THREADS,
-    max_other_cores=common.QUIET_CORES,
+    examples=1000, hidden=(100, 100), classes=(10, 100), warmup=5, repeats=50, max_rounds=500
 )
 QUICK = Settings(
-    examples=32,
-    hidden=(16, 16),
-    classes=(10, 100),
-    warmup=1,
-    repeats=3,
-    max_rounds=3,
-    threads=1,  # immune to stalls from other processes (see common.QUICK_NOTE)
-    max_other_cores=None,
+    examples=32, hidden=(16, 16), classes=(10, 100), warmup=1, repeats=3, max_rounds=3, quick=True
 )
-
-
-def measure(
-    functions: dict[str, Callable[[], object]], settings: Settings
-) -> tuple[dict[str, common.Timing], int]:
-    """Wall times of each function over interleaved rounds (rotating order).
-
-    A round during which other processes kept more than ``settings.max_other_cores`` cores
-    busy is discarded as a whole, so that every kept round compares the three workloads under
-    the same quiet conditions. Returns the timings and the number of rounds made.
-    """
-    for _ in range(settings.warmup):
-        for function in functions.values():
-            function()
-    timings = {name: common.Timing() for name in functions}
-    names = list(functions)
-    rounds = 0
-    while rounds < settings.max_rounds and len(timings[names[0]].kept) < settings.repeats:
-        shift = rounds % len(names)
-        monitor = common.OtherLoad()
-        times = {name: common.time_once(functions[name]) for name in names[shift:] + names[:shift]}
-        other = monitor.cores()
-        for name, seconds in times.items():
-            timings[name].add(seconds, other, settings.max_other_cores)
-        rounds += 1
-    return timings, rounds
-
-
-def workloads(model: nn.Module, inputs: Tensor, labels: Tensor) -> dict[str, Callable[[], object]]:
-    """The training step and our two computations, on the same single batch."""
-    n = inputs.shape[0]
-
-    def training_step() -> None:
-        model.zero_grad()
-        loss = F.cross_entropy(model(inputs), labels)
-        loss.backward()
-
-    return {
-        "training": training_step,
-        "trace": lambda: minsharp.hessian_trace(model, inputs, batch_size=n),
-        "diagonal": lambda: minsharp.hessian_diagonal(model, inputs, batch_size=n),
-    }
 
 
 def profile_table(function: Callable[[], object], rows: int = 15) -> str:
@@ -128,7 +83,7 @@ def profile_table(function: Callable[[], object], rows: int = 15) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.base_parser(__doc__.splitlines()[0], DEFAULT_OUTPUT)
+    parser = common.base_parser(__doc__, DEFAULT_OUTPUT)
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -136,21 +91,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
-    common.setup_torch(settings.threads)
-    quiet_note = common.wait_until_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
-    started = time.perf_counter()
-    other_load = common.OtherLoad()
+    run = common.Run(args, settings.threads)
 
     images, _ = common.mnist_test_images(args.mnist, settings.examples)
     inputs = images.flatten(1)
     rows = []
     to_profile: dict[str, Callable[[], object]] = {}
     for classes in settings.classes:
-        torch.manual_seed(0)
-        model = mlp(inputs.shape[1], list(settings.hidden), classes)
-        labels = torch.randint(0, classes, (inputs.shape[0],))
-        functions = workloads(model, inputs, labels)
-        timings, rounds = measure(functions, settings)
+        model, functions = common.training_and_curvature(inputs, settings.hidden, classes)
+        timings, rounds = common.timed_rounds(
+            functions,
+            warmup=settings.warmup,
+            repeats=settings.repeats,
+            max_rounds=settings.max_rounds,
+            max_other_cores=settings.max_other_cores,
+        )
         median = {name: timing.median for name, timing in timings.items()}
         fastest = {name: min(timing.kept or timing.discarded) for name, timing in timings.items()}
         kept = len(timings["training"].kept)
@@ -165,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("trace", "diagonal"):
             ratio = median[name] / median["training"]
             if classes == BAR_CLASSES:
-                verdict = "PASS" if ratio <= BARS[name] else "MISS"
+                verdict = common.verdict(ratio <= BARS[name])
                 if verdict == "MISS" or args.profile:
                     to_profile[f"{name}, K = {classes}"] = functions[name]
             else:
@@ -177,24 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                 verdict,
             ]
         rows.append(row)
-        print(" | ".join(str(cell) for cell in row), flush=True)
+        common.print_row(row)
 
-    header = [
-        "K",
-        "N",
-        "params",
-        "rounds kept",
-        "max other load (cores)",
-        "training step (ms)",
-        "hessian_trace (ms)",
-        "trace / step (median)",
-        "trace / step (min)",
-        f"trace bar ≤ {BARS['trace']:g}×",
-        "hessian_diagonal (ms)",
-        "diagonal / step (median)",
-        "diagonal / step (min)",
-        f"diagonal bar ≤ {BARS['diagonal']:g}×",
-    ]
     notes = [
         f"model: `minsharp.models.mlp({inputs.shape[1]}, {list(settings.hidden)}, K)`, ReLU, "
         "untrained (torch.manual_seed(0)); random labels in 0..K−1 for the training step",
@@ -210,8 +149,6 @@ def main(argv: list[str] | None = None) -> int:
         "(computed by the script); the ratio of minimum times is shown as a cross-check",
         f"bars apply to K = {BAR_CLASSES}; the K = 100 row is extra information",
     ]
-    if args.quick:
-        notes.insert(0, common.QUICK_NOTE)
 
     profiles = ""
     for label, function in to_profile.items():
@@ -225,18 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{load:.2f} cores meanwhile)\n\n```\n{table}```\n"
         )
 
-    elapsed = time.perf_counter() - started
-    notes.append(f"total script time: {elapsed:.0f} s; {common.load_note()}")
-    notes.append(other_load.describe())
-    if quiet_note:
-        notes.append(quiet_note)
-    text = common.machine_header(
-        "Cost of the exact curvature relative to one training step", "float32", notes
-    )
-    text += "\n" + common.markdown_table(header, rows) + profiles
-    common.write_atomically(args.output, text)
-    print(f"wrote {args.output} in {elapsed:.0f} s", file=sys.stderr)
-    return 0
+    title = "Cost of the exact curvature relative to one training step"
+    return run.finish(title, "float32", notes, common.markdown_table(HEADER, rows) + profiles)
 
 
 if __name__ == "__main__":

@@ -25,29 +25,28 @@ shown too). Bar: every layer ≤ 1e-10 and the four layers' solves under 1 s of 
 
 Usage::
 
-    python benchmarks/normalized_sharpness_solver.py        # a few minutes on 2 idle cores
-    python benchmarks/normalized_sharpness_solver.py --quick --output /tmp/ns.md   # seconds
+    python benchmarks/normalized_sharpness_solver.py                              # full run
+    python benchmarks/normalized_sharpness_solver.py --quick --output /tmp/ns.md  # seconds
+
+A full run took 34 s on 2 idle cores (``benchmarks/results/normalized_sharpness_solver.md``).
 """
 
 from __future__ import annotations
 
 import math
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 import common
 import minsharp
-from minsharp.data import load_mnist_split
 from minsharp.measures.normalized_sharpness import layer_matrices, layer_normalized_sharpness
 from minsharp.models import mlp, paper_mlp
 from minsharp.solvers import NormalizedSharpnessSolution
-from minsharp.train import TrainingConfig, accuracy, train_classifier
+from minsharp.train import TrainingConfig, accuracy
 
 DEFAULT_OUTPUT = common.RESULTS_DIR / "normalized_sharpness_solver.md"
 OBJECTIVES = ("arxiv", "icml")
@@ -57,7 +56,7 @@ BAR_CPU_S = 1.0
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(common.BaseSettings):
     """What one run measures."""
 
     model: Callable[[], nn.Module]
@@ -70,8 +69,6 @@ class Settings:
     warmup: int
     repeats: int
     max_rounds: int
-    threads: int
-    max_other_cores: float | None
 
 
 FULL = Settings(
@@ -85,8 +82,6 @@ FULL = Settings(
     warmup=2,
     repeats=20,
     max_rounds=200,
-    threads=common.THREADS,
-    max_other_cores=common.QUIET_CORES,
 )
 QUICK = Settings(
     model=lambda: mlp(784, [32, 16, 32], 10),
@@ -99,8 +94,7 @@ QUICK = Settings(
     warmup=1,
     repeats=2,
     max_rounds=2,
-    threads=1,  # immune to stalls from other processes (see common.QUICK_NOTE)
-    max_other_cores=None,
+    quick=True,
 )
 
 
@@ -125,59 +119,25 @@ def weight_layers(model: nn.Module, inputs: Tensor) -> tuple[list[Layer], float]
     return layers, diagonal.seconds
 
 
-# ---------------------------------------------------------------------------------------------
-# Ours, timed
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class OurTimes:
-    """Wall times (with contention filtering) and CPU times of our solve, per layer."""
-
-    wall: dict[str, common.Timing]
-    cpu: dict[str, list[float]]
-    rounds: int
-
-    def total_wall(self) -> float:
-        """Sum over layers of the median wall times."""
-        return sum(timing.median for timing in self.wall.values())
-
-    def total_cpu(self) -> float:
-        """Sum over layers of the median CPU times."""
-        return sum(float(np.median(times)) for times in self.cpu.values())
-
-
 def time_ours(
     layers: list[Layer], objective: str, settings: Settings
-) -> tuple[dict[str, NormalizedSharpnessSolution], OurTimes]:
-    """Solve every layer in rounds; a round with other load above the limit is discarded."""
+) -> tuple[dict[str, common.Timing], int]:
+    """Rounds of our solve over every layer, timed; the timings and the rounds made.
 
-    def solve(layer: Layer) -> NormalizedSharpnessSolution:
-        return layer_normalized_sharpness(layer.diagonal, layer.weight, objective=objective)
+    A round with other load above the limit is discarded. Each layer's timing holds its
+    solution (``result``) and the CPU times too.
+    """
 
-    solutions = {layer.name: solve(layer) for layer in layers}  # warm-up, and the results
-    for _ in range(settings.warmup - 1):
-        solutions = {layer.name: solve(layer) for layer in layers}
-    wall = {layer.name: common.Timing() for layer in layers}
-    cpu: dict[str, list[float]] = {layer.name: [] for layer in layers}
-    kept_cpu: dict[str, list[float]] = {layer.name: [] for layer in layers}
-    rounds = 0
-    while rounds < settings.max_rounds and len(wall[layers[0].name].kept) < settings.repeats:
-        monitor = common.OtherLoad()
-        times = {}
-        for layer in layers:
-            cpu_start, start = time.process_time(), time.perf_counter()
-            solutions[layer.name] = solve(layer)
-            times[layer.name] = (time.perf_counter() - start, time.process_time() - cpu_start)
-        other = monitor.cores()
-        for name, (seconds, cpu_seconds) in times.items():
-            wall[name].add(seconds, other, settings.max_other_cores)
-            cpu[name].append(cpu_seconds)
-            if len(wall[name].kept) > len(kept_cpu[name]):
-                kept_cpu[name].append(cpu_seconds)
-        rounds += 1
-    cpu_used = {name: kept_cpu[name] or cpu[name] for name in cpu}
-    return solutions, OurTimes(wall, cpu_used, rounds)
+    def solve(layer: Layer) -> Callable[[], NormalizedSharpnessSolution]:
+        return lambda: layer_normalized_sharpness(layer.diagonal, layer.weight, objective=objective)
+
+    return common.timed_rounds(
+        {layer.name: solve(layer) for layer in layers},
+        warmup=max(settings.warmup, 1),
+        repeats=settings.repeats,
+        max_rounds=settings.max_rounds,
+        max_other_cores=settings.max_other_cores,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,21 +165,9 @@ def arxiv_baseline(h: Tensor, w2: Tensor, steps: int, lr: float) -> Baseline:
         rows, columns = (2 * u).exp(), (2 * v).exp()
         return rows @ h @ columns + (1 / rows) @ w2 @ (1 / columns)
 
+    seconds, other = common.scaled_descent(objective, [u, v], steps, lr)
     with torch.no_grad():
-        scale = float(objective())
-    optimizer = torch.optim.SGD([u, v], lr=lr)
-    monitor = common.OtherLoad()
-    start = time.perf_counter()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = objective() / scale
-        loss.backward()
-        optimizer.step()
-    seconds = time.perf_counter() - start
-    other = monitor.cores() or 0.0
-    with torch.no_grad():
-        rows, columns = (2 * u).detach(), (2 * v).detach()
-        value, kkt = arxiv_joint_kkt(h, w2, rows, columns)
+        value, kkt = arxiv_joint_kkt(h, w2, (2 * u).detach(), (2 * v).detach())
     return Baseline(value, kkt, seconds, other, math.isfinite(value))
 
 
@@ -231,18 +179,7 @@ def icml_baseline(h: Tensor, w2: Tensor, steps: int, lr: float) -> Baseline:
         s = (2 * v).exp()
         return ((h @ s) @ (w2 @ (1 / s))).sqrt()
 
-    with torch.no_grad():
-        scale = float(objective())
-    optimizer = torch.optim.SGD([v], lr=lr)
-    monitor = common.OtherLoad()
-    start = time.perf_counter()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = objective() / scale
-        loss.backward()
-        optimizer.step()
-    seconds = time.perf_counter() - start
-    other = monitor.cores() or 0.0
+    seconds, other = common.scaled_descent(objective, [v], steps, lr)
     with torch.no_grad():
         value, kkt = icml_kkt(h, w2, (2 * v).detach())
     return Baseline(value, kkt, seconds, other, math.isfinite(value))
@@ -317,31 +254,36 @@ SUMMARY_HEADER = [
 
 
 def reevaluated_kkt(
-    layer: Layer, solution: NormalizedSharpnessSolution, objective: str
-) -> tuple[float, float]:
-    h, w2 = layer_matrices(layer.diagonal, layer.weight)
+    h: Tensor, w2: Tensor, solution: NormalizedSharpnessSolution, objective: str
+) -> float:
+    """The relative KKT residual of our solution, recomputed by this script."""
     columns = torch.from_numpy(solution.column_log_scales)
     if objective == "arxiv":
         rows = torch.from_numpy(solution.row_log_scales)
-        return arxiv_joint_kkt(h, w2, rows, columns)
-    return icml_kkt(h, w2, columns)
+        return arxiv_joint_kkt(h, w2, rows, columns)[1]
+    return icml_kkt(h, w2, columns)[1]
 
 
 def run_state(
     state: str, layers: list[Layer], diag_seconds: float, settings: Settings
 ) -> tuple[list[list[object]], list[list[object]]]:
     rows, summary = [], []
+    matrices = {layer.name: layer_matrices(layer.diagonal, layer.weight) for layer in layers}
     for objective in OBJECTIVES:
-        solutions, times = time_ours(layers, objective, settings)
+        times, _ = time_ours(layers, objective, settings)
+        solutions: dict[str, NormalizedSharpnessSolution] = {
+            name: timing.result  # type: ignore[misc]
+            for name, timing in times.items()
+        }
         baselines = {}
+        baseline_for = arxiv_baseline if objective == "arxiv" else icml_baseline
         for layer in layers:
-            h, w2 = layer_matrices(layer.diagonal, layer.weight)
-            run = arxiv_baseline if objective == "arxiv" else icml_baseline
-            baselines[layer.name] = run(h, w2, settings.baseline_steps, settings.baseline_lr)
+            steps, lr = settings.baseline_steps, settings.baseline_lr
+            baselines[layer.name] = baseline_for(*matrices[layer.name], steps, lr)
             print(f"{state} {objective} {layer.name}: baseline done", file=sys.stderr, flush=True)
         for layer in layers:
             solution, baseline = solutions[layer.name], baselines[layer.name]
-            _, kkt = reevaluated_kkt(layer, solution, objective)
+            kkt = reevaluated_kkt(*matrices[layer.name], solution, objective)
             m, n = layer.weight.shape
             rows.append(
                 [
@@ -351,8 +293,8 @@ def run_state(
                     f"{m} × {n}",
                     f"{solution.pruned_rows} / {solution.pruned_columns}",
                     "yes" if solution.attained else "no",
-                    f"{times.wall[layer.name].median * 1e3:.2f}",
-                    f"{float(np.median(times.cpu[layer.name])) * 1e3:.2f}",
+                    f"{times[layer.name].median * 1e3:.2f}",
+                    f"{times[layer.name].cpu_median * 1e3:.2f}",
                     solution.iterations,
                     solution.hessian_products,
                     f"{solution.relative_kkt:.1e}",
@@ -366,19 +308,19 @@ def run_state(
                 ]
             )
         worst = max(solution.relative_kkt for solution in solutions.values())
-        total_cpu = times.total_cpu()
-        verdict = "PASS" if worst <= BAR_KKT and total_cpu < BAR_CPU_S else "MISS"
+        total_wall = sum(timing.median for timing in times.values())
+        total_cpu = sum(timing.cpu_median for timing in times.values())
+        verdict = common.verdict(worst <= BAR_KKT and total_cpu < BAR_CPU_S)
         ours_total = sum(solution.value for solution in solutions.values())
         baseline_total = sum(baseline.value for baseline in baselines.values())
-        first = times.wall[layers[0].name]
         summary.append(
             [
                 state,
                 objective,
                 f"{diag_seconds:.3f}",
-                f"{first.runs}",
-                f"{max(t.max_other_cores for t in times.wall.values()):.2f}",
-                f"{times.total_wall() * 1e3:.1f}",
+                f"{times[layers[0].name].runs}",
+                f"{max(t.max_other_cores for t in times.values()):.2f}",
+                f"{total_wall * 1e3:.1f}",
                 f"{total_cpu * 1e3:.1f}",
                 f"{worst:.1e}",
                 "yes" if all(s.attained for s in solutions.values()) else "no (infimum)",
@@ -389,24 +331,17 @@ def run_state(
                 f"{baseline_total:.10g}",
             ]
         )
-        print(" | ".join(str(cell) for cell in summary[-1]), flush=True)
+        common.print_row(summary[-1])
     return rows, summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.base_parser(__doc__.splitlines()[0], DEFAULT_OUTPUT)
-    args = parser.parse_args(argv)
+    args = common.base_parser(__doc__, DEFAULT_OUTPUT).parse_args(argv)
     settings = QUICK if args.quick else FULL
-    common.setup_torch(settings.threads)
-    quiet_note = common.wait_until_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
-    started = time.perf_counter()
-    other_load = common.OtherLoad()
-
-    images, labels = load_mnist_split(args.mnist, "test")  # (x/255 − 0.5)/0.5
-    images = images.double()
-    inputs = images[: settings.examples]
-    torch.manual_seed(0)
-    model = settings.model().double().eval()
+    run = common.Run(args, settings.threads)
+    images, labels = common.mnist_test_images(args.mnist, settings.training_images.stop)
+    inputs = images[: settings.examples].double()
+    model = common.untrained(settings.model, torch.float64)
 
     rows: list[list[object]] = []
     summary: list[list[object]] = []
@@ -415,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     rows += state_rows
     summary += state_summary
 
-    train_x, train_y = images[settings.training_images], labels[settings.training_images]
-    history = train_classifier(model, train_x, train_y, settings.training)
+    history = common.train_on_test_images(
+        model, images, labels, settings.training_images, settings.training
+    )
     held_out = accuracy(model, inputs, labels[: settings.examples])
     with torch.no_grad():
         first = next(m for m in model.modules() if isinstance(m, nn.Linear))
@@ -426,19 +362,18 @@ def main(argv: list[str] | None = None) -> int:
     rows += state_rows
     summary += state_summary
 
-    config = settings.training
     notes = [
         f"model: {settings.model_name}, ReLU, biases (ignored by the measure), float64",
         f"data: the first N = {settings.examples} MNIST test images ({args.mnist}), "
         "normalised by (x − 0.5)/0.5; exact diag H of the mean cross-entropy by "
         "`minsharp.hessian_diagonal` (one batch)",
-        f"states: `init` = torch.manual_seed(0); `trained` = then `train_classifier` on test "
-        f"images {settings.training_images.start}..{settings.training_images.stop - 1} "
-        f"(SGD momentum {config.momentum}, weight decay {config.weight_decay:g}, batch "
-        f"{config.batch_size}, lr {config.lr:g}/(1 + {config.lr_decay:g} t), {config.epochs} "
-        f"epochs): training accuracy {history.accuracy[-1]:.3f}, accuracy on the N measured "
-        f"images {held_out:.3f}; {dead} of {first.out_features} first-layer units dead on "
-        "them (zero rows of h, pruned: the value is then an infimum)",
+        common.training_note(
+            settings.training_images,
+            settings.training,
+            f"training accuracy {history.accuracy[-1]:.3f}, accuracy on the N measured images "
+            f"{held_out:.3f}; {dead} of {first.out_features} first-layer units dead on them "
+            "(zero rows of h, pruned: the value is then an infimum)",
+        ),
         "ours: `layer_normalized_sharpness(diag, weight, objective=…)` with default tolerance "
         "1e-12 (float64 solve); timing: "
         f"{max(settings.warmup, 1)} warm-up rounds, then rounds over the four layers until "
@@ -453,22 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         "the original objective; 're-evaluated' = computed by this script from the returned "
         "scales (pruned rows/columns left out)",
     ]
-    if args.quick:
-        notes.insert(0, common.QUICK_NOTE)
-    elapsed = time.perf_counter() - started
-    notes.append(f"total script time: {elapsed:.0f} s; {common.load_note()}")
-    notes.append(other_load.describe())
-    if quiet_note:
-        notes.append(quiet_note)
-    text = common.machine_header(
-        "Normalized sharpness: Newton–CG against 10 000 gradient steps", "float64", notes
-    )
-    text += "\n## Summary per state and objective\n\n"
-    text += common.markdown_table(SUMMARY_HEADER, summary)
-    text += "\n## Per layer\n\n" + common.markdown_table(HEADER, rows)
-    common.write_atomically(args.output, text)
-    print(f"wrote {args.output} in {elapsed:.0f} s", file=sys.stderr)
-    return 0
+    body = "## Summary per state and objective\n\n"
+    body += common.markdown_table(SUMMARY_HEADER, summary)
+    body += "\n## Per layer\n\n" + common.markdown_table(HEADER, rows)
+    title = "Normalized sharpness: Newton–CG against 10 000 gradient steps"
+    return run.finish(title, "float64", notes, body)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,15 @@ n ∈ {10, 100} shows that the two agree to rounding.
 
 Usage::
 
-    python benchmarks/paper_exactness_speed.py            # ~13 minutes on 2 idle cores
-    python benchmarks/paper_exactness_speed.py --quick --output /tmp/x.md   # seconds
+    python benchmarks/paper_exactness_speed.py                             # full run
+    python benchmarks/paper_exactness_speed.py --quick --output /tmp/x.md  # seconds
+
+A full run took 14 minutes on 2 idle cores (``benchmarks/results/paper_exactness_speed.md``).
 """
 
 from __future__ import annotations
 
-import copy
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -32,7 +32,7 @@ DEFAULT_OUTPUT = common.RESULTS_DIR / "paper_exactness_speed.md"
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(common.BaseSettings):
     """What one run measures."""
 
     models: dict[str, Callable[[], nn.Module]]
@@ -44,8 +44,6 @@ class Settings:
     brute_repeat_below_s: float  # repeat the brute force (3 runs) only if one run is faster
     brute_retry_below_s: float  # make a contended single brute-force run again (twice at
     # most) if it took less than this
-    threads: int  # torch intra-op threads
-    max_other_cores: float | None  # discard timed calls with more load from others (None: keep)
 
 
 def _tiny_cnn() -> nn.Module:
@@ -67,8 +65,6 @@ FULL = Settings(
     ours_budget_s=15.0,
     brute_repeat_below_s=5.0,
     brute_retry_below_s=200.0,
-    threads=common.THREADS,
-    max_other_cores=common.QUIET_CORES,
 )
 
 QUICK = Settings(
@@ -83,8 +79,7 @@ QUICK = Settings(
     ours_budget_s=1.0,
     brute_repeat_below_s=0.5,
     brute_retry_below_s=5.0,
-    threads=1,  # immune to stalls from other processes (see common.QUICK_NOTE)
-    max_other_cores=None,
+    quick=True,
 )
 
 
@@ -127,8 +122,8 @@ def compare(
     }
     diagonal_timing = common.timed_calls(diagonal, **timing, min_repeats=3)
     trace_timing = common.timed_calls(trace, **timing, min_repeats=3)
-    ours_diagonal = diagonal()
-    ours_trace = trace()
+    ours_diagonal: minsharp.CurvatureDiagonal = diagonal_timing.result  # type: ignore[assignment]
+    ours_trace: minsharp.CurvatureTrace = trace_timing.result  # type: ignore[assignment]
 
     brute: dict[str, Tensor] = {}
 
@@ -139,9 +134,7 @@ def compare(
         common.wait_until_quiet(wait_quiet_s)
     brute_timing = common.Timing()
     while True:
-        monitor = common.OtherLoad()
-        seconds = common.time_once(brute_force)
-        brute_timing.add(seconds, monitor.cores(), settings.max_other_cores)
+        brute_timing.call(brute_force, settings.max_other_cores)
         made = len(brute_timing.kept) + len(brute_timing.discarded)
         fastest = min(brute_timing.kept + brute_timing.discarded)
         if fastest < settings.brute_repeat_below_s:
@@ -190,15 +183,14 @@ HEADER = [
 ]
 
 
-def run(
+def run_dtype(
     settings: Settings, images: Tensor, labels: Tensor, dtype: torch.dtype, wait_quiet_s: float
 ) -> list[list]:
     """One table: every model at every size for ``dtype``, each line printed as it comes."""
     sizes = settings.float32_sizes if dtype == torch.float32 else settings.float64_sizes
     rows = []
     for name, build in settings.models.items():
-        torch.manual_seed(0)
-        model = copy.deepcopy(build()).to(dtype).eval()
+        model = common.untrained(build, dtype)
         for n in sizes:
             result = compare(model, images[:n].to(dtype), labels[:n], settings, wait_quiet_s)
             diagonal, trace, brute = result["diagonal"], result["trace"], result["brute"]
@@ -222,24 +214,17 @@ def run(
                     load,
                 ]
             )
-            print(" | ".join(str(cell) for cell in rows[-1]), flush=True)
+            common.print_row(rows[-1])
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.base_parser(__doc__.splitlines()[0], DEFAULT_OUTPUT)
-    args = parser.parse_args(argv)
+    args = common.base_parser(__doc__, DEFAULT_OUTPUT).parse_args(argv)
     settings = QUICK if args.quick else FULL
-    common.setup_torch(settings.threads)
-    quiet_note = common.wait_until_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
-    started = time.perf_counter()
-    other_load = common.OtherLoad()
-
+    run = common.Run(args, settings.threads)
     images, labels = common.mnist_test_images(
-        args.mnist, max(settings.float32_sizes + settings.float64_sizes)
+        args.mnist, max(settings.float32_sizes + settings.float64_sizes), settings.crop
     )
-    if settings.crop is not None:
-        images = images[:, :, settings.crop, settings.crop].contiguous()
 
     notes = [
         f"data: the first n MNIST test images ({args.mnist}), normalised to [−1, 1]"
@@ -263,31 +248,21 @@ def main(argv: list[str] | None = None) -> int:
         "max rel. diff diag H = max over all entries of |ours − brute| / |brute| (entries where "
         "both are exactly 0 count as 0)",
     ]
-    if args.quick:
-        notes.insert(0, common.QUICK_NOTE)
 
     sections = []
     for dtype in (torch.float32, torch.float64):
-        rows = run(settings, images, labels, dtype, args.wait_quiet)
+        rows = run_dtype(settings, images, labels, dtype, args.wait_quiet)
         label = PRECISION_LABELS[dtype]
         sections.append(f"## {label}\n\n" + common.markdown_table(HEADER, rows))
 
-    elapsed = time.perf_counter() - started
-    notes.append(f"total script time: {elapsed:.0f} s; {common.load_note()}")
-    notes.append(other_load.describe())
-    if quiet_note:
-        notes.append(
-            f"{quiet_note}; before each model/size it waits again, up to {args.wait_quiet:g} s"
-        )
-    text = common.machine_header(
+    if run.quiet_note:
+        run.quiet_note += f"; before each model/size it waits again, up to {args.wait_quiet:g} s"
+    return run.finish(
         "Exactness and speed: exact engine vs brute-force Hessian diagonal (paper Fig. 1)",
         "float32 (paper) and float64 (exactness check)",
         notes,
+        "\n".join(sections),
     )
-    text += "\n" + "\n".join(sections)
-    common.write_atomically(args.output, text)
-    print(f"wrote {args.output} in {elapsed:.0f} s", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,9 +16,11 @@ would need.
 
 Usage::
 
-    python benchmarks/peers.py                                  # 15-25 minutes on 2 cores
-    python benchmarks/peers.py --quick --output /tmp/peers.md   # seconds
-    make bench-setup                                            # installs the peers
+    python benchmarks/peers.py                                 # full run
+    python benchmarks/peers.py --quick --output /tmp/peers.md  # seconds
+    make bench-setup                                           # installs the peers
+
+A full run takes 15–25 minutes on 2 cores (an estimate: no full run is committed yet).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 
 import torch
 import torch.nn.functional as F
@@ -60,13 +63,12 @@ PEERS = (
     "ASDL exact Fisher diag",
     "nngeometry FIM PMatDiag",
 )
-HUTCHINSON = ("PyHessian", "curvlinops", "minsharp")
 #: Largest elements of BackPACK's (K, B, K) square-root Hessian factor: fixes B for large K.
 FACTOR_ELEMENTS = 1 << 28
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(common.BaseSettings):
     """What one run measures."""
 
     models: tuple[str, ...]
@@ -82,8 +84,6 @@ class Settings:
     hutchinson_size: int
     hutchinson_classes: int
     products: int
-    threads: int
-    max_other_cores: float | None
     hidden: dict[str, object] = field(default_factory=dict)
 
 
@@ -101,8 +101,6 @@ FULL = Settings(
     hutchinson_size=1000,
     hutchinson_classes=10,
     products=100,
-    threads=common.THREADS,
-    max_other_cores=common.QUIET_CORES,
 )
 QUICK = Settings(
     models=("mlp", "small_cnn"),
@@ -118,16 +116,15 @@ QUICK = Settings(
     hutchinson_size=32,
     hutchinson_classes=10,
     products=10,
-    threads=1,  # immune to stalls from other processes (see common.QUICK_NOTE)
-    max_other_cores=None,
     hidden={"hidden": [16, 8]},
+    quick=True,
 )
 
 
-def model_for(name: str, classes: int, image: int, settings: Settings) -> nn.Module:
+def model_for(name: str, classes: int, settings: Settings) -> nn.Module:
     options = settings.hidden if name == "mlp" else {}
-    torch.manual_seed(0)
-    return build_model(name, (1, image, image), classes, **options).eval()
+    shape = (1, settings.image, settings.image)
+    return common.untrained(lambda: build_model(name, shape, classes, **options))
 
 
 def batch_size(examples: int, classes: int, settings: Settings) -> int:
@@ -249,6 +246,14 @@ PEER_MODULES = {
     "PyHessian": "pyhessian",
     "curvlinops": "curvlinops",
 }
+#: The peers' distributions, whose versions the notes give.
+DISTRIBUTIONS = (
+    "backpack-for-pytorch",
+    "asdfghjkl",
+    "nngeometry",
+    "pyhessian",
+    "curvlinops-for-pytorch",
+)
 
 
 def exact_methods(model: nn.Module, available: dict[str, str]) -> dict[str, Method]:
@@ -328,17 +333,20 @@ def measure_configuration(
         common.wait_until_quiet(wait_quiet_s)
     for name in runnable:
         monitor = common.OtherLoad()
-        start = time.perf_counter()
-        value, memory = common.peak_memory_mib(lambda name=name: methods[name](data))
-        seconds = time.perf_counter() - start
+        value, memory, seconds = common.peak_memory_mib(lambda name=name: methods[name](data))
         outcome = outcomes[name]
         outcome.value, outcome.memory_mib = value, memory  # type: ignore[assignment]
         outcome.timing = common.Timing()
         outcome.timing.add(seconds, monitor.cores(), None)
     cheap = [name for name in runnable if predicted[name] <= settings.single_above_s]
     if cheap:
-        timings = interleaved(
-            {name: (lambda name=name: methods[name](data)) for name in cheap}, settings
+        timings, _ = common.timed_rounds(
+            {name: (lambda name=name: methods[name](data)) for name in cheap},
+            repeats=settings.repeats,
+            max_rounds=5 * settings.repeats,
+            max_other_cores=settings.max_other_cores,
+            per_call=True,
+            budget_s=settings.rounds_budget_s,
         )
         for name, timing in timings.items():
             outcomes[name].timing = timing
@@ -364,28 +372,6 @@ def one_batch_comparison(
         per_batch = predicted[name] / len(data)
         outcomes[name].batch_ratio = per_batch / ours
         outcomes[name].skipped += f"; one batch: {per_batch:.3g} s = {per_batch / ours:.0f}× ours"
-
-
-def interleaved(
-    functions: dict[str, Callable[[], object]], settings: Settings
-) -> dict[str, common.Timing]:
-    """Rounds over ``functions`` in rotating order until each has ``repeats`` kept calls."""
-    timings = {name: common.Timing() for name in functions}
-    names = list(functions)
-    start = time.perf_counter()
-    for round_number in range(5 * settings.repeats):
-        if all(len(t.kept) >= settings.repeats for t in timings.values()):
-            break
-        if round_number >= 1 and time.perf_counter() - start > settings.rounds_budget_s:
-            break
-        shift = round_number % len(names)
-        for name in names[shift:] + names[:shift]:
-            if len(timings[name].kept) >= settings.repeats:
-                continue
-            monitor = common.OtherLoad()
-            seconds = common.time_once(functions[name])
-            timings[name].add(seconds, monitor.cores(), settings.max_other_cores)
-    return timings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,7 +442,6 @@ def memory_verdict(outcomes: dict[str, Outcome]) -> str:
 def agreement(outcomes: dict[str, Outcome]) -> str:
     """Largest relative difference of any peer's diagonal (or trace) to ours."""
     ours = outcomes["minsharp diagonal"].value
-    trace = outcomes["minsharp trace"].value
     if ours is None:
         return "n/a"
     worst = 0.0
@@ -468,7 +453,6 @@ def agreement(outcomes: dict[str, Outcome]) -> str:
             worst = max(worst, abs(outcome.value.item() - ours.sum().item()) / ours.sum().item())
             continue
         worst = max(worst, (outcome.value - ours).abs().max().item() / scale)
-    del trace
     return f"{worst:.1e}"
 
 
@@ -479,7 +463,7 @@ def exact_tables(
     for model_name in settings.models:
         for examples in settings.sizes:
             for classes in settings.classes:
-                model = model_for(model_name, classes, settings.image, settings)
+                model = model_for(model_name, classes, settings)
                 generator = torch.Generator().manual_seed(1)
                 labels = torch.randint(0, classes, (examples,), generator=generator)
                 inputs = images[:examples]
@@ -533,7 +517,7 @@ def exact_tables(
                         "memory": {n: o.memory_mib for n, o in outcomes.items()},
                     }
                 )
-                print(" | ".join(str(cell) for cell in row), flush=True)
+                common.print_row(row)
     header = [
         "model",
         "params",
@@ -571,10 +555,18 @@ def exact_tables(
 def hutchinson_methods(
     model: nn.Module, inputs: Tensor, labels: Tensor, products: int, available: dict[str, str]
 ) -> dict[str, Callable[[], tuple[float, float | None]]]:
-    """Each implementation: () → (estimate, standard error or None)."""
+    """Each implementation: () → (estimate, standard error or None).
+
+    The peers' modules are looked up here, outside the timed calls.
+    """
+    peers = {
+        name: common.optional_module(PEER_MODULES[name])[0]
+        for name in ("PyHessian", "curvlinops")
+        if not available.get(name)
+    }
 
     def pyhessian() -> tuple[float, float | None]:
-        module, _ = common.optional_module("pyhessian")
+        module = peers["PyHessian"]
         computer = module.hessian(  # type: ignore[union-attr]
             model, nn.CrossEntropyLoss(), data=(inputs, labels), cuda=False
         )
@@ -583,7 +575,7 @@ def hutchinson_methods(
         return statistics.fmean(samples), statistics.stdev(samples) / math.sqrt(len(samples))
 
     def curvlinops() -> tuple[float, float | None]:
-        module, _ = common.optional_module("curvlinops")
+        module = peers["curvlinops"]
         operator = module.HessianLinearOperator(  # type: ignore[union-attr]
             model,
             nn.CrossEntropyLoss(),
@@ -603,13 +595,11 @@ def hutchinson_methods(
     return {name: f for name, f in implementations.items() if not available.get(name)}
 
 
-def hutchinson_table(
-    settings: Settings, images: Tensor, available: dict[str, str]
-) -> tuple[str, list[dict[str, object]]]:
-    rows, records = [], []
+def hutchinson_table(settings: Settings, images: Tensor, available: dict[str, str]) -> str:
+    rows = []
     classes, examples = settings.hutchinson_classes, settings.hutchinson_size
     for model_name in settings.hutchinson_models:
-        model = model_for(model_name, classes, settings.image, settings)
+        model = model_for(model_name, classes, settings)
         inputs = images[:examples]
         labels = torch.randint(0, classes, (examples,), generator=torch.Generator().manual_seed(1))
         exact_timing = common.timed_calls(
@@ -619,7 +609,7 @@ def hutchinson_table(
             repeats=settings.repeats,
             max_other_cores=settings.max_other_cores,
         )
-        exact = minsharp.hessian_trace(model, inputs, batch_size=examples).total
+        exact = exact_timing.result.total  # type: ignore[attr-defined]
         for name, run in hutchinson_methods(
             model, inputs, labels, settings.products, available
         ).items():
@@ -655,10 +645,7 @@ def hutchinson_table(
                     f"{monitor.cores() or 0.0:.2f}",
                 ]
             )
-            records.append(
-                {"model": model_name, "method": name, "seconds": seconds, "error": relative}
-            )
-            print(" | ".join(str(cell) for cell in rows[-1]), flush=True)
+            common.print_row(rows[-1])
     header = [
         "model",
         "Hutchinson",
@@ -675,7 +662,7 @@ def hutchinson_table(
         "bar: Hutchinson still ≥ 0.1 % off",
         "other load (cores)",
     ]
-    return common.markdown_table(header, rows), records
+    return common.markdown_table(header, rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -710,14 +697,13 @@ def plot_speedups(records: list[dict[str, object]], output: object) -> object | 
     if not drawn:
         plt.close(figure)  # type: ignore[attr-defined]
         return None
-    handles, labels = {}, []
+    handles = {}
     for axis in axes:
         for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
-    labels = list(handles)
     figure.legend(  # type: ignore[attr-defined]
-        [handles[label] for label in labels],
-        labels,
+        list(handles.values()),
+        list(handles),
         fontsize=6,
         loc="center left",
         bbox_to_anchor=(0.92, 0.5),
@@ -729,37 +715,25 @@ def main(argv: list[str] | None = None) -> int:
     # The peers' deprecation and hook warnings say nothing about the measurements.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
-    parser = common.base_parser(__doc__.splitlines()[0], DEFAULT_OUTPUT)
+    parser = common.base_parser(__doc__, DEFAULT_OUTPUT)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: the harness's)"
     )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
-    common.setup_torch(args.threads or settings.threads)
-    quiet_note = common.wait_until_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
-    started = time.perf_counter()
-    other_load = common.OtherLoad()
+    run = common.Run(args, args.threads or settings.threads)
 
     available = {name: common.optional_module(module)[1] for name, module in PEER_MODULES.items()}
-    images, _ = common.mnist_test_images(args.mnist, max(*settings.sizes, settings.hutchinson_size))
-    if settings.image != 28:
-        images = images[:, :, : settings.image, : settings.image].contiguous()
+    images, _ = common.mnist_test_images(
+        args.mnist, max(*settings.sizes, settings.hutchinson_size), slice(0, settings.image)
+    )
 
     exact, memory, records = exact_tables(settings, images, available, args.wait_quiet)
-    hutchinson, _ = hutchinson_table(settings, images, available)
+    hutchinson = hutchinson_table(settings, images, available)
     figure = plot_speedups(records, args.output)
 
     versions = []
-    for name in ("backpack", "asdl", "nngeometry", "pyhessian", "curvlinops"):
-        from importlib import metadata
-
-        distribution = {
-            "backpack": "backpack-for-pytorch",
-            "asdl": "asdfghjkl",
-            "pyhessian": "pyhessian",
-            "curvlinops": "curvlinops-for-pytorch",
-            "nngeometry": "nngeometry",
-        }[name]
+    for distribution in DISTRIBUTIONS:
         try:
             versions.append(f"{distribution} {metadata.version(distribution)}")
         except metadata.PackageNotFoundError:
@@ -767,7 +741,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f"{name}: {reason}" for name, reason in available.items() if reason]
     notes = [
         "peers: " + ", ".join(versions) + (("; absent: " + "; ".join(missing)) if missing else ""),
-        "models: `minsharp.models.build_model(name, (1, 28, 28), K)` untrained "
+        f"models: `minsharp.models.build_model(name, (1, {settings.image}, {settings.image}), K)` "
+        "untrained "
         "(torch.manual_seed(0)), eval mode, float32; data: the first N MNIST test images "
         "normalised to [−1, 1]; labels random in 0..K−1 (the Hessian does not depend on them)",
         "every method gets the same list of batches of B examples: B = min(N, "
@@ -798,25 +773,12 @@ def main(argv: list[str] | None = None) -> int:
         "Tr H))², from the observed spread (curvlinops returns no spread); the bar checks that "
         "Hutchinson at this many products is still visibly off while ours is exact",
     ]
-    if args.quick:
-        notes.insert(0, common.QUICK_NOTE)
-    elapsed = time.perf_counter() - started
-    notes.append(f"total script time: {elapsed:.0f} s; {common.load_note()}")
-    notes.append(other_load.describe())
-    if quiet_note:
-        notes.append(quiet_note)
-    text = common.machine_header(
-        "Exact Hessian diagonal and trace against the peers (one process)", "float32", notes
-    )
-    text += "\n## Time (exact diagonal and trace)\n\n" + exact
-    text += "\n## Peak memory of one call\n\n" + memory
-    text += "\n## Stochastic traces: Hutchinson at " + f"{settings.products} products\n\n"
-    text += hutchinson
-    if figure is not None:
-        text += f"\n![peer time over ours]({figure.name})\n"  # type: ignore[attr-defined]
-    common.write_atomically(args.output, text)
-    print(f"wrote {args.output} in {elapsed:.0f} s", file=sys.stderr)
-    return 0
+    body = "## Time (exact diagonal and trace)\n\n" + exact
+    body += "\n## Peak memory of one call\n\n" + memory
+    body += f"\n## Stochastic traces: Hutchinson at {settings.products} products\n\n"
+    body += hutchinson + common.figure_link(figure, "peer time over ours")  # type: ignore[arg-type]
+    title = "Exact Hessian diagonal and trace against the peers (one process)"
+    return run.finish(title, "float32", notes, body)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ peak memory of one call of each.
 
 Usage::
 
-    python benchmarks/scaling.py                                  # about 5 minutes
-    python benchmarks/scaling.py --quick --output /tmp/scaling.md # seconds
+    python benchmarks/scaling.py                                   # full run
+    python benchmarks/scaling.py --quick --output /tmp/scaling.md  # seconds
+
+A full run takes about 5 minutes (an estimate: no full run is committed yet).
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ from dataclasses import dataclass, replace
 import torch
 
 import common
-import cost_ratio
-from minsharp.models import count_parameters, mlp
+from minsharp.models import count_parameters
 
 DEFAULT_OUTPUT = common.RESULTS_DIR / "scaling.md"
 WORKLOADS = ("training", "trace", "diagonal")
@@ -41,7 +42,7 @@ class Point:
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(common.BaseSettings):
     """What one run measures."""
 
     base: Point
@@ -52,8 +53,6 @@ class Settings:
     classes: tuple[int, ...]
     budget_s: float  # timed rounds per point stop after about this long
     max_repeats: int
-    threads: int
-    max_other_cores: float | None
 
 
 FULL = Settings(
@@ -65,8 +64,6 @@ FULL = Settings(
     classes=(10, 100, 1000, 4000),
     budget_s=8.0,
     max_repeats=20,
-    threads=common.THREADS,
-    max_other_cores=common.QUIET_CORES,
 )
 QUICK = Settings(
     base=Point(32, (16, 16), 10),
@@ -77,9 +74,28 @@ QUICK = Settings(
     classes=(10, 30),
     budget_s=0.2,
     max_repeats=2,
-    threads=1,  # immune to stalls from other processes (see common.QUICK_NOTE)
-    max_other_cores=None,
+    quick=True,
 )
+
+
+HEADER = [
+    "axis",
+    "value",
+    "N",
+    "hidden",
+    "K",
+    "params",
+    "rounds kept",
+    "training step (ms)",
+    "hessian_trace (ms)",
+    "hessian_diagonal (ms)",
+    "trace / step",
+    "diagonal / step",
+    "peak MiB: step",
+    "peak MiB: trace",
+    "peak MiB: diagonal",
+    "max other load (cores)",
+]
 
 
 def axes(settings: Settings) -> dict[str, list[tuple[object, Point]]]:
@@ -97,39 +113,27 @@ def measure_point(
     point: Point, images: torch.Tensor, settings: Settings
 ) -> tuple[dict[str, common.Timing], dict[str, float | None], int, int]:
     """Timings and peak memory of the three workloads; rounds kept and made."""
-    torch.manual_seed(0)
-    model = mlp(784, list(point.hidden), point.classes)
     inputs = images[: point.examples].flatten(1)
-    labels = torch.randint(0, point.classes, (point.examples,))
-    functions = cost_ratio.workloads(model, inputs, labels)
+    model, functions = common.training_and_curvature(inputs, point.hidden, point.classes)
     start = time.perf_counter()
     for function in functions.values():
         function()  # warm-up
     one_round = time.perf_counter() - start
     memory = {name: common.peak_memory_mib(f)[1] for name, f in functions.items()}
     repeats = int(max(3, min(settings.max_repeats, settings.budget_s / max(one_round, 1e-6))))
-    timing_settings = cost_ratio.Settings(
-        examples=point.examples,
-        hidden=point.hidden,
-        classes=(point.classes,),
-        warmup=0,
+    timings, rounds = common.timed_rounds(
+        functions,
         repeats=repeats,
         max_rounds=5 * repeats,
-        threads=settings.threads,
         max_other_cores=settings.max_other_cores,
     )
-    timings, rounds = cost_ratio.measure(functions, timing_settings)
     return timings, memory, rounds, count_parameters(model)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.base_parser(__doc__.splitlines()[0], DEFAULT_OUTPUT)
-    args = parser.parse_args(argv)
+    args = common.base_parser(__doc__, DEFAULT_OUTPUT).parse_args(argv)
     settings = QUICK if args.quick else FULL
-    common.setup_torch(settings.threads)
-    quiet_note = common.wait_until_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
-    started = time.perf_counter()
-    other_load = common.OtherLoad()
+    run = common.Run(args, settings.threads)
     largest = max(*settings.examples, settings.base.examples)
     images, _ = common.mnist_test_images(args.mnist, largest)
 
@@ -156,27 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{max(t.max_other_cores for t in timings.values()):.2f}",
                 ]
             )
-            print(" | ".join(str(cell) for cell in rows[-1]), flush=True)
+            common.print_row(rows[-1])
 
     figure = plot(curves, args.output)
-    header = [
-        "axis",
-        "value",
-        "N",
-        "hidden",
-        "K",
-        "params",
-        "rounds kept",
-        "training step (ms)",
-        "hessian_trace (ms)",
-        "hessian_diagonal (ms)",
-        "trace / step",
-        "diagonal / step",
-        "peak MiB: step",
-        "peak MiB: trace",
-        "peak MiB: diagonal",
-        "max other load (cores)",
-    ]
     base = settings.base
     notes = [
         f"model: `minsharp.models.mlp(784, hidden, K)`, ReLU, untrained (torch.manual_seed(0)); "
@@ -185,28 +171,17 @@ def main(argv: list[str] | None = None) -> int:
         f"data: the first N MNIST test images ({args.mnist}), normalised to [−1, 1], "
         "flattened; random labels for the training step",
         "timing: one warm-up call each, then rounds of the three workloads in rotating order "
-        f"(`cost_ratio.measure`), about {settings.budget_s:g} s of rounds per point (3 to "
-        f"{settings.max_repeats} kept); a round during which other processes kept more than "
-        f"{settings.max_other_cores} cores busy is discarded; medians over kept rounds",
+        f"(`common.timed_rounds`, as in `cost_ratio.py`), about {settings.budget_s:g} s of "
+        f"rounds per point (3 to {settings.max_repeats} kept); a round during which other "
+        f"processes kept more than {settings.max_other_cores} cores busy is discarded; medians "
+        "over kept rounds",
         "ours: batch_size = N (one batch), the engine's default chunking of classes",
         common.MEMORY_METHOD,
     ]
-    if args.quick:
-        notes.insert(0, common.QUICK_NOTE)
-    elapsed = time.perf_counter() - started
-    notes.append(f"total script time: {elapsed:.0f} s; {common.load_note()}")
-    notes.append(other_load.describe())
-    if quiet_note:
-        notes.append(quiet_note)
-    text = common.machine_header(
-        "Scaling of the exact curvature with N, width, depth and K", "float32", notes
-    )
-    text += "\n" + common.markdown_table(header, rows)
-    if figure is not None:
-        text += f"\n![time against N, width, depth and K]({figure.name})\n"
-    common.write_atomically(args.output, text)
-    print(f"wrote {args.output} in {elapsed:.0f} s", file=sys.stderr)
-    return 0
+    body = common.markdown_table(HEADER, rows)
+    body += common.figure_link(figure, "time against N, width, depth and K")
+    title = "Scaling of the exact curvature with N, width, depth and K"
+    return run.finish(title, "float32", notes, body)
 
 
 def plot(curves: dict[str, list], output: object) -> object | None:

@@ -16,15 +16,16 @@ by their values. (Normalized sharpness, the other solver: ``normalized_sharpness
 
 Usage::
 
-    python benchmarks/solvers.py                                  # a few minutes
-    python benchmarks/solvers.py --quick --output /tmp/solvers.md # seconds
+    python benchmarks/solvers.py                                   # full run
+    python benchmarks/solvers.py --quick --output /tmp/solvers.md  # seconds
+
+A full run takes a few minutes (an estimate: no full run is committed yet).
 """
 
 from __future__ import annotations
 
 import math
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,17 +34,16 @@ from torch import Tensor, nn
 
 import common
 import minsharp
-from minsharp.data import load_mnist_split
-from minsharp.measures.minimum_sharpness import solve_scales
+from minsharp.measures.minimum_sharpness import ScaleSolution, solve_scales
 from minsharp.models import lenet, mlp, paper_mlp, small_cnn, small_mlp
 from minsharp.symmetry import chain_layers
-from minsharp.train import TrainingConfig, train_classifier
+from minsharp.train import TrainingConfig
 
 DEFAULT_OUTPUT = common.RESULTS_DIR / "solvers.md"
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(common.BaseSettings):
     """What one run measures."""
 
     models: dict[str, Callable[[], nn.Module]]
@@ -55,8 +55,6 @@ class Settings:
     steps: int
     learning_rates: tuple[float, ...]
     repeats: int
-    threads: int
-    max_other_cores: float | None
 
 
 FULL = Settings(
@@ -74,8 +72,6 @@ FULL = Settings(
     steps=10_000,
     learning_rates=(1.0, 0.1),
     repeats=20,
-    threads=common.THREADS,
-    max_other_cores=common.QUIET_CORES,
 )
 QUICK = Settings(
     models={"tiny MLP 64-8-8-10": lambda: mlp(64, [8, 8], 10)},
@@ -87,9 +83,28 @@ QUICK = Settings(
     steps=200,
     learning_rates=(1.0, 0.1),
     repeats=2,
-    threads=1,  # immune to stalls from other processes (see common.QUICK_NOTE)
-    max_other_cores=None,
+    quick=True,
 )
+
+
+HEADER = [
+    "model",
+    "state",
+    "layers L",
+    "Tr H",
+    "ours: method",
+    "ours: Newton steps",
+    "ours: solve (ms)",
+    "ours: MS",
+    "ours: ‖∇_u F‖/F",
+    "SGD step",
+    "authors' SGD: s",
+    "authors' SGD: MS",
+    "authors' SGD: ‖∇_u F‖/F",
+    "SGD / ours − 1",
+    "SGD time / ours",
+    "max other load (cores)",
+]
 
 
 def objective(weight: Tensor, bias: Tensor, u: Tensor) -> Tensor:
@@ -111,18 +126,13 @@ def certificate(weight: Tensor, bias: Tensor, u: Tensor) -> tuple[float, float]:
     return float(value.detach()), float(gradient.norm()) / float(value.detach())
 
 
-def authors_procedure(weight: Tensor, bias: Tensor, steps: int, lr: float) -> tuple[Tensor, float]:
-    """SGD with a fixed step on ``F(u) / F(0)`` from u = 0; the final u and the seconds taken."""
+def authors_procedure(
+    weight: Tensor, bias: Tensor, steps: int, lr: float
+) -> tuple[Tensor, float, float]:
+    """SGD with a fixed step on ``F(u) / F(0)`` from u = 0: the final u, seconds, other load."""
     u = torch.zeros(weight.shape[0] - 1, dtype=torch.float64, requires_grad=True)
-    scale = float(objective(weight, bias, u.detach()))
-    optimizer = torch.optim.SGD([u], lr=lr)
-    start = time.perf_counter()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = objective(weight, bias, u) / scale
-        loss.backward()
-        optimizer.step()
-    return u.detach(), time.perf_counter() - start
+    seconds, other = common.scaled_descent(lambda: objective(weight, bias, u), [u], steps, lr)
+    return u.detach(), seconds, other
 
 
 def layer_traces(model: nn.Module, inputs: Tensor) -> tuple[Tensor, Tensor]:
@@ -138,12 +148,13 @@ def compare(
     label: str, state: str, model: nn.Module, inputs: Tensor, settings: Settings
 ) -> list[list[object]]:
     weight, bias = layer_traces(model, inputs)
+    weights, biases = weight.tolist(), bias.tolist()
     timing = common.timed_calls(
-        lambda: solve_scales(weight.tolist(), bias.tolist()),
+        lambda: solve_scales(weights, biases),
         repeats=settings.repeats,
         max_other_cores=settings.max_other_cores,
     )
-    solution = solve_scales(weight.tolist(), bias.tolist())
+    solution: ScaleSolution = timing.result  # type: ignore[assignment]
     if solution.alphas is not None:
         ours_u = torch.tensor([math.log(a) for a in solution.alphas[:-1]], dtype=torch.float64)
         ours_value, ours_kkt = certificate(weight, bias, ours_u)
@@ -151,8 +162,7 @@ def compare(
         ours_value, ours_kkt = solution.value, float("nan")
     rows = []
     for lr in settings.learning_rates:
-        monitor = common.OtherLoad()
-        gd_u, gd_seconds = authors_procedure(weight, bias, settings.steps, lr)
+        gd_u, gd_seconds, gd_other = authors_procedure(weight, bias, settings.steps, lr)
         gd_value, gd_kkt = certificate(weight, bias, gd_u)
         finite = math.isfinite(gd_value)
         rows.append(
@@ -172,89 +182,47 @@ def compare(
                 f"{gd_kkt:.1e}" if finite else "—",
                 f"{gd_value / ours_value - 1:.1e}" if finite else "—",
                 f"{gd_seconds / timing.median:.0f}×",
-                f"{max(timing.max_other_cores, monitor.cores() or 0.0):.2f}",
+                f"{max(timing.max_other_cores, gd_other):.2f}",
             ]
         )
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.base_parser(__doc__.splitlines()[0], DEFAULT_OUTPUT)
-    args = parser.parse_args(argv)
+    args = common.base_parser(__doc__, DEFAULT_OUTPUT).parse_args(argv)
     settings = QUICK if args.quick else FULL
-    common.setup_torch(settings.threads)
-    quiet_note = common.wait_until_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
-    started = time.perf_counter()
-    other_load = common.OtherLoad()
-    images, labels = load_mnist_split(args.mnist, "test")
-    if settings.crop is not None:
-        images = images[:, :, settings.crop, settings.crop].contiguous()
+    run = common.Run(args, settings.threads)
+    images, labels = common.mnist_test_images(
+        args.mnist, settings.training_images.stop, settings.crop
+    )
     measured = images[: settings.examples].double()
 
     rows = []
     for label, build in settings.models.items():
-        torch.manual_seed(0)
-        model = build().double().eval()
-        rows += compare(label, "init", model, measured, settings)
-        print(" | ".join(str(cell) for cell in rows[-1]), flush=True)
-        if label in settings.trained:
-            train_x = images[settings.training_images].double()
-            train_y = labels[settings.training_images]
-            train_classifier(model, train_x, train_y, settings.training)
-            model.eval()
-            rows += compare(label, "trained", model, measured, settings)
-            print(" | ".join(str(cell) for cell in rows[-1]), flush=True)
+        model = common.untrained(build, torch.float64)
+        states = ("init", "trained") if label in settings.trained else ("init",)
+        for state in states:
+            if state == "trained":
+                common.train_on_test_images(
+                    model, images, labels, settings.training_images, settings.training
+                )
+            for row in compare(label, state, model, measured, settings):
+                rows.append(row)
+                common.print_row(row)
 
-    header = [
-        "model",
-        "state",
-        "layers L",
-        "Tr H",
-        "ours: method",
-        "ours: Newton steps",
-        "ours: solve (ms)",
-        "ours: MS",
-        "ours: ‖∇_u F‖/F",
-        "SGD step",
-        "authors' SGD: s",
-        "authors' SGD: MS",
-        "authors' SGD: ‖∇_u F‖/F",
-        "SGD / ours − 1",
-        "SGD time / ours",
-        "max other load (cores)",
-    ]
-    config = settings.training
     notes = [
         f"traces: `minsharp.hessian_trace` over the first {settings.examples} MNIST test images "
         "(normalised to [−1, 1]), float64 models; layer order from `minsharp.symmetry."
         "chain_layers`",
-        f"states: `init` = torch.manual_seed(0); `trained` = then `train_classifier` on test "
-        f"images {settings.training_images.start}..{settings.training_images.stop - 1} (SGD "
-        f"momentum {config.momentum}, weight decay {config.weight_decay:g}, batch "
-        f"{config.batch_size}, lr {config.lr:g}/(1 + {config.lr_decay:g} t), {config.epochs} "
-        "epochs)",
+        common.training_note(settings.training_images, settings.training),
         f"ours: `solve_scales` timed over {settings.repeats} calls after a warm-up "
         "(contention-filtered); certificate recomputed by this script with autograd",
         f"authors' procedure: {settings.steps} steps of `torch.optim.SGD` on F(u)/F(0) from "
         "u = 0, float64, one run per step size (its time includes autograd): lr = 1 as in "
-        "the authors' code, and lr = 0.1, a fixed step small enough not to diverge here",
+        "the authors' code, and the smaller fixed step lr = 0.1 ('diverged' where a run did)",
     ]
-    if args.quick:
-        notes.insert(0, common.QUICK_NOTE)
-    elapsed = time.perf_counter() - started
-    notes.append(f"total script time: {elapsed:.0f} s; {common.load_note()}")
-    notes.append(other_load.describe())
-    if quiet_note:
-        notes.append(quiet_note)
-    text = common.machine_header(
-        "Minimum Sharpness: Newton over the layer scales against 10 000 gradient steps",
-        "float64",
-        notes,
-    )
-    text += "\n" + common.markdown_table(header, rows)
-    common.write_atomically(args.output, text)
-    print(f"wrote {args.output} in {elapsed:.0f} s", file=sys.stderr)
-    return 0
+    title = "Minimum Sharpness: Newton over the layer scales against 10 000 gradient steps"
+    return run.finish(title, "float64", notes, common.markdown_table(HEADER, rows))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def run_quick(script: str, output: Path) -> str:
+def run_python(*arguments: str) -> subprocess.CompletedProcess:
+    """Run this Python from the repository root; it must succeed."""
     completed = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick", "--output", str(output)],
+        [sys.executable, *arguments],
         capture_output=True,
         text=True,
         timeout=120,
@@ -28,6 +29,11 @@ def run_quick(script: str, output: Path) -> str:
         cwd=REPO,
     )
     assert completed.returncode == 0, completed.stderr
+    return completed
+
+
+def run_quick(script: str, output: Path) -> str:
+    completed = run_python(str(BENCHMARKS / script), "--quick", "--output", str(output))
     assert "Traceback" not in completed.stderr
     text = output.read_text(encoding="utf-8")
     assert "QUICK MODE" in text
@@ -43,6 +49,13 @@ def table_rows(text: str, first_cell: str) -> list[list[str]]:
         if line.startswith(f"| {first_cell}"):
             rows.append([cell.strip() for cell in line.strip("|").split("|")])
     return rows
+
+
+def table(text: str, header_start: str, *first_cells: str) -> tuple[list[str], list[list[str]]]:
+    """The header row that starts so, and the rows of its width that start with a first cell."""
+    header = table_rows(text, header_start)[0]
+    rows = [row for first in first_cells for row in table_rows(text, first)]
+    return header, [row for row in rows if len(row) == len(header)]
 
 
 def test_paper_exactness_speed_quick(tmp_path) -> None:
@@ -114,9 +127,7 @@ PEER_COLUMNS = (
 def test_peers_quick(tmp_path) -> None:
     """Every peer either ran (a time and a ratio) or says why not; ours always ran."""
     text = run_quick("peers.py", tmp_path / "peers.md")
-    header = table_rows(text, "model | params")[0]
-    rows = [row for row in table_rows(text, "mlp") + table_rows(text, "SmallCNN")]
-    timed = [row for row in rows if len(row) == len(header)]
+    header, timed = table(text, "model | params", "mlp", "SmallCNN")
     assert len(timed) == 4  # two models × two class counts
     for row in timed:
         assert float(row[header.index("ours: diagonal (s)")]) > 0
@@ -146,16 +157,12 @@ def test_peers_quick_without_any_peer_installed(tmp_path) -> None:
             f"runpy.run_path({str(script)!r}, run_name='__main__')",
         ]
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", hide], capture_output=True, text=True, timeout=120, cwd=REPO
-    )
-    assert completed.returncode == 0, completed.stderr
+    run_python("-c", hide)
     text = output.read_text(encoding="utf-8")
     assert "absent: " in text
-    header = table_rows(text, "model | params")[0]
-    for row in table_rows(text, "mlp"):
-        if len(row) != len(header):
-            continue
+    header, timed = table(text, "model | params", "mlp")
+    assert timed
+    for row in timed:
         assert float(row[header.index("ours: diagonal (s)")]) > 0
         for column in PEER_COLUMNS:
             assert row[header.index(column)] == "not run (not installed)"
@@ -163,8 +170,7 @@ def test_peers_quick_without_any_peer_installed(tmp_path) -> None:
 
 def test_approximation_quick(tmp_path) -> None:
     text = run_quick("approximation.py", tmp_path / "approx.md")
-    header = table_rows(text, "model | dtype")[0]
-    rows = [row for row in table_rows(text, "tiny MLP") if len(row) == len(header)]
+    header, rows = table(text, "model | dtype", "tiny MLP")
     assert {row[header.index("directions")] for row in rows} == {"gaussian", "rademacher"}
     for row in rows:
         assert float(row[header.index("rel. error of diag (‖d̂ − d‖₂/‖d‖₂)")]) > 0
@@ -188,8 +194,7 @@ def test_scaling_quick(tmp_path) -> None:
 
 def test_solvers_quick(tmp_path) -> None:
     text = run_quick("solvers.py", tmp_path / "solvers.md")
-    header = table_rows(text, "model | state")[0]
-    rows = [row for row in table_rows(text, "tiny MLP") if len(row) == len(header)]
+    header, rows = table(text, "model | state", "tiny MLP")
     assert {row[header.index("state")] for row in rows} == {"init", "trained"}
     for row in rows:
         assert float(row[header.index("ours: ‖∇_u F‖/F")]) <= 1e-10, row
@@ -211,22 +216,7 @@ def test_report_assembles_the_results(tmp_path) -> None:
         "# Cost\n\n| K | trace bar ≤ 2× |\n| --- | --- |\n| 10 | PASS |\n", encoding="utf-8"
     )
     output = tmp_path / "docs" / "benchmarks.md"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "report.py"),
-            "--results",
-            str(results),
-            "--output",
-            str(output),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=REPO,
-    )
-    assert completed.returncode == 0, completed.stderr
+    run_python(str(BENCHMARKS / "report.py"), "--results", str(results), "--output", str(output))
     text = output.read_text(encoding="utf-8")
     assert text.startswith("# Benchmarks")
     assert "### Peers title" in text and "#### Time" in text
