@@ -12,29 +12,27 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tests import studies
+from tests.studies import PNG_MAGIC, TrainingSpy, command_round_trip, quiet
 from torch import nn
 from torch.func import functional_call
 
 import minsharp.study.bn_sharpness as bn_study
 from minsharp.bn_training import RADIUS_SEED_OFFSET, BNSharpnessPenalty, combined_gradient
 from minsharp.cli import main
-from minsharp.errors import MinsharpError, ModelError, StudyError
+from minsharp.errors import MinsharpError, ModelError
 from minsharp.measures.bn_sharpness import batchnorm_rows
 from minsharp.study import base
 from minsharp.study.bn_sharpness import (
     BN_SHARPNESS,
     BNSharpnessConfig,
     calibrated_copy,
-    from_mapping,
     paper_preset,
     preset,
-    stored,
 )
 from minsharp.study.bn_sharpness_report import write_report
 from minsharp.study.presets import ModelPlan
 from minsharp.train import TrainingConfig, train_classifier
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def tiny_net() -> nn.Sequential:
@@ -198,30 +196,20 @@ def test_calibrated_copy_takes_the_training_set_statistics():
 
 def tiny(**changes) -> BNSharpnessConfig:
     """Digits, an MLP 64-8-10 with batch-norm, λ ∈ {0, 0.5}, 2 seeds, 2 epochs."""
-    config = BNSharpnessConfig(
-        preset="demo",
-        dataset="digits",
-        train_size=120,
-        test_size=60,
-        data_seed=0,
+    return studies.tiny(
+        BNSharpnessConfig,
+        changes,
         weights=(0.0, 0.5),
         delta=0.05,
         seeds=(0, 1),
         models=(ModelPlan("mlp_bn", "mlp", {"hidden": [8], "batchnorm": True}),),
         training={"epochs": 2, "batch_size": 32, "lr": 0.05},
     )
-    return dataclasses.replace(config, **changes) if changes else config
-
-
-def quiet(line: str) -> None:
-    """Swallow the runner's progress lines."""
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("bn")
-    base.run_study(BN_SHARPNESS, tiny(), directory, echo=quiet)
-    return directory
+    return studies.finished_study(tmp_path_factory, BN_SHARPNESS, tiny())
 
 
 def test_the_study_pairs_runs_by_seed_and_records_before_after_and_cost(finished):
@@ -250,14 +238,9 @@ def test_the_study_pairs_runs_by_seed_and_records_before_after_and_cost(finished
 def test_the_report_renders_the_verdict_figures_and_csv(finished):
     report = write_report(finished)
     text = report.path.read_text()
-    for heading in (
-        "## Verdict",
-        "## Results per penalty weight",
-        "### Extra cost per step",
-        "## How this run differs from the paper",
-        "## Machine and versions",
-    ):
-        assert heading in text
+    studies.assert_sections(
+        text, "## Verdict", "## Results per penalty weight", "### Extra cost per step"
+    )
     assert "λ = 0.5" in report.summary and "points over plain SGD" in report.summary
     assert [p.name for p in report.figures] == ["test_accuracy.png", "bn_sharpness.png"]
     for path in report.figures:
@@ -272,11 +255,7 @@ def test_resume_keeps_finished_runs_and_redoes_a_truncated_one(tmp_path, monkeyp
     base.run_study(BN_SHARPNESS, tiny(seeds=(0,)), tmp_path, echo=quiet)
     target = tmp_path / "runs" / "mlp_bn_l0.5_s0" / "result.json"
     target.write_text(target.read_text()[:100])
-    calls = []
-    original = bn_study.train_classifier
-    monkeypatch.setattr(
-        bn_study, "train_classifier", lambda *a, **k: calls.append(a[3]) or original(*a, **k)
-    )
+    calls = TrainingSpy(monkeypatch, bn_study).configs
     outcome = base.run_study(BN_SHARPNESS, tiny(seeds=(0,)), tmp_path, echo=quiet)
     assert outcome.reused == ["mlp_bn_l0_s0"] and outcome.trained == ["mlp_bn_l0.5_s0"]
     assert len(calls) == 1 and calls[0].bn_sharpness_weight == 0.5
@@ -284,57 +263,17 @@ def test_resume_keeps_finished_runs_and_redoes_a_truncated_one(tmp_path, monkeyp
 
 def test_the_command_runs_resumes_and_reports(tmp_path, capsys):
     output = str(tmp_path / "bn")
-    command = [
-        "study",
-        "bn-sharpness",
-        "--output",
-        output,
-        "--train-size",
-        "120",
-        "--test-size",
-        "60",
-        "--seeds",
-        "0",
-        "--hidden",
-        "8",
-        "--epochs",
-        "1",
-        "--threads",
-        "1",
-        "--no-progress",
-    ]
-    assert main(command) == 0
-    out = capsys.readouterr().out
-    assert "2 runs trained, 0 reused" in out and "points over plain SGD" in out
-    assert main(command) == 0
-    assert "0 runs trained, 2 reused" in capsys.readouterr().out
-    assert main(["report", output]) == 0
-    assert "BN-sharpness training vs plain SGD" in capsys.readouterr().out
+    command = ["study", "bn-sharpness", "--output", output, *studies.TINY_FLAGS, "--epochs", "1"]
+    out, report = command_round_trip(capsys, command, ["report", output])
+    assert "points over plain SGD" in out
+    assert "BN-sharpness training vs plain SGD" in report
     study = json.loads((Path(output) / "study.json").read_text())
     assert study["kind"] == "bn-sharpness"
     assert main(["study", "randomized-labels", "--output", output, "--no-report"]) == 2
     assert "holds a 'bn-sharpness' study" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"weights": [0.5, 1.0]}, "weights must hold 0"),
-        ({"weights": [0, 0]}, "weights must be distinct"),
-        ({"delta": 1.5}, r"delta must be a number in \(0, 1\]"),
-        ({"training": {"bn_sharpness_weight": 1.0}}, "set the penalty"),
-        ({"models": [{"name": "plain", "zoo": "mlp"}]}, "has no batch-norm"),
-        ({"measures": ["hessian_trace"]}, "must include bn_sharpness"),
-    ],
-)
-def test_invalid_configurations_are_explained(changes, message):
-    with pytest.raises(StudyError, match=message):
-        from_mapping(changes, base=preset("demo"))
-
-
-def test_the_presets_are_valid_and_stored_configs_round_trip():
-    for name in bn_study.PRESETS:
-        assert stored(preset(name).to_dict()) == preset(name)
+def test_the_paper_and_cpu_presets():
     paper = paper_preset()
     assert paper.dataset == "cifar10" and 0.0 in paper.weights
     assert preset("cpu").models[0].options == {"batchnorm": True}

@@ -1,18 +1,21 @@
-"""The randomized-label study: runner, resume, configuration checks, report and commands."""
+"""The randomized-label study (runner, resume, report, commands) and every kind's configs."""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 from pathlib import Path
 
 import pytest
+from tests import studies
+from tests.studies import PNG_MAGIC, TrainingSpy, command_round_trip, quiet
 
 import minsharp.study.runner as runner
 from minsharp.cli import main
 from minsharp.errors import ModelError, StudyError
+from minsharp.study.base import StudyOutcome
+from minsharp.study.kinds import KINDS
 from minsharp.study.presets import (
     PRESETS,
     ModelPlan,
@@ -25,7 +28,8 @@ from minsharp.study.presets import (
     read_config_file,
     stored_config,
 )
-from minsharp.study.report import DIFFERS, SAME, paper_differences, read_records, write_report
+from minsharp.study.report import paper_differences, read_records, write_report
+from minsharp.study.reporting import DIFFERS, SAME
 from minsharp.study.runner import plan_runs, read_result, run_study
 from minsharp.train import accuracy, load_checkpoint
 
@@ -34,59 +38,35 @@ MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 #: Cheap measures: one exact, one with a solver, and one that fails on every MLP (no batch-norm).
 MEASURES = ("hessian_trace", "minimum_sharpness")
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
 
 def tiny(**changes) -> StudyConfig:
     """Digits, 2 ratios × 2 seeds, an MLP 64-8-10, 2 epochs: a whole study in about a second."""
-    config = StudyConfig(
-        preset="demo",
-        dataset="digits",
-        train_size=120,
-        test_size=60,
-        data_seed=0,
-        corruption="permute",
+    return studies.tiny(
+        StudyConfig,
+        changes,
         ratios=(0.0, 1.0),
         seeds=(0, 1),
         models=(ModelPlan("mlp", "mlp", {"hidden": [8]}),),
         training={"epochs": 2, "batch_size": 32, "lr": 0.05},
         measures=MEASURES,
     )
-    return dataclasses.replace(config, **changes) if changes else config
 
 
-def quiet(line: str) -> None:
-    """Swallow the runner's progress lines."""
-
-
-def study(directory: Path, config: StudyConfig | None = None, **options) -> runner.StudyOutcome:
+def study(directory: Path, config: StudyConfig | None = None, **options) -> StudyOutcome:
     return run_study(config or tiny(), directory, echo=quiet, **options)
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished tiny study with its report, shared by the read-only tests."""
-    directory = tmp_path_factory.mktemp("study")
-    run_study(tiny(), directory, echo=quiet)
+    directory = studies.finished_study(tmp_path_factory, runner.RANDOMIZED_LABELS, tiny())
     write_report(directory, resamples=50)
     return directory
 
 
-class CountingTraining:
+def counting_training(monkeypatch, **options) -> TrainingSpy:
     """Replaces ``train_classifier`` in the runner, counting (and optionally failing) calls."""
-
-    def __init__(self, monkeypatch, fail_at: int | None = None, error=KeyboardInterrupt):
-        self.calls: list[int] = []
-        self.fail_at = fail_at
-        self.error = error
-        self.original = runner.train_classifier
-        monkeypatch.setattr(runner, "train_classifier", self)
-
-    def __call__(self, model, inputs, labels, config, **options):
-        self.calls.append(config.seed)
-        if self.fail_at is not None and len(self.calls) == self.fail_at:
-            raise self.error("stopped here")
-        return self.original(model, inputs, labels, config, **options)
+    return TrainingSpy(monkeypatch, runner, **options)
 
 
 # --------------------------------------------------------------------------- the runner
@@ -149,9 +129,9 @@ def test_resume_retrains_only_the_missing_and_the_corrupt_runs(tmp_path, monkeyp
     corrupt = runs / "mlp_r0_s1" / "result.json"
     corrupt.write_text(corrupt.read_text()[:200])  # a truncated write
     untouched = (runs / "mlp_r0_s0" / "result.json").read_bytes()
-    counter = CountingTraining(monkeypatch)
+    counter = counting_training(monkeypatch)
     outcome = study(tmp_path)
-    assert len(counter.calls) == 2
+    assert len(counter.seeds) == 2
     assert sorted(outcome.trained) == ["mlp_r0_s1", "mlp_r1_s0"]
     assert sorted(outcome.reused) == ["mlp_r0_s0", "mlp_r1_s1"]
     assert list(outcome.redone) == ["mlp_r0_s1"]
@@ -162,27 +142,27 @@ def test_resume_retrains_only_the_missing_and_the_corrupt_runs(tmp_path, monkeyp
 
 
 def test_a_killed_study_continues_where_it_stopped(tmp_path, monkeypatch):
-    counter = CountingTraining(monkeypatch, fail_at=3)
+    counter = counting_training(monkeypatch, fail_at=3)
     with pytest.raises(KeyboardInterrupt):
         study(tmp_path)
-    assert len(counter.calls) == 3
+    assert len(counter.seeds) == 3
     assert len(list((tmp_path / "runs").glob("*/result.json"))) == 2
-    counter = CountingTraining(monkeypatch)
+    counter = counting_training(monkeypatch)
     outcome = study(tmp_path)
-    assert len(counter.calls) == 2
+    assert len(counter.seeds) == 2
     assert len(outcome.reused) == 2 and len(outcome.trained) == 2
     assert not read_records(tmp_path).unfinished
 
 
 def test_a_failed_training_is_recorded_and_retried(tmp_path, monkeypatch):
-    CountingTraining(monkeypatch, fail_at=1, error=ModelError)
+    counting_training(monkeypatch, fail_at=1, error=ModelError)
     outcome = study(tmp_path)
     assert list(outcome.failed) == ["mlp_r0_s0"] and "stopped here" in outcome.failed["mlp_r0_s0"]
     stored = json.loads((tmp_path / "runs" / "mlp_r0_s0" / "result.json").read_text())
     assert stored["status"] == "failed" and stored["error"] == "ModelError"
-    counter = CountingTraining(monkeypatch)
+    counter = counting_training(monkeypatch)
     outcome = study(tmp_path)
-    assert counter.calls == [0] and outcome.trained == ["mlp_r0_s0"]
+    assert counter.seeds == [0] and outcome.trained == ["mlp_r0_s0"]
     assert "failed" in outcome.redone["mlp_r0_s0"]
 
 
@@ -218,10 +198,10 @@ def test_another_configuration_in_the_same_directory_is_refused(tmp_path, monkey
         study(tmp_path, tiny(seeds=(0,), ratios=(0.0, 0.5)))
     with pytest.raises(StudyError, match="--force"):
         study(tmp_path, tiny(seeds=(0,), training={"epochs": 3, "batch_size": 32, "lr": 0.05}))
-    counter = CountingTraining(monkeypatch)
+    counter = counting_training(monkeypatch)
     outcome = study(tmp_path, tiny(seeds=(0,), ratios=(0.0, 0.5)), force=True)
     assert outcome.reused == ["mlp_r0_s0"] and outcome.trained == ["mlp_r0.5_s0"]
-    assert len(counter.calls) == 1
+    assert len(counter.seeds) == 1
     changed = tiny(seeds=(0,), ratios=(0.0, 0.5), measures=("hessian_trace",))
     outcome = study(tmp_path, changed, force=True)
     assert sorted(outcome.redone) == ["mlp_r0.5_s0", "mlp_r0_s0"]
@@ -238,10 +218,10 @@ def test_a_foreign_directory_is_refused(tmp_path):
 
 
 def test_a_model_that_cannot_take_the_data_fails_before_training(tmp_path, monkeypatch):
-    counter = CountingTraining(monkeypatch)
+    counter = counting_training(monkeypatch)
     with pytest.raises(StudyError, match=r"model 'lenet' cannot be built .* shape \(64,\)"):
         study(tmp_path, tiny(models=(ModelPlan("lenet", "lenet"),)))
-    assert counter.calls == []
+    assert counter.seeds == []
 
 
 def test_the_grid_runs_trial_by_trial_with_shared_corruption_per_trial():
@@ -273,6 +253,14 @@ def test_the_presets_are_valid_and_the_paper_preset_is_math_section_6():
     assert cpu.dataset == "mnist" and cpu.models[0].zoo == "paper_mlp"
     assert {"minimum_sharpness", "normalized_sharpness"} <= set(cpu.measures)
     assert cpu.runs == 22
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_kind_s_presets_are_valid_and_round_trip_through_study_json(kind):
+    entry = KINDS[kind]
+    assert entry.presets == ("demo", "cpu", "paper")
+    for name in entry.presets:
+        assert entry.study.stored_config(entry.preset(name).to_dict()) == entry.preset(name)
 
 
 def test_paper_differences_name_every_changed_setting():
@@ -318,9 +306,9 @@ def test_a_config_file_modifies_a_preset(tmp_path):
         read_config_file(path, base=preset("demo"))
 
 
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
+#: Invalid settings of each kind, applied to its demo preset, with what the error says.
+INVALID = {
+    "randomized-labels": [
         ({"ratios": [1.5]}, r"ratios must be numbers in \[0, 1\]"),
         ({"ratios": [0.1, 0.10001]}, "distinct to four decimals"),
         ({"seeds": [0, 0]}, "seeds must be distinct"),
@@ -332,10 +320,32 @@ def test_a_config_file_modifies_a_preset(tmp_path):
         ({"measure_options": {"hessian_trace": {"sample": 3}}}, "no study option 'sample'"),
         ({"dataset": "imagenet"}, "unknown data set 'imagenet'"),
     ],
+    "batch-size": [
+        ({"batch_sizes": [64]}, "batch_sizes must be at least two integers"),
+        ({"batch_sizes": [64, 64]}, "distinct positive integers"),
+        ({"training": {"batch_size": 32}}, "set batch_size"),
+        ({"rescale_spread": 1.0}, "rescale_spread must be a number above 1"),
+        ({"measures": ["quotient_flatnes"]}, "Did you mean quotient_flatness"),
+    ],
+    "bn-sharpness": [
+        ({"weights": [0.5, 1.0]}, "weights must hold 0"),
+        ({"weights": [0, 0]}, "weights must be distinct"),
+        ({"delta": 1.5}, r"delta must be a number in \(0, 1\]"),
+        ({"training": {"bn_sharpness_weight": 1.0}}, "set the penalty"),
+        ({"models": [{"name": "plain", "zoo": "mlp"}]}, "has no batch-norm"),
+        ({"measures": ["hessian_trace"]}, "must include bn_sharpness"),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "changes", "message"),
+    [(kind, changes, message) for kind, cases in INVALID.items() for changes, message in cases],
 )
-def test_invalid_configurations_are_explained(changes, message):
+def test_invalid_configurations_are_explained(kind, changes, message):
+    kind_preset = KINDS[kind].preset
     with pytest.raises(StudyError, match=message):
-        config_from_mapping(changes, base=preset("demo"))
+        config_from_mapping(changes, base=kind_preset("demo"), presets=kind_preset)
 
 
 def test_ratio_labels_name_runs_uniquely():
@@ -344,10 +354,10 @@ def test_ratio_labels_name_runs_uniquely():
 
 @pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"no MNIST test split at {MNIST_DIR}")
 def test_the_cpu_preset_data_fit_the_mnist_test_split_alone(tmp_path, monkeypatch):
-    counter = CountingTraining(monkeypatch, fail_at=1, error=KeyboardInterrupt)
+    counter = counting_training(monkeypatch, fail_at=1, error=KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):  # stop at the first training: data and models load
         run_study(cpu_preset(), tmp_path, data_root=MNIST_DIR, echo=quiet)
-    assert len(counter.calls) == 1
+    assert len(counter.seeds) == 1
     data = json.loads((tmp_path / "study.json").read_text())["data"]
     assert data["split_kind"] == "from-test-files"
     assert data["sizes"] == {"train": 4000, "test": 2000}
@@ -358,17 +368,7 @@ def test_the_cpu_preset_data_fit_the_mnist_test_split_alone(tmp_path, monkeypatc
 
 def test_the_report_renders_markdown_figures_and_csv(finished):
     text = (finished / "report.md").read_text()
-    for heading in (
-        "## Results",
-        "## What was run",
-        "## How this run differs from the paper",
-        "## Machine and versions",
-        "Kendall τ-b",
-        "Spearman ρ",
-        "ψ ratio",
-        "Ψ",
-    ):
-        assert heading in text
+    studies.assert_sections(text, "## Results", "Kendall τ-b", "Spearman ρ", "ψ ratio", "Ψ")
     for name in MEASURES:
         assert f"| `{name}` |" in text
         assert f"figures/gap_{name}.png" in text
@@ -392,7 +392,7 @@ def test_the_report_renders_markdown_figures_and_csv(finished):
 
 
 def test_a_partial_study_reports_what_is_missing(tmp_path, monkeypatch):
-    CountingTraining(monkeypatch, fail_at=2)
+    counting_training(monkeypatch, fail_at=2)
     with pytest.raises(KeyboardInterrupt):
         study(tmp_path)
     report = write_report(tmp_path, resamples=10)
@@ -406,39 +406,26 @@ def test_a_partial_study_reports_what_is_missing(tmp_path, monkeypatch):
 
 
 TINY_FLAGS = [
-    "--train-size",
-    "120",
-    "--test-size",
-    "60",
+    *studies.TINY_FLAGS,
     "--ratios",
     "0,1",
-    "--seeds",
-    "0",
-    "--hidden",
-    "8",
     "--epochs",
     "2",
     "--measures",
     "hessian_trace",
     "--resamples",
     "10",
-    "--threads",
-    "1",
-    "--no-progress",
 ]
 
 
 def test_the_study_command_runs_resumes_and_reports(tmp_path, capsys):
     output = str(tmp_path / "out")
     command = ["study", "randomized-labels", "--preset", "demo", "--output", output]
-    assert main([*command, *TINY_FLAGS]) == 0
-    out = capsys.readouterr().out
-    assert "2 runs trained, 0 reused" in out
+    out, report = command_round_trip(
+        capsys, [*command, *TINY_FLAGS], ["report", output, "--resamples", "10"]
+    )
     assert "Kendall τ-b" in out and f"report: {output}/report.md" in out
-    assert main([*command, *TINY_FLAGS]) == 0
-    assert "0 runs trained, 2 reused" in capsys.readouterr().out
-    assert main(["report", output, "--resamples", "10"]) == 0
-    assert "hessian_trace" in capsys.readouterr().out
+    assert "hessian_trace" in report
     flags = [*TINY_FLAGS]
     flags[flags.index("--epochs") + 1] = "3"
     assert main([*command, *flags]) == 2

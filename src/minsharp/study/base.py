@@ -13,6 +13,12 @@ is executed — and :func:`run_study` does everything else the same way for all 
   ``"failed"`` with the error, which the next resume redoes);
 * refuses a directory made for another kind, configuration or data unless ``force``.
 
+A kind's ``execute`` is built from the steps every run shares: :func:`run_settings` (what
+the record states first), :func:`build_network`, :func:`evaluate` and
+:func:`training_outcome` (accuracies, gap, history), :func:`measured_examples` and
+:func:`measure_all`, :func:`save_network`; its fingerprint is :func:`run_fingerprint` with
+the kind's own settings.
+
 Layout of a study directory ``DIR``::
 
     DIR/study.json                  kind, config, data record, planned run ids, sessions
@@ -37,10 +43,10 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -50,8 +56,9 @@ from minsharp.data.datasets import Splits, load_dataset
 from minsharp.errors import MinsharpError, StudyError
 from minsharp.io import jsonable, write_json_atomic
 from minsharp.measures import measure
-from minsharp.models import build_model
-from minsharp.study.presets import ModelPlan
+from minsharp.models import build_model, count_parameters
+from minsharp.study.presets import GridConfig, ModelPlan, Presets
+from minsharp.train import TrainingConfig, TrainingHistory, accuracy, save_checkpoint
 
 #: ``format`` tags and versions of the two kinds of JSON file a study writes.
 STUDY_FORMAT = "minsharp-study"
@@ -65,26 +72,25 @@ RESULT_FILE = "result.json"
 CHECKPOINT_DIR = "checkpoint"
 
 
-class StudyConfigLike(Protocol):
-    """What :func:`run_study` needs of a kind's configuration."""
+@dataclass(frozen=True)
+class RunPlan:
+    """One run of a study's grid, as every kind plans it; a kind adds its axis and the run id.
 
-    preset: str
-    dataset: str
-    train_size: int | None
-    test_size: int | None
-    data_seed: int
-    dtype: str
-    models: tuple[ModelPlan, ...]
+    Attributes:
+        model: the network's plan.
+        seed: the network's initialisation and the minibatch order, shared by the runs of a
+            seed that a kind compares.
+        training: the run's training configuration.
+    """
 
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration as plain JSON types (``study.json``'s ``config``)."""
-        ...
+    model: ModelPlan
+    seed: int
+    training: TrainingConfig
 
-
-class RunPlanLike(Protocol):
-    """What :func:`run_study` needs of a planned run."""
-
-    run_id: str
+    @property
+    def run_id(self) -> str:
+        """The run's id, the name of its directory."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,6 @@ class StudyData:
     test_inputs: Tensor
     test_labels: Tensor
     num_classes: int
-    input_shape: tuple[int, ...]
 
     @classmethod
     def from_splits(cls, splits: Splits, device: torch.device) -> StudyData:
@@ -107,13 +112,17 @@ class StudyData:
             splits.test_inputs.to(device),
             splits.test_labels.to(device),
             splits.num_classes,
-            splits.input_shape,
         )
 
     @property
     def device(self) -> torch.device:
         """Where the data live."""
         return self.train_inputs.device
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input."""
+        return tuple(self.train_inputs.shape[1:])
 
 
 @dataclass(frozen=True)
@@ -124,15 +133,15 @@ class StudyKind:
         name: the kind, as ``study.json`` records it and ``minsharp study <name>`` runs it.
         plan_runs: ``config → [plan, …]``, each plan with a unique ``run_id``.
         fingerprint: ``(config, plan) → str``, the SHA-256 of every setting that decides
-            the run's result (:func:`fingerprint`); a stored result is reused only when
+            the run's result (:func:`run_fingerprint`); a stored result is reused only when
             its fingerprint is this one.
         execute: ``(config, plan, data, run_dir, record, progress) → None``: runs the plan
             and fills ``record`` (a dict already holding the format, run id and
             fingerprint). An exception marks the run failed, with what ``record`` holds by
             then; the record is written by :func:`run_study`.
-        stored_config: ``study.json``'s ``config`` mapping → the configuration.
-        grid_text: ``config → str``, the grid in words (``"2 models × 3 seeds"``).
-        summarise: ``result → str``, one line about a finished run.
+        preset: the kind's presets (:class:`~minsharp.study.presets.Presets`).
+        summarise: ``result → str``, one line about a complete run (:meth:`summary` says
+            the failed ones).
         measured_on: what the measures are computed on, in words (``study.json``).
         result_numbers: keys a complete result holds as finite numbers.
         measure_groups: keys of a result holding ``{measure: entry}`` dictionaries, each
@@ -140,15 +149,24 @@ class StudyKind:
     """
 
     name: str
-    plan_runs: Callable[[Any], Sequence[RunPlanLike]]
+    plan_runs: Callable[[Any], Sequence[RunPlan]]
     fingerprint: Callable[[Any, Any], str]
     execute: Callable[[Any, Any, StudyData, Path, dict[str, Any], bool], None]
-    stored_config: Callable[[Mapping[str, Any]], Any]
-    grid_text: Callable[[Any], str]
+    preset: Presets[Any]
     summarise: Callable[[Mapping[str, Any]], str]
     measured_on: str
     result_numbers: tuple[str, ...]
     measure_groups: tuple[str, ...] = ("measures",)
+
+    def stored_config(self, content: Mapping[str, Any]) -> Any:
+        """The configuration stored as ``content`` (``study.json``'s ``config``)."""
+        return self.preset.stored(content)
+
+    def summary(self, result: Mapping[str, Any]) -> str:
+        """One line about a run's result, complete (:attr:`summarise`) or failed."""
+        if result.get("status") != "complete":
+            return f"{result['run_id']}: FAILED ({result.get('error')}: {result.get('message')})"
+        return self.summarise(result)
 
 
 @dataclass
@@ -160,7 +178,7 @@ class StudyOutcome:
         planned: run ids of the grid, in the order they run.
         reused: runs found finished and kept.
         trained: runs trained (and measured) now.
-        redone: among ``trained``, runs whose stored result was unusable, with the reason.
+        redone: runs run again because their stored result was unusable, with the reason.
         failed: runs that failed, with the message (they are redone next time).
         measure_errors: ``(run id, measure, message)`` of every measure that failed.
         seconds: wall time of the call.
@@ -193,12 +211,41 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def run_fingerprint(
+    kind: str, config: GridConfig, plan: RunPlan, **settings: Mapping[str, Any]
+) -> str:
+    """The :func:`fingerprint` of every setting that decides a run of study kind ``kind``.
+
+    The data, the model, its training, the measures with their options
+    (:meth:`~minsharp.study.presets.GridConfig.measure_settings`) and the examples they are
+    computed on, plus the kind's own ``settings`` (e.g. the run's label corruption).
+    """
+    return fingerprint(
+        {
+            "kind": kind,
+            "format_version": FORMAT_VERSION,
+            "data": {
+                "dataset": config.dataset,
+                "train_size": config.train_size,
+                "test_size": config.test_size,
+                "data_seed": config.data_seed,
+                "dtype": config.dtype,
+            },
+            "model": plan.model.to_dict(),
+            "training": plan.training.as_dict(),
+            "measures": config.measure_settings(),
+            "measure_examples": config.measure_examples,
+            **settings,
+        }
+    )
+
+
 # --------------------------------------------------------------------------- the study
 
 
 def run_study(
     kind: StudyKind,
-    config: StudyConfigLike,
+    config: GridConfig,
     directory: str | Path,
     *,
     data_root: str | Path | None = None,
@@ -256,6 +303,7 @@ def run_study(
     if previous is not None and not force:
         check_same_data(directory, previous, splits.info)
     plans = list(kind.plan_runs(config))
+    run_ids = [plan.run_id for plan in plans]
     check_models_fit(config, splits)
     session = {
         "started": now(),
@@ -276,12 +324,12 @@ def run_study(
         "config": config.to_dict(),
         "data": splits.info,
         "measured_on": kind.measured_on,
-        "runs": [plan.run_id for plan in plans],
+        "runs": run_ids,
         "sessions": [*sessions, session],
     }
     write_json_atomic(directory / STUDY_FILE, study)
 
-    outcome = StudyOutcome(directory=directory, planned=[plan.run_id for plan in plans])
+    outcome = StudyOutcome(directory=directory, planned=run_ids)
     todo: list[tuple[Any, str]] = []
     for plan in plans:
         digest = kind.fingerprint(config, plan)
@@ -299,7 +347,7 @@ def run_study(
             if reason != "not run yet":
                 outcome.redone[plan.run_id] = reason
     say(
-        f"study {directory}: {len(plans)} runs ({kind.grid_text(config)}); "
+        f"study {directory}: {len(plans)} runs ({config.grid_text()}); "
         f"{len(outcome.reused)} finished already, {len(todo)} to run"
     )
     for run, reason in outcome.redone.items():
@@ -325,7 +373,7 @@ def run_study(
             else:
                 outcome.failed[plan.run_id] = result["message"]
             done = len(outcome.reused) + len(outcome.trained) + len(outcome.failed)
-            say(f"[{done}/{len(plans)}] {kind.summarise(result)}")
+            say(f"[{done}/{len(plans)}] {kind.summary(result)}")
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -373,26 +421,105 @@ def execute_run(
     return record
 
 
-def build_network(model: ModelPlan, seed: int, data: StudyData) -> nn.Module:
-    """The zoo network of ``model`` initialised under ``torch.manual_seed(seed)``.
+def run_settings(plan: RunPlan, data: StudyData, dtype: str, **axes: Any) -> dict[str, Any]:
+    """What every run records first: model, values on the grid's ``axes``, seed, training, where."""
+    return {
+        "model": plan.model.name,
+        "zoo": plan.model.zoo,
+        "model_options": dict(plan.model.options),
+        **axes,
+        "seed": plan.seed,
+        "training": plan.training.as_dict(),
+        "device": str(data.device),
+        "dtype": dtype,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def build_network(plan: RunPlan, data: StudyData, record: dict[str, Any]) -> nn.Module:
+    """The zoo network of a run initialised under ``torch.manual_seed(plan.seed)``.
 
     The caller's global generator is left as it was; the network is on the data's device in
-    their dtype.
+    their dtype, and its parameter count goes into ``record``.
     """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        network = build_model(model.zoo, data.input_shape, data.num_classes, **model.options)
+        torch.manual_seed(plan.seed)
+        network = build_model(
+            plan.model.zoo, data.input_shape, data.num_classes, **plan.model.options
+        )
+    record["parameters"] = count_parameters(network)
     return network.to(device=data.device, dtype=data.train_inputs.dtype)
 
 
-def model_spec(model: ModelPlan, data: StudyData) -> dict[str, Any]:
-    """The ``model_spec`` of :func:`minsharp.train.save_checkpoint` for a study network."""
+def evaluate(model: nn.Module, data: StudyData, labels: Tensor) -> tuple[float, float]:
+    """Put ``model`` in eval mode; its accuracy on the training inputs with ``labels``, and test."""
+    model.eval()
+    train = accuracy(model, data.train_inputs, labels)
+    return train, accuracy(model, data.test_inputs, data.test_labels)
+
+
+def training_outcome(
+    history: TrainingHistory,
+    accuracies: tuple[float, float],
+    *,
+    during: Mapping[str, Any] | None = None,
+    fit: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What every run records of its training: history, epochs, final loss, accuracies, gap.
+
+    ``during`` (a kind's facts of the training, e.g. its steps) come after the epochs, ``fit``
+    (other accuracies) after the train accuracy; the gap is train − test accuracy.
+    """
+    train, test = accuracies
     return {
-        "name": model.zoo,
-        "input_shape": list(data.input_shape),
-        "num_classes": data.num_classes,
-        "options": dict(model.options),
+        "history": history.as_dict(),
+        "epochs_run": history.epochs_run,
+        **(during or {}),
+        "final_loss": history.loss[-1] if history.loss else math.nan,
+        "train_accuracy": train,
+        **(fit or {}),
+        "test_accuracy": test,
+        "gap": train - test,
     }
+
+
+def measured_examples(
+    inputs: Tensor, labels: Tensor, examples: int | None, record: dict[str, Any], on: str
+) -> tuple[Tensor, Tensor]:
+    """The first ``examples`` (``None``: all) of ``inputs`` and ``labels``, noted in ``record``.
+
+    ``record["measured_on"]`` gets the description ``on`` and the number of examples.
+    """
+    count = len(labels) if examples is None else min(examples, len(labels))
+    record["measured_on"] = {"description": on, "examples": count}
+    return inputs[:count], labels[:count]
+
+
+def save_network(
+    model: nn.Module,
+    plan: RunPlan,
+    data: StudyData,
+    run_dir: Path,
+    record: dict[str, Any],
+    keys: Sequence[str],
+) -> None:
+    """Save ``model`` in ``run_dir/checkpoint`` with the entries ``keys`` of its ``record``.
+
+    :func:`minsharp.train.save_checkpoint` writes the weights and what rebuilds the network;
+    ``record["checkpoint"]`` names the folder.
+    """
+    save_checkpoint(
+        run_dir / CHECKPOINT_DIR,
+        model,
+        model_spec={
+            "name": plan.model.zoo,
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+            "options": dict(plan.model.options),
+        },
+        record={key: record[key] for key in keys},
+    )
+    record["checkpoint"] = CHECKPOINT_DIR
 
 
 def measure_all(
@@ -579,7 +706,7 @@ def existing_study(directory: Path, *, force: bool) -> dict[str, Any] | None:
 
 
 def check_same_config(
-    directory: Path, previous: Mapping[str, Any], config: StudyConfigLike, kind: StudyKind
+    directory: Path, previous: Mapping[str, Any], config: GridConfig, kind: StudyKind
 ) -> None:
     """Refuse to resume a study made with another kind or configuration, naming differences.
 
@@ -659,7 +786,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "…"
 
 
-def check_models_fit(config: StudyConfigLike, splits: Splits) -> None:
+def check_models_fit(config: GridConfig, splits: Splits) -> None:
     """Build every model once for the data (on the meta device) to fail before training.
 
     Raises:
@@ -676,22 +803,29 @@ def check_models_fit(config: StudyConfigLike, splits: Splits) -> None:
             ) from None
 
 
+def measure_entries(
+    result: Mapping[str, Any], groups: Sequence[str] = ("measures",)
+) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """``(label, entry)`` of every measure entry of a result, group by group.
+
+    The label is the measure's name, followed by its group in parentheses outside the group
+    ``"measures"`` (e.g. ``"hessian_trace (rescaled_measures)"``).
+    """
+    for group in groups:
+        for name, entry in (result.get(group) or {}).items():
+            if isinstance(entry, Mapping):
+                yield (name if group == "measures" else f"{name} ({group})"), entry
+
+
 def measure_errors(
     run: str, result: Mapping[str, Any], groups: Sequence[str] = ("measures",)
 ) -> list[tuple[str, str, str]]:
-    """``(run, measure, message)`` of every failed measure of a result (group-prefixed)."""
-    found = []
-    for group in groups:
-        for name, entry in (result.get(group) or {}).items():
-            if isinstance(entry, Mapping) and "error" in entry:
-                label = name if group == "measures" else f"{name} ({group})"
-                found.append((run, label, str(entry.get("message"))))
-    return found
-
-
-def count_text(counts: Sequence[tuple[int, str, str]]) -> str:
-    """``"2 ratios × 1 seed"`` from ``(count, singular, plural)`` triples."""
-    return " × ".join(f"{n} {one if n == 1 else many}" for n, one, many in counts)
+    """``(run, measure, message)`` of every failed measure of a result (:func:`measure_entries`)."""
+    return [
+        (run, label, str(entry.get("message")))
+        for label, entry in measure_entries(result, groups)
+        if "error" in entry
+    ]
 
 
 # --------------------------------------------------------------------------- provenance

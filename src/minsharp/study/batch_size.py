@@ -35,7 +35,6 @@ training examples.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Mapping
@@ -45,25 +44,21 @@ from typing import Any
 
 import torch
 
-from minsharp.errors import NotAChainError, StudyError
-from minsharp.models import count_parameters
+from minsharp.errors import NotAChainError
 from minsharp.study import base
-from minsharp.study.base import CHECKPOINT_DIR, FORMAT_VERSION, StudyData
+from minsharp.study.base import StudyData
 from minsharp.study.presets import (
+    GridConfig,
     ModelPlan,
-    common_problems,
-    config_from_mapping,
-    raise_problems,
-    stored_config,
+    Presets,
+    grid_setting_holders,
+    raise_kind_problems,
 )
 from minsharp.symmetry import chain_layers, rescaled_copy, verify_same_function
-from minsharp.train import TrainingConfig, accuracy, save_checkpoint, train_classifier
+from minsharp.train import TrainingConfig, train_classifier
 
 #: The kind of study this module runs (``study.json``'s ``kind``).
 KIND = "batch-size"
-
-#: Names of the presets, in the order the command line lists them.
-PRESETS: tuple[str, ...] = ("demo", "cpu", "paper")
 
 #: What the measures are computed on, in words (recorded in every result).
 MEASURED_ON = "the training inputs with their labels, after the last epoch"
@@ -83,42 +78,50 @@ RESULT_NUMBERS = ("train_accuracy", "test_accuracy", "gap", "batch_size", "seed"
 #: Keys of a result holding measure entries: the trained network and its rescaled copy.
 MEASURE_GROUPS = ("measures", "rescaled_measures")
 
+#: What a run's checkpoint records besides the weights: these entries of its result.
+CHECKPOINT_KEYS = (
+    "run_id",
+    "batch_size",
+    "seed",
+    "training",
+    "train_accuracy",
+    "test_accuracy",
+    "rescaling",
+)
 
-@dataclass(frozen=True)
-class BatchSizeConfig:
+
+@dataclass(frozen=True, kw_only=True)
+class BatchSizeConfig(GridConfig):
     """Everything that decides the results of a batch-size study.
 
+    The fields of every kind are :class:`~minsharp.study.presets.GridConfig`'s (a seed gives
+    the same initial weights to every batch size; ``training`` holds no ``batch_size``; the
+    measures, :data:`MEASURES` by default, are also computed on the rescaled copies); this
+    kind's own:
+
     Attributes:
-        preset: the preset this configuration started from (a label for the report).
-        dataset: a name of :data:`minsharp.data.datasets.DATASETS`.
-        train_size: training examples (``None``: all).
-        test_size: test examples (``None``: all).
-        data_seed: seed of the train/test split and subsets.
         batch_sizes: the batch sizes compared (at least two; the smallest is "small batch",
             the largest "large batch").
-        seeds: the trials; a seed initialises a network (the same for every batch size)
-            and orders its minibatches.
-        models: the networks.
-        training: training settings shared by all runs (keys of
-            :data:`minsharp.study.presets.TRAINING_KEYS` except ``batch_size``).
-        measures: registered measures computed on every trained network and its copy.
-        measure_options: options per measure.
-        measure_examples: measure on the first this-many training examples (``None``: all).
         rescale_spread: ``s > 1``: each ``α_l`` is drawn log-uniformly in ``[1/s, s]``
             before the product is normalised to 1.
-        dtype: ``"float32"`` or ``"float64"``.
     """
+
+    AXES = (
+        ("models", "model", "models"),
+        ("batch_sizes", "batch size", "batch sizes"),
+        ("seeds", "seed", "seeds"),
+    )
 
     preset: str
     dataset: str
-    train_size: int | None
-    test_size: int | None
-    data_seed: int
+    train_size: int | None = None
+    test_size: int | None = None
+    data_seed: int = 0
     batch_sizes: tuple[int, ...]
     seeds: tuple[int, ...]
     models: tuple[ModelPlan, ...]
     training: Mapping[str, Any]
-    measures: tuple[str, ...]
+    measures: tuple[str, ...] = MEASURES
     measure_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     measure_examples: int | None = None
     rescale_spread: float = 10.0
@@ -127,11 +130,6 @@ class BatchSizeConfig:
     def __post_init__(self) -> None:
         validate(self)
 
-    @property
-    def runs(self) -> int:
-        """Number of runs: models × batch sizes × seeds."""
-        return len(self.models) * len(self.batch_sizes) * len(self.seeds)
-
     def training_config(
         self, model: ModelPlan, seed: int, batch_size: int | None = None
     ) -> TrainingConfig:
@@ -139,34 +137,13 @@ class BatchSizeConfig:
         size = min(self.batch_sizes) if batch_size is None else batch_size
         return TrainingConfig(**{**self.training, **model.training}, batch_size=size, seed=seed)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration as plain JSON types (what ``study.json`` stores)."""
-        return {
-            "preset": self.preset,
-            "dataset": self.dataset,
-            "train_size": self.train_size,
-            "test_size": self.test_size,
-            "data_seed": self.data_seed,
-            "batch_sizes": list(self.batch_sizes),
-            "seeds": list(self.seeds),
-            "models": [model.to_dict() for model in self.models],
-            "training": dict(self.training),
-            "measures": list(self.measures),
-            "measure_options": {
-                name: copy.deepcopy(dict(options)) for name, options in self.measure_options.items()
-            },
-            "measure_examples": self.measure_examples,
-            "rescale_spread": self.rescale_spread,
-            "dtype": self.dtype,
-        }
-
 
 def validate(config: BatchSizeConfig) -> None:
-    """Check a configuration; raise :class:`StudyError` naming every problem found.
+    """Check a configuration; raise :class:`StudyError` naming the problems found.
 
-    Besides the checks shared by every study (:func:`~minsharp.study.presets.
-    common_problems`): at least two distinct positive batch sizes, no ``batch_size`` in the
-    training settings (the grid sets it), and ``rescale_spread > 1``.
+    First: at least two distinct positive batch sizes, no ``batch_size`` in the training
+    settings (the grid sets it), and ``rescale_spread > 1``; when these hold, the checks
+    shared by every study (:func:`~minsharp.study.presets.common_problems`).
     """
     problems: list[str] = []
     sizes = config.batch_sizes
@@ -174,9 +151,7 @@ def validate(config: BatchSizeConfig) -> None:
         problems.append(f"batch_sizes must be at least two integers; got {list(sizes)}")
     elif min(sizes) < 1 or len(set(sizes)) != len(sizes):
         problems.append(f"batch_sizes must be distinct positive integers; got {list(sizes)}")
-    holders = ["training"] * ("batch_size" in config.training) + [
-        f"model {model.name!r}" for model in config.models if "batch_size" in model.training
-    ]
+    holders = grid_setting_holders(config, ["batch_size"])
     if holders:
         problems.append(
             f"{' and '.join(holders)} set batch_size, which the grid's batch_sizes decide; "
@@ -185,9 +160,7 @@ def validate(config: BatchSizeConfig) -> None:
     spread = config.rescale_spread
     if isinstance(spread, bool) or not isinstance(spread, (int, float)) or not spread > 1:
         problems.append(f"rescale_spread must be a number above 1; got {spread!r}")
-    if not problems:
-        problems += common_problems(config)
-    raise_problems(problems)
+    raise_kind_problems(config, problems)
 
 
 # --------------------------------------------------------------------------- presets
@@ -206,23 +179,21 @@ def _training(**changes: Any) -> dict[str, Any]:
     }
 
 
+def _tolerances(tolerance: float) -> dict[str, dict[str, Any]]:
+    """The Lanczos measures to a relative residual of ``tolerance``."""
+    return {name: {"tolerance": tolerance} for name in ("quotient_flatness", "top_eigenvalue")}
+
+
 def demo_preset() -> BatchSizeConfig:
     """``demo``: digits, a bias-free MLP 64-64-64-10, batches 16 vs 512, 3 seeds (≈ 20 s)."""
     return BatchSizeConfig(
         preset="demo",
         dataset="digits",
-        train_size=None,
-        test_size=None,
-        data_seed=0,
         batch_sizes=(16, 512),
         seeds=(0, 1, 2),
         models=(ModelPlan("mlp", "mlp", {"hidden": [64, 64], "bias": False}),),
-        training=_training(epochs=400, lr=0.05, target_train_accuracy=1.0),
-        measures=MEASURES,
-        measure_options={
-            "quotient_flatness": {"tolerance": 1e-4},
-            "top_eigenvalue": {"tolerance": 1e-4},
-        },
+        training=_training(epochs=400, target_train_accuracy=1.0),
+        measure_options=_tolerances(1e-4),
     )
 
 
@@ -233,16 +204,11 @@ def cpu_preset() -> BatchSizeConfig:
         dataset="mnist",
         train_size=2000,
         test_size=2000,
-        data_seed=0,
         batch_sizes=(64, 500),
         seeds=tuple(range(5)),
         models=_paper_models(),
         training=_training(epochs=300, target_train_accuracy=0.995),
-        measures=MEASURES,
-        measure_options={
-            "quotient_flatness": {"tolerance": 1e-3},
-            "top_eigenvalue": {"tolerance": 1e-3},
-        },
+        measure_options=_tolerances(1e-3),
         measure_examples=500,
     )
 
@@ -252,18 +218,11 @@ def paper_preset() -> BatchSizeConfig:
     return BatchSizeConfig(
         preset="paper",
         dataset="mnist",
-        train_size=None,
-        test_size=None,
-        data_seed=0,
         batch_sizes=(256, 6000),
         seeds=tuple(range(5)),
         models=_paper_models(),
         training=_training(),
-        measures=MEASURES,
-        measure_options={
-            "quotient_flatness": {"tolerance": 1e-4},
-            "top_eigenvalue": {"tolerance": 1e-4},
-        },
+        measure_options=_tolerances(1e-4),
     )
 
 
@@ -275,64 +234,42 @@ def _paper_models() -> tuple[ModelPlan, ...]:
     )
 
 
-_BUILDERS = {"demo": demo_preset, "cpu": cpu_preset, "paper": paper_preset}
-
-
-def preset(name: str) -> BatchSizeConfig:
-    """The preset ``name`` of :data:`PRESETS`.
-
-    Raises:
-        StudyError: an unknown name.
-    """
-    if name not in _BUILDERS:
-        raise StudyError(f"unknown preset {name!r}; the presets are {', '.join(PRESETS)}.")
-    return _BUILDERS[name]()
-
-
-def from_mapping(content: Mapping[str, Any], *, base: BatchSizeConfig) -> BatchSizeConfig:
-    """``base`` with a config mapping applied (as :func:`.presets.config_from_mapping`)."""
-    return config_from_mapping(content, base=base, presets=preset)
-
-
-def stored(content: Mapping[str, Any]) -> BatchSizeConfig:
-    """The :class:`BatchSizeConfig` stored in a ``study.json``."""
-    return stored_config(content, base=demo_preset())
+#: The presets by name (``preset("cpu")`` builds one; ``preset.names`` lists them).
+preset = Presets(demo=demo_preset, cpu=cpu_preset, paper=paper_preset)
 
 
 # --------------------------------------------------------------------------- runs
 
 
 @dataclass(frozen=True)
-class RunPlan:
-    """One run: a model trained with one batch size from one seed.
+class RunPlan(base.RunPlan):
+    """One run: a model trained with one batch size from one seed (shared by its batch sizes).
 
     Attributes:
-        run_id: ``<model>_b<batch size>_s<seed>``.
-        model: the network's plan.
         batch_size: the minibatch size.
-        seed: initialisation and minibatch order (shared by the batch sizes of a seed).
-        rescale_seed: the seed of the random rescaling of the trained network.
-        training: the run's training configuration.
     """
 
-    run_id: str
-    model: ModelPlan
     batch_size: int
-    seed: int
-    rescale_seed: int
-    training: TrainingConfig
+
+    @property
+    def run_id(self) -> str:
+        """``<model>_b<batch size>_s<seed>``, the name of its directory."""
+        return f"{self.model.name}_b{self.batch_size}_s{self.seed}"
+
+    @property
+    def rescale_seed(self) -> int:
+        """The seed of the random rescaling of the trained network."""
+        return base.derive_seed("rescale", self.model.name, self.batch_size, self.seed)
 
 
 def plan_runs(config: BatchSizeConfig) -> list[RunPlan]:
     """The runs seed by seed, each model's batch sizes in turn (matched pairs finish together)."""
     return [
         RunPlan(
-            run_id=f"{model.name}_b{size}_s{seed}",
             model=model,
-            batch_size=size,
             seed=seed,
-            rescale_seed=base.derive_seed("rescale", model.name, size, seed),
             training=config.training_config(model, seed, size),
+            batch_size=size,
         )
         for seed in config.seeds
         for model in config.models
@@ -341,27 +278,9 @@ def plan_runs(config: BatchSizeConfig) -> list[RunPlan]:
 
 
 def run_fingerprint(config: BatchSizeConfig, plan: RunPlan) -> str:
-    """SHA-256 of every setting that decides a run's result."""
-    return base.fingerprint(
-        {
-            "kind": KIND,
-            "format_version": FORMAT_VERSION,
-            "data": {
-                "dataset": config.dataset,
-                "train_size": config.train_size,
-                "test_size": config.test_size,
-                "data_seed": config.data_seed,
-                "dtype": config.dtype,
-            },
-            "model": plan.model.to_dict(),
-            "training": plan.training.as_dict(),
-            "rescaling": {"spread": config.rescale_spread, "seed": plan.rescale_seed},
-            "measures": {
-                name: dict(config.measure_options.get(name, {})) for name in config.measures
-            },
-            "measure_examples": config.measure_examples,
-        }
-    )
+    """SHA-256 of every setting that decides a run's result, its rescaling's included."""
+    rescaling = {"spread": config.rescale_spread, "seed": plan.rescale_seed}
+    return base.run_fingerprint(KIND, config, plan, rescaling=rescaling)
 
 
 def random_alphas(layers: int, spread: float, seed: int) -> list[float]:
@@ -391,19 +310,8 @@ def execute_run(
 ) -> None:
     """Train, measure, rescale and measure again one run, filling ``record``."""
     started = time.perf_counter()
-    record.update(
-        model=plan.model.name,
-        zoo=plan.model.zoo,
-        model_options=dict(plan.model.options),
-        batch_size=plan.batch_size,
-        seed=plan.seed,
-        training=plan.training.as_dict(),
-        device=str(data.device),
-        dtype=config.dtype,
-        threads=torch.get_num_threads(),
-    )
-    model = base.build_network(plan.model, plan.seed, data)
-    record["parameters"] = count_parameters(model)
+    record.update(base.run_settings(plan, data, config.dtype, batch_size=plan.batch_size))
+    model = base.build_network(plan, data, record)
     history = train_classifier(
         model,
         data.train_inputs,
@@ -413,26 +321,18 @@ def execute_run(
         description=plan.run_id,
     )
     training_seconds = time.perf_counter() - started
-    model.eval()
-    train_accuracy = accuracy(model, data.train_inputs, data.train_labels)
-    test_accuracy = accuracy(model, data.test_inputs, data.test_labels)
+    scores = base.evaluate(model, data, data.train_labels)
     target = plan.training.target_train_accuracy
-    record.update(
-        history=history.as_dict(),
-        epochs_run=history.epochs_run,
-        steps=sum(history.steps),
-        reached_target=target is None or train_accuracy >= target,
-        final_loss=history.loss[-1] if history.loss else math.nan,
-        train_accuracy=train_accuracy,
-        test_accuracy=test_accuracy,
-        gap=train_accuracy - test_accuracy,
+    during = {
+        "steps": sum(history.steps),
+        "reached_target": target is None or scores[0] >= target,
+    }
+    record.update(base.training_outcome(history, scores, during=during))
+    inputs = base.measured_examples(
+        data.train_inputs, data.train_labels, config.measure_examples, record, MEASURED_ON
     )
-    count = min(config.measure_examples or len(data.train_labels), len(data.train_labels))
-    inputs = (data.train_inputs[:count], data.train_labels[:count])
-    record["measured_on"] = {"description": MEASURED_ON, "examples": count}
-    record["measures"], measure_seconds = base.measure_all(
-        model, inputs, config.measures, config.measure_options
-    )
+    options = config.measure_settings()
+    record["measures"], measure_seconds = base.measure_all(model, inputs, config.measures, options)
     began = time.perf_counter()
     twin, record["rescaling"] = rescaled_twin(model, inputs[0], config.rescale_spread, plan)
     if twin is None:
@@ -442,33 +342,15 @@ def execute_run(
             for name in config.measures
         }
     else:
-        record["rescaled_measures"], _ = base.measure_all(
-            twin, inputs, config.measures, config.measure_options
-        )
+        record["rescaled_measures"], _ = base.measure_all(twin, inputs, config.measures, options)
     rescaled_seconds = time.perf_counter() - began
-    save_checkpoint(
-        run_dir / CHECKPOINT_DIR,
-        model,
-        model_spec=base.model_spec(plan.model, data),
-        record={
-            "run_id": plan.run_id,
-            "batch_size": plan.batch_size,
-            "seed": plan.seed,
-            "training": plan.training.as_dict(),
-            "train_accuracy": train_accuracy,
-            "test_accuracy": test_accuracy,
-            "rescaling": record["rescaling"],
-        },
-    )
-    record.update(
-        checkpoint=CHECKPOINT_DIR,
-        timings={
-            "training": training_seconds,
-            "measures": measure_seconds,
-            "rescaled_measures": rescaled_seconds,
-            "total": time.perf_counter() - started,
-        },
-    )
+    base.save_network(model, plan, data, run_dir, record, CHECKPOINT_KEYS)
+    record["timings"] = {
+        "training": training_seconds,
+        "measures": measure_seconds,
+        "rescaled_measures": rescaled_seconds,
+        "total": time.perf_counter() - started,
+    }
 
 
 def rescaled_twin(
@@ -502,15 +384,13 @@ def rescaled_twin(
 
 
 def summarise_run(result: Mapping[str, Any]) -> str:
-    """One line about a run: accuracies, epochs and steps, timings, failed measures."""
-    if result.get("status") != "complete":
-        return f"{result['run_id']}: FAILED ({result.get('error')}: {result.get('message')})"
-    failed = [
+    """One line about a complete run: accuracies, epochs and steps, timings, failed measures."""
+    failed = {
         name
         for group in MEASURE_GROUPS
         for name, entry in result[group].items()
         if "error" in entry
-    ]
+    }
     timings = result["timings"]
     text = (
         f"{result['run_id']}: train {result['train_accuracy']:.3f}, test "
@@ -521,18 +401,8 @@ def summarise_run(result: Mapping[str, Any]) -> str:
     if not result.get("reached_target", True):
         text += "; target accuracy NOT reached"
     if failed:
-        text += f"; failed: {', '.join(sorted(set(failed)))}"
+        text += f"; failed: {', '.join(sorted(failed))}"
     return text
-
-
-def _grid_text(config: BatchSizeConfig) -> str:
-    return base.count_text(
-        (
-            (len(config.models), "model", "models"),
-            (len(config.batch_sizes), "batch size", "batch sizes"),
-            (len(config.seeds), "seed", "seeds"),
-        )
-    )
 
 
 #: The batch-size study as a :class:`~minsharp.study.base.StudyKind`.
@@ -541,8 +411,7 @@ BATCH_SIZE = base.StudyKind(
     plan_runs=plan_runs,
     fingerprint=run_fingerprint,
     execute=execute_run,
-    stored_config=stored,
-    grid_text=_grid_text,
+    preset=preset,
     summarise=summarise_run,
     measured_on=MEASURED_ON,
     result_numbers=RESULT_NUMBERS,

@@ -22,6 +22,7 @@ largest relative change of each measure under rescaling).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,33 +31,42 @@ from typing import Any
 
 import numpy as np
 
-from minsharp.io import write_text_atomic
-from minsharp.study import base
-from minsharp.study.base import RESULT_FILE, RUNS_DIR, StudyRecords
-from minsharp.study.batch_size import (
-    BATCH_SIZE,
-    MEASURE_GROUPS,
-    BatchSizeConfig,
-    paper_preset,
-)
-from minsharp.study.figures import MARKERS, log_scale_if_wide, new_figure, save_figure
+from minsharp.study import base, reporting
+from minsharp.study.base import StudyRecords
+from minsharp.study.batch_size import BATCH_SIZE, MEASURE_GROUPS, BatchSizeConfig, paper_preset
 from minsharp.study.reporting import (
-    CSV_FILE,
-    FIGURES_DIR,
-    REPORT_FILE,
-    as_float,
-    cell,
-    csv_text,
+    DIFFERS,
+    MARKERS,
+    SGD_COLUMNS,
+    closing_markdown,
+    csv_columns,
     declared_invariances,
+    examples_text,
+    files_markdown,
+    geometric_mean,
     invariances_text,
-    machine_markdown,
-    mean,
+    log_scale_if_wide,
+    measure_lines,
+    measure_value,
+    models_table,
+    new_figure,
     options_text,
-    problems_markdown,
-    report_time,
+    paper_table,
+    per_run_text,
+    run_row,
+    select,
+    setting_groups,
     setting_text,
+    sgd_cells,
     spread,
+    table_head,
+    timing_total,
+    training_rows,
+    verdict,
+    write_files,
+    written_markdown,
 )
+from minsharp.train import TrainingConfig
 
 #: A measure whose relative change under the rescaling stays at or below this is "unmoved".
 MOVES = 1e-2
@@ -82,22 +92,35 @@ class Comparison:
         quantity: a measure name, ``"test_accuracy"``, ``"train_accuracy"`` or ``"gap"``.
         small: the SB values by seed.
         large: the LB values by seed.
-        ratios: LB/SB per seed with both values positive and finite.
-        differences: LB − SB per seed with both values finite.
     """
 
     model: str
     quantity: str
     small: dict[int, float]
     large: dict[int, float]
-    ratios: dict[int, float]
-    differences: dict[int, float]
+
+    @functools.cached_property
+    def differences(self) -> dict[int, float]:
+        """LB − SB per seed with both values finite."""
+        return {
+            seed: self.large[seed] - value
+            for seed, value in self.small.items()
+            if seed in self.large and math.isfinite(value) and math.isfinite(self.large[seed])
+        }
+
+    @functools.cached_property
+    def ratios(self) -> dict[int, float]:
+        """LB/SB per seed with both values positive and finite."""
+        return {
+            seed: self.large[seed] / self.small[seed]
+            for seed in self.differences
+            if self.small[seed] > 0 and self.large[seed] > 0
+        }
 
     @property
     def geometric_ratio(self) -> float:
         """Geometric mean of the ratios LB/SB (``nan`` without pairs)."""
-        values = list(self.ratios.values())
-        return math.exp(float(np.mean(np.log(values)))) if values else math.nan
+        return geometric_mean(list(self.ratios.values()))
 
     @property
     def larger(self) -> int:
@@ -106,7 +129,7 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        """:data:`HELD`, :data:`ON_AVERAGE` or :data:`NOT_HELD` for "LB is sharper"."""
+        """On "LB is sharper": :data:`HELD`, :data:`ON_AVERAGE`, :data:`NOT_HELD` or undecided."""
         if not self.differences:
             return UNDECIDED
         if self.larger == len(self.differences):
@@ -117,21 +140,10 @@ class Comparison:
 
 
 @dataclass
-class Report:
-    """What :func:`write_report` wrote."""
+class Report(reporting.Report):
+    """What :func:`write_report` wrote, with the comparisons; the summary holds the verdicts."""
 
-    path: Path
-    csv: Path
-    figures: list[Path]
     comparisons: list[Comparison]
-    records: StudyRecords
-    summary: str
-    """A few plain lines for the terminal: the verdicts."""
-
-
-def read_records(directory: str | Path) -> StudyRecords:
-    """The batch-size study in ``directory`` (:func:`minsharp.study.base.read_records`)."""
-    return base.read_records(directory, BATCH_SIZE)
 
 
 def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
@@ -144,29 +156,20 @@ def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
     rows = []
     for run, result in records.results.items():
         timings = result.get("timings", {}) or {}
-        row: dict[str, Any] = {
-            "run_id": run,
-            "model": result["model"],
-            "batch_size": result["batch_size"],
-            "seed": result["seed"],
-            "train_accuracy": result["train_accuracy"],
-            "test_accuracy": result["test_accuracy"],
-            "gap": result["gap"],
-            "final_loss": as_float(result.get("final_loss")),
-            "epochs_run": result.get("epochs_run"),
-            "steps": result.get("steps"),
-            "reached_target": result.get("reached_target"),
-            "function_deviation": as_float(
+        row = run_row(run, result, "batch_size")
+        row.update(
+            steps=result.get("steps"),
+            reached_target=result.get("reached_target"),
+            function_deviation=reporting.as_float(
                 (result.get("rescaling") or {}).get("function_deviation")
             ),
-            "training_seconds": timings.get("training"),
-            "measure_seconds": as_float(timings.get("measures"))
-            + as_float(timings.get("rescaled_measures")),
-        }
+            measure_seconds=reporting.as_float(timings.get("measures"))
+            + reporting.as_float(timings.get("rescaled_measures")),
+        )
         errors = []
         for name in records.config.measures:
-            original = _value(result["measures"].get(name))
-            rescaled = _value(result["rescaled_measures"].get(name))
+            original = measure_value(result["measures"].get(name))
+            rescaled = measure_value(result["rescaled_measures"].get(name))
             row[name] = original
             row[f"{name}_rescaled"] = rescaled
             row[f"{name}_change"] = rescaled / original - 1 if original != 0 else math.nan
@@ -180,48 +183,18 @@ def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
     return rows
 
 
-def _value(entry: Mapping[str, Any] | None) -> float:
-    return as_float(entry.get("value")) if entry and "value" in entry else math.nan
-
-
 def compare(
     rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig, quantity: str
 ) -> list[Comparison]:
     """SB (smallest batch) against LB (largest) for ``quantity``, one per model with runs."""
-    small, large = min(config.batch_sizes), max(config.batch_sizes)
     found = []
     for model in config.models:
-        values = {
-            size: {
-                r["seed"]: r[quantity]
-                for r in rows
-                if r["model"] == model.name and r["batch_size"] == size
-            }
-            for size in (small, large)
-        }
-        if not values[small] and not values[large]:
-            continue
-        pairs = [
-            seed
-            for seed in values[small]
-            if seed in values[large]
-            and math.isfinite(values[small][seed])
-            and math.isfinite(values[large][seed])
-        ]
-        found.append(
-            Comparison(
-                model=model.name,
-                quantity=quantity,
-                small=values[small],
-                large=values[large],
-                ratios={
-                    seed: values[large][seed] / values[small][seed]
-                    for seed in pairs
-                    if values[small][seed] > 0 and values[large][seed] > 0
-                },
-                differences={seed: values[large][seed] - values[small][seed] for seed in pairs},
-            )
+        small, large = (
+            {r["seed"]: r[quantity] for r in select(rows, model=model.name, batch_size=size)}
+            for size in (min(config.batch_sizes), max(config.batch_sizes))
         )
+        if small or large:
+            found.append(Comparison(model.name, quantity, small, large))
     return found
 
 
@@ -231,8 +204,7 @@ def write_report(directory: str | Path) -> Report:
     Raises:
         StudyError: not a batch-size study directory.
     """
-    records = read_records(directory)
-    directory = records.directory
+    records = base.read_records(directory, BATCH_SIZE)
     config: BatchSizeConfig = records.config
     rows = run_rows(records)
     comparisons = [
@@ -240,42 +212,27 @@ def write_report(directory: str | Path) -> Report:
         for quantity in [*config.measures, "test_accuracy", "train_accuracy", "gap"]
         for comparison in compare(rows, config, quantity)
     ]
-    columns = [
-        "run_id",
-        "model",
-        "batch_size",
-        "seed",
-        "train_accuracy",
-        "test_accuracy",
-        "gap",
-        "final_loss",
-        "epochs_run",
-        "steps",
-        "reached_target",
-        "function_deviation",
-        "training_seconds",
-        "measure_seconds",
-        *[f"{name}{suffix}" for name in config.measures for suffix in ("", "_rescaled", "_change")],
-        "errors",
-    ]
-    csv_path = directory / CSV_FILE
-    write_text_atomic(csv_path, csv_text(rows, columns))
-    figures_dir = directory / FIGURES_DIR
-    figures_dir.mkdir(exist_ok=True)
-    figures = (
-        [
-            save_figure(_values_figure(rows, config), figures_dir / "batch_size.png"),
-            save_figure(_rescaling_figure(rows, config), figures_dir / "rescaling.png"),
-        ]
-        if rows
-        else []
-    )
     verdicts = _verdict_lines(comparisons, config)
-    text = _markdown(records, rows, comparisons, verdicts)
-    path = directory / REPORT_FILE
-    write_text_atomic(path, text)
-    summary = "\n".join(verdicts) if verdicts else "No complete SB/LB pair yet."
-    return Report(path, csv_path, figures, comparisons, records, summary)
+    measures = [f"{m}{suffix}" for m in config.measures for suffix in ("", "_rescaled", "_change")]
+    path, csv_path, figures = write_files(
+        records.directory,
+        rows=rows,
+        columns=csv_columns(
+            "batch_size",
+            measures,
+            during=["steps", "reached_target", "function_deviation"],
+            seconds=["measure_seconds"],
+        ),
+        markdown=_markdown(records, rows, comparisons, verdicts),
+        figures={
+            "batch_size.png": lambda: _values_figure(rows, config),
+            "rescaling.png": lambda: _rescaling_figure(rows, config),
+        },
+    )
+    summary = "Large vs small batch (paired by seed):\n\n" + (
+        "\n".join(verdicts) if verdicts else "No complete SB/LB pair yet."
+    )
+    return Report(path, csv_path, figures, records, summary, comparisons)
 
 
 # --------------------------------------------------------------------------- markdown
@@ -307,8 +264,6 @@ def _markdown(
     verdicts: list[str],
 ) -> str:
     config: BatchSizeConfig = records.config
-    study = records.study
-    planned = len(study.get("runs", []))
     small, large = min(config.batch_sizes), max(config.batch_sizes)
     out: list[str] = []
     add = out.append
@@ -321,16 +276,7 @@ def _markdown(
         "and measured; a randomly α-rescaled copy of each network (the same function) is "
         "measured too, to show which measures are invariant.\n"
     )
-    add(
-        f"Written {report_time()} from {len(rows)} finished of {planned} planned runs in "
-        f"`{records.directory}`."
-        + (
-            " **The study is not finished**: rerun the same command to complete it."
-            if len(rows) < planned
-            else ""
-        )
-        + "\n"
-    )
+    add(written_markdown(records))
     add("## Verdict\n")
     claim = [c for c in comparisons if c.quantity == CLAIM_MEASURE and c.differences]
     if claim:
@@ -367,23 +313,19 @@ def _markdown(
         add("## Which measures move under a layer rescaling\n")
         add(_rescaling_markdown(rows, config) + "\n")
         add("![relative change under rescaling](figures/rescaling.png)\n")
-    add(problems_markdown(records, MEASURE_GROUPS, left_out="the comparisons for these runs"))
-    add("## What was run\n")
-    add(_setup_markdown(records) + "\n")
-    add("## How this run differs from the paper\n")
-    add(_paper_markdown(config, study.get("data", {}) or {}) + "\n")
-    add("## Machine and versions\n")
-    add(machine_markdown(study) + "\n")
-    add("## Files\n")
-    add(
-        f"* `{CSV_FILE}`: one row per finished run (accuracies, epochs, steps, timings, each "
-        "measure on the network, on its rescaled copy and the relative change).\n"
-        f"* `{RUNS_DIR}/<run-id>/{RESULT_FILE}`: everything about one run (training history, "
-        "the rescaling's α per layer and the function check, every measure's value, options, "
-        "certificate and time); `checkpoint/` holds the trained network.\n"
-        "* `study.json`: the configuration, the data record, the planned runs and every "
-        "session.\n"
-        f"* Regenerate this report with `minsharp report {records.directory}`.\n"
+    out += closing_markdown(
+        records,
+        groups=MEASURE_GROUPS,
+        left_out="the comparisons for these runs",
+        setup=_setup_markdown(records),
+        paper=_paper_markdown(config, records.study.get("data", {}) or {}),
+        files=files_markdown(
+            records,
+            csv="accuracies, epochs, steps, timings, each measure on the network, on its "
+            "rescaled copy and the relative change",
+            result="training history, the rescaling's α per layer and the function check, "
+            "every measure's value, options, certificate and time",
+        ),
     )
     return "\n".join(out)
 
@@ -408,10 +350,9 @@ def _accuracy_lead(comparisons: Sequence[Comparison], small: int, large: int) ->
 
 def _measure_table(comparisons: Sequence[Comparison], config: BatchSizeConfig) -> str:
     small, large = min(config.batch_sizes), max(config.batch_sizes)
-    lines = [
-        f"| model | measure | invariant to | SB ({small}) | LB ({large}) | LB/SB | LB > SB |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    lines = table_head(
+        "model", "measure", "invariant to", f"SB ({small})", f"LB ({large})", "LB/SB", "LB > SB"
+    )
     for comparison in comparisons:
         if comparison.quantity not in config.measures:
             continue
@@ -432,25 +373,26 @@ def _measure_table(comparisons: Sequence[Comparison], config: BatchSizeConfig) -
 
 
 def _accuracy_table(rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig) -> str:
-    lines = [
-        "| model | batch | runs | train acc | test acc | gap (train − test) | epochs | steps | "
-        "reached target |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for model in config.models:
-        for size in sorted(config.batch_sizes):
-            chosen = [r for r in rows if r["model"] == model.name and r["batch_size"] == size]
-            if not chosen:
-                continue
-            reached = sum(bool(r["reached_target"]) for r in chosen)
-            lines.append(
-                f"| {model.name} | {size} | {len(chosen)} | "
-                f"{spread([r['train_accuracy'] for r in chosen]).text(3)} | "
-                f"{spread([r['test_accuracy'] for r in chosen]).text(3)} | "
-                f"{spread([r['gap'] for r in chosen]).text(3)} | "
-                f"{spread([r['epochs_run'] for r in chosen]).text(3)} | "
-                f"{spread([r['steps'] for r in chosen]).text(3)} | {reached}/{len(chosen)} |"
-            )
+    lines = table_head(
+        "model",
+        "batch",
+        "runs",
+        "train acc",
+        "test acc",
+        "gap (train − test)",
+        "epochs",
+        "steps",
+        "reached target",
+    )
+    sizes = sorted(config.batch_sizes)
+    for model, size, chosen in setting_groups(rows, config.models, "batch_size", sizes):
+        spreads = [
+            spread([r[key] for r in chosen]).text(3)
+            for key in ("train_accuracy", "test_accuracy", "gap", "epochs_run", "steps")
+        ]
+        reached = sum(bool(r["reached_target"]) for r in chosen)
+        cells = [model.name, size, len(chosen), *spreads, f"{reached}/{len(chosen)}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 
@@ -467,11 +409,12 @@ def _rescaling_markdown(rows: Sequence[Mapping[str, Any]], config: BatchSizeConf
             else ""
         ),
         "",
-        "| measure | declared invariant to | largest relative change | median | moves? |",
-        "| --- | --- | --- | --- | --- |",
+        *table_head(
+            "measure", "declared invariant to", "largest relative change", "median", "moves?"
+        ),
     ]
     for name in config.measures:
-        changes = [abs(r[f"{name}_change"]) for r in rows if math.isfinite(r[f"{name}_change"])]
+        changes = _changes(rows, name)
         if not changes:
             lines.append(f"| `{name}` | {invariances_text(name)} | — | — | — |")
             continue
@@ -491,84 +434,69 @@ def _rescaling_markdown(rows: Sequence[Mapping[str, Any]], config: BatchSizeConf
     return "\n".join(lines)
 
 
+def _changes(rows: Sequence[Mapping[str, Any]], name: str) -> list[float]:
+    """The finite relative changes ``|m(rescaled)/m − 1|`` of measure ``name``."""
+    return [abs(r[f"{name}_change"]) for r in rows if math.isfinite(r[f"{name}_change"])]
+
+
 def _setup_markdown(records: StudyRecords) -> str:
     config: BatchSizeConfig = records.config
-    data = records.study.get("data", {}) or {}
-    lines = [f"* **Data**: {data.get('summary', config.dataset)}"]
-    if data.get("split_kind") not in (None, "official"):
-        lines.append(
-            f"* **Split note**: {data.get('split')}. The test part is therefore held out from "
-            "the same files as the training part, not the official test set."
-        )
-    lines += [
+    lines = [
+        *reporting.data_lines(records),
         f"* **Seeds**: {', '.join(map(str, config.seeds))}; a seed initialises a network "
         "(the same weights for every batch size) and orders its minibatches.",
         "* **Models and training** (SGD with momentum; learning rate lr/(1 + decay·t); "
         "training stops at the target training accuracy or after the epochs):",
         "",
-        "  | model | network | parameters | batch | epochs (at most) | lr | momentum | "
-        "weight decay | lr decay | target train accuracy |",
-        "  | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    parameters = {r["model"]: r.get("parameters") for r in records.results.values()}
-    for model in config.models:
-        for size in sorted(config.batch_sizes):
-            training = config.training_config(model, 0, size)
-            lines.append(
-                f"  | {model.name} | `{model.zoo}`{options_text(model.options)} | "
-                f"{parameters.get(model.name, '?')} | {size} | {training.epochs} | "
-                f"{training.lr:g} | {training.momentum:g} | {training.weight_decay:g} | "
-                f"{training.lr_decay:g} | {setting_text(training.target_train_accuracy)} |"
-            )
-    examples = (
-        "all training examples"
-        if config.measure_examples is None
-        else f"the first {config.measure_examples} training examples"
-    )
-    lines += ["", f"* **Measures**, after training, on {examples} with their labels:"]
-    for name in config.measures:
-        seconds = [
-            entry["seconds"]
-            for result in records.results.values()
-            if isinstance(entry := result["measures"].get(name), dict) and "seconds" in entry
-        ]
-        lines.append(
-            f"  * `{name}`{options_text(config.measure_options.get(name, {}))}: invariant to "
-            f"{invariances_text(name)}"
-            + (f"; {mean(seconds):.2f} s per network on average" if seconds else "")
-        )
-    total = {
-        key: sum((r.get("timings") or {}).get(key, 0) for r in records.results.values())
-        for key in ("training", "measures", "rescaled_measures", "total")
-    }
-    per_run = [(r.get("timings") or {}).get("total") for r in records.results.values()]
-    lines.append(
-        f"* **Time**: {total['training'] / 60:.1f} min training, "
-        f"{(total['measures'] + total['rescaled_measures']) / 60:.1f} min measuring "
+        *models_table(
+            records,
+            ["batch", "epochs (at most)", *SGD_COLUMNS, "target train accuracy"],
+            (
+                (model, _training_cells(config.training_config(model, 0, size)))
+                for model in config.models
+                for size in sorted(config.batch_sizes)
+            ),
+        ),
+        "",
+        "* **Measures**, after training, on "
+        f"{examples_text(config.measure_examples, 'training examples')} with their labels:",
+        *measure_lines(records, per="network"),
+        f"* **Time**: {timing_total(records, 'training') / 60:.1f} min training, "
+        f"{timing_total(records, 'measures', 'rescaled_measures') / 60:.1f} min measuring "
         f"(networks and copies) over the {len(records.results)} finished runs; "
-        f"{spread(per_run).text(3)} s per run."
-    )
+        f"{per_run_text(records)} s per run.",
+    ]
     return "\n".join(lines)
+
+
+def _training_cells(training: TrainingConfig) -> list[Any]:
+    """Batch size, epochs, SGD settings and target accuracy of a run's training."""
+    target = setting_text(training.target_train_accuracy)
+    return [training.batch_size, training.epochs, *sgd_cells(training), target]
+
+
+#: The training settings compared with the ``paper`` preset's.
+_TRAINING_KEYS = ("epochs", "lr", "momentum", "weight_decay", "lr_decay", "target_train_accuracy")
 
 
 def _paper_markdown(config: BatchSizeConfig, data: Mapping[str, Any]) -> str:
     paper = paper_preset()
     official = data.get("split_kind") == "official" and not data.get("subsampled", True)
     sizes = data.get("sizes") or {}
-    rows: list[tuple[str, str, str, bool]] = [
+    networks = sorted((m.zoo, sorted(m.options.items())) for m in config.models)
+    rows = [
         (
             "data (MATH §4)",
             "MNIST, 60 000 train / 10 000 test",
             f"{data.get('title', config.dataset)}, {sizes.get('train', '?')} train / "
             f"{sizes.get('test', '?')} test ({data.get('split_kind', '?')})",
-            config.dataset == "mnist" and official,
+            verdict(config.dataset == "mnist" and official),
         ),
         (
             "networks (MATH §4)",
             "MLP 784-512×5-10 and LeNet, without biases",
             ", ".join(f"`{m.zoo}`{options_text(m.options)}" for m in config.models),
-            sorted((m.zoo, sorted(m.options.items())) for m in config.models)
-            == sorted((m.zoo, sorted(m.options.items())) for m in paper.models),
+            verdict(networks == sorted((m.zoo, sorted(m.options.items())) for m in paper.models)),
         ),
         (
             "measure (MATH §4)",
@@ -579,45 +507,31 @@ def _paper_markdown(config: BatchSizeConfig, data: Mapping[str, Any]) -> str:
                 if config.measure_examples is None
                 else f"the first {config.measure_examples}"
             ),
-            "quotient_flatness" in config.measures and config.measure_examples is None,
+            verdict("quotient_flatness" in config.measures and config.measure_examples is None),
         ),
         (
             "batch sizes (assumed: Keskar et al.)",
             " vs ".join(map(str, paper.batch_sizes)),
             " vs ".join(map(str, sorted(config.batch_sizes))),
-            sorted(config.batch_sizes) == sorted(paper.batch_sizes),
+            verdict(sorted(config.batch_sizes) == sorted(paper.batch_sizes)),
         ),
         (
             "seeds (assumed)",
             str(len(paper.seeds)),
             str(len(config.seeds)),
-            len(config.seeds) == len(paper.seeds),
+            verdict(len(config.seeds) == len(paper.seeds)),
         ),
     ]
     by_zoo = {model.zoo: model for model in paper.models}
     for model in config.models:
-        analogue = by_zoo.get(model.zoo)
-        if analogue is None:
-            continue
-        ours = config.training_config(model, 0).as_dict()
-        theirs = paper.training_config(analogue, 0).as_dict()
-        for key in (
-            "epochs",
-            "lr",
-            "momentum",
-            "weight_decay",
-            "lr_decay",
-            "target_train_accuracy",
-        ):
-            rows.append(
-                (
-                    f"{model.name}: {key.replace('_', ' ')} (assumed)",
-                    setting_text(theirs[key]),
-                    setting_text(ours[key]),
-                    ours[key] == theirs[key],
-                )
-            )
-    differing = sum(not same for *_, same in rows)
+        if model.zoo in by_zoo:
+            ours = config.training_config(model, 0)
+            theirs = paper.training_config(by_zoo[model.zoo], 0)
+            rows += [
+                (f"{model.name}: {setting} (assumed)", *rest)
+                for setting, *rest in training_rows(ours, theirs, _TRAINING_KEYS)
+            ]
+    differing = sum(row[3] == DIFFERS for row in rows)
     lead = (
         "MATH §4 states the data, the networks and the measure; everything marked *assumed* "
         "is our choice for `--preset paper`, not the paper's statement. "
@@ -627,13 +541,7 @@ def _paper_markdown(config: BatchSizeConfig, data: Mapping[str, Any]) -> str:
             else f"{differing} of {len(rows)} settings differ from the `paper` preset:"
         )
     )
-    lines = [lead, "", "| setting | paper preset | this study | |", "| --- | --- | --- | --- |"]
-    lines += [
-        f"| {name} | {cell(theirs)} | {cell(ours)} | {'same' if same else '**differs**'} |"
-        for name, theirs, ours, same in rows
-    ]
-    if data.get("split_kind") not in (None, "official"):
-        lines += ["", f"Data split: {data.get('split')}."]
+    lines = [lead, "", *paper_table(rows, data, paper="paper preset")]
     lines += [
         "",
         "Rangamani et al. also report CIFAR-10 networks (AlexNet-like and VGG16 without "
@@ -644,6 +552,8 @@ def _paper_markdown(config: BatchSizeConfig, data: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- figures
 
+_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
+
 
 def _values_figure(rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig) -> Any:
     panels = [*config.measures, "test_accuracy"]
@@ -651,39 +561,11 @@ def _values_figure(rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig) -
     lines = math.ceil(len(panels) / columns)
     figure = new_figure(3.8 * columns, 3.0 * lines)
     sizes = sorted(config.batch_sizes)
-    positions = {size: index for index, size in enumerate(sizes)}
-    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
     for index, panel in enumerate(panels):
         axis = figure.add_subplot(lines, columns, index + 1)
         values: list[float] = []
-        for number, model in enumerate(config.models):
-            colour = colours[number % len(colours)]
-            marker = MARKERS[number % len(MARKERS)]
-            offset = 0.08 * (number - (len(config.models) - 1) / 2)
-            for seed in config.seeds:
-                chosen = sorted(
-                    (r for r in rows if r["model"] == model.name and r["seed"] == seed),
-                    key=lambda r: r["batch_size"],
-                )
-                if not chosen:
-                    continue
-                x = [positions[r["batch_size"]] + offset for r in chosen]
-                y = [r[panel] for r in chosen]
-                values += y
-                label = model.name if seed == config.seeds[0] else None
-                axis.plot(x, y, "-", marker=marker, color=colour, label=label, markersize=5)
-                if panel in config.measures:
-                    twin = [r[f"{panel}_rescaled"] for r in chosen]
-                    values += twin
-                    axis.plot(
-                        [value + 0.04 for value in x],
-                        twin,
-                        linestyle="none",
-                        marker=marker,
-                        markerfacecolor="none",
-                        color=colour,
-                        markersize=7,
-                    )
+        for number in range(len(config.models)):
+            values += _seed_lines(axis, rows, config, panel, number)
         log_scale_if_wide(axis, values)
         axis.set_xticks(range(len(sizes)), [str(size) for size in sizes], fontsize=7)
         axis.set_xlabel("batch size", fontsize=8)
@@ -696,13 +578,54 @@ def _values_figure(rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig) -
     return figure
 
 
+def _seed_lines(
+    axis: Any,
+    rows: Sequence[Mapping[str, Any]],
+    config: BatchSizeConfig,
+    panel: str,
+    number: int,
+) -> list[float]:
+    """Draw ``panel`` against the batch size for model ``number``, one line per seed.
+
+    A measure's rescaled copies are drawn as open markers beside it. Returns the values drawn.
+    """
+    model = config.models[number]
+    colour, marker = _COLOURS[number % len(_COLOURS)], MARKERS[number % len(MARKERS)]
+    offset = 0.08 * (number - (len(config.models) - 1) / 2)
+    positions = {size: index for index, size in enumerate(sorted(config.batch_sizes))}
+    values: list[float] = []
+    for seed in config.seeds:
+        chosen = sorted(select(rows, model=model.name, seed=seed), key=lambda r: r["batch_size"])
+        if not chosen:
+            continue
+        x = [positions[r["batch_size"]] + offset for r in chosen]
+        y = [r[panel] for r in chosen]
+        label = model.name if seed == config.seeds[0] else None
+        axis.plot(x, y, "-", marker=marker, color=colour, label=label, markersize=5)
+        values += y
+        if panel not in config.measures:
+            continue
+        twin = [r[f"{panel}_rescaled"] for r in chosen]
+        values += twin
+        axis.plot(
+            [value + 0.04 for value in x],
+            twin,
+            linestyle="none",
+            marker=marker,
+            markerfacecolor="none",
+            color=colour,
+            markersize=7,
+        )
+    return values
+
+
 def _rescaling_figure(rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig) -> Any:
     figure = new_figure(max(4.5, 0.9 * len(config.measures) + 2), 3.4)
     axis = figure.add_subplot(1, 1, 1)
     floor = 1e-12
     largest = []
     for name in config.measures:
-        changes = [abs(r[f"{name}_change"]) for r in rows if math.isfinite(r[f"{name}_change"])]
+        changes = _changes(rows, name)
         largest.append(max(max(changes), floor) if changes else math.nan)
     colours = ["tab:blue" if declared_invariances(n) else "tab:gray" for n in config.measures]
     positions = np.arange(len(config.measures))

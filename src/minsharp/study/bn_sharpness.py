@@ -40,26 +40,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from minsharp.errors import StudyError
 from minsharp.measures.bn_sharpness import DEFAULT_DELTA
-from minsharp.models import count_parameters
 from minsharp.study import base
-from minsharp.study.base import CHECKPOINT_DIR, FORMAT_VERSION, StudyData
+from minsharp.study.base import StudyData
 from minsharp.study.presets import (
+    GridConfig,
     ModelPlan,
-    common_problems,
-    config_from_mapping,
-    raise_problems,
+    Presets,
+    grid_setting_holders,
+    raise_kind_problems,
     ratio_label,
-    stored_config,
 )
-from minsharp.train import TrainingConfig, accuracy, save_checkpoint, train_classifier
+from minsharp.train import TrainingConfig, train_classifier
 
 #: The kind of study this module runs (``study.json``'s ``kind``).
 KIND = "bn-sharpness"
-
-#: Names of the presets, in the order the command line lists them.
-PRESETS: tuple[str, ...] = ("demo", "cpu", "paper")
 
 #: What the measures are computed on, in words (recorded in every result).
 MEASURED_ON = (
@@ -73,6 +68,9 @@ RESULT_NUMBERS = ("train_accuracy", "test_accuracy", "weight", "seed", "seconds_
 #: Keys of a result holding measure entries: after and before training.
 MEASURE_GROUPS = ("measures", "measures_before")
 
+#: What a run's checkpoint records besides the weights: these entries of its result.
+CHECKPOINT_KEYS = ("run_id", "weight", "seed", "training", "train_accuracy", "test_accuracy")
+
 #: Training settings the grid decides (not allowed in ``training``).
 _GRID_TRAINING = ("bn_sharpness_weight", "bn_sharpness_delta")
 
@@ -80,38 +78,36 @@ _GRID_TRAINING = ("bn_sharpness_weight", "bn_sharpness_delta")
 CALIBRATION_BATCH = 512
 
 
-@dataclass(frozen=True)
-class BNSharpnessConfig:
+@dataclass(frozen=True, kw_only=True)
+class BNSharpnessConfig(GridConfig):
     """Everything that decides the results of a BN-sharpness training study.
 
+    The fields of every kind are :class:`~minsharp.study.presets.GridConfig`'s (a seed gives
+    the same initial weights and minibatch order to every λ; the models have batch-norm, zoo
+    option ``batchnorm: true``; ``training`` holds no penalty setting; the measures,
+    ``bn_sharpness`` among them and by default, are taken before and after training, with
+    ``bn_sharpness``'s ``delta`` defaulting to :attr:`delta`); this kind's own:
+
     Attributes:
-        preset: the preset this configuration started from (a label for the report).
-        dataset: a name of :data:`minsharp.data.datasets.DATASETS`.
-        train_size: training examples (``None``: all).
-        test_size: test examples (``None``: all).
-        data_seed: seed of the train/test split and subsets.
         weights: the penalty weights λ compared; 0 (plain SGD, the baseline) and at least
-            one positive weight.
-        delta: the radius δ of the penalty, relative to each block's norm, in (0, 1].
-        seeds: the trials; a seed initialises a network and orders its minibatches (the
-            same for every λ).
-        models: networks with batch-norm (zoo option ``batchnorm: true``).
-        training: training settings shared by all runs (keys of :data:`minsharp.study.
-            presets.TRAINING_KEYS` except the penalty's).
-        measures: measures taken before and after training (``bn_sharpness`` among them).
-        measure_options: options per measure (``bn_sharpness``'s ``delta`` defaults to
-            ``delta``).
-        measure_examples: measure on the first this-many training examples (``None``: all).
-        dtype: ``"float32"`` or ``"float64"``.
+            one positive weight (default 0 and 0.5).
+        delta: the radius δ of the penalty, relative to each block's norm, in (0, 1]
+            (default :data:`~minsharp.measures.bn_sharpness.DEFAULT_DELTA`).
     """
+
+    AXES = (
+        ("models", "model", "models"),
+        ("weights", "penalty weight", "penalty weights"),
+        ("seeds", "seed", "seeds"),
+    )
 
     preset: str
     dataset: str
-    train_size: int | None
-    test_size: int | None
-    data_seed: int
-    weights: tuple[float, ...]
-    delta: float
+    train_size: int | None = None
+    test_size: int | None = None
+    data_seed: int = 0
+    weights: tuple[float, ...] = (0.0, 0.5)
+    delta: float = DEFAULT_DELTA
     seeds: tuple[int, ...]
     models: tuple[ModelPlan, ...]
     training: Mapping[str, Any]
@@ -123,11 +119,6 @@ class BNSharpnessConfig:
     def __post_init__(self) -> None:
         validate(self)
 
-    @property
-    def runs(self) -> int:
-        """Number of runs: models × weights × seeds."""
-        return len(self.models) * len(self.weights) * len(self.seeds)
-
     def training_config(self, model: ModelPlan, seed: int, weight: float = 0.0) -> TrainingConfig:
         """The training of one run with penalty weight ``weight``."""
         return TrainingConfig(
@@ -137,42 +128,21 @@ class BNSharpnessConfig:
             bn_sharpness_delta=self.delta,
         )
 
-    def effective_measure_options(self) -> dict[str, dict[str, Any]]:
-        """``measure_options`` with ``bn_sharpness``'s ``delta`` defaulting to :attr:`delta`."""
-        options = {name: dict(self.measure_options.get(name, {})) for name in self.measures}
+    def measure_settings(self) -> dict[str, dict[str, Any]]:
+        """Each measure with its options; ``bn_sharpness``'s ``delta`` defaults to :attr:`delta`."""
+        options = super().measure_settings()
         if "bn_sharpness" in options:
             options["bn_sharpness"] = {"delta": self.delta, **options["bn_sharpness"]}
         return options
 
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration as plain JSON types (what ``study.json`` stores)."""
-        return {
-            "preset": self.preset,
-            "dataset": self.dataset,
-            "train_size": self.train_size,
-            "test_size": self.test_size,
-            "data_seed": self.data_seed,
-            "weights": list(self.weights),
-            "delta": self.delta,
-            "seeds": list(self.seeds),
-            "models": [model.to_dict() for model in self.models],
-            "training": dict(self.training),
-            "measures": list(self.measures),
-            "measure_options": {
-                name: copy.deepcopy(dict(options)) for name, options in self.measure_options.items()
-            },
-            "measure_examples": self.measure_examples,
-            "dtype": self.dtype,
-        }
-
 
 def validate(config: BNSharpnessConfig) -> None:
-    """Check a configuration; raise :class:`StudyError` naming every problem found.
+    """Check a configuration; raise :class:`StudyError` naming the problems found.
 
-    Besides the checks shared by every study (:func:`~minsharp.study.presets.
-    common_problems`): distinct non-negative finite weights including 0 and a positive one;
-    δ in (0, 1]; no penalty settings in ``training``; models with batch-norm;
-    ``bn_sharpness`` among the measures.
+    First: distinct non-negative finite weights including 0 and a positive one; δ in
+    (0, 1]; no penalty settings in ``training``; models with batch-norm; ``bn_sharpness``
+    among the measures. When these hold, the checks shared by every study
+    (:func:`~minsharp.study.presets.common_problems`).
     """
     problems: list[str] = []
     weights = config.weights
@@ -189,80 +159,24 @@ def validate(config: BNSharpnessConfig) -> None:
     delta = config.delta
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta <= 1:
         problems.append(f"delta must be a number in (0, 1]; got {delta!r}")
-    holders = ["training"] * any(key in config.training for key in _GRID_TRAINING) + [
-        f"model {model.name!r}"
-        for model in config.models
-        if any(key in model.training for key in _GRID_TRAINING)
-    ]
+    holders = grid_setting_holders(config, _GRID_TRAINING)
     if holders:
         problems.append(
             f"{' and '.join(holders)} set the penalty, which the grid's weights and delta "
             "decide; remove bn_sharpness_weight and bn_sharpness_delta there"
         )
-    for model in config.models:
-        if model.options.get("batchnorm") is not True:
-            problems.append(
-                f"model {model.name!r} has no batch-norm (BN-sharpness needs it); set its "
-                'option "batchnorm": true (zoo models with it: mlp, small_cnn)'
-            )
+    problems += [
+        f"model {model.name!r} has no batch-norm (BN-sharpness needs it); set its option "
+        '"batchnorm": true (zoo models with it: mlp, small_cnn)'
+        for model in config.models
+        if model.options.get("batchnorm") is not True
+    ]
     if "bn_sharpness" not in config.measures:
         problems.append("measures must include bn_sharpness (the report compares it)")
-    if not problems:
-        problems += common_problems(config)
-    raise_problems(problems)
+    raise_kind_problems(config, problems)
 
 
 # --------------------------------------------------------------------------- presets
-
-
-def demo_preset() -> BNSharpnessConfig:
-    """``demo``: digits, an MLP 64-64-64-10 with batch-norm, λ ∈ {0, 0.5}, 5 seeds (≈ 10 s)."""
-    return BNSharpnessConfig(
-        preset="demo",
-        dataset="digits",
-        train_size=None,
-        test_size=None,
-        data_seed=0,
-        weights=(0.0, 0.5),
-        delta=DEFAULT_DELTA,
-        seeds=tuple(range(5)),
-        models=(ModelPlan("mlp_bn", "mlp", {"hidden": [64, 64], "batchnorm": True}),),
-        training=_training(epochs=30),
-    )
-
-
-def cpu_preset() -> BNSharpnessConfig:
-    """``cpu``: 4 000/4 000 MNIST images, the small CNN with batch-norm, λ ∈ {0, 0.5}, 10 seeds."""
-    return BNSharpnessConfig(
-        preset="cpu",
-        dataset="mnist",
-        train_size=4000,
-        test_size=4000,
-        data_seed=0,
-        weights=(0.0, 0.5),
-        delta=DEFAULT_DELTA,
-        seeds=tuple(range(10)),
-        models=(ModelPlan("cnn_bn", "small_cnn", {"batchnorm": True}),),
-        training=_training(epochs=15),
-        measure_examples=1000,
-    )
-
-
-def paper_preset() -> BNSharpnessConfig:
-    """``paper``: full CIFAR-10, the small CNN with batch-norm, 100 epochs, 5 seeds (a GPU)."""
-    return BNSharpnessConfig(
-        preset="paper",
-        dataset="cifar10",
-        train_size=None,
-        test_size=None,
-        data_seed=0,
-        weights=(0.0, 0.5),
-        delta=DEFAULT_DELTA,
-        seeds=tuple(range(5)),
-        models=(ModelPlan("cnn_bn", "small_cnn", {"batchnorm": True}),),
-        training=_training(epochs=100, batch_size=128),
-        measure_examples=10000,
-    )
 
 
 def _training(**changes: Any) -> dict[str, Any]:
@@ -279,61 +193,74 @@ def _training(**changes: Any) -> dict[str, Any]:
     }
 
 
-_BUILDERS = {"demo": demo_preset, "cpu": cpu_preset, "paper": paper_preset}
+def demo_preset() -> BNSharpnessConfig:
+    """``demo``: digits, an MLP 64-64-64-10 with batch-norm, λ ∈ {0, 0.5}, 5 seeds (≈ 10 s)."""
+    return BNSharpnessConfig(
+        preset="demo",
+        dataset="digits",
+        seeds=tuple(range(5)),
+        models=(ModelPlan("mlp_bn", "mlp", {"hidden": [64, 64], "batchnorm": True}),),
+        training=_training(epochs=30),
+    )
 
 
-def preset(name: str) -> BNSharpnessConfig:
-    """The preset ``name`` of :data:`PRESETS`.
-
-    Raises:
-        StudyError: an unknown name.
-    """
-    if name not in _BUILDERS:
-        raise StudyError(f"unknown preset {name!r}; the presets are {', '.join(PRESETS)}.")
-    return _BUILDERS[name]()
-
-
-def from_mapping(content: Mapping[str, Any], *, base: BNSharpnessConfig) -> BNSharpnessConfig:
-    """``base`` with a config mapping applied (as :func:`.presets.config_from_mapping`)."""
-    return config_from_mapping(content, base=base, presets=preset)
+def cpu_preset() -> BNSharpnessConfig:
+    """``cpu``: 4 000/4 000 MNIST images, the small CNN with batch-norm, λ ∈ {0, 0.5}, 10 seeds."""
+    return BNSharpnessConfig(
+        preset="cpu",
+        dataset="mnist",
+        train_size=4000,
+        test_size=4000,
+        seeds=tuple(range(10)),
+        models=(ModelPlan("cnn_bn", "small_cnn", {"batchnorm": True}),),
+        training=_training(epochs=15),
+        measure_examples=1000,
+    )
 
 
-def stored(content: Mapping[str, Any]) -> BNSharpnessConfig:
-    """The :class:`BNSharpnessConfig` stored in a ``study.json``."""
-    return stored_config(content, base=demo_preset())
+def paper_preset() -> BNSharpnessConfig:
+    """``paper``: full CIFAR-10, the small CNN with batch-norm, 100 epochs, 5 seeds (a GPU)."""
+    return BNSharpnessConfig(
+        preset="paper",
+        dataset="cifar10",
+        seeds=tuple(range(5)),
+        models=(ModelPlan("cnn_bn", "small_cnn", {"batchnorm": True}),),
+        training=_training(epochs=100, batch_size=128),
+        measure_examples=10000,
+    )
+
+
+#: The presets by name (``preset("cpu")`` builds one; ``preset.names`` lists them).
+preset = Presets(demo=demo_preset, cpu=cpu_preset, paper=paper_preset)
 
 
 # --------------------------------------------------------------------------- runs
 
 
 @dataclass(frozen=True)
-class RunPlan:
-    """One run: a model trained with penalty weight λ from one seed.
+class RunPlan(base.RunPlan):
+    """One run: a model trained with penalty weight λ from one seed (shared by its weights).
 
     Attributes:
-        run_id: ``<model>_l<λ>_s<seed>``.
-        model: the network's plan.
         weight: λ (0: plain SGD).
-        seed: initialisation and minibatch order (shared by the weights of a seed).
-        training: the run's training configuration.
     """
 
-    run_id: str
-    model: ModelPlan
     weight: float
-    seed: int
-    training: TrainingConfig
+
+    @property
+    def run_id(self) -> str:
+        """``<model>_l<λ>_s<seed>``, the name of its directory."""
+        return f"{self.model.name}_l{ratio_label(self.weight)}_s{self.seed}"
 
 
 def plan_runs(config: BNSharpnessConfig) -> list[RunPlan]:
     """The runs seed by seed, each model's weights in turn (paired runs finish together)."""
     return [
         RunPlan(
-            run_id=f"{model.name}_l{ratio_label(weight)}_s{seed}",
             model=model,
-            weight=weight,
             seed=seed,
             training=config.training_config(model, seed, weight),
+            weight=weight,
         )
         for seed in config.seeds
         for model in config.models
@@ -342,34 +269,21 @@ def plan_runs(config: BNSharpnessConfig) -> list[RunPlan]:
 
 
 def run_fingerprint(config: BNSharpnessConfig, plan: RunPlan) -> str:
-    """SHA-256 of every setting that decides a run's result."""
-    return base.fingerprint(
-        {
-            "kind": KIND,
-            "format_version": FORMAT_VERSION,
-            "data": {
-                "dataset": config.dataset,
-                "train_size": config.train_size,
-                "test_size": config.test_size,
-                "data_seed": config.data_seed,
-                "dtype": config.dtype,
-            },
-            "model": plan.model.to_dict(),
-            "training": plan.training.as_dict(),
-            "measures": config.effective_measure_options(),
-            "measure_examples": config.measure_examples,
-        }
-    )
+    """SHA-256 of every setting that decides a run's result (the penalty is in its training)."""
+    return base.run_fingerprint(KIND, config, plan)
 
 
 def calibrated_copy(
     model: nn.Module, inputs: Tensor, batch_size: int = CALIBRATION_BATCH
 ) -> nn.Module:
-    """A copy of ``model`` whose batch-norm running statistics are those of ``inputs``.
+    """A copy of ``model`` whose batch-norm running statistics are estimated on ``inputs``.
 
-    Every batch-norm's statistics are reset and re-estimated in one pass over ``inputs``
-    in training mode with cumulative averaging (``momentum=None``), without gradients; the
-    copy is returned in eval mode with the original momenta. ``model`` is untouched.
+    Every batch-norm's statistics are reset and re-estimated in one pass over ``inputs``, in
+    chunks of ``batch_size``, in training mode with cumulative averaging (``momentum=None``)
+    and without gradients: the running mean and variance are the plain averages of the
+    chunks' batch statistics (those of ``inputs`` exactly when one chunk holds them all; a
+    last chunk of a single example is left out, as batch-norm cannot train on it). The copy
+    is returned in eval mode with the original momenta; ``model`` is untouched.
     """
     twin = copy.deepcopy(model)
     norms = [m for m in twin.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -399,23 +313,13 @@ def execute_run(
     """Measure at initialisation, train with penalty weight λ, measure again; fill ``record``."""
     started = time.perf_counter()
     record.update(
-        model=plan.model.name,
-        zoo=plan.model.zoo,
-        model_options=dict(plan.model.options),
-        weight=plan.weight,
-        delta=config.delta,
-        seed=plan.seed,
-        training=plan.training.as_dict(),
-        device=str(data.device),
-        dtype=config.dtype,
-        threads=torch.get_num_threads(),
+        base.run_settings(plan, data, config.dtype, weight=plan.weight, delta=config.delta)
     )
-    model = base.build_network(plan.model, plan.seed, data)
-    record["parameters"] = count_parameters(model)
-    count = min(config.measure_examples or len(data.train_labels), len(data.train_labels))
-    inputs = (data.train_inputs[:count], data.train_labels[:count])
-    record["measured_on"] = {"description": MEASURED_ON, "examples": count}
-    options = config.effective_measure_options()
+    model = base.build_network(plan, data, record)
+    inputs = base.measured_examples(
+        data.train_inputs, data.train_labels, config.measure_examples, record, MEASURED_ON
+    )
+    options = config.measure_settings()
     record["measures_before"], before_seconds = base.measure_all(
         calibrated_copy(model, data.train_inputs), inputs, config.measures, options
     )
@@ -430,49 +334,25 @@ def execute_run(
         description=plan.run_id,
     )
     training_seconds = time.perf_counter() - began
-    model.eval()
-    train_accuracy = accuracy(model, data.train_inputs, data.train_labels)
-    test_accuracy = accuracy(model, data.test_inputs, data.test_labels)
-    steps = sum(history.steps)
-    record.update(
-        history=history.as_dict(),
-        epochs_run=history.epochs_run,
-        steps=steps,
-        step_seconds=sum(history.step_seconds),
-        seconds_per_step=sum(history.step_seconds) / steps if steps else math.nan,
-        final_loss=history.loss[-1] if history.loss else math.nan,
-        train_accuracy=train_accuracy,
-        test_accuracy=test_accuracy,
-        gap=train_accuracy - test_accuracy,
-    )
+    scores = base.evaluate(model, data, data.train_labels)
+    steps, step_seconds = sum(history.steps), sum(history.step_seconds)
+    during = {
+        "steps": steps,
+        "step_seconds": step_seconds,
+        "seconds_per_step": step_seconds / steps if steps else math.nan,
+    }
+    record.update(base.training_outcome(history, scores, during=during))
     record["measures"], after_seconds = base.measure_all(model, inputs, config.measures, options)
-    save_checkpoint(
-        run_dir / CHECKPOINT_DIR,
-        model,
-        model_spec=base.model_spec(plan.model, data),
-        record={
-            "run_id": plan.run_id,
-            "weight": plan.weight,
-            "seed": plan.seed,
-            "training": plan.training.as_dict(),
-            "train_accuracy": train_accuracy,
-            "test_accuracy": test_accuracy,
-        },
-    )
-    record.update(
-        checkpoint=CHECKPOINT_DIR,
-        timings={
-            "training": training_seconds,
-            "measures": before_seconds + after_seconds,
-            "total": time.perf_counter() - started,
-        },
-    )
+    base.save_network(model, plan, data, run_dir, record, CHECKPOINT_KEYS)
+    record["timings"] = {
+        "training": training_seconds,
+        "measures": before_seconds + after_seconds,
+        "total": time.perf_counter() - started,
+    }
 
 
 def summarise_run(result: Mapping[str, Any]) -> str:
-    """One line about a run: accuracies, BN-sharpness before and after, cost per step."""
-    if result.get("status") != "complete":
-        return f"{result['run_id']}: FAILED ({result.get('error')}: {result.get('message')})"
+    """One line about a complete run: accuracies, BN-sharpness before and after, cost per step."""
     before = (result["measures_before"].get("bn_sharpness") or {}).get("value")
     after = (result["measures"].get("bn_sharpness") or {}).get("value")
     sharpness = (
@@ -488,24 +368,13 @@ def summarise_run(result: Mapping[str, Any]) -> str:
     )
 
 
-def _grid_text(config: BNSharpnessConfig) -> str:
-    return base.count_text(
-        (
-            (len(config.models), "model", "models"),
-            (len(config.weights), "penalty weight", "penalty weights"),
-            (len(config.seeds), "seed", "seeds"),
-        )
-    )
-
-
 #: The BN-sharpness training study as a :class:`~minsharp.study.base.StudyKind`.
 BN_SHARPNESS = base.StudyKind(
     name=KIND,
     plan_runs=plan_runs,
     fingerprint=run_fingerprint,
     execute=execute_run,
-    stored_config=stored,
-    grid_text=_grid_text,
+    preset=preset,
     summarise=summarise_run,
     measured_on=MEASURED_ON,
     result_numbers=RESULT_NUMBERS,

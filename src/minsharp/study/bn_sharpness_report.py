@@ -27,33 +27,47 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from minsharp.io import write_text_atomic
-from minsharp.study import base
-from minsharp.study.base import RESULT_FILE, RUNS_DIR, StudyRecords
+from minsharp.study import base, reporting
+from minsharp.study.base import StudyRecords
 from minsharp.study.bn_sharpness import (
     BN_SHARPNESS,
     MEASURE_GROUPS,
     BNSharpnessConfig,
     paper_preset,
 )
-from minsharp.study.figures import MARKERS, log_scale_if_wide, new_figure, save_figure
-from minsharp.study.presets import ratio_label
+from minsharp.study.presets import ModelPlan, ratio_label
 from minsharp.study.reporting import (
-    CSV_FILE,
-    FIGURES_DIR,
-    REPORT_FILE,
+    MARKERS,
+    SGD_COLUMNS,
     as_float,
-    cell,
-    csv_text,
-    invariances_text,
-    machine_markdown,
+    closing_markdown,
+    csv_columns,
+    examples_text,
+    files_markdown,
+    geometric_mean,
+    log_scale_if_wide,
     mean,
+    measure_lines,
+    measure_value,
+    models_table,
+    new_figure,
     options_text,
-    problems_markdown,
-    report_time,
-    setting_text,
+    paper_table,
+    per_run_text,
+    run_row,
+    select,
+    set_text,
+    setting_groups,
+    sgd_cells,
     spread,
+    table_head,
+    timing_total,
+    training_rows,
+    verdict,
+    write_files,
+    written_markdown,
 )
+from minsharp.train import TrainingConfig
 
 #: Coverage of the paired interval.
 LEVEL = 0.95
@@ -106,21 +120,10 @@ class Pairing:
 
 
 @dataclass
-class Report:
-    """What :func:`write_report` wrote."""
+class Report(reporting.Report):
+    """What :func:`write_report` wrote, with the pairings; the summary holds the verdicts."""
 
-    path: Path
-    csv: Path
-    figures: list[Path]
     pairings: list[Pairing]
-    records: StudyRecords
-    summary: str
-    """A few plain lines for the terminal: the verdicts."""
-
-
-def read_records(directory: str | Path) -> StudyRecords:
-    """The BN-sharpness study in ``directory`` (:func:`minsharp.study.base.read_records`)."""
-    return base.read_records(directory, BN_SHARPNESS)
 
 
 def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
@@ -131,26 +134,17 @@ def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
     """
     rows = []
     for run, result in records.results.items():
-        row: dict[str, Any] = {
-            "run_id": run,
-            "model": result["model"],
-            "weight": result["weight"],
-            "seed": result["seed"],
-            "train_accuracy": result["train_accuracy"],
-            "test_accuracy": result["test_accuracy"],
-            "gap": as_float(result.get("gap")),
-            "final_loss": as_float(result.get("final_loss")),
-            "epochs_run": result.get("epochs_run"),
-            "steps": result.get("steps"),
-            "seconds_per_step": result["seconds_per_step"],
-            "training_seconds": (result.get("timings") or {}).get("training"),
-            "test_curve": (result.get("history") or {}).get("test_accuracy") or [],
-        }
+        row = run_row(run, result, "weight")
+        row.update(
+            steps=result.get("steps"),
+            seconds_per_step=result["seconds_per_step"],
+            test_curve=(result.get("history") or {}).get("test_accuracy") or [],
+        )
         errors = []
         for name in records.config.measures:
             for group, suffix in (("measures", ""), ("measures_before", "_before")):
                 entry = result[group].get(name) or {"error": "missing"}
-                row[name + suffix] = as_float(entry.get("value")) if "value" in entry else math.nan
+                row[name + suffix] = measure_value(entry)
                 if "error" in entry:
                     errors.append(name + suffix)
         row["errors"] = ";".join(errors)
@@ -162,11 +156,9 @@ def pairings(rows: Sequence[Mapping[str, Any]], config: BNSharpnessConfig) -> li
     """Each λ > 0 against λ = 0, per model, over the seeds where both runs finished."""
     found = []
     for model in config.models:
-        baseline = {r["seed"]: r for r in rows if r["model"] == model.name and r["weight"] == 0.0}
+        baseline = {r["seed"]: r for r in select(rows, model=model.name, weight=0.0)}
         for weight in sorted(w for w in config.weights if w > 0):
-            treated = {
-                r["seed"]: r for r in rows if r["model"] == model.name and r["weight"] == weight
-            }
+            treated = {r["seed"]: r for r in select(rows, model=model.name, weight=weight)}
             seeds = sorted(set(baseline) & set(treated))
             if not seeds and not treated:
                 continue
@@ -204,44 +196,26 @@ def write_report(directory: str | Path) -> Report:
     Raises:
         StudyError: not a BN-sharpness study directory.
     """
-    records = read_records(directory)
-    directory = records.directory
+    records = base.read_records(directory, BN_SHARPNESS)
     config: BNSharpnessConfig = records.config
     rows = run_rows(records)
     found = pairings(rows, config)
-    columns = [
-        "run_id",
-        "model",
-        "weight",
-        "seed",
-        "train_accuracy",
-        "test_accuracy",
-        "gap",
-        "final_loss",
-        "epochs_run",
-        "steps",
-        "seconds_per_step",
-        "training_seconds",
-        *[name + suffix for name in config.measures for suffix in ("_before", "")],
-        "errors",
-    ]
-    csv_path = directory / CSV_FILE
-    write_text_atomic(csv_path, csv_text(rows, columns))
-    figures_dir = directory / FIGURES_DIR
-    figures_dir.mkdir(exist_ok=True)
-    figures = (
-        [
-            save_figure(_accuracy_figure(rows, config), figures_dir / "test_accuracy.png"),
-            save_figure(_sharpness_figure(rows, config), figures_dir / "bn_sharpness.png"),
-        ]
-        if rows
-        else []
-    )
     verdicts = [_verdict_line(pairing) for pairing in found if pairing.differences]
-    path = directory / REPORT_FILE
-    write_text_atomic(path, _markdown(records, rows, found, verdicts))
-    summary = "\n".join(verdicts) if verdicts else "No complete pair of runs yet."
-    return Report(path, csv_path, figures, found, records, summary)
+    measures = [name + suffix for name in config.measures for suffix in ("_before", "")]
+    path, csv_path, figures = write_files(
+        records.directory,
+        rows=rows,
+        columns=csv_columns("weight", measures, during=["steps", "seconds_per_step"]),
+        markdown=_markdown(records, rows, found, verdicts),
+        figures={
+            "test_accuracy.png": lambda: _accuracy_figure(rows, config),
+            "bn_sharpness.png": lambda: _sharpness_figure(rows, config),
+        },
+    )
+    summary = "BN-sharpness training vs plain SGD (paired by seed):\n\n" + (
+        "\n".join(verdicts) if verdicts else "No complete pair of runs yet."
+    )
+    return Report(path, csv_path, figures, records, summary, found)
 
 
 # --------------------------------------------------------------------------- markdown
@@ -258,13 +232,15 @@ def _verdict_line(pairing: Pairing) -> str:
     )
     costs = list(pairing.cost_ratios.values())
     cost = (
-        f"; cost per step ×{_geometric(costs):.2f} ({min(costs):.2f}–{max(costs):.2f})"
+        f"; cost per step ×{geometric_mean(costs):.2f} ({min(costs):.2f}–{max(costs):.2f})"
         if costs
         else ""
     )
     sharp = list(pairing.sharpness_ratios.values())
     sharpness = (
-        f"; BN-sharpness after training ×{_geometric(sharp):.3g} of plain SGD's" if sharp else ""
+        f"; BN-sharpness after training ×{geometric_mean(sharp):.3g} of plain SGD's"
+        if sharp
+        else ""
     )
     return (
         f"{pairing.model}, λ = {pairing.weight:g}: {pairing.verdict} — test accuracy "
@@ -274,11 +250,6 @@ def _verdict_line(pairing: Pairing) -> str:
     )
 
 
-def _geometric(values: Sequence[float]) -> float:
-    positive = [value for value in values if value > 0]
-    return math.exp(float(np.mean(np.log(positive)))) if positive else math.nan
-
-
 def _markdown(
     records: StudyRecords,
     rows: list[dict[str, Any]],
@@ -286,8 +257,6 @@ def _markdown(
     verdicts: list[str],
 ) -> str:
     config: BNSharpnessConfig = records.config
-    study = records.study
-    planned = len(study.get("runs", []))
     out: list[str] = []
     add = out.append
     add(f"# BN-sharpness training vs plain SGD — preset `{config.preset}`\n")
@@ -299,16 +268,7 @@ def _markdown(
         "follows ĝ = (1 − λ)∇L(w) + λ∇L(w + t v), t ~ U(0, δ), v the BN-sharpness direction "
         "held fixed (`minsharp.bn_training`).\n"
     )
-    add(
-        f"Written {report_time()} from {len(rows)} finished of {planned} planned runs in "
-        f"`{records.directory}`."
-        + (
-            " **The study is not finished**: rerun the same command to complete it."
-            if len(rows) < planned
-            else ""
-        )
-        + "\n"
-    )
+    add(written_markdown(records))
     add("## Verdict\n")
     decided = [p for p in found if p.verdict != UNDECIDED]
     if decided:
@@ -340,46 +300,43 @@ def _markdown(
         add("![BN-sharpness before and after training](figures/bn_sharpness.png)\n")
         add("### Extra cost per step\n")
         add(_cost_markdown(found, records) + "\n")
-    add(problems_markdown(records, MEASURE_GROUPS, left_out="the comparisons for these runs"))
-    add("## What was run\n")
-    add(_setup_markdown(records) + "\n")
-    add("## How this run differs from the paper\n")
-    add(_paper_markdown(config, study.get("data", {}) or {}) + "\n")
-    add("## Machine and versions\n")
-    add(machine_markdown(study) + "\n")
-    add("## Files\n")
-    add(
-        f"* `{CSV_FILE}`: one row per finished run (accuracies, time per step, each measure "
-        "before and after training).\n"
-        f"* `{RUNS_DIR}/<run-id>/{RESULT_FILE}`: everything about one run (training history "
-        "per epoch with the time of the steps, every measure's value, options and details); "
-        "`checkpoint/` holds the trained network.\n"
-        "* `study.json`: the configuration, the data record, the planned runs and every "
-        "session.\n"
-        f"* Regenerate this report with `minsharp report {records.directory}`.\n"
+    out += closing_markdown(
+        records,
+        groups=MEASURE_GROUPS,
+        left_out="the comparisons for these runs",
+        setup=_setup_markdown(records),
+        paper=_paper_markdown(config, records.study.get("data", {}) or {}),
+        files=files_markdown(
+            records,
+            csv="accuracies, time per step, each measure before and after training",
+            result="training history per epoch with the time of the steps, every measure's "
+            "value, options and details",
+        ),
     )
     return "\n".join(out)
 
 
 def _results_table(rows: Sequence[Mapping[str, Any]], config: BNSharpnessConfig) -> str:
-    lines = [
-        "| model | λ | runs | test acc | train acc | BN-sharpness before | BN-sharpness after "
-        "| ms per step |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for model in config.models:
-        for weight in sorted(config.weights):
-            chosen = [r for r in rows if r["model"] == model.name and r["weight"] == weight]
-            if not chosen:
-                continue
-            lines.append(
-                f"| {model.name} | {weight:g} | {len(chosen)} | "
-                f"{spread([r['test_accuracy'] for r in chosen]).text(4)} | "
-                f"{spread([r['train_accuracy'] for r in chosen]).text(4)} | "
-                f"{spread([r['bn_sharpness_before'] for r in chosen]).text(3)} | "
-                f"{spread([r['bn_sharpness'] for r in chosen]).text(3)} | "
-                f"{spread([1000 * r['seconds_per_step'] for r in chosen]).text(3)} |"
-            )
+    lines = table_head(
+        "model",
+        "λ",
+        "runs",
+        "test acc",
+        "train acc",
+        "BN-sharpness before",
+        "BN-sharpness after",
+        "ms per step",
+    )
+    weights = sorted(config.weights)
+    for model, weight, chosen in setting_groups(rows, config.models, "weight", weights):
+        lines.append(
+            f"| {model.name} | {weight:g} | {len(chosen)} | "
+            f"{spread([r['test_accuracy'] for r in chosen]).text(4)} | "
+            f"{spread([r['train_accuracy'] for r in chosen]).text(4)} | "
+            f"{spread([r['bn_sharpness_before'] for r in chosen]).text(3)} | "
+            f"{spread([r['bn_sharpness'] for r in chosen]).text(3)} | "
+            f"{spread([1000 * r['seconds_per_step'] for r in chosen]).text(3)} |"
+        )
     return "\n".join(lines)
 
 
@@ -391,7 +348,7 @@ def _cost_markdown(found: Sequence[Pairing], records: StudyRecords) -> str:
             continue
         lines.append(
             f"* {pairing.model}, λ = {pairing.weight:g}: a step costs "
-            f"×{_geometric(costs):.2f} the plain SGD step (geometric mean of the per-seed "
+            f"×{geometric_mean(costs):.2f} the plain SGD step (geometric mean of the per-seed "
             f"ratios; range {min(costs):.2f}–{max(costs):.2f}, n = {len(costs)})."
         )
     sessions = records.study.get("sessions", []) or []
@@ -407,88 +364,56 @@ def _cost_markdown(found: Sequence[Pairing], records: StudyRecords) -> str:
 
 def _setup_markdown(records: StudyRecords) -> str:
     config: BNSharpnessConfig = records.config
-    data = records.study.get("data", {}) or {}
-    lines = [f"* **Data**: {data.get('summary', config.dataset)}"]
-    if data.get("split_kind") not in (None, "official"):
-        lines.append(
-            f"* **Split note**: {data.get('split')}. The test part is therefore held out from "
-            "the same files as the training part, not the official test set."
-        )
-    lines += [
+    lines = [
+        *reporting.data_lines(records),
         f"* **Seeds**: {', '.join(map(str, config.seeds))}; a seed initialises a network and "
         "orders its minibatches, the same for every λ.",
-        f"* **Penalty**: λ ∈ {{{', '.join(f'{w:g}' for w in config.weights)}}} (0: plain "
-        f"SGD), δ = {config.delta:g} (each block moves by at most δ times its norm).",
+        f"* **Penalty**: λ ∈ {set_text(config.weights)} (0: plain SGD), δ = {config.delta:g} "
+        "(each block moves by at most δ times its norm).",
         "* **Models and training** (SGD with momentum, weight decay, learning rate "
         "lr/(1 + decay·t), t = steps; the same epochs for every λ):",
         "",
-        "  | model | network | parameters | epochs | batch | lr | momentum | weight decay | "
-        "lr decay |",
-        "  | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *models_table(
+            records,
+            ["epochs", "batch", *SGD_COLUMNS],
+            ((model, _training_cells(config.training_config(model, 0))) for model in config.models),
+        ),
+        "",
+        "* **Measures**, before and after training, on "
+        f"{examples_text(config.measure_examples, 'training examples')}:",
+        *measure_lines(records),
+        f"* **Time**: {timing_total(records, 'training') / 60:.1f} min training over the "
+        f"{len(records.results)} finished runs; {per_run_text(records)} s per run.",
     ]
-    parameters = {r["model"]: r.get("parameters") for r in records.results.values()}
-    for model in config.models:
-        training = config.training_config(model, 0)
-        lines.append(
-            f"  | {model.name} | `{model.zoo}`{options_text(model.options)} | "
-            f"{parameters.get(model.name, '?')} | {training.epochs} | {training.batch_size} | "
-            f"{training.lr:g} | {training.momentum:g} | {training.weight_decay:g} | "
-            f"{training.lr_decay:g} |"
-        )
-    examples = (
-        "all training examples"
-        if config.measure_examples is None
-        else f"the first {config.measure_examples} training examples"
-    )
-    lines += ["", f"* **Measures**, before and after training, on {examples}:"]
-    options = config.effective_measure_options()
-    for name in config.measures:
-        lines.append(
-            f"  * `{name}`{options_text(options.get(name, {}))}: invariant to "
-            f"{invariances_text(name)}"
-        )
-    training_time = sum(
-        (r.get("timings") or {}).get("training", 0) for r in records.results.values()
-    )
-    per_run = [(r.get("timings") or {}).get("total") for r in records.results.values()]
-    lines.append(
-        f"* **Time**: {training_time / 60:.1f} min training over the {len(records.results)} "
-        f"finished runs; {spread(per_run).text(3)} s per run."
-    )
     return "\n".join(lines)
+
+
+def _training_cells(training: TrainingConfig) -> list[Any]:
+    """Epochs, batch size and SGD settings of a model's training."""
+    return [training.epochs, training.batch_size, *sgd_cells(training)]
 
 
 def _paper_markdown(config: BNSharpnessConfig, data: Mapping[str, Any]) -> str:
     paper = paper_preset()
     sizes = data.get("sizes") or {}
-    rows = [
+    settings = [
         (
             "data",
             "CIFAR-10, 50 000 / 10 000",
             f"{data.get('title', config.dataset)}, {sizes.get('train', '?')} / "
             f"{sizes.get('test', '?')}",
         ),
-        (
-            "networks",
-            ", ".join(f"`{m.zoo}`{options_text(m.options)}" for m in paper.models),
-            ", ".join(f"`{m.zoo}`{options_text(m.options)}" for m in config.models),
-        ),
-        ("λ", _numbers(paper.weights), _numbers(config.weights)),
+        ("networks", _networks(paper.models), _networks(config.models)),
+        ("λ", set_text(paper.weights), set_text(config.weights)),
         ("δ", f"{paper.delta:g}", f"{config.delta:g}"),
         ("seeds", str(len(paper.seeds)), str(len(config.seeds))),
     ]
-    ours, theirs = (
+    rows = [(name, theirs, ours, verdict(theirs == ours)) for name, theirs, ours in settings]
+    rows += training_rows(
         config.training_config(config.models[0], 0),
         paper.training_config(paper.models[0], 0),
+        ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_decay"),
     )
-    for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_decay"):
-        rows.append(
-            (
-                key.replace("_", " "),
-                setting_text(getattr(theirs, key)),
-                setting_text(getattr(ours, key)),
-            )
-        )
     lines = [
         "MATH §5 reconstructs the method (the paper's text was not available to us) and "
         "states no protocol: every setting of `--preset paper` below is our assumption (the "
@@ -496,21 +421,13 @@ def _paper_markdown(config: BNSharpnessConfig, data: Mapping[str, Any]) -> str:
         "is our reading: blocks, direction v, t ~ U(0, δ) with v held fixed, and the "
         "combined gradient (1 − λ)∇L(w) + λ∇L(w + t v) derived in `minsharp.bn_training`.",
         "",
-        "| setting | paper preset (assumed) | this study | |",
-        "| --- | --- | --- | --- |",
+        *paper_table(rows, data, paper="paper preset (assumed)"),
     ]
-    lines += [
-        f"| {name} | {cell(theirs_)} | {cell(ours_)} | "
-        f"{'same' if theirs_ == ours_ else '**differs**'} |"
-        for name, theirs_, ours_ in rows
-    ]
-    if data.get("split_kind") not in (None, "official"):
-        lines += ["", f"Data split: {data.get('split')}."]
     return "\n".join(lines)
 
 
-def _numbers(values: Sequence[float]) -> str:
-    return "{" + ", ".join(f"{value:g}" for value in values) + "}"
+def _networks(models: Sequence[ModelPlan]) -> str:
+    return ", ".join(f"`{m.zoo}`{options_text(m.options)}" for m in models)
 
 
 # --------------------------------------------------------------------------- figures
@@ -524,33 +441,9 @@ def _accuracy_figure(rows: Sequence[Mapping[str, Any]], config: BNSharpnessConfi
     for index, model in enumerate(config.models):
         paired = figure.add_subplot(len(config.models), 2, 2 * index + 1)
         curves = figure.add_subplot(len(config.models), 2, 2 * index + 2)
-        chosen = [r for r in rows if r["model"] == model.name]
-        for seed in config.seeds:
-            points = sorted((r for r in chosen if r["seed"] == seed), key=lambda r: r["weight"])
-            if points:
-                paired.plot(
-                    [weights.index(r["weight"]) for r in points],
-                    [r["test_accuracy"] for r in points],
-                    "-",
-                    color="tab:gray",
-                    alpha=0.6,
-                    marker=MARKERS[0],
-                    markersize=4,
-                )
-        for position, weight in enumerate(weights):
-            values = [r["test_accuracy"] for r in chosen if r["weight"] == weight]
-            if values:
-                paired.plot([position], [mean(values)], "D", color="black", markersize=7)
-            curves_of = [
-                r["test_curve"] for r in chosen if r["weight"] == weight and r["test_curve"]
-            ]
-            if curves_of:
-                length = min(len(curve) for curve in curves_of)
-                matrix = np.array([curve[:length] for curve in curves_of], dtype=float)
-                epochs = np.arange(1, length + 1)
-                colour = _COLOURS[position % len(_COLOURS)]
-                curves.plot(epochs, matrix.mean(0), color=colour, label=f"λ = {weight:g}")
-                curves.fill_between(epochs, matrix.min(0), matrix.max(0), color=colour, alpha=0.2)
+        chosen = select(rows, model=model.name)
+        _paired_panel(paired, chosen, config.seeds, weights)
+        _curves_panel(curves, chosen, weights)
         paired.set_xticks(range(len(weights)), [f"λ = {w:g}" for w in weights], fontsize=8)
         paired.set_ylabel("test accuracy", fontsize=8)
         paired.set_title(f"{model.name}: test accuracy per seed (◆ mean)", fontsize=9)
@@ -562,37 +455,66 @@ def _accuracy_figure(rows: Sequence[Mapping[str, Any]], config: BNSharpnessConfi
     return figure
 
 
+def _paired_panel(
+    axis: Any, rows: Sequence[Mapping[str, Any]], seeds: Sequence[int], weights: list[float]
+) -> None:
+    """Each seed's test accuracy per λ as a line, and the mean per λ as a diamond."""
+    for seed in seeds:
+        points = sorted(select(rows, seed=seed), key=lambda r: r["weight"])
+        if points:
+            axis.plot(
+                [weights.index(r["weight"]) for r in points],
+                [r["test_accuracy"] for r in points],
+                "-",
+                color="tab:gray",
+                alpha=0.6,
+                marker=MARKERS[0],
+                markersize=4,
+            )
+    for position, weight in enumerate(weights):
+        values = [r["test_accuracy"] for r in select(rows, weight=weight)]
+        if values:
+            axis.plot([position], [mean(values)], "D", color="black", markersize=7)
+
+
+def _curves_panel(axis: Any, rows: Sequence[Mapping[str, Any]], weights: list[float]) -> None:
+    """The mean test accuracy per epoch for each λ, with the range over seeds as a band."""
+    for position, weight in enumerate(weights):
+        curves = [r["test_curve"] for r in select(rows, weight=weight) if r["test_curve"]]
+        if not curves:
+            continue
+        length = min(len(curve) for curve in curves)
+        matrix = np.array([curve[:length] for curve in curves], dtype=float)
+        epochs = np.arange(1, length + 1)
+        colour = _COLOURS[position % len(_COLOURS)]
+        axis.plot(epochs, matrix.mean(0), color=colour, label=f"λ = {weight:g}")
+        axis.fill_between(epochs, matrix.min(0), matrix.max(0), color=colour, alpha=0.2)
+
+
 def _sharpness_figure(rows: Sequence[Mapping[str, Any]], config: BNSharpnessConfig) -> Any:
     figure = new_figure(4.0 + 1.2 * len(config.weights), 3.4)
     axis = figure.add_subplot(1, 1, 1)
-    weights = sorted(config.weights)
     labels, values = [], []
-    position = 0
-    for model in config.models:
-        for weight in weights:
-            chosen = [r for r in rows if r["model"] == model.name and r["weight"] == weight]
-            if not chosen:
-                continue
-            for offset, (key, colour) in enumerate(
-                (("bn_sharpness_before", "tab:gray"), ("bn_sharpness", "tab:blue"))
-            ):
-                points = [r[key] for r in chosen if math.isfinite(r[key])]
-                values += points
-                axis.scatter(
-                    [position + 0.15 * (2 * offset - 1)] * len(points),
-                    points,
-                    color=colour,
-                    s=14,
-                    label=("before training" if offset == 0 else "after training")
-                    if position == 0
-                    else None,
-                )
-            labels.append(
-                f"{model.name}\nλ = {ratio_label(weight)}"
-                if len(config.models) > 1
-                else f"λ = {weight:g}"
+    weights = sorted(config.weights)
+    for model, weight, chosen in setting_groups(rows, config.models, "weight", weights):
+        position = len(labels)
+        for offset, (key, colour, when) in enumerate(
+            (("bn_sharpness_before", "tab:gray", "before"), ("bn_sharpness", "tab:blue", "after"))
+        ):
+            points = [r[key] for r in chosen if math.isfinite(r[key])]
+            values += points
+            axis.scatter(
+                [position + 0.15 * (2 * offset - 1)] * len(points),
+                points,
+                color=colour,
+                s=14,
+                label=f"{when} training" if position == 0 else None,
             )
-            position += 1
+        labels.append(
+            f"{model.name}\nλ = {ratio_label(weight)}"
+            if len(config.models) > 1
+            else f"λ = {weight:g}"
+        )
     log_scale_if_wide(axis, values)
     axis.set_xticks(range(len(labels)), labels, fontsize=8)
     axis.set_ylabel(f"BN-sharpness (δ = {config.delta:g})", fontsize=8)

@@ -15,21 +15,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from minsharp.errors import MinsharpError, StudyError
 from minsharp.models import ZOO
 from minsharp.study import base, kinds
-from minsharp.study.presets import DTYPES, PRESETS, ModelPlan, StudyConfig, read_config_file
+from minsharp.study.presets import DTYPES, GridConfig, ModelPlan, read_config_file
 
 #: Where ``minsharp demo`` writes its study.
 DEMO_DIRECTORY = "minsharp-demo"
 
 #: Bootstrap resamples of the report's intervals, unless ``--resamples`` says otherwise.
 RESAMPLES = 2000
+
+NumberT = TypeVar("NumberT", int, float)
 
 
 def default_directory(preset_name: str, kind: str = "randomized-labels") -> str:
@@ -140,24 +143,19 @@ def apply_overrides(config: Any, args: argparse.Namespace) -> Any:
 
 
 def _floats(text: str, flag: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise StudyError(
-            f"{flag} must be comma-separated numbers, e.g. 0,0.5,1; got {text!r}."
-        ) from None
-    if not values:
-        raise StudyError(f"{flag} is empty.")
-    return values
+    return _numbers(text, flag, float, "numbers, e.g. 0,0.5,1")
 
 
 def _integers(text: str, flag: str) -> list[int]:
+    return _numbers(text, flag, int, "integers, e.g. 64,1000")
+
+
+def _numbers(text: str, flag: str, kind: Callable[[str], NumberT], what: str) -> list[NumberT]:
+    """The comma-separated ``what`` of ``text`` (empty parts skipped), read with ``kind``."""
     try:
-        values = [int(part) for part in text.split(",") if part.strip()]
+        values = [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise StudyError(
-            f"{flag} must be comma-separated integers, e.g. 64,1000; got {text!r}."
-        ) from None
+        raise StudyError(f"{flag} must be comma-separated {what}; got {text!r}.") from None
     if not values:
         raise StudyError(f"{flag} is empty.")
     return values
@@ -184,7 +182,7 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def _models(text: str, config: StudyConfig | Any) -> list[ModelPlan]:
+def _models(text: str, config: GridConfig) -> list[ModelPlan]:
     """Models named by ``--models``: the preset's own (by name), else zoo networks."""
     own = {model.name: model for model in config.models}
     chosen = []
@@ -361,25 +359,63 @@ examples:
 """
 
 
+#: Each kind's own override flags, ``(flags, options)``: before the shared ones and after.
+_OWN_FLAGS: dict[str, tuple[list[tuple[tuple[str, ...], dict[str, Any]]], ...]] = {
+    "randomized-labels": (
+        [(("--ratios",), {"metavar": "R,R,…", "help": "label-noise ratios, e.g. 0,0.5,1"})],
+        [(("--corruption",), {"choices": ("permute", "uniform"), "help": "label-noise rule"})],
+    ),
+    "batch-size": (
+        [
+            (("--batch-sizes",), {"metavar": "B,B,…", "help": "batch sizes compared, e.g. 64,500"}),
+            (
+                ("--rescale-spread",),
+                {"type": float, "metavar": "S", "help": "α_l drawn log-uniformly in [1/S, S]"},
+            ),
+        ],
+        [],
+    ),
+    "bn-sharpness": (
+        [
+            (
+                ("--weights",),
+                {"metavar": "L,L,…", "help": "penalty weights λ, e.g. 0,0.5 (0: SGD)"},
+            ),
+            (("--delta",), {"type": float, "metavar": "D", "help": "penalty radius δ in (0, 1]"}),
+        ],
+        [],
+    ),
+}
+
+
 def _add_study_arguments(
-    parser: argparse.ArgumentParser, *, directory: str, threads: int | None
+    parser: argparse.ArgumentParser, *, kind: str, directory: str, threads: int | None
 ) -> None:
-    """The flags shared by ``study randomized-labels`` and ``demo``."""
+    """The override and running flags of ``study <kind>`` (and of ``demo``).
+
+    The kind's own overrides (:data:`_OWN_FLAGS`) around those every kind accepts
+    (:func:`_add_shared_overrides`; ``--batch-size`` except where the grid sets it), then how
+    the study runs (``--resamples`` where the report bootstraps).
+    """
+    before, after = _OWN_FLAGS[kind]
     grid = parser.add_argument_group("overrides of the preset")
-    grid.add_argument("--ratios", metavar="R,R,…", help="label-noise ratios, e.g. 0,0.5,1")
-    _add_shared_overrides(grid, batch_size=True, hidden=True)
-    grid.add_argument("--corruption", choices=("permute", "uniform"), help="label-noise rule")
-    _add_running_arguments(parser, directory=directory, threads=threads)
+    for flags, options in before:
+        grid.add_argument(*flags, **options)
+    _add_shared_overrides(grid, batch_size=kind != "batch-size")
+    for flags, options in after:
+        grid.add_argument(*flags, **options)
+    _add_running_arguments(
+        parser, directory=directory, threads=threads, resamples=kinds.KINDS[kind].resamples
+    )
 
 
-def _add_shared_overrides(grid: argparse._ArgumentGroup, *, batch_size: bool, hidden: bool) -> None:
-    """Override flags every study kind accepts (``--batch-size`` and ``--hidden`` optional)."""
+def _add_shared_overrides(grid: argparse._ArgumentGroup, *, batch_size: bool) -> None:
+    """Override flags every study kind accepts (``--batch-size`` optional)."""
     grid.add_argument("--seeds", metavar="S,S,…", help="trial seeds, e.g. 0,1,2 or 0-9")
     grid.add_argument(
         "--models", metavar="M,M,…", help=f"models of the preset or of the zoo ({', '.join(ZOO)})"
     )
-    if hidden:
-        grid.add_argument("--hidden", type=int, nargs="+", metavar="W", help="widths of mlp models")
+    grid.add_argument("--hidden", type=int, nargs="+", metavar="W", help="widths of mlp models")
     grid.add_argument("--measures", metavar="A,B,…", help="measures (see `minsharp measures`)")
     grid.add_argument("--epochs", type=int, metavar="N", help="training epochs (all models)")
     if batch_size:
@@ -405,7 +441,7 @@ def _add_running_arguments(
     *,
     directory: str,
     threads: int | None,
-    resamples: bool = True,
+    resamples: bool,
 ) -> None:
     """How a study runs: directory, data, resume, progress, threads, device, report.
 
@@ -472,6 +508,26 @@ presets:
 """
 
 
+#: Each kind's ``study <kind>`` help: one line, the description and the examples.
+_KIND_HELP = {
+    "randomized-labels": (
+        "train on partly shuffled labels, correlate measures with the gap",
+        _STUDY_DESCRIPTION,
+        _STUDY_EPILOG,
+    ),
+    "batch-size": (
+        "large- vs small-batch minima under invariant and plain measures",
+        _BATCH_SIZE_DESCRIPTION,
+        "example:\n  minsharp study batch-size --preset cpu --data-dir ~/mnist --output runs/batch",
+    ),
+    "bn-sharpness": (
+        "BN-sharpness training vs plain SGD",
+        _BN_DESCRIPTION,
+        "example:\n  minsharp study bn-sharpness --preset cpu --data-dir ~/mnist --output runs/bn",
+    ),
+}
+
+
 def _target(text: str) -> float | str:
     if text.strip().lower() == "none":
         return "none"
@@ -491,68 +547,29 @@ def add_study_parsers(commands: Any) -> None:
         "normalized sharpness, Hessian trace and epsilon-sharpness. Writes the study and its "
         f"report to ./{DEMO_DIRECTORY} (resumed if run again) and prints the correlations.",
     )
-    _add_study_arguments(demo, directory=DEMO_DIRECTORY, threads=1)
+    _add_study_arguments(demo, kind="randomized-labels", directory=DEMO_DIRECTORY, threads=1)
     demo.set_defaults(run=demo_command)
 
     study = commands.add_parser(
         "study", help="run a study (randomized-labels, batch-size, bn-sharpness)"
     )
     kinds_parser = study.add_subparsers(dest="study", required=True)
-    randomized = kinds_parser.add_parser(
-        "randomized-labels",
-        help="train on partly shuffled labels, correlate measures with the gap",
-        description=_STUDY_DESCRIPTION,
-        epilog=_STUDY_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    randomized.add_argument("--preset", choices=PRESETS, default="demo", help="(demo)")
-    randomized.add_argument("--config", metavar="FILE", help="JSON study config")
-    _add_study_arguments(randomized, directory="minsharp-study-<preset>", threads=None)
-    randomized.set_defaults(run=study_command)
-
-    batch = kinds_parser.add_parser(
-        "batch-size",
-        help="large- vs small-batch minima under invariant and plain measures",
-        description=_BATCH_SIZE_DESCRIPTION,
-        epilog="example:\n  minsharp study batch-size --preset cpu --data-dir ~/mnist "
-        "--output runs/batch",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    batch.add_argument(
-        "--preset", choices=kinds.KINDS["batch-size"].presets, default="demo", help="(demo)"
-    )
-    batch.add_argument("--config", metavar="FILE", help="JSON study config")
-    grid = batch.add_argument_group("overrides of the preset")
-    grid.add_argument("--batch-sizes", metavar="B,B,…", help="batch sizes compared, e.g. 64,500")
-    grid.add_argument(
-        "--rescale-spread", type=float, metavar="S", help="α_l drawn log-uniformly in [1/S, S]"
-    )
-    _add_shared_overrides(grid, batch_size=False, hidden=True)
-    _add_running_arguments(
-        batch, directory="minsharp-batch-size-<preset>", threads=None, resamples=False
-    )
-    batch.set_defaults(run=study_command)
-
-    penalty = kinds_parser.add_parser(
-        "bn-sharpness",
-        help="BN-sharpness training vs plain SGD",
-        description=_BN_DESCRIPTION,
-        epilog="example:\n  minsharp study bn-sharpness --preset cpu --data-dir ~/mnist "
-        "--output runs/bn",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    penalty.add_argument(
-        "--preset", choices=kinds.KINDS["bn-sharpness"].presets, default="demo", help="(demo)"
-    )
-    penalty.add_argument("--config", metavar="FILE", help="JSON study config")
-    grid = penalty.add_argument_group("overrides of the preset")
-    grid.add_argument("--weights", metavar="L,L,…", help="penalty weights λ, e.g. 0,0.5 (0: SGD)")
-    grid.add_argument("--delta", type=float, metavar="D", help="penalty radius δ in (0, 1]")
-    _add_shared_overrides(grid, batch_size=True, hidden=True)
-    _add_running_arguments(
-        penalty, directory="minsharp-bn-sharpness-<preset>", threads=None, resamples=False
-    )
-    penalty.set_defaults(run=study_command)
+    for kind, (summary, description, epilog) in _KIND_HELP.items():
+        parser = kinds_parser.add_parser(
+            kind,
+            help=summary,
+            description=description,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        parser.add_argument(
+            "--preset", choices=kinds.KINDS[kind].presets, default="demo", help="(demo)"
+        )
+        parser.add_argument("--config", metavar="FILE", help="JSON study config")
+        _add_study_arguments(
+            parser, kind=kind, directory=default_directory("<preset>", kind), threads=None
+        )
+        parser.set_defaults(run=study_command)
 
     report = commands.add_parser(
         "report",

@@ -1,81 +1,69 @@
-"""The figures of the study reports, drawn with matplotlib's Agg canvas.
+"""The figures of the randomized-label report, drawn with matplotlib's Agg canvas.
 
-No pyplot and no global backend: each figure is a :class:`matplotlib.figure.Figure` rendered
-to PNG bytes in memory and written atomically (:func:`new_figure`, :func:`save_figure`, shared
-by every study's report). The randomized-label figures take the report's run rows (one
-mapping per finished run with ``model``, ``ratio``, ``seed``, ``gap``, accuracies and one
-value per measure, ``nan`` where it failed) and the correlation table.
+No pyplot and no global backend: each figure is a :class:`matplotlib.figure.Figure`, written
+by :func:`minsharp.study.reporting.write_files` (:func:`~minsharp.study.reporting.new_figure`,
+:func:`~minsharp.study.reporting.save_figure`, shared by every study's report). The figures
+take the report's run rows (one mapping per finished run with ``model``, ``ratio``, ``seed``,
+``gap``, accuracies and one value per measure, ``nan`` where it failed) and the correlation
+table.
 """
 
 from __future__ import annotations
 
-import io
+import functools
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from minsharp.io import write_bytes_atomic
 from minsharp.measures import spec
-
-#: Values spanning at least this factor (all positive) are drawn on a log scale.
-LOG_SPAN = 10.0
+from minsharp.study.reporting import MARKERS, log_scale_if_wide, mean, new_figure
 
 
-def write_figures(
-    rows: list[dict[str, Any]],
-    measures: list[str],
-    table: list[dict[str, Any]],
-    folder: Path,
-) -> list[Path]:
-    """Write every figure of the report into ``folder``; returns their paths.
+def report_figures(
+    rows: list[dict[str, Any]], measures: list[str], table: list[dict[str, Any]]
+) -> dict[str, Callable[[], Any]]:
+    """Every figure of the report by file name, each drawn when called.
 
     ``measures_vs_gap.png`` (all measures, one panel each), ``gap_<measure>.png`` (one per
     measure), ``measures_vs_ratio.png`` and ``kendall_tau.png``.
     """
     by_name = {row["measure"]: row for row in table}
-    written = []
+    return {
+        "measures_vs_gap.png": lambda: _gap_figure(rows, measures, by_name),
+        **{
+            f"gap_{name}.png": functools.partial(_one_gap_figure, rows, name, by_name.get(name))
+            for name in measures
+        },
+        "measures_vs_ratio.png": lambda: _ratio_figure(rows, measures),
+        "kendall_tau.png": lambda: _tau_figure(table),
+    }
+
+
+def _gap_figure(
+    rows: list[dict[str, Any]], measures: list[str], by_name: Mapping[str, Mapping[str, Any]]
+) -> Any:
+    """Every measure against the gap, one panel each, with one colour bar for the ratio."""
     columns = min(4, len(measures))
     lines = math.ceil(len(measures) / columns)
     figure = new_figure(3.6 * columns, 3.0 * lines)
     axes = [figure.add_subplot(lines, columns, index + 1) for index in range(len(measures))]
     for axis, name in zip(axes, measures, strict=True):
         _gap_panel(figure, axis, rows, name, by_name.get(name), colorbar=False)
-    _ratio_colorbar(figure, axes, rows)
-    written.append(save_figure(figure, folder / "measures_vs_gap.png"))
-    for name in measures:
-        figure = new_figure(5.0, 3.8)
-        axis = figure.add_subplot(1, 1, 1)
-        _gap_panel(figure, axis, rows, name, by_name.get(name), colorbar=True)
-        axis.set_ylabel(name, fontsize=8)
-        written.append(save_figure(figure, folder / f"gap_{name}.png"))
-    written.append(save_figure(_ratio_figure(rows, measures), folder / "measures_vs_ratio.png"))
-    written.append(save_figure(_tau_figure(table), folder / "kendall_tau.png"))
-    return written
+    _ratio_colorbar(figure, axes)
+    return figure
 
 
-def new_figure(width: float, height: float) -> Any:
-    """A matplotlib ``Figure`` of this size in inches, with constrained layout (no pyplot)."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def save_figure(figure: Any, path: Path) -> Path:
-    """Render ``figure`` on an Agg canvas to PNG (110 dpi) and write it to ``path`` atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    write_bytes_atomic(path, buffer.getvalue())
-    return path
-
-
-#: Marker per model, in order.
-MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+def _one_gap_figure(
+    rows: list[dict[str, Any]], name: str, correlation: Mapping[str, Any] | None
+) -> Any:
+    """One measure against the gap, with its colour bar."""
+    figure = new_figure(5.0, 3.8)
+    axis = figure.add_subplot(1, 1, 1)
+    _gap_panel(figure, axis, rows, name, correlation, colorbar=True)
+    axis.set_ylabel(name, fontsize=8)
+    return figure
 
 
 def _gap_panel(
@@ -122,7 +110,7 @@ def _gap_panel(
         figure.colorbar(scatter, ax=axis, label="label-noise ratio r")
 
 
-def _ratio_colorbar(figure: Any, axes: list[Any], rows: list[dict[str, Any]]) -> None:
+def _ratio_colorbar(figure: Any, axes: list[Any]) -> None:
     from matplotlib import cm, colors
 
     mappable = cm.ScalarMappable(norm=colors.Normalize(0.0, 1.0), cmap="viridis")
@@ -138,32 +126,42 @@ def _ratio_figure(rows: list[dict[str, Any]], measures: list[str]) -> Any:
     for index, panel in enumerate(panels):
         axis = figure.add_subplot(lines, columns, index + 1)
         if panel == "accuracy":
-            for key, style in (("train_accuracy", "-o"), ("test_accuracy", "-s"), ("gap", "-^")):
-                for model in models:
-                    ratios, means = _means_by_ratio(rows, model, key)
-                    label = key.replace("_", " ") + (f" ({model})" if len(models) > 1 else "")
-                    axis.plot(ratios, means, style, markersize=3, label=label)
-            axis.set_title("accuracies and gap", fontsize=9)
-            axis.legend(fontsize=6)
+            _accuracy_panel(axis, rows, models)
         else:
-            for number, model in enumerate(models):
-                chosen = [r for r in rows if r["model"] == model and math.isfinite(r[panel])]
-                axis.scatter(
-                    [r["ratio"] for r in chosen],
-                    [r[panel] for r in chosen],
-                    s=10,
-                    alpha=0.5,
-                    marker=MARKERS[number % len(MARKERS)],
-                )
-                ratios, means = _means_by_ratio(rows, model, panel)
-                axis.plot(ratios, means, "-", label=model if len(models) > 1 else None)
-            log_scale_if_wide(axis, [r[panel] for r in rows])
-            axis.set_title(panel, fontsize=9)
-            if len(models) > 1:
-                axis.legend(fontsize=6)
+            _measure_panel(axis, rows, models, panel)
         axis.set_xlabel("label-noise ratio r", fontsize=8)
         axis.tick_params(which="both", labelsize=7)
     return figure
+
+
+def _accuracy_panel(axis: Any, rows: list[dict[str, Any]], models: list[str]) -> None:
+    """Train and test accuracy and the gap against the ratio, one line per model."""
+    for key, style in (("train_accuracy", "-o"), ("test_accuracy", "-s"), ("gap", "-^")):
+        for model in models:
+            ratios, means = _means_by_ratio(rows, model, key)
+            label = key.replace("_", " ") + (f" ({model})" if len(models) > 1 else "")
+            axis.plot(ratios, means, style, markersize=3, label=label)
+    axis.set_title("accuracies and gap", fontsize=9)
+    axis.legend(fontsize=6)
+
+
+def _measure_panel(axis: Any, rows: list[dict[str, Any]], models: list[str], name: str) -> None:
+    """A measure against the ratio: every run, and the mean per ratio as a line, per model."""
+    for number, model in enumerate(models):
+        chosen = [r for r in rows if r["model"] == model and math.isfinite(r[name])]
+        axis.scatter(
+            [r["ratio"] for r in chosen],
+            [r[name] for r in chosen],
+            s=10,
+            alpha=0.5,
+            marker=MARKERS[number % len(MARKERS)],
+        )
+        ratios, means = _means_by_ratio(rows, model, name)
+        axis.plot(ratios, means, "-", label=model if len(models) > 1 else None)
+    log_scale_if_wide(axis, [r[name] for r in rows])
+    axis.set_title(name, fontsize=9)
+    if len(models) > 1:
+        axis.legend(fontsize=6)
 
 
 def _tau_figure(table: list[dict[str, Any]]) -> Any:
@@ -206,23 +204,11 @@ def _tau_figure(table: list[dict[str, Any]]) -> Any:
     return figure
 
 
-def log_scale_if_wide(axis: Any, values: Sequence[float]) -> None:
-    """Put ``axis``'s y scale on a log scale when the finite values span :data:`LOG_SPAN`."""
-    finite = [value for value in values if math.isfinite(value)]
-    if finite and min(finite) > 0 and max(finite) / min(finite) >= LOG_SPAN:
-        axis.set_yscale("log")
-
-
 def _means_by_ratio(
     rows: list[dict[str, Any]], model: str, key: str
 ) -> tuple[list[float], list[float]]:
     ratios = sorted({r["ratio"] for r in rows if r["model"] == model})
     means = [
-        _mean([r[key] for r in rows if r["model"] == model and r["ratio"] == x]) for x in ratios
+        mean([r[key] for r in rows if r["model"] == model and r["ratio"] == x]) for x in ratios
     ]
     return ratios, means
-
-
-def _mean(values: Sequence[float]) -> float:
-    finite = [value for value in values if value is not None and math.isfinite(value)]
-    return float(np.mean(finite)) if finite else math.nan

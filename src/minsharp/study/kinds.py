@@ -21,10 +21,11 @@ from typing import Any
 
 from minsharp.errors import StudyError
 from minsharp.study import batch_size, batch_size_report, bn_sharpness, bn_sharpness_report
-from minsharp.study import presets as randomized_presets
 from minsharp.study import report as randomized_report
 from minsharp.study import runner as randomized_runner
 from minsharp.study.base import StudyKind, read_study
+from minsharp.study.presets import Presets
+from minsharp.study.reporting import Report
 
 
 @dataclass(frozen=True)
@@ -33,62 +34,34 @@ class Kind:
 
     Attributes:
         study: the :class:`~minsharp.study.base.StudyKind` that runs it.
-        presets: the names of its presets.
-        preset: ``name → configuration``.
-        from_mapping: ``(mapping, base) → configuration``, a config file applied to ``base``.
-        write_report: ``(directory, resamples) → (report path, summary for the terminal)``.
+        write_report: ``(directory, **options) → Report`` of its report module; the
+            report's ``summary`` is what the terminal shows.
+        resamples: whether the report takes ``resamples`` (bootstrap intervals).
     """
 
     study: StudyKind
-    presets: tuple[str, ...]
-    preset: Callable[[str], Any]
-    from_mapping: Callable[..., Any]
-    write_report: Callable[[Path, int], tuple[Path, str]]
+    write_report: Callable[..., Report]
+    resamples: bool = False
 
+    @property
+    def preset(self) -> Presets[Any]:
+        """Its presets: ``preset(name)`` builds one."""
+        return self.study.preset
 
-def _randomized_report(directory: Path, resamples: int) -> tuple[Path, str]:
-    report = randomized_report.write_report(directory, resamples=resamples)
-    if report.table:
-        text = "Rank correlation of each measure with the generalization gap:\n\n"
-        text += randomized_report.format_table(report.table)
-    else:
-        text = "No finished runs yet: nothing to correlate."
-    return report.path, text
-
-
-def _batch_size_report(directory: Path, resamples: int) -> tuple[Path, str]:
-    report = batch_size_report.write_report(directory)
-    return report.path, "Large vs small batch (paired by seed):\n\n" + report.summary
-
-
-def _bn_sharpness_report(directory: Path, resamples: int) -> tuple[Path, str]:
-    report = bn_sharpness_report.write_report(directory)
-    return report.path, "BN-sharpness training vs plain SGD (paired by seed):\n\n" + report.summary
+    @property
+    def presets(self) -> tuple[str, ...]:
+        """The names of its presets."""
+        return self.preset.names
 
 
 #: The study kinds by the name ``study.json`` records.
 KINDS: Mapping[str, Kind] = {
-    randomized_runner.KIND: Kind(
-        study=randomized_runner.RANDOMIZED_LABELS,
-        presets=randomized_presets.PRESETS,
-        preset=randomized_presets.preset,
-        from_mapping=randomized_presets.config_from_mapping,
-        write_report=_randomized_report,
-    ),
-    batch_size.KIND: Kind(
-        study=batch_size.BATCH_SIZE,
-        presets=batch_size.PRESETS,
-        preset=batch_size.preset,
-        from_mapping=batch_size.from_mapping,
-        write_report=_batch_size_report,
-    ),
-    bn_sharpness.KIND: Kind(
-        study=bn_sharpness.BN_SHARPNESS,
-        presets=bn_sharpness.PRESETS,
-        preset=bn_sharpness.preset,
-        from_mapping=bn_sharpness.from_mapping,
-        write_report=_bn_sharpness_report,
-    ),
+    kind.study.name: kind
+    for kind in (
+        Kind(randomized_runner.RANDOMIZED_LABELS, randomized_report.write_report, resamples=True),
+        Kind(batch_size.BATCH_SIZE, batch_size_report.write_report),
+        Kind(bn_sharpness.BN_SHARPNESS, bn_sharpness_report.write_report),
+    )
 }
 
 
@@ -121,4 +94,6 @@ def write_report(directory: str | Path, *, resamples: int = 2000) -> tuple[Path,
         StudyError: not a study directory, or an unknown kind.
     """
     directory = Path(directory).expanduser()
-    return kind_of(directory).write_report(directory, resamples)
+    kind = kind_of(directory)
+    report = kind.write_report(directory, **({"resamples": resamples} if kind.resamples else {}))
+    return report.path, report.summary

@@ -37,7 +37,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from minsharp.data.corruption import RULES
 from minsharp.data.datasets import DATASETS, canonical_name
@@ -45,9 +45,6 @@ from minsharp.errors import MinsharpError, StudyError
 from minsharp.measures import spec
 from minsharp.models import ZOO
 from minsharp.train import TrainingConfig
-
-#: Names of the presets, in the order the command line lists them.
-PRESETS: tuple[str, ...] = ("demo", "cpu", "paper")
 
 #: Training settings a study or a model may set: the fields of
 #: :class:`~minsharp.train.TrainingConfig` except ``seed``, which each run takes from its grid
@@ -90,93 +87,34 @@ class ModelPlan:
         }
 
 
-@dataclass(frozen=True)
-class StudyConfig:
-    """Everything that decides the results of a randomized-label study.
+class GridConfig:
+    """What the configuration of every study kind is: its shared fields, grid and JSON form.
+
+    A kind's configuration is a frozen, keyword-only dataclass deriving from this class: it
+    declares these fields (in the order ``study.json`` lists them, its own among them), its
+    grid's axes (:attr:`AXES`) and :meth:`training_config`; the rest is shared.
 
     Attributes:
         preset: the preset this configuration started from (a label for the report).
         dataset: a name of :data:`minsharp.data.datasets.DATASETS`.
-        train_size: training examples (``None``: all the data set offers).
+        train_size: training examples (``None``, the default: all the data set offers).
         test_size: test examples (``None``: all).
         data_seed: seed of the train/test split and subsets
-            (:func:`minsharp.data.datasets.load_dataset`).
-        corruption: the label-corruption rule, ``"permute"`` (the paper's) or ``"uniform"``.
-        ratios: the label-noise ratios r ∈ [0, 1].
+            (:func:`minsharp.data.datasets.load_dataset`; default 0).
         seeds: the trials; a run's seed initialises its network and orders its minibatches.
         models: the networks.
-        training: the training settings shared by all models (keys of :data:`TRAINING_KEYS`).
+        training: the training settings shared by all models (keys of :data:`TRAINING_KEYS`
+            the grid does not set).
         measures: the registered measures computed on every trained network.
         measure_options: options per measure (``spec(name).defaults`` keys).
         measure_examples: measure on the first this-many training examples (``None``: all).
         dtype: ``"float32"`` or ``"float64"``, for data, training and measures.
     """
 
+    #: The fields the grid multiplies, each with its singular and plural in words.
+    AXES: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+
     preset: str
-    dataset: str
-    train_size: int | None
-    test_size: int | None
-    data_seed: int
-    corruption: str
-    ratios: tuple[float, ...]
-    seeds: tuple[int, ...]
-    models: tuple[ModelPlan, ...]
-    training: Mapping[str, Any]
-    measures: tuple[str, ...]
-    measure_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    measure_examples: int | None = None
-    dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        validate(self)
-
-    @property
-    def runs(self) -> int:
-        """Number of runs of the grid: ratios × seeds × models."""
-        return len(self.ratios) * len(self.seeds) * len(self.models)
-
-    def model(self, name: str) -> ModelPlan:
-        """The model plan called ``name``."""
-        for plan in self.models:
-            if plan.name == name:
-                return plan
-        raise StudyError(f"the study has no model {name!r}.")
-
-    def training_config(self, model: ModelPlan, seed: int) -> TrainingConfig:
-        """The :class:`~minsharp.train.TrainingConfig` of one run of ``model``."""
-        return TrainingConfig(**{**self.training, **model.training}, seed=seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration as plain JSON types (what ``study.json`` stores)."""
-        return {
-            "preset": self.preset,
-            "dataset": self.dataset,
-            "train_size": self.train_size,
-            "test_size": self.test_size,
-            "data_seed": self.data_seed,
-            "corruption": self.corruption,
-            "ratios": list(self.ratios),
-            "seeds": list(self.seeds),
-            "models": [model.to_dict() for model in self.models],
-            "training": dict(self.training),
-            "measures": list(self.measures),
-            "measure_options": {
-                name: copy.deepcopy(dict(options)) for name, options in self.measure_options.items()
-            },
-            "measure_examples": self.measure_examples,
-            "dtype": self.dtype,
-        }
-
-
-#: Keys of a config mapping (:meth:`StudyConfig.to_dict`).
-CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(StudyConfig))
-
-_MODEL_KEYS = ("name", "zoo", "options", "training")
-
-
-class GridConfig(Protocol):
-    """What the shared checks need of a study kind's configuration (duck-typed)."""
-
     dataset: str
     train_size: int | None
     test_size: int | None
@@ -191,7 +129,82 @@ class GridConfig(Protocol):
 
     def training_config(self, model: ModelPlan, seed: int) -> TrainingConfig:
         """The training of one run of ``model`` with ``seed``."""
-        ...
+        raise NotImplementedError
+
+    @property
+    def runs(self) -> int:
+        """Number of runs: the product of the axes' lengths."""
+        return math.prod(len(getattr(self, axis)) for axis, _, _ in self.AXES)
+
+    def grid_text(self) -> str:
+        """The grid in words, e.g. ``"2 ratios × 1 seed × 1 model"``."""
+        counts = ((len(getattr(self, axis)), one, many) for axis, one, many in self.AXES)
+        return " × ".join(f"{n} {one if n == 1 else many}" for n, one, many in counts)
+
+    def measure_settings(self) -> dict[str, dict[str, Any]]:
+        """Each measure with the options it is computed with (a run's fingerprint holds them)."""
+        return {name: dict(self.measure_options.get(name, {})) for name in self.measures}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON types, field by field (what ``study.json`` stores)."""
+        content: dict[str, Any] = {}
+        for key in (f.name for f in dataclasses.fields(self)):  # type: ignore[arg-type]
+            value = getattr(self, key)
+            if key == "models":
+                value = [model.to_dict() for model in value]
+            elif key == "measure_options":
+                value = {name: copy.deepcopy(dict(options)) for name, options in value.items()}
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            elif isinstance(value, (tuple, list)):
+                value = list(value)
+            content[key] = value
+        return content
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyConfig(GridConfig):
+    """Everything that decides the results of a randomized-label study.
+
+    The fields of every kind are :class:`GridConfig`'s; this kind's own:
+
+    Attributes:
+        corruption: the label-corruption rule, ``"permute"`` (the paper's, the default) or
+            ``"uniform"``.
+        ratios: the label-noise ratios r ∈ [0, 1]; the runs of one trial (seed) at one ratio
+            share their corrupted labels, whatever the model.
+    """
+
+    AXES = (
+        ("ratios", "ratio", "ratios"),
+        ("seeds", "seed", "seeds"),
+        ("models", "model", "models"),
+    )
+
+    preset: str
+    dataset: str
+    train_size: int | None = None
+    test_size: int | None = None
+    data_seed: int = 0
+    corruption: str = "permute"
+    ratios: tuple[float, ...]
+    seeds: tuple[int, ...]
+    models: tuple[ModelPlan, ...]
+    training: Mapping[str, Any]
+    measures: tuple[str, ...]
+    measure_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    measure_examples: int | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def training_config(self, model: ModelPlan, seed: int) -> TrainingConfig:
+        """The :class:`~minsharp.train.TrainingConfig` of one run of ``model``."""
+        return TrainingConfig(**{**self.training, **model.training}, seed=seed)
+
+
+_MODEL_KEYS = ("name", "zoo", "options", "training")
 
 
 def validate(config: StudyConfig) -> None:
@@ -218,6 +231,15 @@ def raise_problems(problems: Sequence[str]) -> None:
     """Raise :class:`StudyError` listing ``problems``, if there are any."""
     if problems:
         raise StudyError(f"invalid study configuration: {'; '.join(problems)}.")
+
+
+def raise_kind_problems(config: GridConfig, problems: Sequence[str]) -> None:
+    """Raise the problems of a kind's own settings, or else those :func:`common_problems` finds.
+
+    The shared checks build each model's training (:meth:`GridConfig.training_config`), which
+    needs the kind's own settings (its grid's batch sizes, the penalty…) to be valid first.
+    """
+    raise_problems(problems or common_problems(config))
 
 
 def common_problems(config: GridConfig) -> list[str]:
@@ -248,6 +270,21 @@ def common_problems(config: GridConfig) -> list[str]:
     if config.dtype not in DTYPES:
         problems.append(f"dtype must be one of {', '.join(DTYPES)}; got {config.dtype!r}")
     return problems
+
+
+def grid_setting_holders(config: GridConfig, keys: Sequence[str]) -> list[str]:
+    """Where training settings that a kind's grid decides are set anyway (``training``, models).
+
+    Example:
+        >>> config = preset("demo")
+        >>> grid_setting_holders(config, ["epochs"]), grid_setting_holders(config, ["seed"])
+        (['training'], [])
+    """
+    return ["training"] * any(key in config.training for key in keys) + [
+        f"model {model.name!r}"
+        for model in config.models
+        if any(key in model.training for key in keys)
+    ]
 
 
 def model_problems(config: GridConfig) -> list[str]:
@@ -375,6 +412,19 @@ PAPER_TRAINING: dict[str, Any] = {
 }
 
 
+def _small_training(*, epochs: int, batch_size: int) -> dict[str, Any]:
+    """The demo and cpu training: lr 0.05 with the paper's momentum, weight decay, lr decay."""
+    return {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 1e-5,
+        "lr_decay": 1e-4,
+        "target_train_accuracy": None,
+    }
+
+
 def _ratios(step: float, stop: float = 1.0) -> tuple[float, ...]:
     count = round(stop / step)
     return tuple(round(index * step, 10) for index in range(count + 1))
@@ -385,22 +435,10 @@ def demo_preset() -> StudyConfig:
     return StudyConfig(
         preset="demo",
         dataset="digits",
-        train_size=None,
-        test_size=None,
-        data_seed=0,
-        corruption="permute",
         ratios=(0.0, 0.25, 0.5, 0.75, 1.0),
         seeds=(0, 1, 2),
         models=(ModelPlan("mlp", "mlp", {"hidden": [128, 128]}),),
-        training={
-            "epochs": 250,
-            "batch_size": 64,
-            "lr": 0.05,
-            "momentum": 0.9,
-            "weight_decay": 1e-5,
-            "lr_decay": 1e-4,
-            "target_train_accuracy": None,
-        },
+        training=_small_training(epochs=250, batch_size=64),
         measures=(
             "minimum_sharpness",
             "normalized_sharpness",
@@ -417,20 +455,10 @@ def cpu_preset() -> StudyConfig:
         dataset="mnist",
         train_size=4000,
         test_size=2000,
-        data_seed=0,
-        corruption="permute",
         ratios=_ratios(0.1),
         seeds=(0, 1),
         models=(ModelPlan("mlp", "paper_mlp"),),
-        training={
-            "epochs": 300,
-            "batch_size": 256,
-            "lr": 0.05,
-            "momentum": 0.9,
-            "weight_decay": 1e-5,
-            "lr_decay": 1e-4,
-            "target_train_accuracy": None,
-        },
+        training=_small_training(epochs=300, batch_size=256),
         measures=STUDY_MEASURES,
         measure_options=copy.deepcopy(STUDY_MEASURE_OPTIONS),
     )
@@ -441,10 +469,6 @@ def paper_preset() -> StudyConfig:
     return StudyConfig(
         preset="paper",
         dataset="mnist",
-        train_size=None,
-        test_size=None,
-        data_seed=0,
-        corruption="permute",
         ratios=_ratios(0.1),
         seeds=tuple(range(10)),
         models=(
@@ -457,27 +481,51 @@ def paper_preset() -> StudyConfig:
     )
 
 
-_BUILDERS = {"demo": demo_preset, "cpu": cpu_preset, "paper": paper_preset}
-
-
-def preset(name: str) -> StudyConfig:
-    """The preset ``name`` of :data:`PRESETS`.
-
-    Raises:
-        StudyError: an unknown name.
-    """
-    if name not in _BUILDERS:
-        raise StudyError(f"unknown preset {name!r}; the presets are {', '.join(PRESETS)}.")
-    return _BUILDERS[name]()
-
-
 # --------------------------------------------------------------------------- config files
 
 
 #: Config keys holding a list of numbers (read as floats).
 FLOAT_LISTS: tuple[str, ...] = ("ratios", "weights")
 
-ConfigT = TypeVar("ConfigT")
+ConfigT = TypeVar("ConfigT", bound=GridConfig)
+
+
+class Presets(Generic[ConfigT]):
+    """The presets of one study kind by name; calling it with a name builds that preset.
+
+    Example:
+        >>> preset.names, preset("demo").dataset
+        (('demo', 'cpu', 'paper'), 'digits')
+    """
+
+    def __init__(self, **builders: Callable[[], ConfigT]) -> None:
+        self.builders = builders
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The presets' names, in the order the command line lists them."""
+        return tuple(self.builders)
+
+    def __call__(self, name: str) -> ConfigT:
+        """The preset ``name``.
+
+        Raises:
+            StudyError: an unknown name.
+        """
+        if name not in self.builders:
+            raise StudyError(f"unknown preset {name!r}; the presets are {', '.join(self.names)}.")
+        return self.builders[name]()
+
+    def stored(self, content: Mapping[str, Any]) -> ConfigT:
+        """The configuration of this kind stored in a ``study.json`` (:func:`stored_config`)."""
+        return stored_config(content, base=self(self.names[0]))
+
+
+#: The presets by name: ``preset("cpu")`` builds one (see the module's docstring).
+preset = Presets(demo=demo_preset, cpu=cpu_preset, paper=paper_preset)
+
+#: Names of the presets, in the order the command line lists them.
+PRESETS = preset.names
 
 
 def config_from_mapping(

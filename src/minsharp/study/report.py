@@ -25,51 +25,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from minsharp.io import write_text_atomic
 from minsharp.models import ZOO
-from minsharp.study import base
-from minsharp.study.base import RESULT_FILE, RUNS_DIR, StudyRecords, versions
-from minsharp.study.figures import write_figures
+from minsharp.study import base, reporting
+from minsharp.study.base import StudyRecords, versions
+from minsharp.study.figures import report_figures
 from minsharp.study.presets import StudyConfig, paper_preset
 from minsharp.study.reporting import (
-    CSV_FILE,
-    FIGURES_DIR,
-    MAX_ROWS,
-    REPORT_FILE,
-    as_float,
-    cell,
-    csv_text,
+    DIFFERS,
+    INCLUDES,
+    SGD_COLUMNS,
+    closing_markdown,
+    csv_columns,
+    examples_text,
+    files_markdown,
     invariances_text,
-    machine_markdown,
     mean,
+    measure_lines,
+    measure_value,
+    models_table,
     number_text,
     options_text,
-    problems_markdown,
-    report_time,
-    setting_text,
+    paper_table,
+    run_row,
+    set_text,
+    sgd_cells,
+    table_head,
+    timing_total,
+    training_rows,
     uses_labels,
+    verdict,
+    write_files,
+    written_markdown,
 )
 from minsharp.study.runner import RANDOMIZED_LABELS
 from minsharp.study.statistics import correlation_table, kendall_tau_b
-
-__all__ = [
-    "AXES",
-    "CSV_FILE",
-    "DIFFERS",
-    "FIGURES_DIR",
-    "INCLUDES",
-    "MAX_ROWS",
-    "NEAR_PERFECT",
-    "REPORT_FILE",
-    "SAME",
-    "Report",
-    "StudyRecords",
-    "format_table",
-    "paper_differences",
-    "read_records",
-    "run_rows",
-    "write_report",
-]
+from minsharp.train import TrainingConfig
 
 #: The grid's axes, as the granulated Kendall coefficient groups runs.
 AXES: tuple[str, ...] = ("ratio", "seed", "model")
@@ -79,14 +69,10 @@ NEAR_PERFECT = 0.99
 
 
 @dataclass
-class Report:
-    """What :func:`write_report` wrote."""
+class Report(reporting.Report):
+    """What :func:`write_report` wrote, with the correlation table."""
 
-    path: Path
-    csv: Path
-    figures: list[Path]
     table: list[dict[str, Any]]
-    records: StudyRecords
 
 
 def read_records(directory: str | Path) -> StudyRecords:
@@ -102,32 +88,19 @@ def read_records(directory: str | Path) -> StudyRecords:
 def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
     """One flat row per finished run: axes, accuracies, gap, timings and measure values.
 
-    A measure that failed on a run has the value ``nan`` there (its message is in
-    ``errors``).
+    A measure that failed on a run has the value ``nan`` there (and its name in ``errors``).
     """
     rows = []
     for run, result in records.results.items():
-        row: dict[str, Any] = {
-            "run_id": run,
-            "model": result["model"],
-            "ratio": result["ratio"],
-            "seed": result["seed"],
-            "train_accuracy": result["train_accuracy"],
-            "clean_train_accuracy": result.get("clean_train_accuracy"),
-            "test_accuracy": result["test_accuracy"],
-            "gap": result["gap"],
-            "final_loss": as_float(result.get("final_loss")),
-            "epochs_run": result.get("epochs_run"),
-            "training_seconds": result.get("timings", {}).get("training"),
-            "measure_seconds": result.get("timings", {}).get("measures"),
+        row = run_row(run, result, "ratio")
+        row["clean_train_accuracy"] = result.get("clean_train_accuracy")
+        row["measure_seconds"] = (result.get("timings") or {}).get("measures")
+        entries = {
+            name: result["measures"].get(name) or {"error": "missing"}
+            for name in records.config.measures
         }
-        errors = []
-        for name in records.config.measures:
-            entry = result["measures"].get(name, {"error": "missing", "message": "not computed"})
-            row[name] = as_float(entry.get("value")) if "value" in entry else math.nan
-            if "error" in entry:
-                errors.append(name)
-        row["errors"] = ";".join(errors)
+        row.update({name: measure_value(entry) for name, entry in entries.items()})
+        row["errors"] = ";".join(name for name, entry in entries.items() if "error" in entry)
         rows.append(row)
     return rows
 
@@ -144,13 +117,12 @@ def write_report(
         level: coverage of the intervals.
 
     Returns:
-        The paths written and the correlation table.
+        The paths written, the correlation table and, as the summary, the table as text.
 
     Raises:
         StudyError: not a study directory.
     """
     records = read_records(directory)
-    directory = records.directory
     rows = run_rows(records)
     measures = list(records.config.measures)
     table = (
@@ -160,17 +132,21 @@ def write_report(
         if rows
         else []
     )
-    csv_path = directory / CSV_FILE
-    write_text_atomic(csv_path, _csv(rows, measures))
-    figures_dir = directory / FIGURES_DIR
-    figures_dir.mkdir(exist_ok=True)
-    figures: list[Path] = []
-    if rows:
-        figures = write_figures(rows, measures, table, figures_dir)
-    text = _markdown(records, rows, table, figures, resamples=resamples, seed=seed, level=level)
-    path = directory / REPORT_FILE
-    write_text_atomic(path, text)
-    return Report(path, csv_path, figures, table, records)
+    path, csv_path, figures = write_files(
+        records.directory,
+        rows=rows,
+        columns=csv_columns(
+            "ratio", measures, fit=["clean_train_accuracy"], seconds=["measure_seconds"]
+        ),
+        markdown=_markdown(records, rows, table, resamples=resamples, seed=seed, level=level),
+        figures=report_figures(rows, measures, table),
+    )
+    summary = (
+        "Rank correlation of each measure with the generalization gap:\n\n" + format_table(table)
+        if table
+        else "No finished runs yet: nothing to correlate."
+    )
+    return Report(path, csv_path, figures, records, summary, table)
 
 
 def format_table(table: Sequence[Mapping[str, Any]]) -> str:
@@ -206,15 +182,12 @@ def _markdown(
     records: StudyRecords,
     rows: list[dict[str, Any]],
     table: list[dict[str, Any]],
-    figures: list[Path],
     *,
     resamples: int,
     seed: int,
     level: float,
 ) -> str:
     config, study = records.config, records.study
-    data = study.get("data", {}) or {}
-    planned = len(study.get("runs", []))
     percent = f"{level * 100:g} %"
     out: list[str] = []
     add = out.append
@@ -225,20 +198,11 @@ def _markdown(
         "every measure is rank-correlated with the generalization gap, train accuracy − test "
         "accuracy (Ibayashi, Hamaguchi & Imaizumi 2021, Fig. 2; MATH §6).\n"
     )
-    add(
-        f"Written {report_time()} by minsharp {versions().get('minsharp')} from {len(rows)} "
-        f"finished of {planned} planned runs in `{records.directory}`."
-        + (
-            " **The study is not finished**: rerun the same command to complete it."
-            if len(rows) < planned
-            else ""
-        )
-        + "\n"
-    )
+    add(written_markdown(records, by=f" by minsharp {versions().get('minsharp')}"))
     if table:
         add("## Results\n")
-        add(_results_lead(records, rows, table, percent) + "\n")
-        add(_correlation_markdown(table, config, percent) + "\n")
+        add(_results_lead(records, rows) + "\n")
+        add(_correlation_markdown(table, percent) + "\n")
         add(
             f"τ-b: Kendall's τ with ties accounted for. {percent} intervals: percentile "
             f"bootstrap over runs ({resamples} resamples, seed {seed}). ψ: Jiang et al.'s "
@@ -259,31 +223,27 @@ def _markdown(
         add(_per_ratio_markdown(rows, config) + "\n")
     else:
         add("## Results\n\nNo run has finished yet: there is nothing to correlate.\n")
-    add(problems_markdown(records, left_out="the correlations for these runs"))
-    add("## What was run\n")
-    add(_setup_markdown(records) + "\n")
-    add("## How this run differs from the paper\n")
-    add(_paper_markdown(config, data) + "\n")
-    add("## Machine and versions\n")
-    add(machine_markdown(study) + "\n")
-    add("## Files\n")
-    add(
-        f"* `{CSV_FILE}`: one row per finished run (axes, accuracies, gap, timings, measure "
-        "values; `errors` names the measures that failed on the run).\n"
-        f"* `{RUNS_DIR}/<run-id>/{RESULT_FILE}`: everything about one run (corruption record, "
-        "training history per epoch, every measure's value, options, certificate, details "
-        "and time); `checkpoint/` holds the trained weights (`model.safetensors`) and the "
-        "JSON that rebuilds the network (`minsharp.train.load_checkpoint`).\n"
-        "* `study.json`: the configuration, the data record, the planned runs and every "
-        "session that worked on the study.\n"
-        f"* Regenerate this report with `minsharp report {records.directory}`.\n"
+    out += closing_markdown(
+        records,
+        groups=("measures",),
+        left_out="the correlations for these runs",
+        setup=_setup_markdown(records),
+        paper=_paper_markdown(config, study.get("data", {}) or {}),
+        files=files_markdown(
+            records,
+            csv="axes, accuracies, gap, timings, measure values; `errors` names the measures "
+            "that failed on the run",
+            result="corruption record, training history per epoch, every measure's value, "
+            "options, certificate, details and time",
+            checkpoint="the trained weights (`model.safetensors`) and the JSON that rebuilds "
+            "the network (`minsharp.train.load_checkpoint`)",
+            sessions="every session that worked on the study",
+        ),
     )
     return "\n".join(out)
 
 
-def _results_lead(
-    records: StudyRecords, rows: list[dict[str, Any]], table: list[dict[str, Any]], percent: str
-) -> str:
+def _results_lead(records: StudyRecords, rows: list[dict[str, Any]]) -> str:
     train = [row["train_accuracy"] for row in rows]
     lines = [
         f"{len(rows)} networks; training accuracy (on the labels they were trained on) "
@@ -296,36 +256,36 @@ def _results_lead(
         + f"; gap {min(r['gap'] for r in rows):.3f}–{max(r['gap'] for r in rows):.3f}."
     ]
     ratios = sorted({row["ratio"] for row in rows})
+    rising = []
     if len(ratios) > 1:
-        rising = []
         for name in records.config.measures:
             means = [mean([r[name] for r in rows if r["ratio"] == ratio]) for ratio in ratios]
-            finite = [value for value in means if math.isfinite(value)]
-            if len(finite) == len(means):
-                tau = _tau(ratios, means)
-                rising.append(f"{name} {tau:+.2f}")
-        if rising:
-            lines.append(
-                "Kendall τ-b of each measure's mean per ratio with the ratio (does it rise with "
-                "the label noise?): " + ", ".join(rising) + "."
-            )
+            if all(math.isfinite(value) for value in means):
+                rising.append(f"{name} {kendall_tau_b(ratios, means):+.2f}")
+    if rising:
+        lines.append(
+            "Kendall τ-b of each measure's mean per ratio with the ratio (does it rise with "
+            "the label noise?): " + ", ".join(rising) + "."
+        )
     return " ".join(lines)
 
 
-def _correlation_markdown(table: list[dict[str, Any]], config: StudyConfig, percent: str) -> str:
-    axes = [axis for axis in AXES]
-    header = (
-        f"| measure | invariant to | n | Kendall τ-b [{percent} CI] | Spearman ρ [{percent} CI] | "
-        + " | ".join(f"ψ {axis}" for axis in axes)
-        + " | Ψ |"
+def _correlation_markdown(table: list[dict[str, Any]], percent: str) -> str:
+    lines = table_head(
+        "measure",
+        "invariant to",
+        "n",
+        f"Kendall τ-b [{percent} CI]",
+        f"Spearman ρ [{percent} CI]",
+        *(f"ψ {axis}" for axis in AXES),
+        "Ψ",
     )
-    lines = [header, "|" + " --- |" * (5 + len(axes) + 1)]
     for row in table:
         lines.append(
             f"| `{row['measure']}` | {invariances_text(row['measure'])} | {row['n']} | "
             f"{_with_interval(row['kendall_tau_b'], row['kendall_tau_b_ci'])} | "
             f"{_with_interval(row['spearman_rho'], row['spearman_rho_ci'])} | "
-            + " | ".join(_fixed(row["granulated"].get(axis, math.nan)) for axis in axes)
+            + " | ".join(_fixed(row["granulated"].get(axis, math.nan)) for axis in AXES)
             + f" | {_fixed(row['granulated_average'])} |"
         )
     return "\n".join(lines)
@@ -333,10 +293,9 @@ def _correlation_markdown(table: list[dict[str, Any]], config: StudyConfig, perc
 
 def _per_ratio_markdown(rows: list[dict[str, Any]], config: StudyConfig) -> str:
     measures = list(config.measures)
-    header = "| r | runs | train acc | test acc | gap | " + " | ".join(
-        f"`{name}`" for name in measures
+    lines = table_head(
+        "r", "runs", "train acc", "test acc", "gap", *(f"`{name}`" for name in measures)
     )
-    lines = [header + " |", "|" + " --- |" * (5 + len(measures))]
     for ratio in sorted({row["ratio"] for row in rows}):
         chosen = [row for row in rows if row["ratio"] == ratio]
         cells = [
@@ -351,56 +310,29 @@ def _per_ratio_markdown(rows: list[dict[str, Any]], config: StudyConfig) -> str:
 
 
 def _setup_markdown(records: StudyRecords) -> str:
-    config, study = records.config, records.study
-    data = study.get("data", {}) or {}
-    lines = [
-        f"* **Data**: {data.get('summary', config.dataset)}",
-    ]
-    if data.get("split_kind") not in (None, "official"):
-        lines.append(
-            f"* **Split note**: {data.get('split')}. The test part is therefore held out from "
-            "the same files as the training part, not the official test set."
-        )
+    config: StudyConfig = records.config
     rule = (
         "a fraction r of the training examples is chosen and their labels are permuted among "
         "themselves (the paper's rule)"
         if config.corruption == "permute"
         else "a fraction r of the training examples gets uniformly random labels (Zhang et al.)"
     )
-    lines += [
+    lines = [
+        *reporting.data_lines(records),
         f"* **Label corruption**: {rule}; test labels clean. Ratios r ∈ "
-        f"{{{', '.join(f'{r:g}' for r in config.ratios)}}}; each trial's corruption is seeded "
-        "by its seed and ratio (shared by its models).",
+        f"{set_text(config.ratios)}; each trial's corruption is seeded by its seed and ratio "
+        "(shared by its models).",
         f"* **Seeds (trials)**: {', '.join(map(str, config.seeds))}; a run's seed initialises "
         "the network and orders its minibatches.",
         "* **Models and training** (SGD with momentum, weight decay, learning rate "
         "lr/(1 + decay·t), t = minibatch steps):",
         "",
-        "  | model | network | parameters | epochs | batch | lr | momentum | weight decay | "
-        "lr decay | early stop |",
-        "  | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *models_table(
+            records,
+            ["epochs", "batch", *SGD_COLUMNS, "early stop"],
+            ((model, _training_cells(config.training_config(model, 0))) for model in config.models),
+        ),
     ]
-    parameters = {r["model"]: r.get("parameters") for r in records.results.values()}
-    for model in config.models:
-        training = config.training_config(model, 0)
-        lines.append(
-            f"  | {model.name} | `{model.zoo}`{options_text(model.options)} | "
-            f"{parameters.get(model.name, '?')} | {training.epochs} | {training.batch_size} | "
-            f"{training.lr:g} | {training.momentum:g} | {training.weight_decay:g} | "
-            f"{training.lr_decay:g} | "
-            + (
-                f"at {training.target_train_accuracy:g} train accuracy"
-                if training.target_train_accuracy is not None
-                else "no (all epochs)"
-            )
-            + " |"
-        )
-    lines.append("")
-    examples = (
-        "all training inputs"
-        if config.measure_examples is None
-        else f"the first {config.measure_examples} training inputs"
-    )
     labelled = [name for name in config.measures if uses_labels(name)]
     unlabelled = [name for name in config.measures if name not in labelled]
     use = (
@@ -408,32 +340,27 @@ def _setup_markdown(records: StudyRecords) -> str:
         if unlabelled and labelled
         else ("; none of these uses the labels" if unlabelled else "")
     )
-    lines.append(
-        f"* **Measures**, computed after training on {examples} **with the corrupted labels**, "
-        f"the labels each network was trained on{use}:"
-    )
-    for name in config.measures:
-        options = config.measure_options.get(name, {})
-        seconds = [
-            entry["seconds"]
-            for result in records.results.values()
-            if isinstance(entry := result["measures"].get(name), dict) and "seconds" in entry
-        ]
-        lines.append(
-            f"  * `{name}`{options_text(options)}: invariant to {invariances_text(name)}"
-            + (f"; {mean(seconds):.2f} s per run on average" if seconds else "")
-        )
-    training_time = sum(
-        (r.get("timings") or {}).get("training", 0) for r in records.results.values()
-    )
-    measure_time = sum(
-        (r.get("timings") or {}).get("measures", 0) for r in records.results.values()
-    )
-    lines.append(
-        f"* **Time**: {training_time / 60:.1f} min training and {measure_time / 60:.1f} min "
-        f"measuring over the {len(records.results)} finished runs."
-    )
+    lines += [
+        "",
+        f"* **Measures**, computed after training on "
+        f"{examples_text(config.measure_examples, 'training inputs')} **with the corrupted "
+        f"labels**, the labels each network was trained on{use}:",
+        *measure_lines(records, per="run"),
+        f"* **Time**: {timing_total(records, 'training') / 60:.1f} min training and "
+        f"{timing_total(records, 'measures') / 60:.1f} min measuring over the "
+        f"{len(records.results)} finished runs.",
+    ]
     return "\n".join(lines)
+
+
+def _training_cells(training: TrainingConfig) -> list[Any]:
+    """Epochs, batch size, SGD settings and early stop of a model's training."""
+    early = (
+        f"at {training.target_train_accuracy:g} train accuracy"
+        if training.target_train_accuracy is not None
+        else "no (all epochs)"
+    )
+    return [training.epochs, training.batch_size, *sgd_cells(training), early]
 
 
 def _paper_markdown(config: StudyConfig, data: Mapping[str, Any]) -> str:
@@ -445,19 +372,19 @@ def _paper_markdown(config: StudyConfig, data: Mapping[str, Any]) -> str:
         else f"{len(differing)} of {len(rows)} settings differ from the paper's protocol "
         "(MATH §6; `--preset paper` reproduces it):"
     )
-    lines = [lead, "", "| setting | paper | this study | |", "| --- | --- | --- | --- |"]
-    lines += [
-        f"| {name} | {cell(paper)} | {cell(ours)} | "
-        f"{f'**{status}**' if status == DIFFERS else status} |"
-        for name, paper, ours, status in rows
-    ]
-    if data.get("split_kind") not in (None, "official"):
-        lines += ["", f"Data split: {data.get('split')}."]
-    return "\n".join(lines)
+    return "\n".join([lead, "", *paper_table(rows, data)])
 
 
-#: The verdicts of :func:`paper_differences`.
-SAME, DIFFERS, INCLUDES = "same", "differs", "includes the paper's"
+#: The keys of the training settings compared with the paper's.
+_TRAINING_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "lr_decay",
+    "target_train_accuracy",
+)
 
 
 def paper_differences(
@@ -467,124 +394,91 @@ def paper_differences(
 
     The paper's side is :func:`~minsharp.study.presets.paper_preset`. Each model is compared
     with the paper's model of the same zoo network, or else with the paper's MLP (networks
-    on flat inputs) or LeNet (networks on images). The verdict is :data:`SAME`,
-    :data:`DIFFERS` or, for the measures, :data:`INCLUDES`.
+    on flat inputs) or LeNet (networks on images). The verdict is
+    :data:`~minsharp.study.reporting.SAME`, :data:`~minsharp.study.reporting.DIFFERS` or, for
+    the measures, :data:`~minsharp.study.reporting.INCLUDES`.
     """
     paper = paper_preset()
-    rows: list[tuple[str, str, str, str]] = []
-
-    def add(setting: str, theirs: str, ours: str, same: bool) -> None:
-        rows.append((setting, theirs, ours, SAME if same else DIFFERS))
-
     sizes = data.get("sizes") or {}
     official = data.get("split_kind") == "official"
-    add(
-        "data",
-        "MNIST, official split: 60 000 train / 10 000 test",
-        f"{data.get('title', config.dataset)}, {sizes.get('train', '?')} train / "
-        f"{sizes.get('test', '?')} test"
-        + ("" if official else f" ({data.get('split_kind', 'split')}, see below)"),
-        config.dataset == "mnist" and official and not data.get("subsampled", True),
-    )
-    add(
-        "normalisation",
-        "(x/255 − 0.5)/0.5",
-        str(data.get("normalisation", "?")).split(" for ")[0],
-        config.dataset in ("mnist", "fashion-mnist"),
-    )
-    add(
-        "label corruption",
-        paper.corruption,
-        config.corruption,
-        config.corruption == paper.corruption,
-    )
-    add(
-        "ratios",
-        _list(paper.ratios),
-        _list(config.ratios),
-        list(config.ratios) == list(paper.ratios),
-    )
-    add(
-        "trials per ratio",
-        str(len(paper.seeds)),
-        str(len(config.seeds)),
-        len(config.seeds) == len(paper.seeds),
-    )
-    add(
-        "models",
-        ", ".join(f"{m.name} (`{m.zoo}`)" for m in paper.models),
-        ", ".join(f"{m.name} (`{m.zoo}`{options_text(m.options)})" for m in config.models),
-        sorted((m.zoo, tuple(m.options.items())) for m in config.models)
-        == sorted((m.zoo, ()) for m in paper.models),
-    )
+    rows = [
+        (
+            "data",
+            "MNIST, official split: 60 000 train / 10 000 test",
+            f"{data.get('title', config.dataset)}, {sizes.get('train', '?')} train / "
+            f"{sizes.get('test', '?')} test"
+            + ("" if official else f" ({data.get('split_kind', 'split')}, see below)"),
+            verdict(config.dataset == "mnist" and official and not data.get("subsampled", True)),
+        ),
+        (
+            "normalisation",
+            "(x/255 − 0.5)/0.5",
+            str(data.get("normalisation", "?")).split(" for ")[0],
+            verdict(config.dataset in ("mnist", "fashion-mnist")),
+        ),
+        (
+            "label corruption",
+            paper.corruption,
+            config.corruption,
+            verdict(config.corruption == paper.corruption),
+        ),
+        (
+            "ratios",
+            set_text(paper.ratios),
+            set_text(config.ratios),
+            verdict(list(config.ratios) == list(paper.ratios)),
+        ),
+        (
+            "trials per ratio",
+            str(len(paper.seeds)),
+            str(len(config.seeds)),
+            verdict(len(config.seeds) == len(paper.seeds)),
+        ),
+        (
+            "models",
+            ", ".join(f"{m.name} (`{m.zoo}`)" for m in paper.models),
+            ", ".join(f"{m.name} (`{m.zoo}`{options_text(m.options)})" for m in config.models),
+            verdict(
+                sorted((m.zoo, tuple(m.options.items())) for m in config.models)
+                == sorted((m.zoo, ()) for m in paper.models)
+            ),
+        ),
+    ]
     by_zoo = {model.zoo: model for model in paper.models}
     for model in config.models:
         analogue = (
             by_zoo.get(model.zoo) or by_zoo["lenet" if ZOO[model.zoo].images else "paper_mlp"]
         )
-        ours = config.training_config(model, 0).as_dict()
-        theirs = paper.training_config(analogue, 0).as_dict()
-        for key in (
-            "epochs",
-            "batch_size",
-            "lr",
-            "momentum",
-            "weight_decay",
-            "lr_decay",
-            "target_train_accuracy",
-        ):
-            add(
-                f"{model.name}: {key.replace('_', ' ')}"
-                + ("" if analogue.zoo == model.zoo else f" (vs the paper's `{analogue.zoo}`)"),
-                setting_text(theirs[key]),
-                setting_text(ours[key]),
-                ours[key] == theirs[key],
+        suffix = "" if analogue.zoo == model.zoo else f" (vs the paper's `{analogue.zoo}`)"
+        rows += [
+            (f"{model.name}: {setting}{suffix}", theirs, ours, same)
+            for setting, theirs, ours, same in training_rows(
+                config.training_config(model, 0), paper.training_config(analogue, 0), _TRAINING_KEYS
             )
-    add(
-        "measured on",
-        "the training inputs, after the last epoch",
-        "the training inputs, after the last epoch"
-        if config.measure_examples is None
-        else f"the first {config.measure_examples} training inputs",
-        config.measure_examples is None,
-    )
-    paper_measures = {"minimum_sharpness", "normalized_sharpness"}
-    rows.append(
+        ]
+    on_all = "the training inputs, after the last epoch"
+    rows += [
+        (
+            "measured on",
+            on_all,
+            on_all
+            if config.measure_examples is None
+            else examples_text(config.measure_examples, "training inputs"),
+            verdict(config.measure_examples is None),
+        ),
         (
             "measures",
             "Minimum Sharpness, normalized sharpness",
             ", ".join(config.measures),
-            INCLUDES if paper_measures <= set(config.measures) else DIFFERS,
-        )
-    )
+            INCLUDES
+            if {"minimum_sharpness", "normalized_sharpness"} <= set(config.measures)
+            else DIFFERS,
+        ),
+    ]
     return rows
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _csv(rows: list[dict[str, Any]], measures: list[str]) -> str:
-    columns = [
-        "run_id",
-        "model",
-        "ratio",
-        "seed",
-        "train_accuracy",
-        "clean_train_accuracy",
-        "test_accuracy",
-        "gap",
-        "final_loss",
-        "epochs_run",
-        "training_seconds",
-        "measure_seconds",
-        *measures,
-        "errors",
-    ]
-    return csv_text(rows, columns)
-
-
-def _tau(x: Sequence[float], y: Sequence[float]) -> float:
-    return kendall_tau_b(list(x), list(y))
 
 
 def _fixed(value: float) -> str:
@@ -598,7 +492,3 @@ def _with_interval(value: float, interval: Sequence[float]) -> str:
     if not (math.isfinite(low) and math.isfinite(high)):
         return f"{value:+.2f}"
     return f"{value:+.2f} [{low:+.2f}, {high:+.2f}]"
-
-
-def _list(values: Sequence[float]) -> str:
-    return "{" + ", ".join(f"{value:g}" for value in values) + "}"

@@ -27,62 +27,17 @@ changed is redone).
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from minsharp.data.corruption import corrupt_labels
-from minsharp.models import count_parameters
 from minsharp.study import base
-from minsharp.study.base import (
-    CHECKPOINT_DIR,
-    FORMAT_VERSION,
-    RESULT_FILE,
-    RUN_FORMAT,
-    RUNS_DIR,
-    STUDY_FILE,
-    STUDY_FORMAT,
-    StudyData,
-    StudyOutcome,
-    derive_seed,
-    machine_info,
-    read_study,
-    versions,
-)
-from minsharp.study.presets import ModelPlan, StudyConfig, ratio_label, stored_config
-from minsharp.train import TrainingConfig, accuracy, save_checkpoint, train_classifier
-
-__all__ = [
-    "CHECKPOINT_DIR",
-    "FORMAT_VERSION",
-    "KIND",
-    "MEASURED_ON",
-    "RANDOMIZED_LABELS",
-    "RESULT_FILE",
-    "RUNS_DIR",
-    "RUN_FORMAT",
-    "STUDY_FILE",
-    "STUDY_FORMAT",
-    "RunPlan",
-    "StudyOutcome",
-    "corruption_seed",
-    "derive_seed",
-    "execute_run",
-    "machine_info",
-    "plan_runs",
-    "read_result",
-    "read_study",
-    "run_fingerprint",
-    "run_id",
-    "run_study",
-    "summarise_run",
-    "versions",
-]
+from minsharp.study.base import StudyData, StudyOutcome, derive_seed
+from minsharp.study.presets import StudyConfig, preset, ratio_label
+from minsharp.train import accuracy, train_classifier
 
 #: The kind of study this module runs (``study.json``'s ``kind``).
 KIND = "randomized-labels"
@@ -95,26 +50,37 @@ MEASURED_ON = (
 #: Keys a complete randomized-label result holds as finite numbers.
 RESULT_NUMBERS = ("train_accuracy", "test_accuracy", "gap", "ratio", "seed")
 
+#: What a run's checkpoint records besides the weights: these entries of its result.
+CHECKPOINT_KEYS = (
+    "run_id",
+    "ratio",
+    "seed",
+    "training",
+    "corruption",
+    "train_accuracy",
+    "test_accuracy",
+)
+
 
 @dataclass(frozen=True)
-class RunPlan:
-    """One run of the grid.
+class RunPlan(base.RunPlan):
+    """One run: a model trained on labels corrupted at one ratio, from one seed (the trial).
 
     Attributes:
-        run_id: ``<model>_r<ratio>_s<seed>``, the name of its directory.
-        model: the network's plan.
         ratio: the label-noise ratio r.
-        seed: the trial seed: network initialisation and minibatch order.
-        corruption_seed: the seed of the label corruption (:func:`corruption_seed`).
-        training: the run's training configuration.
     """
 
-    run_id: str
-    model: ModelPlan
     ratio: float
-    seed: int
-    corruption_seed: int
-    training: TrainingConfig
+
+    @property
+    def run_id(self) -> str:
+        """``<model>_r<ratio>_s<seed>``, the name of its directory (:func:`run_id`)."""
+        return run_id(self.model.name, self.ratio, self.seed)
+
+    @property
+    def corruption_seed(self) -> int:
+        """The seed of the label corruption (:func:`corruption_seed`)."""
+        return corruption_seed(self.seed, self.ratio)
 
 
 def corruption_seed(seed: int, ratio: float) -> int:
@@ -134,14 +100,7 @@ def plan_runs(config: StudyConfig) -> list[RunPlan]:
     first seeds, which the report can already correlate.
     """
     return [
-        RunPlan(
-            run_id=run_id(model.name, ratio, seed),
-            model=model,
-            ratio=ratio,
-            seed=seed,
-            corruption_seed=corruption_seed(seed, ratio),
-            training=config.training_config(model, seed),
-        )
+        RunPlan(model=model, seed=seed, training=config.training_config(model, seed), ratio=ratio)
         for seed in config.seeds
         for model in config.models
         for ratio in config.ratios
@@ -149,34 +108,15 @@ def plan_runs(config: StudyConfig) -> list[RunPlan]:
 
 
 def run_fingerprint(config: StudyConfig, plan: RunPlan) -> str:
-    """SHA-256 of every setting that decides a run's result.
+    """SHA-256 of every setting that decides a run's result (:func:`.base.run_fingerprint`).
 
-    Data, labels, model, training and measures enter; a stored result is reused only when
-    its fingerprint is this one.
+    The labels' corruption (rule, ratio and seed) enters besides the shared settings.
     """
-    return base.fingerprint(
-        {
-            "kind": KIND,
-            "format_version": FORMAT_VERSION,
-            "data": {
-                "dataset": config.dataset,
-                "train_size": config.train_size,
-                "test_size": config.test_size,
-                "data_seed": config.data_seed,
-                "dtype": config.dtype,
-            },
-            "corruption": {
-                "rule": config.corruption,
-                "ratio": plan.ratio,
-                "seed": plan.corruption_seed,
-            },
-            "model": plan.model.to_dict(),
-            "training": plan.training.as_dict(),
-            "measures": {
-                name: dict(config.measure_options.get(name, {})) for name in config.measures
-            },
-            "measure_examples": config.measure_examples,
-        }
+    return base.run_fingerprint(
+        KIND,
+        config,
+        plan,
+        corruption={"rule": config.corruption, "ratio": plan.ratio, "seed": plan.corruption_seed},
     )
 
 
@@ -195,17 +135,7 @@ def execute_run(
     holds; a measure failure is recorded under that measure and the run is complete.
     """
     started = time.perf_counter()
-    record.update(
-        model=plan.model.name,
-        zoo=plan.model.zoo,
-        model_options=dict(plan.model.options),
-        ratio=plan.ratio,
-        seed=plan.seed,
-        training=plan.training.as_dict(),
-        device=str(data.device),
-        dtype=config.dtype,
-        threads=torch.get_num_threads(),
-    )
+    record.update(base.run_settings(plan, data, config.dtype, ratio=plan.ratio))
     corrupted = corrupt_labels(
         data.train_labels.cpu(),
         plan.ratio,
@@ -215,8 +145,7 @@ def execute_run(
     )
     labels = corrupted.labels.to(data.device)
     record["corruption"] = corrupted.record
-    model = base.build_network(plan.model, plan.seed, data)
-    record["parameters"] = count_parameters(model)
+    model = base.build_network(plan, data, record)
     history = train_classifier(
         model,
         data.train_inputs,
@@ -227,59 +156,37 @@ def execute_run(
         description=plan.run_id,
     )
     training_seconds = time.perf_counter() - started
-    model.eval()
-    train_accuracy = accuracy(model, data.train_inputs, labels)
-    test_accuracy = accuracy(model, data.test_inputs, data.test_labels)
+    scores = base.evaluate(model, data, labels)
     corrupted_index = corrupted.indices.to(data.device)
-    record.update(
-        history=history.as_dict(),
-        epochs_run=history.epochs_run,
-        stopped_early=history.stopped_early,
-        final_loss=history.loss[-1] if history.loss else math.nan,
-        train_accuracy=train_accuracy,
-        clean_train_accuracy=accuracy(model, data.train_inputs, data.train_labels),
-        corrupted_fit=(
+    fit = {
+        "clean_train_accuracy": accuracy(model, data.train_inputs, data.train_labels),
+        "corrupted_fit": (
             accuracy(model, data.train_inputs[corrupted_index], labels[corrupted_index])
             if len(corrupted_index)
             else None
         ),
-        test_accuracy=test_accuracy,
-        gap=train_accuracy - test_accuracy,
-    )
-    count = config.measure_examples or len(labels)
-    inputs = (data.train_inputs[:count], labels[:count])
-    record["measured_on"] = {"description": MEASURED_ON, "examples": min(count, len(labels))}
-    record["measures"], measure_seconds = base.measure_all(
-        model, inputs, config.measures, config.measure_options
-    )
-    save_checkpoint(
-        run_dir / CHECKPOINT_DIR,
-        model,
-        model_spec=base.model_spec(plan.model, data),
-        record={
-            "run_id": plan.run_id,
-            "ratio": plan.ratio,
-            "seed": plan.seed,
-            "training": plan.training.as_dict(),
-            "corruption": corrupted.record,
-            "train_accuracy": train_accuracy,
-            "test_accuracy": test_accuracy,
-        },
-    )
+    }
     record.update(
-        checkpoint=CHECKPOINT_DIR,
-        timings={
-            "training": training_seconds,
-            "measures": measure_seconds,
-            "total": time.perf_counter() - started,
-        },
+        base.training_outcome(
+            history, scores, during={"stopped_early": history.stopped_early}, fit=fit
+        )
     )
+    inputs = base.measured_examples(
+        data.train_inputs, labels, config.measure_examples, record, MEASURED_ON
+    )
+    record["measures"], measure_seconds = base.measure_all(
+        model, inputs, config.measures, config.measure_settings()
+    )
+    base.save_network(model, plan, data, run_dir, record, CHECKPOINT_KEYS)
+    record["timings"] = {
+        "training": training_seconds,
+        "measures": measure_seconds,
+        "total": time.perf_counter() - started,
+    }
 
 
 def summarise_run(result: Mapping[str, Any]) -> str:
-    """One line about a run's result: accuracies, gap, timings, failed measures."""
-    if result.get("status") != "complete":
-        return f"{result['run_id']}: FAILED ({result.get('error')}: {result.get('message')})"
+    """One line about a complete run: accuracies, gap, timings, failed measures."""
     failed = [name for name, entry in result["measures"].items() if "error" in entry]
     timings = result["timings"]
     text = (
@@ -292,24 +199,13 @@ def summarise_run(result: Mapping[str, Any]) -> str:
     return text
 
 
-def _grid_text(config: StudyConfig) -> str:
-    return base.count_text(
-        (
-            (len(config.ratios), "ratio", "ratios"),
-            (len(config.seeds), "seed", "seeds"),
-            (len(config.models), "model", "models"),
-        )
-    )
-
-
 #: The randomized-label study as a :class:`~minsharp.study.base.StudyKind`.
 RANDOMIZED_LABELS = base.StudyKind(
     name=KIND,
     plan_runs=plan_runs,
     fingerprint=run_fingerprint,
     execute=execute_run,
-    stored_config=stored_config,
-    grid_text=_grid_text,
+    preset=preset,
     summarise=summarise_run,
     measured_on=MEASURED_ON,
     result_numbers=RESULT_NUMBERS,
@@ -319,46 +215,21 @@ RANDOMIZED_LABELS = base.StudyKind(
 def read_result(path: Path, fingerprint: str | None = None) -> tuple[dict[str, Any] | None, str]:
     """A finished randomized-label run's ``result.json``, or ``None`` and why not usable.
 
-    Usable: a JSON object of this format and version, status ``"complete"``, finite
-    accuracies, gap, ratio and seed, an entry (value or error) per measure, and (when
-    ``fingerprint`` is given) made with the same settings.
+    :func:`minsharp.study.base.read_result` with this kind's numbers: a complete result of
+    this format and version, with finite accuracies, gap, ratio and seed and valid measure
+    entries, made (when ``fingerprint`` is given) with the same settings.
     """
     return base.read_result(path, fingerprint, numbers=RESULT_NUMBERS)
 
 
-def run_study(
-    config: StudyConfig,
-    directory: str | Path,
-    *,
-    data_root: str | Path | None = None,
-    download: bool = False,
-    force: bool = False,
-    progress: bool = False,
-    device: str | torch.device = "cpu",
-    argv: list[str] | None = None,
-    echo: Callable[[str], None] | None = None,
-) -> StudyOutcome:
+def run_study(config: StudyConfig, directory: str | Path, **options: Any) -> StudyOutcome:
     """Run (or resume) the randomized-label study ``config`` in ``directory``.
 
-    :func:`minsharp.study.base.run_study` with :data:`RANDOMIZED_LABELS`: the data are loaded
-    once; ``study.json`` is checked against ``config`` and the data, then (re)written; each
-    run not yet finished is trained, measured and written to ``runs/<run-id>/`` (checkpoint
-    first, ``result.json`` last, both atomically).
-
-    Args:
-        config: the study.
-        directory: the study directory (created if needed).
-        data_root: the folder of the data set's files (default: the data cache).
-        download: fetch missing official data files first.
-        force: overwrite a ``study.json`` written for another configuration or other data
-            (runs whose settings changed are then redone).
-        progress: show progress bars over runs and over each run's epochs (stderr).
-        device: where to train and measure.
-        argv: the command line, recorded with the session.
-        echo: called with one line per run and per notice (default: print to stdout).
-
-    Returns:
-        What was reused, trained, redone and failed.
+    :func:`minsharp.study.base.run_study` with :data:`RANDOMIZED_LABELS`, and its options
+    (``data_root``, ``download``, ``force``, ``progress``, ``device``, ``argv``, ``echo``):
+    the data are loaded once; ``study.json`` is checked against ``config`` and the data, then
+    (re)written; each run not yet finished is trained, measured and written to
+    ``runs/<run-id>/`` (checkpoint first, ``result.json`` last, both atomically).
 
     Raises:
         StudyError: the directory belongs to another study or configuration (without
@@ -366,15 +237,4 @@ def run_study(
         DataError: the data cannot be loaded (missing files: the message says how to get
             them).
     """
-    return base.run_study(
-        RANDOMIZED_LABELS,
-        config,
-        directory,
-        data_root=data_root,
-        download=download,
-        force=force,
-        progress=progress,
-        device=device,
-        argv=argv,
-        echo=echo,
-    )
+    return base.run_study(RANDOMIZED_LABELS, config, directory, **options)

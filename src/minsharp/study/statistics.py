@@ -427,11 +427,6 @@ def _number(value: Any, key: str, index: int) -> float:
     """A run's value as a float: ``nan`` when missing, numeric strings parsed."""
     if value is None:
         return math.nan
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise DataError(f"run {index}: {key} = {value!r} is not a number.") from None
     try:
         return float(value)
     except (TypeError, ValueError):
