@@ -106,8 +106,11 @@ def rescaled_copy(model: nn.Module, order: Sequence[str], alphas: Sequence[float
 
 def verify_same_function(
     model: nn.Module, rescaled: nn.Module, inputs: Tensor, order: Sequence[str]
-) -> None:
-    """Raise :class:`NotAChainError` unless both models give the same logits on ``inputs``."""
+) -> float:
+    """Raise :class:`NotAChainError` unless both models give the same logits on ``inputs``.
+
+    Returns the largest relative deviation of the logits, ``max |Δz| / max(1, max |z|)``.
+    """
     with preserved_buffers(model), preserved_buffers(rescaled), torch.no_grad():
         expected = run_forward(model, inputs)
         got = run_forward(rescaled, inputs)
@@ -115,7 +118,7 @@ def verify_same_function(
     scale = expected.abs().max().clamp_min(1.0)
     deviation = ((got - expected).abs().max() / scale).item()
     if deviation <= tolerance:
-        return
+        return deviation
     raise NotAChainError(
         "rescaling the layers "
         + " → ".join(name or "(root)" for name in order)
