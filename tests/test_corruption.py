@@ -136,7 +136,7 @@ def test_record_fields() -> None:
         ({"ratio": float("nan")}, r"ratio must be a number in \[0, 1\]"),
         ({"ratio": "0.5"}, r"ratio must be a number in \[0, 1\]"),
         ({"ratio": True}, r"ratio must be a number in \[0, 1\]"),
-        ({"rule": "shuffle"}, "rule must be one of permute, uniform"),
+        ({"rule": "shuffle"}, "rule must be 'permute' or 'uniform'"),
         ({"num_classes": 0}, "num_classes must be a positive integer"),
         ({"num_classes": 5}, r"labels must lie in 0\.\.4"),
         ({"seed": 1.5}, "seed must be an integer"),

@@ -228,8 +228,8 @@ def test_split_from_training_files_only(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("keyword", "value", "message"),
     [
-        ("train_size", 0, "at least 1"),
-        ("test_size", -3, "at least 1"),
+        ("train_size", 0, "train_size must be a positive integer"),
+        ("test_size", -3, "test_size must be a positive integer"),
         ("train_size", 2.5, "positive integer"),
         ("test_size", True, "positive integer"),
         ("seed", "1", "seed must be an integer"),

@@ -98,7 +98,7 @@ def test_missing_directory(tmp_path) -> None:
 
 
 def test_unknown_split(tmp_path) -> None:
-    with pytest.raises(DataError, match="split must be one of"):
+    with pytest.raises(DataError, match="split must be 'test' or 'train'"):
         load_mnist_split(tmp_path, "validation")
 
 

@@ -222,7 +222,7 @@ def test_iteration_cap_is_reported_not_hidden() -> None:
         (np.ones((2, 2)), np.full((2, 2), np.nan), {}, "weight_squared holds non-finite"),
         (np.ones((2, 2)), np.ones((2, 3)), {}, r"same shape; got \(2, 2\) and \(2, 3\)"),
         (np.ones(3), np.ones(3), {}, "must be a 2-D matrix"),
-        (np.ones((2, 2)), np.ones((2, 2)), {"objective": "ICML"}, "objective must be one of"),
+        (np.ones((2, 2)), np.ones((2, 2)), {"objective": "ICML"}, "objective must be 'arxiv' or"),
         (np.ones((2, 2)), np.ones((2, 2)), {"tolerance": 0.0}, r"tolerance must be .* \(0, 1\)"),
         (np.ones((2, 2)), np.ones((2, 2)), {"max_iterations": -1}, "max_iterations must be"),
     ],

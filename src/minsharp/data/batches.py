@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from minsharp.errors import DataError
+from minsharp.options import integer
 from minsharp.tensors import all_finite
 
 _FORMS = "a tensor X, a tuple (X, y), or an iterable/DataLoader of such batches"
@@ -52,8 +53,7 @@ def input_batches(
     Floating inputs are cast to ``dtype`` (the model's); integer inputs are left as they are.
     Raises :class:`DataError` for empty data, malformed batches and non-finite inputs.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise DataError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    integer("batch_size", batch_size, minimum=1, error=DataError)
     if _is_single_batch(data):
         batches: Iterable[Any] = [data]
     elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, dict)):
@@ -98,8 +98,7 @@ def labelled_batches(
     ``(X, y)`` or an iterable of such batches; labels must be integer class indices with one
     per example. Raises :class:`DataError` otherwise, and as :func:`input_batches` does.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise DataError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    integer("batch_size", batch_size, minimum=1, error=DataError)
     if isinstance(data, Tensor) or (isinstance(data, tuple) and len(data) == 1):
         raise DataError(
             "data: this measure depends on the labels, but only inputs were given; "
@@ -143,3 +142,12 @@ def labelled_batches(
             yield chunk, labels[start : start + chunk.shape[0]]
     if seen_examples == 0:
         raise DataError("data holds no examples; expected (X, y) with at least one example.")
+
+
+def check_label_range(largest: int, num_classes: int) -> None:
+    """Raise :class:`DataError` unless the largest label fits a model with ``num_classes``."""
+    if largest >= num_classes:
+        raise DataError(
+            f"data: label {largest} is out of range for a model with {num_classes} output "
+            f"classes; labels must lie in 0..{num_classes - 1}."
+        )

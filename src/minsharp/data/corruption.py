@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from minsharp.errors import DataError
+from minsharp.options import choice, integer, number
 
 #: The corruption rules.
 RULES: tuple[str, ...] = ("permute", "uniform")
@@ -88,14 +89,10 @@ def corrupt_labels(
         >>> sorted(out.labels.tolist()) == sorted(y.tolist())  # permute keeps the class counts
         True
     """
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
-        raise DataError(f"ratio must be a number in [0, 1]; got {ratio!r}.")
-    if rule not in RULES:
-        raise DataError(f"rule must be one of {', '.join(RULES)}; got {rule!r}.")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise DataError(f"num_classes must be a positive integer; got {num_classes!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise DataError(f"seed must be an integer; got {seed!r}.")
+    number("ratio", ratio, at_least=0, at_most=1, error=DataError)
+    choice("rule", rule, RULES, error=DataError)
+    integer("num_classes", num_classes, minimum=1, error=DataError)
+    integer("seed", seed, error=DataError)
     if not isinstance(labels, Tensor) or labels.dim() != 1:
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
         raise DataError(f"labels must be a 1-D tensor of class indices; got {shape}.")

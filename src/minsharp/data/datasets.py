@@ -42,6 +42,7 @@ from minsharp.data.download import RESOURCES, download_dataset, file_md5, offici
 from minsharp.data.mnist import SPLIT_FILES, idx_images_to_tensor, locate_idx_file, read_idx_split
 from minsharp.errors import DataError
 from minsharp.io import sha256_file
+from minsharp.options import integer
 
 #: Names accepted by :func:`load_dataset`.
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -213,12 +214,9 @@ def load_dataset(
     key = canonical_name(name)
     sizes = {"train_size": train_size, "test_size": test_size}
     for label, value in sizes.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise DataError(f"{label} must be a positive integer or None; got {value!r}.")
-        if value is not None and value < 1:
-            raise DataError(f"{label} must be at least 1; got {value}.")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise DataError(f"seed must be an integer; got {seed!r}.")
+        if value is not None:
+            integer(label, value, minimum=1, why="or None for the default", error=DataError)
+    integer("seed", seed, error=DataError)
     if not dtype.is_floating_point:
         raise DataError(f"dtype must be a floating dtype; got {dtype}.")
     generator = torch.Generator().manual_seed(seed)

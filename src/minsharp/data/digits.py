@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from minsharp.errors import DataError
+from minsharp.options import number
+
 
 def load_digits(
     test_fraction: float = 0.25, seed: int = 0, dtype: torch.dtype = torch.float32
@@ -15,8 +18,7 @@ def load_digits(
     """
     from sklearn.datasets import load_digits as sklearn_digits
 
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie in (0, 1); got {test_fraction}.")
+    number("test_fraction", test_fraction, above=0, below=1, error=DataError)
     bunch = sklearn_digits()
     inputs = torch.as_tensor(bunch.data, dtype=dtype) / 16.0
     labels = torch.as_tensor(bunch.target, dtype=torch.long)

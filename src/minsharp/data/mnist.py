@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from minsharp.errors import DataError
+from minsharp.options import choice
 
 #: IDX dtype code of unsigned bytes, the only one MNIST uses.
 _UBYTE = 0x08
@@ -111,8 +112,7 @@ def read_idx_split(
     Raises:
         DataError: as :func:`load_mnist_split`.
     """
-    if split not in SPLIT_FILES:
-        raise DataError(f"{dataset} split must be one of {sorted(SPLIT_FILES)}; got {split!r}.")
+    choice(f"{dataset} split", split, sorted(SPLIT_FILES), error=DataError)
     folder = Path(directory)
     if not folder.is_dir():
         raise DataError(
