@@ -19,9 +19,13 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 import torch
 from torch import Tensor, nn
+
+from minsharp.errors import DataError
 
 PARAMETRISED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
@@ -83,40 +87,61 @@ def neuron_junctions(model: nn.Sequential) -> list[tuple[nn.Module, nn.Module]]:
     return junctions
 
 
+def batchnorm_inputs(model: nn.Sequential) -> list[tuple[nn.Module, nn.Module]]:
+    """Pairs of a layer and the batch-norm right after it."""
+    return [
+        (layer, norm)
+        for layer, norm in itertools.pairwise(model)
+        if isinstance(layer, PARAMETRISED) and isinstance(norm, BATCHNORM)
+    ]
+
+
+def _divide_columns(outgoing: nn.Module, factors: Tensor) -> None:
+    # Conv → flatten → Linear: each channel is a block of consecutive input columns.
+    columns = outgoing.weight.view(outgoing.weight.shape[0], factors.numel(), -1)
+    columns.div_(factors.reshape(1, -1, 1))
+
+
 def rescale_neurons(model: nn.Sequential, seed: int) -> nn.Sequential:
     """Per-unit rescaling at every neuron junction of ``model`` (see :func:`neuron_junctions`)."""
-    generator = torch.Generator().manual_seed(seed)
-    twin = copy.deepcopy(model)
-    junctions = neuron_junctions(twin)
-    if not junctions:
-        raise ValueError("model has no junction of two layers joined by ReLU/pooling only.")
-    with torch.no_grad():
-        for incoming, outgoing in junctions:
-            factors = _factors(incoming.weight.shape[0], generator)
-            _scale_rows(incoming, factors)
-            # Conv → flatten → Linear: each channel is a block of consecutive input columns.
-            columns = outgoing.weight.view(outgoing.weight.shape[0], factors.numel(), -1)
-            columns.div_(factors.reshape(1, -1, 1))
-    return _checked(model, twin)
+    return _rescale_units(
+        model,
+        seed,
+        neuron_junctions,
+        _divide_columns,
+        "junction of two layers joined by ReLU/pooling",
+    )
 
 
 def rescale_batchnorm_inputs(model: nn.Sequential, seed: int) -> nn.Sequential:
     """Per-unit rescaling of every weight feeding a batch-norm, with its running statistics."""
+    return _rescale_units(
+        model, seed, batchnorm_inputs, _scale_batchnorm_statistics, "layer feeding a batch-norm"
+    )
+
+
+def _rescale_units(
+    model: nn.Sequential,
+    seed: int,
+    pairs_of: Callable[[nn.Sequential], list[tuple[nn.Module, nn.Module]]],
+    compensate: Callable[[nn.Module, Tensor], None],
+    what: str,
+) -> nn.Sequential:
+    """A copy with the output units of each pair's first module scaled by random factors.
+
+    ``pairs_of`` finds ``(layer, partner)`` pairs in the copy; the rows of ``layer`` (and its
+    bias) are multiplied by the factors and ``compensate(partner, factors)`` undoes it.
+    """
     generator = torch.Generator().manual_seed(seed)
     twin = copy.deepcopy(model)
-    modules = list(twin)
-    pairs = [
-        (layer, norm)
-        for layer, norm in itertools.pairwise(modules)
-        if isinstance(layer, PARAMETRISED) and isinstance(norm, BATCHNORM)
-    ]
+    pairs = pairs_of(twin)
     if not pairs:
-        raise ValueError("model has no layer feeding a batch-norm.")
+        raise ValueError(f"model has no {what}.")
     with torch.no_grad():
-        for layer, norm in pairs:
+        for layer, partner in pairs:
             factors = _factors(layer.weight.shape[0], generator)
             _scale_rows(layer, factors)
-            _scale_batchnorm_statistics(norm, factors)
+            compensate(partner, factors)
     return _checked(model, twin)
 
 
@@ -183,6 +208,15 @@ def labelled_data(
     inputs = torch.randn((examples, *_INPUTS[kind]), generator=generator, dtype=torch.float64)
     labels = torch.randint(classes, (examples,), generator=generator)
     return inputs, labels
+
+
+def check_label_errors(compute: Callable[[Any], object], kind: str, seed: int) -> None:
+    """``compute(data)`` refuses inputs without labels and labels beyond the model's classes."""
+    inputs, labels = labelled_data(kind, seed)
+    with pytest.raises(DataError, match="depends on the labels"):
+        compute(inputs)
+    with pytest.raises(DataError, match="out of range"):
+        compute((inputs, labels + 3))
 
 
 def _checked(model: nn.Module, twin: nn.Module) -> nn.Sequential:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
-from tests.symmetries import labelled_data, network
+from tests.symmetries import check_label_errors, labelled_data, network
 
 import minsharp
 from minsharp.errors import DataError, MinsharpError, ModelError
 from minsharp.measures import Evaluation, available, measure, registry, spec
+from minsharp.measures.perturbation import ADAPTIVE_RHO
 
 
 def test_available_lists_the_measures_sorted() -> None:
@@ -33,6 +35,33 @@ def test_result_records_options_time_and_invariances() -> None:
     assert result.certificate["relative_gradient_norm"] < 1e-10
     assert sum(result.per_layer.values()) == pytest.approx(result.value, rel=1e-12)
     json.dumps(result.to_dict())
+
+
+def test_options_the_measure_settles_are_recorded_at_the_value_used() -> None:
+    model = network("mlp", batchnorm=False, seed=0)
+    data = labelled_data("mlp", 0)
+    for norm, rho in ADAPTIVE_RHO.items():
+        result = measure("adaptive_sharpness", model, data, norm=norm, steps=1)
+        assert result.options["rho"] == rho == result.details["rho"]
+    assert measure("adaptive_sharpness", model, data, rho=0.01, steps=1).options["rho"] == 0.01
+    result = measure("relative_flatness", model, data)
+    assert result.options["layer"] == "4" == result.details["layer"]
+    # The recorded options reproduce the value.
+    assert measure("relative_flatness", model, data, **result.options).value == result.value
+
+
+@pytest.mark.parametrize("name", available())
+def test_no_measure_records_an_unresolved_default(name: str) -> None:
+    batchnorm = "batchnorm" in spec(name).requires
+    model = network("mlp", batchnorm=batchnorm, seed=0)
+    quick = {"samples": 2, "steps": 1, "max_iterations": 3}
+    options = {key: value for key, value in quick.items() if key in spec(name).defaults}
+    if name == "pac_bayes_flatness":
+        options["metric"] = "loss"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # iteration caps reached on purpose
+        result = measure(name, model, labelled_data("mlp", 0), **options)
+    assert None not in result.options.values(), result.options
 
 
 def test_unknown_measure_suggests_close_names() -> None:
@@ -63,10 +92,9 @@ def test_label_measures_refuse_unlabelled_data_and_bad_labels() -> None:
     inputs, labels = labelled_data("mlp", 0)
     for name in needing:
         model = network("mlp", batchnorm="batchnorm" in spec(name).requires, seed=0)
-        with pytest.raises(DataError, match="depends on the labels"):
-            measure(name, model, inputs)
-        with pytest.raises(DataError, match="out of range"):
-            measure(name, model, (inputs, labels + 3))
+        check_label_errors(
+            lambda data, name=name, model=model: measure(name, model, data), "mlp", 0
+        )
         with pytest.raises(DataError, match="integer tensor"):
             measure(name, model, (inputs, labels.double()))
 

@@ -14,9 +14,11 @@ A new measure cannot join the registry without its claims checked here.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
+import torch
 from tests.symmetries import TRANSFORMS, labelled_data, network
 
 from minsharp.errors import ModelError
@@ -103,3 +105,25 @@ def test_every_measure_is_in_the_docs_table_with_its_invariances(name: str) -> N
     declared = rows[0].split("|")[2]
     for symmetry in SYMMETRIES:
         assert (symmetry in declared) == (symmetry in spec(name).invariances), (name, declared)
+
+
+def test_batchnorm_symmetry_is_exact_only_up_to_epsilon() -> None:
+    """docs/measures.md: ``(c x − c μ)/√(c² σ² + ε)`` differs from ``(x − μ)/√(σ² + ε)`` by a
+    relative ``≈ ε (1 − 1/c²) / (2σ²)``: below 5e-6 for ε = 1e-5, unit variance, c ≥ 1/√2."""
+    eps = 1e-5
+    norm = torch.nn.BatchNorm1d(4, eps=eps).double().eval()
+    variance = torch.tensor([1.0, 1.0, 0.5, 2.0], dtype=torch.float64)
+    factors = torch.tensor([0.5, 3.0, 10.0, 1e3], dtype=torch.float64)
+    with torch.no_grad():
+        norm.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+        norm.running_var.copy_(variance)
+    inputs = torch.randn(16, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    twin = copy.deepcopy(norm)
+    with torch.no_grad():
+        twin.running_mean.mul_(factors)
+        twin.running_var.mul_(factors.square())
+        change = twin(inputs * factors) / norm(inputs) - 1  # β = 0, γ = 1: x̂ itself
+    predicted = eps * (1 - 1 / factors.square()) / (2 * variance)
+    torch.testing.assert_close(change, predicted.expand_as(change), rtol=1e-4, atol=1e-15)
+    assert change[:, (variance == 1) & (factors >= 0.5**0.5)].abs().max() <= eps / 2
+    assert change[:, factors < 0.5**0.5].abs().min() > eps / 2  # grows as 1/c² below

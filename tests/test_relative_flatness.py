@@ -133,7 +133,7 @@ def test_bad_options_and_models_are_refused():
         relative_flatness(model, inputs, layer="0")
     with pytest.raises(MinsharpError, match="option layer must be"):
         relative_flatness(model, inputs, layer=6)
-    with pytest.raises(MinsharpError, match="option curvature must be"):
+    with pytest.raises(MinsharpError, match="curvature must be 'hessian' or 'ggn'"):
         relative_flatness(model, inputs, curvature="fisher")
     convolutional = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten()).double()
     with pytest.raises(ModelError, match="calls none"):

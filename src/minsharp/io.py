@@ -174,12 +174,10 @@ def load_weights(model: nn.Module, path: str | Path, *, model_name: str) -> None
     """
     state = read_state_dict(path)
     expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
+    missing, unexpected, reshaped = state_differences(state, expected)
     mismatched = [
         f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in expected
-        if key in state and state[key].shape != expected[key].shape
+        for key in reshaped
     ]
     if missing or unexpected or mismatched:
         problems = []
@@ -205,6 +203,21 @@ def load_weights(model: nn.Module, path: str | Path, *, model_name: str) -> None
             f"but model {model_name} holds floating-point values there."
         )
     model.load_state_dict(state, strict=True)
+
+
+def state_differences(
+    state: Mapping[str, Tensor], expected: Mapping[str, Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """How ``state`` differs from the ``expected`` state dict, key by key.
+
+    Returns:
+        The keys of ``expected`` missing from ``state``, the keys of ``state`` that
+        ``expected`` lacks, and the keys of both whose shapes differ (in ``expected``'s order).
+    """
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [key for key in expected if key in state and state[key].shape != expected[key].shape]
+    return missing, unexpected, reshaped
 
 
 def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:

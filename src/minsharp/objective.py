@@ -19,8 +19,8 @@ from torch.func import functional_call
 
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, autograd_enabled, run_forward
 from minsharp.curvature.layers import check_measurable, model_dtype_device, preserved_buffers
-from minsharp.data.batches import labelled_batches
-from minsharp.errors import DataError, MinsharpError
+from minsharp.data.batches import check_label_range, labelled_batches
+from minsharp.errors import MinsharpError
 
 Parameters = dict[str, Tensor]
 
@@ -55,12 +55,7 @@ class DatasetObjective:
         inputs, _ = self.batches[0]
         with preserved_buffers(self.model), torch.no_grad():
             num_classes = run_forward(self.model, inputs[:1]).shape[1]
-        largest = max(int(y.max()) for _, y in self.batches)
-        if largest >= num_classes:
-            raise DataError(
-                f"data: label {largest} is out of range for a model with {num_classes} "
-                f"output classes; labels must lie in 0..{num_classes - 1}."
-            )
+        check_label_range(max(int(y.max()) for _, y in self.batches), num_classes)
         return num_classes
 
     def logits(self, inputs: Tensor, parameters: Mapping[str, Tensor] | None = None) -> Tensor:

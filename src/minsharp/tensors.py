@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -13,3 +15,16 @@ def all_finite(tensor: Tensor) -> bool:
     reduction; only a non-finite sum (which may also be an overflow) pays for the exact test.
     """
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
+def standard_error(samples: Tensor) -> float:
+    """Standard error of the mean of ``samples``: their sample standard deviation over √n.
+
+    NaN for fewer than two samples, where the deviation is undefined.
+
+    Example:
+        >>> standard_error(torch.tensor([1.0, 3.0]))
+        1.0
+    """
+    count = samples.numel()
+    return float(samples.std() / math.sqrt(count)) if count > 1 else math.nan

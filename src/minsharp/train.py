@@ -43,7 +43,13 @@ from tqdm.auto import tqdm
 
 from minsharp.bn_training import PROBE_EXAMPLES, BNSharpnessPenalty, check_penalty_settings
 from minsharp.errors import DataError, MinsharpError, ModelError
-from minsharp.io import load_weights, write_bytes_atomic, write_json_atomic
+from minsharp.io import (
+    load_weights,
+    sha256_file,
+    state_differences,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from minsharp.measures.bn_sharpness import DEFAULT_DELTA
 from minsharp.models import build_model
 
@@ -465,7 +471,10 @@ def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if not weights_path.is_file():
         raise ModelError(f"weights file {weights_path} of checkpoint {path} does not exist.")
     expected = weights.get("sha256")
-    digest = _sha256(weights_path)
+    try:
+        digest = sha256_file(weights_path)
+    except OSError as failure:
+        raise ModelError(f"weights file {weights_path} cannot be read ({failure}).") from None
     if expected != digest:
         raise ModelError(
             f"weights file {weights_path} does not match checkpoint {path}: its SHA-256 is "
@@ -530,13 +539,8 @@ def _build(spec: dict[str, Any], *, where: str) -> nn.Module:
 def _state_differences(state: Mapping[str, Tensor], rebuilt: Mapping[str, Tensor]) -> str:
     """Keys and shapes in which two state dicts differ, or ``""``."""
     problems = []
-    missing = [key for key in rebuilt if key not in state]
-    extra = [key for key in state if key not in rebuilt]
-    shapes = [
-        f"{key} {tuple(state[key].shape)} vs {tuple(rebuilt[key].shape)}"
-        for key in state
-        if key in rebuilt and state[key].shape != rebuilt[key].shape
-    ]
+    missing, extra, reshaped = state_differences(state, rebuilt)
+    shapes = [f"{key} {tuple(state[key].shape)} vs {tuple(rebuilt[key].shape)}" for key in reshaped]
     if missing:
         problems.append(f"the rebuilt network has keys the model lacks {missing[:5]}")
     if extra:
@@ -544,15 +548,3 @@ def _state_differences(state: Mapping[str, Tensor], rebuilt: Mapping[str, Tensor
     if shapes:
         problems.append(f"shapes differ (model vs rebuilt) {shapes[:5]}")
     return "; ".join(problems)
-
-
-def _sha256(path: Path) -> str:
-    """Hex SHA-256 of the file at ``path``, raising :class:`ModelError` naming it."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError as failure:
-        raise ModelError(f"weights file {path} cannot be read ({failure}).") from None
-    return digest.hexdigest()

@@ -13,7 +13,10 @@ its output. A Linear layer producing the logits gets its sums in closed form; th
 cotangents are pushed back from there (or from the logits) to the other layers' outputs,
 never to the weights, a chunk of classes per backward pass (:func:`pull_back`); the layer
 rules then form the sums of squares from patches and cotangents
-(``minsharp.curvature.patches``). Memory is bounded by ``batch_size``, not by K.
+(``minsharp.curvature.patches``). Beyond the (N, K) probabilities, the passes of
+:func:`hessian_trace` and :func:`hessian_diagonal` hold the cotangents of one chunk of
+classes at a time, so their memory grows with ``batch_size``, not with K
+(:func:`layer_cotangents`, which returns all K, holds them all).
 """
 
 from __future__ import annotations
@@ -41,9 +44,12 @@ from minsharp.curvature.layers import Layer, find_layers, model_dtype_device, pr
 from minsharp.curvature.results import Curvature, CurvatureDiagonal, CurvatureTrace
 from minsharp.data.batches import input_batches
 from minsharp.errors import MinsharpError, ModelError, NotPiecewiseLinearError
+from minsharp.options import choice
 from minsharp.tensors import all_finite
 
 DEFAULT_BATCH_SIZE = 256
+#: The values of the ``curvature`` option: the exact Hessian, or the generalized Gauss–Newton.
+CURVATURES: tuple[Curvature, ...] = ("hessian", "ggn")
 
 
 def hessian_trace(
@@ -160,8 +166,7 @@ def _curvature_pass(
     diagonal: bool,
 ) -> tuple[dict[str, Tensor], int, float]:
     """Sums over examples (not yet divided by N) of the per-parameter diagonals or traces."""
-    if curvature not in ("hessian", "ggn"):
-        raise MinsharpError(f"curvature must be 'hessian' or 'ggn'; got {curvature!r}.")
+    choice("curvature", curvature, CURVATURES)
     start = time.perf_counter()
     layers = find_layers(model)
     dtype, device = model_dtype_device(model)
@@ -249,12 +254,10 @@ def _batch_sums(
                         continue
                     rows = layer.rule.rows(layer.module, cotangent)
                     accumulators[layer.name].add(rows)
-            if unused & reaching:
-                _raise_untraced(sorted(unused & reaching)[0])
     else:
         unused = {layer.name for layer, _ in rest}
     if unused & reaching:
-        _raise_untraced(sorted(unused & reaching)[0])
+        raise untraced_error(sorted(unused & reaching)[0])
     sums = {}
     for layer, _ in recorded:
         if layer.name in unused:
@@ -269,8 +272,13 @@ def _batch_sums(
     return sums
 
 
-def _raise_untraced(name: str) -> None:
-    raise ModelError(
+def untraced_error(name: str) -> ModelError:
+    """The error for a layer whose parameters reach the logits but whose output was not reached.
+
+    The backward pass from the logits missed the layer's output: an engine limitation, never
+    the user's fault.
+    """
+    return ModelError(
         f"the output of module {name or '(root)'} could not be traced back from the logits "
         "although its parameters affect them. Please report this model to the minsharp "
         "developers."
@@ -417,19 +425,24 @@ def run_forward(model: nn.Module, inputs: Tensor) -> Tensor:
             f"({type(error).__name__}: {error}). Check that the data matches the model's "
             "expected input shape."
         ) from error
+    check_logits(logits, inputs.shape[0])
+    return logits
+
+
+def check_logits(logits: Any, num_examples: int) -> None:
+    """Raise :class:`ModelError` unless ``logits`` is a finite (num_examples, K ≥ 2) tensor."""
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ModelError(
             f"model output must be logits of shape (N, K) with K ≥ 2 classes; got {shape}. "
             "Wrap the model so that it returns the pre-softmax class scores."
         )
-    if logits.shape[0] != inputs.shape[0]:
+    if logits.shape[0] != num_examples:
         raise ModelError(
-            f"model returned {logits.shape[0]} rows of logits for {inputs.shape[0]} examples."
+            f"model returned {logits.shape[0]} rows of logits for {num_examples} examples."
         )
     if not all_finite(logits.detach()):
         raise ModelError("model produced non-finite logits (NaN or inf) on the data.")
-    return logits
 
 
 def check_formula(

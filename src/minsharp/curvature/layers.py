@@ -13,8 +13,10 @@ from minsharp.curvature.rules import RULES, LayerRule, supported_types
 from minsharp.errors import ModelError, UnsupportedModuleError
 from minsharp.tensors import all_finite
 
+#: The batch-norm modules (``nn.BatchNorm1d/2d/3d`` and their subclasses).
+BATCHNORM = nn.modules.batchnorm._BatchNorm
 # Modules whose training-mode forward is stochastic or couples the examples of a batch.
-_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+_MODE_DEPENDENT = (BATCHNORM, nn.modules.dropout._DropoutNd)
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def _check_mode(model: nn.Module) -> None:
     batch_statistics = [
         f"{name} ({type(m).__name__})"
         for name, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None
+        if isinstance(m, BATCHNORM) and m.running_mean is None
     ]
     if batch_statistics:
         raise ModelError(

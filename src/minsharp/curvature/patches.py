@@ -22,8 +22,8 @@ The engine folds the class weights into the cotangents (``√p_nk (e_k − p_n)`
 * weight diagonal  ``Σ_kn (δ_kn U_nᵀ)^⊙2``
 * weight trace     ``Σ_kn ‖δ_kn U_nᵀ‖²``, either in *Gram form*
   ``⟨Σ_k δ_knᵀ δ_kn, U_nᵀ U_n⟩`` (cost ∝ S²(K·C + P)) or in *direct form* by materialising
-  ``δ_kn U_nᵀ`` (cost ∝ K·C·P·S), whichever is cheaper; with S = 1 the Gram form is the
-  rank-one shortcut ``‖δ_kn‖²‖U_n‖²``.
+  ``δ_kn U_nᵀ`` (cost ∝ K·C·P·S), whichever counts fewer operations; with S = 1 the Gram
+  form is the rank-one shortcut ``‖δ_kn‖²‖U_n‖²``.
 * bias diagonal    ``Σ_kn (Σ_s δ_kn[:, s])^⊙2``
 
 The engine pushes the K cotangents back a few at a time, so :class:`LayerSums` accumulates

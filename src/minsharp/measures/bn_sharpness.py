@@ -43,10 +43,11 @@ from tqdm.auto import tqdm
 
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, autograd_enabled, run_forward
 from minsharp.curvature.guard import PROBE_EXAMPLES
-from minsharp.curvature.layers import preserved_buffers
-from minsharp.errors import MinsharpError
+from minsharp.curvature.layers import BATCHNORM, preserved_buffers
+from minsharp.curvature.rules import WEIGHT_LAYERS
 from minsharp.measures.registry import Evaluation, register
 from minsharp.objective import DatasetObjective
+from minsharp.options import integer, number
 
 #: Default integration radius, relative to each block's norm (see :func:`bn_sharpness`).
 DEFAULT_DELTA = 0.05
@@ -54,9 +55,6 @@ DEFAULT_DELTA = 0.05
 DEFAULT_NODES = 8
 #: Largest number of quadrature nodes accepted.
 MAX_NODES = 64
-
-_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BATCHNORM = nn.modules.batchnorm._BatchNorm
 
 
 @register(
@@ -98,8 +96,9 @@ def bn_sharpness(
         delta: integration radius ``δ`` relative to each block's norm, in ``(0, 1]``: along
             the segment every block moves by at most ``δ‖w_k‖``. Being relative, one default
             serves networks of any scale; 0.05 (at most 5% of each block's norm) keeps the
-            probe local while the loss increases stay far above the float32 rounding of
-            ``L``. Training with ``t ~ U(0, δ)`` would use the same δ.
+            probe local. The increases must stand clear of the rounding of ``L`` (about
+            ``1e-7 · L`` in float32): ``details["loss_increases"]`` shows them. Training
+            with ``t ~ U(0, δ)`` would use the same δ.
         nodes: Gauss–Legendre nodes, 1 to 64; exact for polynomials of degree
             ``2·nodes − 1``. Where ReLU kinks cross the segment the loss is only piecewise
             smooth and the quadrature error is of the order of their effect, shrinking as
@@ -110,7 +109,14 @@ def bn_sharpness(
         (summing to 1) and loss increases ``L(θ + t_i v) − L(θ)`` with ``S = Σ_i w_i ΔL_i``,
         the gradient norm and the names of the row-blocked weights.
     """
-    _check_options(delta, nodes)
+    number(
+        "delta",
+        delta,
+        above=0,
+        at_most=1,
+        why="the integration radius relative to each block's norm",
+    )
+    integer("nodes", nodes, minimum=1, maximum=MAX_NODES, why="Gauss–Legendre nodes")
     # Outside torch.inference_mode(), whose tensors autograd refuses (the gradient step).
     with autograd_enabled():
         return _bn_sharpness(model, data, batch_size, progress, delta, nodes)
@@ -122,8 +128,7 @@ def _bn_sharpness(
     objective = DatasetObjective(model, data, batch_size=batch_size)
     probe = objective.batches[0][0][:PROBE_EXAMPLES]
     rows = batchnorm_rows(model, probe)
-    loss = objective.loss()
-    _, gradient = objective.gradient()
+    loss, gradient = objective.gradient()
     direction = bn_sharpness_direction(objective.parameters, gradient, rows)
     points, weights = gauss_legendre(nodes)
     times = [delta * (1 + x) / 2 for x in points]
@@ -184,12 +189,12 @@ def batchnorm_rows(model: nn.Module, probe: Tensor) -> dict[str, str | None]:
         found[prefix + "weight"] = prefix + "bias" if source.bias is not None else None
 
     handles = [
-        m.register_forward_hook(record_output) for m in model.modules() if type(m) in _WEIGHT_LAYERS
+        m.register_forward_hook(record_output) for m in model.modules() if type(m) in WEIGHT_LAYERS
     ]
     handles += [
         m.register_forward_pre_hook(check_input)
         for m in model.modules()
-        if isinstance(m, _BATCHNORM)
+        if isinstance(m, BATCHNORM)
     ]
     try:
         with preserved_buffers(model), torch.no_grad():
@@ -259,8 +264,7 @@ def gauss_legendre(nodes: int) -> tuple[list[float], list[float]]:
         >>> [round(x * 3**0.5, 12) for x in points], [round(w, 12) for w in weights]
         ([-1.0, 1.0], [1.0, 1.0])
     """
-    if nodes < 1:
-        raise ValueError(f"need at least one node; got {nodes}.")
+    integer("nodes", nodes, minimum=1)
     k = np.arange(1, nodes)
     off_diagonal = k / np.sqrt(4.0 * k**2 - 1)
     jacobi = np.diag(off_diagonal, 1) + np.diag(off_diagonal, -1)
@@ -269,24 +273,6 @@ def gauss_legendre(nodes: int) -> tuple[list[float], list[float]]:
     points = (points - points[::-1]) / 2  # symmetric about 0 to the last bit
     weights = (weights + weights[::-1]) / 2
     return points.tolist(), weights.tolist()
-
-
-def _check_options(delta: float, nodes: int) -> None:
-    if (
-        isinstance(delta, bool)
-        or not isinstance(delta, (int, float))
-        or not math.isfinite(delta)
-        or not 0 < delta <= 1
-    ):
-        raise MinsharpError(
-            f"option delta must be a number in (0, 1] (the integration radius relative to "
-            f"each block's norm); got {delta!r}."
-        )
-    if isinstance(nodes, bool) or not isinstance(nodes, int) or not 1 <= nodes <= MAX_NODES:
-        raise MinsharpError(
-            f"option nodes must be an integer from 1 to {MAX_NODES} (Gauss–Legendre nodes); "
-            f"got {nodes!r}."
-        )
 
 
 def _gradient_of(gradient: Mapping[str, Tensor | None], name: str, like: Tensor) -> Tensor:

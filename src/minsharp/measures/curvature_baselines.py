@@ -9,7 +9,6 @@ largest eigenvalue. The last two use products with the full Hessian over the who
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -18,10 +17,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_trace
-from minsharp.errors import MinsharpError
 from minsharp.measures.registry import Evaluation, register
 from minsharp.objective import DatasetObjective, flatten, unflatten
+from minsharp.options import integer
 from minsharp.solvers import EIGEN_MAX_ITERATIONS, EIGEN_TOLERANCE, largest_eigenvalue
+from minsharp.tensors import standard_error
 
 
 @register(
@@ -43,10 +43,11 @@ def exact_hessian_trace(
     curvature engine computes exactly in one pass (:func:`minsharp.hessian_trace`).
     """
     traces = hessian_trace(model, data, batch_size=batch_size, progress=progress)
-    per_layer = {
-        module or "(root)": sum(values.values()) for module, values in traces.by_layer().items()
-    }
-    return Evaluation(value=traces.total, num_examples=traces.num_examples, per_layer=per_layer)
+    return Evaluation(
+        value=traces.total,
+        num_examples=traces.num_examples,
+        per_layer=_by_module(traces.by_parameter),
+    )
 
 
 @register(
@@ -215,13 +216,8 @@ def hutchinson_trace(
         samples: number S of probe vectors, at least 2.
         seed: seed of the probes.
     """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise MinsharpError(
-            f"samples must be an integer ≥ 2 (probe vectors; the standard error needs two); "
-            f"got {samples!r}."
-        )
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise MinsharpError(f"seed must be an integer; got {seed!r}.")
+    integer("samples", samples, minimum=2, why="probe vectors; the standard error needs two")
+    integer("seed", seed)
     objective = DatasetObjective(model, data, batch_size)
     generator = torch.Generator().manual_seed(seed)
     forms = torch.empty(samples, len(objective.parameters), dtype=torch.float64)
@@ -234,7 +230,8 @@ def hutchinson_trace(
         }
         product = objective.hessian_vector_product(probe)
         for column, name in enumerate(objective.parameters):
-            forms[sample, column] = (probe[name].double() * product[name].double()).sum()
+            # Entries of ±1 times the product are exact in any dtype: sum them in float64.
+            forms[sample, column] = (probe[name] * product[name]).sum(dtype=torch.float64)
     columns: dict[str, list[int]] = {}
     for column, name in enumerate(objective.parameters):
         columns.setdefault(_module(name), []).append(column)
@@ -245,16 +242,12 @@ def hutchinson_trace(
         num_examples=objective.num_examples,
         per_layer={module: float(values.mean()) for module, values in per_module.items()},
         details={
-            "standard_error": _standard_error(totals),
+            "standard_error": standard_error(totals),
             "per_layer_standard_error": {
-                module: _standard_error(values) for module, values in per_module.items()
+                module: standard_error(values) for module, values in per_module.items()
             },
         },
     )
-
-
-def _standard_error(samples: Tensor) -> float:
-    return float(samples.std() / math.sqrt(samples.numel()))
 
 
 def _module(parameter: str) -> str:

@@ -24,12 +24,17 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp
 from tqdm.auto import tqdm
 
-from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, autograd_enabled, run_forward
+from minsharp.curvature.engine import (
+    DEFAULT_BATCH_SIZE,
+    autograd_enabled,
+    check_logits,
+    run_forward,
+)
 from minsharp.curvature.layers import check_measurable, model_dtype_device, preserved_buffers
-from minsharp.data.batches import input_batches, labelled_batches
-from minsharp.errors import DataError, MinsharpError, ModelError
+from minsharp.data.batches import check_label_range, input_batches, labelled_batches
+from minsharp.errors import MinsharpError
 from minsharp.measures.registry import Evaluation, register
-from minsharp.tensors import all_finite
+from minsharp.options import choice
 
 Labels = Literal["true", "model"]
 
@@ -90,8 +95,7 @@ def fisher_rao_norm(
         >>> abs(value - projection.square().mean().item()) < 1e-12
         True
     """
-    if labels not in ("true", "model"):
-        raise MinsharpError(f"option labels must be 'true' or 'model'; got {labels!r}.")
+    choice("labels", labels, ("true", "model"))
     check_measurable(model)
     # Inside torch.inference_mode() the tensors made here would be inference tensors, which
     # forward-mode AD and in-place accumulation refuse: work outside it throughout.
@@ -117,14 +121,14 @@ def _sums(
     def logits_at(point: dict[str, Tensor], inputs: Tensor) -> Tensor:
         return functional_call(model, {**fixed, **point}, (inputs,), strict=True)
 
-    num_examples, num_classes = 0, 0
+    num_examples = 0
     total = torch.zeros((), dtype=torch.float64, device=device)
     projection_sum = torch.zeros((), dtype=torch.float64, device=device)
     batches = _batches(data, labels, batch_size, device, dtype)
     for inputs, targets in tqdm(batches, disable=not progress, desc="fisher-rao"):
-        if num_examples == 0:  # shape and finiteness checks, with clear errors
+        if num_examples == 0:  # a failing forward pass raises a clear error here
             with preserved_buffers(model), torch.no_grad():
-                num_classes = run_forward(model, inputs[:1]).shape[1]
+                run_forward(model, inputs[:1])
         with warnings.catch_warnings():
             # torch's first forward-mode call loads decompositions through torch.jit.script
             warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
@@ -133,14 +137,14 @@ def _sums(
                 (parameters,),
                 (parameters,),
             )
-        _check_logits(logits, inputs.shape[0], num_classes)
+        check_logits(logits, inputs.shape[0])
         probabilities = logits.detach().double().softmax(1)
         tangent = tangent.detach().double()
         centred = tangent - (probabilities * tangent).sum(1, keepdim=True)
         if targets is None:
             total += (probabilities * centred.square()).sum()
         else:
-            _check_labels(targets, num_classes)
+            check_label_range(int(targets.max()), logits.shape[1])
             # θᵀ∇ℓ_n = (p_n − e_y)ᵀ dz_n = −(dz_ny − p_nᵀ dz_n)
             projections = -centred.gather(1, targets[:, None])[:, 0]
             total += projections.square().sum()
@@ -158,22 +162,3 @@ def _batches(
     else:
         for inputs in input_batches(data, batch_size, device, dtype):
             yield inputs, None
-
-
-def _check_logits(logits: Tensor, num_examples: int, num_classes: int) -> None:
-    if logits.dim() != 2 or logits.shape != (num_examples, num_classes):
-        raise ModelError(
-            f"model output must be logits of shape ({num_examples}, {num_classes}); got "
-            f"{tuple(logits.shape)}."
-        )
-    if not all_finite(logits.detach()):
-        raise ModelError("model produced non-finite logits (NaN or inf) on the data.")
-
-
-def _check_labels(labels: Tensor, num_classes: int) -> None:
-    largest = int(labels.max())
-    if largest >= num_classes:
-        raise DataError(
-            f"data: label {largest} is out of range for a model with {num_classes} output "
-            f"classes; labels must lie in 0..{num_classes - 1}."
-        )

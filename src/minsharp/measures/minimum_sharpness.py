@@ -98,7 +98,7 @@ def minimum_sharpness(
     rescalings ``W_l → α_l W_l, b_l → (Π_{m≤l} α_m) b_l`` (``Π α_l = 1``) that leave a chain
     ReLU network's function unchanged; invariant to those rescalings by construction. Without
     biases ``MS = L (Π_l T^W_l)^{1/L}``; with biases the convex problem over log-scales is
-    solved by Newton's method to machine precision (MATH §2).
+    solved by Newton's method to a relative gradient at rounding level (MATH §2).
 
     Before the trace is computed, the first examples of ``data`` check that a random
     rescaling leaves the logits unchanged (:class:`~minsharp.errors.NotAChainError`

@@ -24,6 +24,7 @@ copy of the network (common random numbers).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -38,6 +39,8 @@ from minsharp.curvature.engine import DEFAULT_BATCH_SIZE
 from minsharp.errors import MinsharpError
 from minsharp.measures.registry import Evaluation, register
 from minsharp.objective import DatasetObjective, Parameters
+from minsharp.options import boolean, choice, integer, number
+from minsharp.tensors import standard_error
 
 Norm = Literal["inf", "2"]
 Metric = Literal["error", "loss"]
@@ -77,6 +80,11 @@ class WorstCase:
     """``‖g‖_q`` at the returned iterate, so ``gap / (r ‖g‖_q)`` ∈ [0, 2] is scale-free."""
     on_boundary: float
     """ℓ∞: fraction of the movable coordinates (``s_i > 0``) at ``|η_i| = r``; ℓ2: ``‖η‖₂ / r``."""
+
+    @property
+    def rise(self) -> float:
+        """``L(θ + ε) − L(θ)`` (≥ 0)."""
+        return self.perturbed_loss - self.loss
 
     @property
     def certificate(self) -> dict[str, Any]:
@@ -131,9 +139,8 @@ def worst_case_perturbation(
         progress: show a progress bar over the steps.
     """
     norm = _checked_norm(norm)
-    _check_positive("radius", radius)
-    _check_count("steps", steps, 1)
-    _check_positive("step_size", step_size)
+    number("radius", radius, above=0)
+    _check_ascent(steps, step_size)
     missing = set(objective.parameters) - set(scale)
     if missing:
         raise MinsharpError(f"scale has no entry for the parameters {sorted(missing)}.")
@@ -197,11 +204,11 @@ def epsilon_sharpness(
     projected sign-gradient ascent in the box's normalised coordinates
     (:func:`worst_case_perturbation` with ``s = |θ| + 1``, ``p = ∞``, ``r = ε``): the first
     step goes to the linearised maximiser ``ε (|θ| + 1) ⊙ sign(∇L)``, later steps refine it,
-    and the best iterate is kept. In the paper's small boxes the loss is nearly linear; on 16
-    small random networks with ε = 1e-3, 20 steps matched L-BFGS-B run to convergence from
-    ε = 0 in the median, within −0.2 % … +0.15 % of the loss rise (the two methods stop at
-    different local maxima). In larger boxes (ε ≳ 0.03) the problem is strongly non-concave
-    and the spread between local maxima grows.
+    and the best iterate is kept. In the paper's small boxes the loss is nearly linear: on the
+    small random networks of ``tests/test_perturbation.py``, at ε = 1e-3 and 5e-4, 20 steps
+    reach at least the maximum of L-BFGS-B run to convergence from ε = 0, less 0.5 % of the
+    loss rise (the two methods stop at different local maxima). Larger boxes are less
+    concave, and different local maxima can then differ more.
 
     Args:
         model: classifier in eval mode.
@@ -218,29 +225,19 @@ def epsilon_sharpness(
         linearised model still promises inside the box — and the fraction of coordinates on
         the box's faces).
     """
-    _check_positive("epsilon", epsilon)
-    _check_ascent(steps, step_size)
-    objective = DatasetObjective(model, data, batch_size)
-    scale = {name: p.abs() + 1 for name, p in objective.parameters.items()}
-    found = worst_case_perturbation(
-        objective,
-        scale,
+    number("epsilon", epsilon, above=0)
+    return _worst_case_evaluation(
+        model,
+        data,
+        batch_size,
+        progress,
+        offset=1,
         radius=epsilon,
         norm="inf",
         steps=steps,
         step_size=step_size,
-        progress=progress,
-    )
-    rise = found.perturbed_loss - found.loss
-    return Evaluation(
-        value=100 * rise / (1 + found.loss),
-        num_examples=objective.num_examples,
-        certificate=found.certificate,
-        details={
-            "loss": found.loss,
-            "perturbed_loss": found.perturbed_loss,
-            "epsilon": epsilon,
-        },
+        value=lambda found: 100 * found.rise / (1 + found.loss),
+        details={"epsilon": epsilon},
     )
 
 
@@ -293,7 +290,8 @@ def adaptive_sharpness(
         batch_size: examples per forward pass.
         progress: progress bar over the ascent steps.
         norm: ``"inf"`` (ℓ∞ ball, a box) or ``"2"``.
-        rho: radius ``ρ > 0`` in the normalised coordinates; None for the norm's default.
+        rho: radius ``ρ > 0`` in the normalised coordinates; None for the norm's default
+            (:data:`ADAPTIVE_RHO`), which :func:`~minsharp.measures.measure` then records.
         steps: ascent steps, each one gradient over the data.
         step_size: first step's length as a fraction of ρ (then cosine decay).
 
@@ -319,24 +317,59 @@ def adaptive_sharpness(
         True
     """
     norm = _checked_norm(norm)
-    rho = ADAPTIVE_RHO[norm] if rho is None else rho
-    _check_positive("rho", rho)
+    rho = number("rho", ADAPTIVE_RHO[norm] if rho is None else rho, above=0)
+    evaluation = _worst_case_evaluation(
+        model,
+        data,
+        batch_size,
+        progress,
+        offset=0,
+        radius=rho,
+        norm=norm,
+        steps=steps,
+        step_size=step_size,
+        value=lambda found: found.rise,
+        details={"rho": rho, "norm": norm},
+    )
+    return dataclasses.replace(evaluation, resolved={"rho": rho})
+
+
+def _worst_case_evaluation(
+    model: nn.Module,
+    data: Any,
+    batch_size: int,
+    progress: bool,
+    *,
+    offset: float,
+    radius: float,
+    norm: Norm,
+    steps: int,
+    step_size: float,
+    value: Callable[[WorstCase], float],
+    details: dict[str, Any],
+) -> Evaluation:
+    """A worst-case measure: :func:`worst_case_perturbation` with ``s = |θ| + offset``.
+
+    The ascent options are checked before the data is read. The result holds ``value(found)``,
+    the ascent's certificate, and the two losses followed by ``details``.
+    """
     _check_ascent(steps, step_size)
     objective = DatasetObjective(model, data, batch_size)
-    scale = {name: p.abs() for name, p in objective.parameters.items()}
+    scale = {name: p.abs() + offset for name, p in objective.parameters.items()}
     found = worst_case_perturbation(
-        objective, scale, radius=rho, norm=norm, steps=steps, step_size=step_size, progress=progress
+        objective,
+        scale,
+        radius=radius,
+        norm=norm,
+        steps=steps,
+        step_size=step_size,
+        progress=progress,
     )
     return Evaluation(
-        value=found.perturbed_loss - found.loss,
+        value=value(found),
         num_examples=objective.num_examples,
         certificate=found.certificate,
-        details={
-            "loss": found.loss,
-            "perturbed_loss": found.perturbed_loss,
-            "rho": rho,
-            "norm": norm,
-        },
+        details={"loss": found.loss, "perturbed_loss": found.perturbed_loss, **details},
     )
 
 
@@ -383,9 +416,9 @@ def adaptive_sharpness_average(
         The mean loss rise; ``details`` hold ``standard_error`` (of the mean over draws),
         ``loss``, ``mean_perturbed_loss``, ``rho`` and ``samples``.
     """
-    _check_positive("rho", rho)
-    _check_count("samples", samples, 2)
-    _check_seed(seed)
+    number("rho", rho, above=0)
+    integer("samples", samples, minimum=2, why="the standard error needs two")
+    integer("seed", seed)
     objective = DatasetObjective(model, data, batch_size)
     magnitude = {name: p.abs() for name, p in objective.parameters.items()}
     loss = objective.loss()
@@ -405,7 +438,7 @@ def adaptive_sharpness_average(
         value=mean - loss,
         num_examples=objective.num_examples,
         details={
-            "standard_error": float(losses.std() / math.sqrt(samples)),
+            "standard_error": standard_error(losses),
             "loss": loss,
             "mean_perturbed_loss": mean,
             "rho": rho,
@@ -483,22 +516,17 @@ def pac_bayes_flatness(
         tried, 0.1·2¹⁶ ≈ 6554, stays within the target or the smallest, 0.1·2⁻²³ ≈ 1.2e-8,
         exceeds it; σ is then that limit).
     """
-    if metric not in ("error", "loss"):
-        raise MinsharpError(f"metric must be 'error' or 'loss'; got {metric!r}.")
-    _check_positive("target", target)
-    if metric == "error" and target >= 1:
-        raise MinsharpError(f"target must lie in (0, 1) for the error rate; got {target!r}.")
-    _check_count("samples", samples, 1)
-    if not _is_number(tolerance) or not 0 < tolerance < 1:
-        raise MinsharpError(
-            f"tolerance must be a number in (0, 1), the relative width of the final σ "
-            f"bracket; got {tolerance!r}."
-        )
-    if not isinstance(magnitude_aware, bool):
-        raise MinsharpError(f"magnitude_aware must be True or False; got {magnitude_aware!r}.")
-    if not _is_number(offset) or not 0 <= offset < math.inf:
-        raise MinsharpError(f"offset must be a finite number ≥ 0; got {offset!r}.")
-    _check_seed(seed)
+    choice("metric", metric, ("error", "loss"))
+    number("target", target, above=0)
+    if metric == "error":
+        number("target", target, above=0, below=1, why="for the error rate")
+    integer("samples", samples, minimum=1)
+    number(
+        "tolerance", tolerance, above=0, below=1, why="the relative width of the final σ bracket"
+    )
+    boolean("magnitude_aware", magnitude_aware)
+    number("offset", offset, at_least=0)
+    integer("seed", seed)
     objective = DatasetObjective(model, data, batch_size)
     evaluate: Callable[[Parameters | None], float] = (
         objective.error_rate if metric == "error" else objective.loss
@@ -520,8 +548,7 @@ def pac_bayes_flatness(
         bar.update()
         bar.set_postfix(sigma=f"{sigma:.3g}")
         spread = torch.tensor(values, dtype=torch.float64)
-        error = float(spread.std() / math.sqrt(samples)) if samples > 1 else math.nan
-        return abs(float(spread.mean()) - baseline), error
+        return abs(float(spread.mean()) - baseline), standard_error(spread)
 
     try:
         search = _bisect_log(deviation, target, tolerance)
@@ -682,34 +709,13 @@ def _boundary(
     return faces / movable
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_positive(name: str, value: object) -> None:
-    if not _is_number(value) or not 0 < value < math.inf:  # type: ignore[operator]
-        raise MinsharpError(f"{name} must be a finite number > 0; got {value!r}.")
-
-
-def _check_count(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise MinsharpError(f"{name} must be an integer ≥ {minimum}; got {value!r}.")
-
-
-def _check_seed(seed: object) -> None:
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise MinsharpError(f"seed must be an integer; got {seed!r}.")
-
-
 def _check_ascent(steps: object, step_size: object) -> None:
-    _check_count("steps", steps, 1)
-    _check_positive("step_size", step_size)
+    integer("steps", steps, minimum=1)
+    number("step_size", step_size, above=0)
 
 
 def _checked_norm(norm: object) -> Norm:
     """``"inf"`` or ``"2"``; also accepts the numbers ``math.inf`` and ``2``."""
-    if norm in ("inf", math.inf):
-        return "inf"
-    if norm in ("2", 2) and not isinstance(norm, bool):
-        return "2"
-    raise MinsharpError(f"norm must be 'inf' or '2' (ℓ∞ or ℓ2 ball); got {norm!r}.")
+    if isinstance(norm, (int, float)) and not isinstance(norm, bool):
+        norm = {math.inf: "inf", 2: "2"}.get(norm, norm)
+    return choice("norm", norm, ("inf", "2"), why="ℓ∞ or ℓ2 ball")

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from torch import nn
 
 from minsharp.curvature.engine import autograd_enabled
-from minsharp.curvature.layers import check_measurable
+from minsharp.curvature.layers import BATCHNORM, check_measurable
 from minsharp.errors import MinsharpError, ModelError
 
 Symmetry = Literal["layer", "neuron", "batchnorm"]
@@ -52,6 +52,10 @@ class Evaluation:
     """For solver-based measures: how the optimisation ended and its optimality residual."""
     details: dict[str, Any] = field(default_factory=dict)
     """Further numbers a user may want (standard errors, optimal scales…)."""
+    resolved: dict[str, Any] = field(default_factory=dict)
+    """Options whose value the measure settled itself, by name: a ``None`` default that stands
+    for "chosen from the other options or the model" (a radius per norm, the last layer),
+    with the value actually used. :func:`measure` records these in place of the defaults."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,8 @@ class MeasureResult:
     value: float
     per_layer: dict[str, float] | None
     options: dict[str, Any]
-    """Every option the measure ran with, defaults included."""
+    """Every option the measure ran with, defaults included, and those it settled itself
+    (see :attr:`Evaluation.resolved`) at the value it used."""
     seconds: float
     num_examples: int
     certificate: dict[str, Any] | None
@@ -152,8 +157,9 @@ def measure(name: str, model: nn.Module, data: Any, **options: Any) -> MeasureRe
 
     ``options`` are the measure's keyword options (see ``spec(name).defaults``); an unknown
     option raises :class:`MinsharpError` listing the accepted ones. The result records every
-    option used, the wall time, the declared invariances and, for solver-based measures, the
-    convergence certificate.
+    option used (a ``None`` default the measure resolved, at the value it resolved to), the
+    wall time, the declared invariances and, for solver-based measures, the convergence
+    certificate.
 
     Example:
         >>> import torch
@@ -190,7 +196,7 @@ def measure(name: str, model: nn.Module, data: Any, **options: Any) -> MeasureRe
         name=name,
         value=evaluation.value,
         per_layer=evaluation.per_layer,
-        options={**defaults, **options},
+        options={**defaults, **options, **evaluation.resolved},
         seconds=seconds,
         num_examples=evaluation.num_examples,
         certificate=evaluation.certificate,
@@ -201,7 +207,7 @@ def measure(name: str, model: nn.Module, data: Any, **options: Any) -> MeasureRe
 
 def has_batchnorm(model: nn.Module) -> bool:
     """Whether ``model`` contains a batch-norm layer."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return any(isinstance(m, BATCHNORM) for m in model.modules())
 
 
 def _describe(defaults: Mapping[str, Any]) -> str:

@@ -32,11 +32,13 @@ from tqdm.auto import tqdm
 
 from minsharp.curvature import patches
 from minsharp.curvature.engine import (
+    CURVATURES,
     DEFAULT_BATCH_SIZE,
     autograd_enabled,
     check_formula,
     layer_cotangents,
     run_forward,
+    untraced_error,
 )
 from minsharp.curvature.guard import PROBE_EXAMPLES
 from minsharp.curvature.layers import (
@@ -50,6 +52,7 @@ from minsharp.curvature.rules import RULES
 from minsharp.data.batches import input_batches
 from minsharp.errors import MinsharpError, ModelError
 from minsharp.measures.registry import Evaluation, register
+from minsharp.options import choice
 
 
 @register(
@@ -112,8 +115,7 @@ def relative_flatness(
         >>> abs(relative_flatness(net, x).value - expected.item()) < 1e-12
         True
     """
-    if curvature not in ("hessian", "ggn"):
-        raise MinsharpError(f"option curvature must be 'hessian' or 'ggn'; got {curvature!r}.")
+    choice("curvature", curvature, CURVATURES)
     if layer is not None and not isinstance(layer, str):
         raise MinsharpError(
             f"option layer must be the module name of an nn.Linear layer, or None for the "
@@ -149,6 +151,7 @@ def relative_flatness(
             "curvature": curvature,
             "weight_trace": float(weight_trace) / num_examples,
         },
+        resolved={"layer": chosen.name},
     )
 
 
@@ -166,11 +169,7 @@ def _batch_sums(
     (recorded,) = found
     if recorded.cotangents is None:
         if reaching:
-            raise ModelError(
-                f"the output of module {chosen.name} could not be traced back from the "
-                "logits although its weight affects them. Please report this model to the "
-                "minsharp developers."
-            )
+            raise untraced_error(chosen.name)
         return zero, zero
     with torch.no_grad():
         rows = chosen.rule.rows(chosen.module, recorded.cotangents)  # (K, N, 1, C, S)
