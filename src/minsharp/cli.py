@@ -38,7 +38,7 @@ from minsharp.measures.registry import (
     SYMMETRIES,
     MeasureResult,
     available,
-    has_batchnorm,
+    check_model_requirements,
     measure,
     spec,
 )
@@ -549,11 +549,7 @@ def measure_command(args: argparse.Namespace) -> None:
         weights_record = {"path": str(weights.resolve()), "sha256": sha256_file(weights)}
     if not args.keep_going:  # fail before computing anything (measure() checks it too)
         for name in names:
-            if "batchnorm" in spec(name).requires and not has_batchnorm(model):
-                raise ModelError(
-                    f"measure {name!r} needs a network with batch-norm layers, and model "
-                    f"{args.model} has none."
-                )
+            check_model_requirements(name, model)
     model.eval()
     model.to(device=device, dtype=dtype)
     inputs = data.inputs.to(device=device, dtype=dtype)

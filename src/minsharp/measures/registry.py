@@ -177,11 +177,7 @@ def measure(name: str, model: nn.Module, data: Any, **options: Any) -> MeasureRe
             f"measure {name!r} has no option {', '.join(map(repr, unknown))}; its options "
             f"are: {_describe(defaults)}."
         )
-    if "batchnorm" in chosen.requires and not has_batchnorm(model):
-        raise ModelError(
-            f"measure {name!r} needs a network with batch-norm layers (it rescales the "
-            "weights feeding each normalised unit), and this model has none."
-        )
+    check_model_requirements(name, model)
     check_measurable(model)
     start = time.perf_counter()
     with autograd_enabled():
@@ -203,6 +199,15 @@ def measure(name: str, model: nn.Module, data: Any, **options: Any) -> MeasureRe
         details=evaluation.details,
         invariances=tuple(s for s in SYMMETRIES if s in chosen.invariances),
     )
+
+
+def check_model_requirements(name: str, model: nn.Module) -> None:
+    """Raise :class:`ModelError` if ``model`` lacks what measure ``name`` requires of it."""
+    if "batchnorm" in spec(name).requires and not has_batchnorm(model):
+        raise ModelError(
+            f"measure {name!r} needs a network with batch-norm layers (it rescales the "
+            "weights feeding each normalised unit), and this model has none."
+        )
 
 
 def has_batchnorm(model: nn.Module) -> bool:
