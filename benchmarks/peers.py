@@ -328,7 +328,7 @@ def measure_configuration(
         if predicted[name] > settings.cap_s:
             outcomes[name].skipped = f"predicted {predicted[name]:.0f} s > {settings.cap_s:g} s"
     runnable = [name for name in methods if not outcomes[name].skipped and name in predicted]
-    one_batch_comparison(methods, data, outcomes, predicted)
+    one_batch_comparison(methods, data, outcomes)
     if wait_quiet_s > 0:
         common.wait_until_quiet(wait_quiet_s)
     for name in runnable:
@@ -357,19 +357,18 @@ def one_batch_comparison(
     methods: dict[str, Method],
     data: list[tuple[Tensor, Tensor]],
     outcomes: dict[str, Outcome],
-    predicted: dict[str, float],
 ) -> None:
     """For methods too slow for all N: their time on one batch against our diagonal's there.
 
-    The probe already timed the method on the first batch; our diagonal is timed on the same
-    batch (fastest of 3 calls, after the probe's warm-up), and the ratio kept.
+    The probe was each method's warm-up on the first batch; both the method and our diagonal
+    are then timed by one more (warm) call on that batch, the same procedure for both.
     """
     skipped = [name for name, outcome in outcomes.items() if outcome.skipped]
     if not skipped or "minsharp diagonal" not in methods:
         return
-    ours = min(common.time_once(lambda: methods["minsharp diagonal"](data[:1])) for _ in range(3))
+    ours = common.time_once(lambda: methods["minsharp diagonal"](data[:1]))
     for name in skipped:
-        per_batch = predicted[name] / len(data)
+        per_batch = common.time_once(lambda name=name: methods[name](data[:1]))
         outcomes[name].batch_ratio = per_batch / ours
         outcomes[name].skipped += f"; one batch: {per_batch:.3g} s = {per_batch / ours:.0f}× ours"
 
