@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import datetime
 import difflib
 import importlib
 import importlib.metadata
+import io
 import math
 import os
 import re
@@ -30,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from minsharp import distributed
 from minsharp.data.digits import load_digits
 from minsharp.data.mnist import load_mnist_split
 from minsharp.errors import DataError, MinsharpError, ModelError
@@ -174,6 +177,11 @@ def measure_options(
             if key in defaults and key not in options[name] and value is not None:
                 options[name][key] = value
     return options
+
+
+#: More classes than this, read off the labels of a ``file:`` data set, are taken for a
+#: mistake (a label column holding ids or values) unless --num-classes confirms them.
+MAX_INFERRED_CLASSES = 100_000
 
 
 def resolve_device(text: str) -> torch.device:
@@ -526,19 +534,47 @@ def measure_command(args: argparse.Namespace) -> None:
         raise MinsharpError(f"--batch-size must be positive; got {args.batch_size}.")
     if args.num_classes is not None and args.num_classes < 1:
         raise MinsharpError(f"--num-classes must be positive; got {args.num_classes}.")
+    if not -(2**63) <= args.seed < 2**64:
+        raise MinsharpError(
+            f"--seed must be an integer in [-2**63, 2**64), the range of torch's generators; "
+            f"got {args.seed}."
+        )
+    device = distributed.local_device(resolve_device(args.device))
+    joined = distributed.start(device)
+    try:
+        # One report per job: the other ranks compute their share and stay silent.
+        silent = contextlib.redirect_stdout(io.StringIO())
+        with silent if distributed.rank() else contextlib.nullcontext():
+            _measure(args, device)
+    except BaseException:
+        if joined:
+            distributed.stop(wait=False)
+        raise
+    if joined:
+        distributed.stop()
+
+
+def _measure(args: argparse.Namespace, device: torch.device) -> None:
+    """Compute and report the measures of ``measure_command`` on ``device``."""
     names = select_measures(args.measures)
-    shared = {"batch_size": args.batch_size, "progress": args.progress or None}
+    progress = args.progress and distributed.rank() == 0
+    shared = {"batch_size": args.batch_size, "progress": progress or None}
     options = measure_options(names, args.option, shared)
     model_options = parse_key_values(args.model_option, flag="--model-option")
-    output = Path(args.output).expanduser() if args.output else None
+    output = Path(args.output).expanduser() if args.output and distributed.rank() == 0 else None
     _check_output(output)
-    device = resolve_device(args.device)
     dtype = _DTYPES[args.dtype]
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
     data = load_data(args.data, args.split, args.examples)
     num_classes = args.num_classes or data.num_classes
+    if args.num_classes is None and num_classes > MAX_INFERRED_CLASSES:
+        raise MinsharpError(
+            f"--data {args.data}: the largest label is {num_classes - 1}, which would build a "
+            f"model with {num_classes} outputs. Check the labels, or pass --num-classes "
+            f"{num_classes} if that is intended."
+        )
     if args.random_init:
         torch.manual_seed(args.seed)
     model, model_record = make_model(args.model, model_options, data.inputs.shape[1:], num_classes)
@@ -567,7 +603,12 @@ def measure_command(args: argparse.Namespace) -> None:
         f"{tuple(data.record['input_shape'])}"
     )
     threads = torch.get_num_threads()
-    print(f"compute  {args.dtype} on {device}, {threads} thread{'s' if threads > 1 else ''}\n")
+    processes = distributed.world_size()
+    print(
+        f"compute  {args.dtype} on {device}, {threads} thread{'s' if threads > 1 else ''}"
+        + (f" in each of {processes} processes (torch.distributed)" if processes > 1 else "")
+        + "\n"
+    )
     results, failures = run_measures(model, (inputs, labels), options, keep_going=args.keep_going)
     print_table(results, failures)
     if output is not None:
@@ -585,6 +626,7 @@ def measure_command(args: argparse.Namespace) -> None:
                 "dtype": args.dtype,
                 "device": str(device),
                 "threads": torch.get_num_threads(),
+                "processes": distributed.world_size(),
                 "measures": [result.to_dict() for result in results],
                 "failures": failures,
             },

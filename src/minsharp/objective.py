@@ -10,6 +10,7 @@ over batches in float64.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -17,12 +18,17 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from minsharp import distributed
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, autograd_enabled, run_forward
+from minsharp.curvature.guard import PROBE_EXAMPLES
 from minsharp.curvature.layers import check_measurable, model_dtype_device, preserved_buffers
 from minsharp.data.batches import check_label_range, labelled_batches
 from minsharp.errors import MinsharpError
 
 Parameters = dict[str, Tensor]
+
+#: Key of the batch losses among the sums (never a parameter name: those hold no "/").
+_LOSS = "/loss"
 
 
 class DatasetObjective:
@@ -47,16 +53,29 @@ class DatasetObjective:
             name: p.detach() for name, p in model.named_parameters() if not p.requires_grad
         }
         self._buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-        self.batches = list(labelled_batches(data, batch_size, self.device, self.dtype))
-        self.num_examples = sum(x.shape[0] for x, _ in self.batches)
-        self.num_classes = self._check_labels()
-
-    def _check_labels(self) -> int:
-        inputs, _ = self.batches[0]
+        self.batches: list[tuple[Tensor, Tensor]] = []
+        """The batches this rank computes on: all of them outside ``torch.distributed``."""
+        self._positions: list[int] = []
+        """Each of :attr:`batches`' position among all the batches of the data."""
+        self.num_examples = 0
+        largest_label = 0
+        first_inputs = None
+        for chunk, (inputs, labels) in enumerate(
+            labelled_batches(data, batch_size, self.device, self.dtype)
+        ):
+            first_inputs = inputs if first_inputs is None else first_inputs
+            self.num_examples += inputs.shape[0]
+            largest_label = max(largest_label, int(labels.max()))
+            if distributed.owns(chunk):
+                self.batches.append((inputs, labels))
+                self._positions.append(chunk)
+        self._num_batches = chunk + 1
+        assert first_inputs is not None  # labelled_batches raises on empty data
+        self.probe_inputs = first_inputs[:PROBE_EXAMPLES]
+        """The first examples of the data (the same on every rank), for checks on the model."""
         with preserved_buffers(self.model), torch.no_grad():
-            num_classes = run_forward(self.model, inputs[:1]).shape[1]
-        check_label_range(max(int(y.max()) for _, y in self.batches), num_classes)
-        return num_classes
+            self.num_classes = run_forward(self.model, first_inputs[:1]).shape[1]
+        check_label_range(largest_label, self.num_classes)
 
     def logits(self, inputs: Tensor, parameters: Mapping[str, Tensor] | None = None) -> Tensor:
         """The model's logits on ``inputs`` at ``parameters`` (default: the model's own)."""
@@ -71,40 +90,73 @@ class DatasetObjective:
             )
             yield losses / self.num_examples
 
+    def _losses_by_position(self) -> Tensor:
+        """A float64 slot per batch of the data, for this rank's batch losses."""
+        return torch.zeros(self._num_batches, dtype=torch.float64, device=self.device)
+
+    @staticmethod
+    def _total(losses: Tensor) -> float:
+        """``L`` from every batch's loss, correctly rounded: the same for any number of ranks.
+
+        Loss differences (ε-sharpness, adaptive sharpness, BN-sharpness) cancel most digits,
+        so the sum must not depend on the order in which ranks add their shares.
+        """
+        return math.fsum(losses.tolist())
+
     def loss(self, parameters: Mapping[str, Tensor] | None = None) -> float:
         """``L(θ)`` at ``parameters`` (default: the model's own)."""
+
+        def local() -> dict[str, Tensor]:
+            losses = self._losses_by_position()
+            for position, loss in zip(
+                self._positions, self._weighted_losses(parameters), strict=True
+            ):
+                losses[position] = loss.double()
+            return {_LOSS: losses}
+
         with torch.no_grad():
-            return float(sum(loss.double() for loss in self._weighted_losses(parameters)))
+            return self._total(distributed.summed_over_ranks(local)[_LOSS])
 
     def error_rate(self, parameters: Mapping[str, Tensor] | None = None) -> float:
         """Fraction of misclassified examples at ``parameters``."""
-        wrong = 0
-        with torch.no_grad():
+
+        def local() -> dict[str, Tensor]:
+            wrong = torch.zeros((), dtype=torch.float64, device=self.device)
             for inputs, labels in self.batches:
-                wrong += int((self.logits(inputs, parameters).argmax(1) != labels).sum())
-        return wrong / self.num_examples
+                wrong += (self.logits(inputs, parameters).argmax(1) != labels).sum()
+            return {"wrong": wrong}
+
+        with torch.no_grad():
+            return float(distributed.summed_over_ranks(local)["wrong"]) / self.num_examples
 
     def gradient(self, parameters: Mapping[str, Tensor] | None = None) -> tuple[float, Parameters]:
         """``(L(θ), ∇L(θ))`` at ``parameters`` (default: the model's own)."""
         point = {
             name: t.detach().requires_grad_() for name, t in (parameters or self.parameters).items()
         }
-        total = 0.0
-        gradient = {name: torch.zeros_like(t, dtype=torch.float64) for name, t in point.items()}
-        with autograd_enabled():
-            for loss in self._weighted_losses(point):
+
+        def local() -> dict[str, Tensor]:
+            sums = {name: torch.zeros_like(t, dtype=torch.float64) for name, t in point.items()}
+            losses = self._losses_by_position()
+            for position, loss in zip(self._positions, self._weighted_losses(point), strict=True):
                 parts = torch.autograd.grad(loss, list(point.values()), allow_unused=True)
-                total += float(loss.detach())
+                losses[position] = loss.detach().double()
                 for name, part in zip(point, parts, strict=True):
                     if part is not None:
-                        gradient[name] += part
-        return total, {name: g.to(self.dtype) for name, g in gradient.items()}
+                        sums[name] += part
+            return {_LOSS: losses, **sums}
+
+        with autograd_enabled():
+            sums = distributed.summed_over_ranks(local)
+        total = self._total(sums.pop(_LOSS))
+        return total, {name: g.to(self.dtype) for name, g in sums.items()}
 
     def hessian_vector_product(self, vector: Mapping[str, Tensor]) -> Parameters:
         """``H v`` at the model's parameters, ``H = ∇²L`` the full Hessian (all blocks)."""
         point = {name: t.detach().requires_grad_() for name, t in self.parameters.items()}
-        product = {name: torch.zeros_like(t, dtype=torch.float64) for name, t in point.items()}
-        with autograd_enabled():
+
+        def local() -> dict[str, Tensor]:
+            product = {name: torch.zeros_like(t, dtype=torch.float64) for name, t in point.items()}
             for loss in self._weighted_losses(point):
                 gradient = torch.autograd.grad(
                     loss, list(point.values()), create_graph=True, allow_unused=True
@@ -121,6 +173,10 @@ class DatasetObjective:
                 for name, part in zip(point, parts, strict=True):
                     if part is not None:
                         product[name] += part
+            return product
+
+        with autograd_enabled():
+            product = distributed.summed_over_ranks(local)
         return {name: p.to(self.dtype) for name, p in product.items()}
 
     def perturbed(self, direction: Mapping[str, Tensor], scale: float = 1.0) -> Parameters:

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 from tqdm.auto import tqdm
 
+from minsharp import distributed
 from minsharp.curvature import patches
 from minsharp.curvature.guard import (
     PROBE_EXAMPLES,
@@ -174,8 +175,9 @@ def _curvature_pass(
     accumulate = torch.float64 if device.type != "mps" else dtype
     parameters = dict(model.named_parameters())
     num_examples = 0
-    reaching: set[str] = set()
-    with preserved_buffers(model), autograd_enabled():
+
+    def local_sums() -> dict[str, Tensor]:
+        nonlocal num_examples
         sums = {
             name: torch.zeros(
                 parameters[name].shape if diagonal else (), dtype=accumulate, device=device
@@ -183,13 +185,21 @@ def _curvature_pass(
             for layer in layers
             for name in layer.parameter_names
         }
+        reaching: set[str] = set()
         batches = input_batches(data, batch_size, device, dtype)
-        for inputs in tqdm(batches, disable=not progress, desc="curvature", unit="batch"):
-            if num_examples == 0:
+        bar = tqdm(batches, disable=not progress, desc="curvature", unit="batch")
+        for chunk, inputs in enumerate(bar):
+            if chunk == 0:
                 reaching = check_formula(model, layers, inputs[:PROBE_EXAMPLES], curvature)
+            num_examples += inputs.shape[0]
+            if not distributed.owns(chunk):
+                continue
             for name, value in _batch_sums(model, layers, inputs, diagonal, reaching).items():
                 sums[name] += value
-            num_examples += inputs.shape[0]
+        return sums
+
+    with preserved_buffers(model), autograd_enabled():
+        sums = distributed.summed_over_ranks(local_sums)
     return sums, num_examples, time.perf_counter() - start
 
 
@@ -331,7 +341,7 @@ def head_cotangents(weight: Tensor, probabilities: Tensor) -> Iterator[Tensor]:
 
 #: Cotangents pushed back together hold at most about this many elements at the layers'
 #: outputs; below it one vectorised backward pass serves several classes.
-CHUNK_ELEMENTS = 1 << 18
+CHUNK_ELEMENTS = 1 << 20
 
 
 def pull_back(

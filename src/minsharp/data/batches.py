@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data.distributed import DistributedSampler
 
+from minsharp import distributed
 from minsharp.errors import DataError
 from minsharp.options import integer
 from minsharp.tensors import all_finite
@@ -29,6 +31,16 @@ def _is_single_batch(data: Any) -> bool:
     return isinstance(data, Tensor) or (
         isinstance(data, tuple) and 1 <= len(data) <= 2 and all(isinstance(t, Tensor) for t in data)
     )
+
+
+def _check_whole(data: Any) -> None:
+    """Refuse a loader sharded by a ``DistributedSampler``: minsharp shards the data itself."""
+    if distributed.active() and isinstance(getattr(data, "sampler", None), DistributedSampler):
+        raise DataError(
+            "data: this DataLoader draws from a DistributedSampler, so each rank would see "
+            "only its own shard. Under torch.distributed pass every rank the whole data set "
+            "(a plain DataLoader): minsharp splits the batches across ranks itself."
+        )
 
 
 def _inputs_of(batch: Any, position: int) -> Tensor:
@@ -54,6 +66,7 @@ def input_batches(
     Raises :class:`DataError` for empty data, malformed batches and non-finite inputs.
     """
     integer("batch_size", batch_size, minimum=1, error=DataError)
+    _check_whole(data)
     if _is_single_batch(data):
         batches: Iterable[Any] = [data]
     elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, dict)):
@@ -69,6 +82,11 @@ def input_batches(
         if inputs.dim() == 0:
             raise DataError(
                 f"data: batch {position} is a 0-d tensor; inputs need a leading example axis."
+            )
+        if inputs.is_complex() or inputs.dtype == torch.bool:
+            raise DataError(
+                f"data: batch {position} has dtype {inputs.dtype}; inputs must be real floating "
+                "point (or integer indices for embedding layers)."
             )
         if inputs.is_floating_point():
             inputs = inputs.to(device=device, dtype=dtype)
@@ -99,6 +117,7 @@ def labelled_batches(
     per example. Raises :class:`DataError` otherwise, and as :func:`input_batches` does.
     """
     integer("batch_size", batch_size, minimum=1, error=DataError)
+    _check_whole(data)
     if isinstance(data, Tensor) or (isinstance(data, tuple) and len(data) == 1):
         raise DataError(
             "data: this measure depends on the labels, but only inputs were given; "

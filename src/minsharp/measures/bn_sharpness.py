@@ -42,7 +42,6 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, autograd_enabled, run_forward
-from minsharp.curvature.guard import PROBE_EXAMPLES
 from minsharp.curvature.layers import BATCHNORM, preserved_buffers
 from minsharp.curvature.rules import WEIGHT_LAYERS
 from minsharp.measures.registry import Evaluation, register
@@ -126,7 +125,7 @@ def _bn_sharpness(
     model: nn.Module, data: Any, batch_size: int, progress: bool, delta: float, nodes: int
 ) -> Evaluation:
     objective = DatasetObjective(model, data, batch_size=batch_size)
-    probe = objective.batches[0][0][:PROBE_EXAMPLES]
+    probe = objective.probe_inputs
     rows = batchnorm_rows(model, probe)
     loss, gradient = objective.gradient()
     direction = bn_sharpness_direction(objective.parameters, gradient, rows)

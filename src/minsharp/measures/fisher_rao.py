@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp
 from tqdm.auto import tqdm
 
+from minsharp import distributed
 from minsharp.curvature.engine import (
     DEFAULT_BATCH_SIZE,
     autograd_enabled,
@@ -122,35 +123,46 @@ def _sums(
         return functional_call(model, {**fixed, **point}, (inputs,), strict=True)
 
     num_examples = 0
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    projection_sum = torch.zeros((), dtype=torch.float64, device=device)
-    batches = _batches(data, labels, batch_size, device, dtype)
-    for inputs, targets in tqdm(batches, disable=not progress, desc="fisher-rao"):
-        if num_examples == 0:  # a failing forward pass raises a clear error here
-            with preserved_buffers(model), torch.no_grad():
-                run_forward(model, inputs[:1])
-        with warnings.catch_warnings():
-            # torch's first forward-mode call loads decompositions through torch.jit.script
-            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
-            logits, tangent = jvp(
-                lambda point, inputs=inputs: logits_at(point, inputs),
-                (parameters,),
-                (parameters,),
-            )
-        check_logits(logits, inputs.shape[0])
-        probabilities = logits.detach().double().softmax(1)
-        tangent = tangent.detach().double()
-        centred = tangent - (probabilities * tangent).sum(1, keepdim=True)
-        if targets is None:
-            total += (probabilities * centred.square()).sum()
-        else:
-            check_label_range(int(targets.max()), logits.shape[1])
-            # θᵀ∇ℓ_n = (p_n − e_y)ᵀ dz_n = −(dz_ny − p_nᵀ dz_n)
-            projections = -centred.gather(1, targets[:, None])[:, 0]
-            total += projections.square().sum()
-            projection_sum += projections.sum()
-        num_examples += inputs.shape[0]
-    return float(total), float(projection_sum), num_examples
+    num_classes = 0
+
+    def local_sums() -> dict[str, Tensor]:
+        nonlocal num_examples, num_classes
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        projection_sum = torch.zeros((), dtype=torch.float64, device=device)
+        batches = _batches(data, labels, batch_size, device, dtype)
+        bar = tqdm(batches, disable=not progress, desc="fisher-rao")
+        for chunk, (inputs, targets) in enumerate(bar):
+            if chunk == 0:  # a failing forward pass raises a clear error here, on every rank
+                with preserved_buffers(model), torch.no_grad():
+                    num_classes = run_forward(model, inputs[:1]).shape[1]
+            if targets is not None:
+                check_label_range(int(targets.max()), num_classes)
+            num_examples += inputs.shape[0]
+            if not distributed.owns(chunk):
+                continue
+            with warnings.catch_warnings():
+                # torch's first forward-mode call loads decompositions through torch.jit.script
+                warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
+                logits, tangent = jvp(
+                    lambda point, inputs=inputs: logits_at(point, inputs),
+                    (parameters,),
+                    (parameters,),
+                )
+            check_logits(logits, inputs.shape[0])
+            probabilities = logits.detach().double().softmax(1)
+            tangent = tangent.detach().double()
+            centred = tangent - (probabilities * tangent).sum(1, keepdim=True)
+            if targets is None:
+                total += (probabilities * centred.square()).sum()
+            else:
+                # θᵀ∇ℓ_n = (p_n − e_y)ᵀ dz_n = −(dz_ny − p_nᵀ dz_n)
+                projections = -centred.gather(1, targets[:, None])[:, 0]
+                total += projections.square().sum()
+                projection_sum += projections.sum()
+        return {"total": total, "projection": projection_sum}
+
+    sums = distributed.summed_over_ranks(local_sums)
+    return float(sums["total"]), float(sums["projection"]), num_examples
 
 
 def _batches(

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from minsharp import distributed
 from minsharp.curvature import patches
 from minsharp.curvature.engine import (
     CURVATURES,
@@ -126,22 +127,30 @@ def relative_flatness(
     accumulate = torch.float64 if device.type != "mps" else dtype
     num_examples = 0
     chosen: Layer | None = None
-    reaching = False
-    with preserved_buffers(model), autograd_enabled():
+
+    def local_sums() -> dict[str, Tensor]:
+        nonlocal num_examples, chosen
         flatness = torch.zeros((), dtype=accumulate, device=device)
         weight_trace = torch.zeros((), dtype=accumulate, device=device)
+        reaching = False
         batches = input_batches(data, batch_size, device, dtype)
-        for inputs in tqdm(batches, disable=not progress, desc="relative flatness"):
+        bar = tqdm(batches, disable=not progress, desc="relative flatness")
+        for chunk, inputs in enumerate(bar):
             if chosen is None:
                 probe = inputs[:PROBE_EXAMPLES]
                 chosen = _linear_layer(model, layer, probe)
                 reaching = chosen.name in check_formula(model, [chosen], probe, curvature)
-            flat, trace = _batch_sums(model, chosen, inputs, reaching)
-            flatness += flat.to(accumulate)
-            weight_trace += trace.to(accumulate)
             num_examples += inputs.shape[0]
+            if distributed.owns(chunk):
+                flat, trace = _batch_sums(model, chosen, inputs, reaching)
+                flatness += flat.to(accumulate)
+                weight_trace += trace.to(accumulate)
+        return {"flatness": flatness, "weight_trace": weight_trace}
+
+    with preserved_buffers(model), autograd_enabled():
+        sums = distributed.summed_over_ranks(local_sums)
     assert chosen is not None  # input_batches raises on empty data
-    value = float(flatness) / num_examples
+    value = float(sums["flatness"]) / num_examples
     return Evaluation(
         value=value,
         num_examples=num_examples,
@@ -149,7 +158,7 @@ def relative_flatness(
         details={
             "layer": chosen.name,
             "curvature": curvature,
-            "weight_trace": float(weight_trace) / num_examples,
+            "weight_trace": float(sums["weight_trace"]) / num_examples,
         },
         resolved={"layer": chosen.name},
     )

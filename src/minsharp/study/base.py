@@ -11,7 +11,10 @@ is executed — and :func:`run_study` does everything else the same way for all 
   fingerprint; redoes a missing, truncated, failed or outdated one;
 * writes each run's record atomically once the run is done (``status`` ``"complete"``, or
   ``"failed"`` with the error, which the next resume redoes);
-* refuses a directory made for another kind, configuration or data unless ``force``.
+* refuses a directory made for another kind, configuration or data unless ``force``;
+* shares the grid with any other worker running the same study in the same directory
+  (torchrun ranks, or independent processes): a run is claimed by one worker at a time, and
+  a worker's runs are free again the moment it dies (:mod:`minsharp.study.claims`).
 
 A kind's ``execute`` is built from the steps every run shares: :func:`run_settings` (what
 the record states first), :func:`build_network`, :func:`evaluate` and
@@ -22,6 +25,8 @@ the kind's own settings.
 Layout of a study directory ``DIR``::
 
     DIR/study.json                  kind, config, data record, planned run ids, sessions
+    DIR/.lock                       taken while a worker checks and updates study.json
+    DIR/runs/<run-id>/.lock         held by the worker running the run
     DIR/runs/<run-id>/result.json   one finished run (written atomically, last)
     DIR/runs/<run-id>/checkpoint/   model.safetensors + checkpoint.json (save_checkpoint)
 
@@ -57,6 +62,7 @@ from minsharp.errors import MinsharpError, StudyError
 from minsharp.io import jsonable, write_json_atomic
 from minsharp.measures import measure
 from minsharp.models import build_model, count_parameters
+from minsharp.study import claims
 from minsharp.study.presets import GridConfig, ModelPlan, Presets
 from minsharp.train import TrainingConfig, TrainingHistory, accuracy, save_checkpoint
 
@@ -181,6 +187,8 @@ class StudyOutcome:
         redone: runs run again because their stored result was unusable, with the reason.
         failed: runs that failed, with the message (they are redone next time).
         measure_errors: ``(run id, measure, message)`` of every measure that failed.
+        elsewhere: runs another worker held when this one reached them (:mod:`claims`).
+        unfinished: those of ``elsewhere`` still without a finished result at the end.
         seconds: wall time of the call.
     """
 
@@ -191,6 +199,8 @@ class StudyOutcome:
     redone: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     measure_errors: list[tuple[str, str, str]] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -288,57 +298,28 @@ def run_study(
     say = echo or _echo
     directory = Path(directory).expanduser()
     device = torch.device(device)
-    previous = existing_study(directory, force=force)
-    if previous is not None and not force:
-        check_same_config(directory, previous, config, kind)
-    splits = load_dataset(
-        config.dataset,
-        root=data_root,
-        download=download,
-        train_size=config.train_size,
-        test_size=config.test_size,
-        seed=config.data_seed,
-        dtype=getattr(torch, config.dtype),
-    )
-    if previous is not None and not force:
-        check_same_data(directory, previous, splits.info)
-    plans = list(kind.plan_runs(config))
+    if directory.exists() and not directory.is_dir():
+        raise StudyError(f"--output {directory} is a file; give a directory.")
+    # Workers sharing the directory take turns to check and update study.json.
+    with claims.exclusive(directory):
+        splits, plans = _record_session(
+            kind, config, directory, data_root, download, force, device, argv
+        )
     run_ids = [plan.run_id for plan in plans]
-    check_models_fit(config, splits)
-    session = {
-        "started": now(),
-        "argv": argv,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "machine": machine_info(device),
-        "versions": versions(),
-    }
-    sessions = list(previous.get("sessions", [])) if previous is not None else []
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / RUNS_DIR).mkdir(exist_ok=True)
-    study = {
-        "format": STUDY_FORMAT,
-        "version": FORMAT_VERSION,
-        "kind": kind.name,
-        "created": previous.get("created", now()) if previous is not None else now(),
-        "config": config.to_dict(),
-        "data": splits.info,
-        "measured_on": kind.measured_on,
-        "runs": run_ids,
-        "sessions": [*sessions, session],
-    }
-    write_json_atomic(directory / STUDY_FILE, study)
-
     outcome = StudyOutcome(directory=directory, planned=run_ids)
-    todo: list[tuple[Any, str]] = []
-    for plan in plans:
-        digest = kind.fingerprint(config, plan)
-        stored, reason = read_result(
-            directory / RUNS_DIR / plan.run_id / RESULT_FILE,
+
+    def stored_result(run_id: str, digest: str) -> tuple[dict[str, Any] | None, str]:
+        return read_result(
+            directory / RUNS_DIR / run_id / RESULT_FILE,
             digest,
             numbers=kind.result_numbers,
             groups=kind.measure_groups,
         )
+
+    todo: list[tuple[Any, str]] = []
+    for plan in plans:
+        digest = kind.fingerprint(config, plan)
+        stored, reason = stored_result(plan.run_id, digest)
         if stored is not None:
             outcome.reused.append(plan.run_id)
             outcome.measure_errors += measure_errors(plan.run_id, stored, kind.measure_groups)
@@ -365,7 +346,24 @@ def run_study(
     with bar:
         for plan, digest in todo:
             bar.set_postfix_str(plan.run_id, refresh=True)
-            result = execute_run(kind, config, plan, data, directory, digest, progress=progress)
+            run_dir = directory / RUNS_DIR / plan.run_id
+            with claims.claimed(run_dir) as held:
+                if not held:
+                    outcome.elsewhere.append(plan.run_id)
+                    holder = claims.holder_text(run_dir / claims.LOCK_FILE)
+                    say(f"  {plan.run_id}: being run by {holder}; left to it")
+                    bar.update(1)
+                    continue
+                stored, _ = stored_result(plan.run_id, digest)
+                if stored is not None:  # another worker finished it since the scan above
+                    outcome.reused.append(plan.run_id)
+                    outcome.measure_errors += measure_errors(
+                        plan.run_id, stored, kind.measure_groups
+                    )
+                    outcome.redone.pop(plan.run_id, None)
+                    bar.update(1)
+                    continue
+                result = execute_run(kind, config, plan, data, directory, digest, progress=progress)
             bar.update(1)
             if result["status"] == "complete":
                 outcome.trained.append(plan.run_id)
@@ -374,8 +372,71 @@ def run_study(
                 outcome.failed[plan.run_id] = result["message"]
             done = len(outcome.reused) + len(outcome.trained) + len(outcome.failed)
             say(f"[{done}/{len(plans)}] {kind.summary(result)}")
+    digests = {plan.run_id: digest for plan, digest in todo}
+    outcome.unfinished = [
+        run for run in outcome.elsewhere if stored_result(run, digests[run])[0] is None
+    ]
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def _record_session(
+    kind: StudyKind,
+    config: GridConfig,
+    directory: Path,
+    data_root: str | Path | None,
+    download: bool,
+    force: bool,
+    device: torch.device,
+    argv: list[str] | None,
+) -> tuple[Splits, list[Any]]:
+    """The data and the planned runs, after adding this session to ``study.json``.
+
+    ``directory`` is first checked against the study's kind, configuration and data (see
+    :func:`run_study`).
+    """
+    previous = existing_study(directory, force=force)
+    if previous is not None and not force:
+        check_same_config(directory, previous, config, kind)
+    splits = load_dataset(
+        config.dataset,
+        root=data_root,
+        download=download,
+        train_size=config.train_size,
+        test_size=config.test_size,
+        seed=config.data_seed,
+        dtype=getattr(torch, config.dtype),
+    )
+    if previous is not None and not force:
+        check_same_data(directory, previous, splits.info)
+    plans = list(kind.plan_runs(config))
+    run_ids = [plan.run_id for plan in plans]
+    check_models_fit(config, splits)
+    session = {
+        "started": now(),
+        "argv": argv,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "machine": machine_info(device),
+        "versions": versions(),
+    }
+    sessions = list(previous.get("sessions", [])) if previous is not None else []
+    for leftover in directory.glob(f".{STUDY_FILE}.*.tmp"):  # a worker killed mid-write
+        leftover.unlink()
+    (directory / RUNS_DIR).mkdir(exist_ok=True)
+    study = {
+        "format": STUDY_FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": kind.name,
+        "created": previous.get("created", now()) if previous is not None else now(),
+        "config": config.to_dict(),
+        "data": splits.info,
+        "measured_on": kind.measured_on,
+        "runs": run_ids,
+        "sessions": [*sessions, session],
+    }
+    write_json_atomic(directory / STUDY_FILE, study)
+    return splits, plans
 
 
 def execute_run(
@@ -399,11 +460,14 @@ def execute_run(
     result_path = run_dir / RESULT_FILE
     if result_path.exists():  # an unusable result (checked by the caller): not a finished run
         result_path.unlink()
+    for leftover in run_dir.rglob(".*.tmp"):  # atomic writes of a worker killed mid-write
+        leftover.unlink()
     record: dict[str, Any] = {
         "format": RUN_FORMAT,
         "version": FORMAT_VERSION,
         "run_id": plan.run_id,
         "fingerprint": fingerprint,
+        "worker": {"host": platform.node(), "pid": os.getpid()},
     }
     try:
         kind.execute(config, plan, data, run_dir, record, progress)
@@ -632,6 +696,11 @@ def read_study(directory: str | Path) -> dict[str, Any]:
             f"{path} has format version {content.get('version')!r}; this minsharp reads "
             f"version {FORMAT_VERSION}."
         )
+    runs = content.get("runs")
+    if not isinstance(runs, list) or not all(
+        isinstance(run, str) and run and Path(run).name == run for run in runs
+    ):
+        raise StudyError(f"{path}: 'runs' must be a list of run ids; got {runs!r}.")
     return content
 
 
@@ -679,18 +748,16 @@ def read_records(directory: str | Path, kind: StudyKind) -> StudyRecords:
 
 
 def existing_study(directory: Path, *, force: bool) -> dict[str, Any] | None:
-    """The stored ``study.json`` of ``directory``, ``None`` for a new or empty directory.
+    """The stored ``study.json`` of the directory ``directory``, ``None`` for a new or empty one.
 
     Raises:
-        StudyError: ``directory`` is a file, or a non-empty directory without a study in it
-            (unless ``force``), or its ``study.json`` is unreadable (unless ``force``).
+        StudyError: ``directory`` is not empty but holds no study (unless ``force``), or its
+            ``study.json`` is unreadable (unless ``force``).
     """
-    if directory.exists() and not directory.is_dir():
-        raise StudyError(f"--output {directory} is a file; give a directory.")
     if not directory.is_dir():
         return None
     if not (directory / STUDY_FILE).exists():
-        if any(directory.iterdir()) and not force:
+        if any(item.name != claims.LOCK_FILE for item in directory.iterdir()) and not force:
             raise StudyError(
                 f"{directory} exists, is not empty and is not a study directory (no "
                 f"{STUDY_FILE}); give a new or empty directory with --output (or --force to "

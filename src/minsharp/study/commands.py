@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from minsharp import distributed
 from minsharp.errors import MinsharpError, StudyError
 from minsharp.models import ZOO
 from minsharp.study import base, kinds
@@ -245,7 +246,7 @@ def run_study_command(
     if resamples < 1:
         raise MinsharpError(f"--resamples must be positive; got {resamples}.")
     config = study_config(args, preset_name=preset_name, kind=kind)
-    device = resolve_study_device(args.device)
+    device = distributed.local_device(resolve_study_device(args.device))
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     if preset_name == "paper" and device.type == "cpu":
         print(
@@ -273,15 +274,21 @@ def run_study_command(
             file=sys.stderr,
         )
         raise
+    elsewhere = f", {len(outcome.elsewhere)} left to other workers" if outcome.elsewhere else ""
     print(
         f"\n{len(outcome.trained)} runs trained, {len(outcome.reused)} reused, "
-        f"{len(outcome.failed)} failed, in {outcome.seconds / 60:.1f} min."
+        f"{len(outcome.failed)} failed{elsewhere}, in {outcome.seconds / 60:.1f} min."
     )
     if outcome.measure_errors:
         print(f"{len(outcome.measure_errors)} measure evaluations failed (see the report):")
         for run, name, message in outcome.measure_errors[:10]:
             print(f"  {run} {name}: {message}")
-    if not args.no_report:
+    if outcome.unfinished:
+        print(
+            f"{len(outcome.unfinished)} runs are still being run by other workers; the last "
+            f"worker to finish writes the report (or run `minsharp report {output}` then)."
+        )
+    elif not args.no_report:
         print_report(output, resamples=resamples)
     if outcome.failed:
         raise StudyError(

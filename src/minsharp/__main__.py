@@ -1,0 +1,7 @@
+"""``python -m minsharp`` (and ``torchrun -m minsharp``) runs the command line."""
+
+import sys
+
+from minsharp.cli import main
+
+sys.exit(main())
