@@ -63,7 +63,8 @@ PEERS = (
     "ASDL exact Fisher diag",
     "nngeometry FIM PMatDiag",
 )
-#: Largest elements of BackPACK's (K, B, K) square-root Hessian factor: fixes B for large K.
+#: Largest elements of the K cotangents the peers hold at once, (K, B, K) at the logits and
+#: (K, B, activation) at each layer's output: fixes B for large K (2^28 floats = 1 GiB).
 FACTOR_ELEMENTS = 1 << 28
 
 
@@ -127,9 +128,30 @@ def model_for(name: str, classes: int, settings: Settings) -> nn.Module:
     return common.untrained(lambda: build_model(name, shape, classes, **options))
 
 
-def batch_size(examples: int, classes: int, settings: Settings) -> int:
-    """Examples per batch, the same for every method: BackPACK's factor stays ≤ 1 GiB."""
-    return max(1, min(examples, settings.max_batch, FACTOR_ELEMENTS // classes**2))
+def batch_size(examples: int, classes: int, activation: int, settings: Settings) -> int:
+    """Examples per batch, the same for every method: the peers' factors stay ≤ 1 GiB.
+
+    ``activation``: elements of the largest layer output of one example. A peer that holds
+    the K cotangents of a whole batch at once (BackPACK, ASDL) at K = 1000 on a CNN would
+    otherwise need tens of GiB.
+    """
+    widest = max(classes, activation)
+    return max(1, min(examples, settings.max_batch, FACTOR_ELEMENTS // (classes * widest)))
+
+
+def largest_activation(model: nn.Module, example: Tensor) -> int:
+    """Elements of the largest module output for one example."""
+    sizes: list[int] = []
+    handles = [
+        module.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel()))
+        for module in model.modules()
+        if not list(module.children())
+    ]
+    with torch.no_grad():
+        model(example[:1])
+    for handle in handles:
+        handle.remove()
+    return max(sizes)
 
 
 def batches(inputs: Tensor, labels: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
@@ -466,7 +488,8 @@ def exact_tables(
                 generator = torch.Generator().manual_seed(1)
                 labels = torch.randint(0, classes, (examples,), generator=generator)
                 inputs = images[:examples]
-                size = batch_size(examples, classes, settings)
+                activation = largest_activation(model, inputs)
+                size = batch_size(examples, classes, activation, settings)
                 data = batches(inputs, labels, size)
                 methods = exact_methods(model, available)
                 outcomes = measure_configuration(methods, data, settings, wait_quiet_s)
@@ -745,7 +768,8 @@ def main(argv: list[str] | None = None) -> int:
         "(torch.manual_seed(0)), eval mode, float32; data: the first N MNIST test images "
         "normalised to [−1, 1]; labels random in 0..K−1 (the Hessian does not depend on them)",
         "every method gets the same list of batches of B examples: B = min(N, "
-        f"{settings.max_batch}, 2^28 / K²), so that BackPACK's (K, B, K) factor stays ≤ 1 GiB; "
+        f"{settings.max_batch}, 2^28 / (K · max(K, A))), A the largest layer output of one "
+        "example, so that the peers' (K, B, K) and (K, B, A) factors stay ≤ 1 GiB; "
         "peers return the GGN (Fisher) diagonal, which equals the Hessian diagonal on these "
         "networks (ReLU, max-pooling: piecewise linear): 'max rel. diff to ours' checks it "
         "(largest entrywise difference over the largest entry; the traces relative)",

@@ -27,6 +27,21 @@ import torch
 from torch import Tensor, nn
 
 from minsharp.errors import DataError, MinsharpError, ModelError
+from minsharp.tensors import all_finite
+
+__all__ = [
+    "CHECKPOINT_KEYS",
+    "DATA_KEYS",
+    "jsonable",
+    "load_weights",
+    "read_labelled_file",
+    "read_state_dict",
+    "read_tensors",
+    "sha256_file",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 #: Keys under which a checkpoint dictionary may hold the state dict.
 CHECKPOINT_KEYS = ("state_dict", "model")
@@ -37,13 +52,33 @@ DATA_KEYS = ("inputs", "labels")
 _MAX_LISTED = 10
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 digest of the file at ``path``, read in chunks."""
+def sha256_file(
+    path: str | Path, *, what: str = "file", error: type[MinsharpError] = MinsharpError
+) -> str:
+    """Hex SHA-256 digest of the file at ``path``, read in chunks.
+
+    Raises:
+        MinsharpError: (of class ``error``, naming the file as ``what``) the file is missing,
+            a directory or unreadable.
+    """
+    path = _existing_file(path, what=what, error=error)
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
+    try:
+        with open(path, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as failure:
+        raise error(f"{what} {path} cannot be read ({failure}).") from failure
     return digest.hexdigest()
+
+
+def _existing_file(path: str | Path, *, what: str, error: type[MinsharpError]) -> Path:
+    """``path`` as a :class:`Path`, after checking that it is a file."""
+    path = Path(path)
+    if not path.is_file():
+        state = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise error(f"{what} {path} {state}.")
+    return path
 
 
 def read_tensors(path: str | Path, *, what: str, error: type[MinsharpError]) -> Any:
@@ -63,10 +98,7 @@ def read_tensors(path: str | Path, *, what: str, error: type[MinsharpError]) -> 
         MinsharpError: (of class ``error``) the file is missing, unreadable, or its pickle
             asks for anything other than tensors and plain containers.
     """
-    path = Path(path)
-    if not path.is_file():
-        state = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise error(f"{what} {path} {state}.")
+    path = _existing_file(path, what=what, error=error)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -103,6 +135,8 @@ def read_tensors(path: str | Path, *, what: str, error: type[MinsharpError]) -> 
 
 def _read_npz(path: Path, *, what: str, error: type[MinsharpError]) -> dict[str, Tensor]:
     """The arrays of an ``.npz`` archive as tensors, refusing pickled (object) arrays."""
+    if not zipfile.is_zipfile(path):  # else np.load would take it for a pickle and refuse it
+        raise error(f"{what} {path} is not a readable .npz archive (not a zip file).")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
@@ -115,6 +149,11 @@ def _read_npz(path: Path, *, what: str, error: type[MinsharpError]) -> dict[str,
         raise error(f"{what} {path} is not a readable .npz archive ({failure}).") from failure
     tensors = {}
     for name, array in arrays.items():
+        if not isinstance(array, np.ndarray):  # np.load hands other zip members back as bytes
+            raise error(
+                f"{what} {path}: member {name!r} is not a .npy array; an .npz archive (np.savez) "
+                "holds arrays only."
+            )
         try:
             tensors[name] = torch.from_numpy(np.array(array, copy=True))
         except TypeError as failure:
@@ -172,6 +211,11 @@ def load_weights(model: nn.Module, path: str | Path, *, model_name: str) -> None
             from the model's; the message lists the missing and unexpected keys and the
             shape mismatches, naming the file and the model.
     """
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"model {model_name} must be a torch.nn.Module to load {path} into; got a "
+            f"{type(model).__name__}."
+        )
     state = read_state_dict(path)
     expected = model.state_dict()
     missing, unexpected, reshaped = state_differences(state, expected)
@@ -252,7 +296,8 @@ def read_labelled_file(path: str | Path) -> tuple[Tensor, Tensor]:
     example axis; ``labels`` are integer class indices 0..K−1, one per example.
 
     Raises:
-        DataError: unreadable or unsafe file, missing tensors, or tensors of the wrong kind.
+        DataError: unreadable or unsafe file, missing tensors, tensors of the wrong kind, no
+            examples, or non-finite inputs.
     """
     content = read_tensors(path, what="data file", error=DataError)
     if not isinstance(content, Mapping):
@@ -288,8 +333,16 @@ def read_labelled_file(path: str | Path) -> tuple[Tensor, Tensor]:
             f"data file {path}: 'labels' must have shape ({inputs.shape[0]},), one per input; "
             f"got {tuple(labels.shape)}."
         )
-    if labels.numel() and int(labels.min()) < 0:
+    if labels.numel() == 0:
+        raise DataError(f"data file {path} holds no examples; save at least one.")
+    if int(labels.min()) < 0:
         raise DataError(f"data file {path}: labels must be class indices 0..K−1; found negatives.")
+    if not all_finite(inputs):
+        bad = int((~torch.isfinite(inputs)).flatten(1).any(1).sum())
+        raise DataError(
+            f"data file {path}: 'inputs' of {bad} examples hold NaN or infinite values; clean "
+            "or drop those examples before saving."
+        )
     return inputs, labels.to(torch.long)
 
 

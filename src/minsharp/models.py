@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,19 @@ from typing import Any
 from torch import nn
 
 from minsharp.errors import ModelError
+from minsharp.options import boolean, integer
+
+__all__ = [
+    "ZOO",
+    "ZooEntry",
+    "build_model",
+    "count_parameters",
+    "lenet",
+    "mlp",
+    "paper_mlp",
+    "small_cnn",
+    "small_mlp",
+]
 
 
 def mlp(
@@ -32,10 +46,23 @@ def mlp(
     ReLU (Linear → BN → ReLU), so each hidden unit's incoming weight row is scale-free
     (MATH §5).
 
+    Raises:
+        ModelError: a size that is not a positive integer, ``hidden`` not a sequence of them,
+            or ``bias``/``batchnorm`` not a bool.
+
     Example:
         >>> [type(layer).__name__ for layer in mlp(4, [3], 2, batchnorm=True)]
         ['Flatten', 'Linear', 'BatchNorm1d', 'ReLU', 'Linear']
     """
+    _size("in_features", in_features)
+    if isinstance(hidden, str) or not isinstance(hidden, Sequence):
+        raise ModelError(
+            f"hidden must be a sequence of positive widths, e.g. [64, 32]; got {hidden!r}."
+        )
+    for width in hidden:
+        _size("hidden width", width)
+    _size("num_classes", num_classes)
+    _flags(bias=bias, batchnorm=batchnorm)
     widths = [in_features, *hidden]
     layers: list[nn.Module] = [nn.Flatten()]
     for width_in, width_out in itertools.pairwise(widths):
@@ -74,9 +101,12 @@ def small_cnn(
 
     Raises:
         ModelError: the images are smaller than 16×16 pixels, where nothing is left after the
-            second pooling.
+            second pooling; or a size that is not a positive integer, or a flag not a bool.
     """
+    _size("in_channels", in_channels)
     height, width = _sides(image_size)
+    _size("num_classes", num_classes)
+    _flags(bias=bias, batchnorm=batchnorm)
     sides = [((side - 4) // 2 - 4) // 2 for side in (height, width)]
     if min(sides) < 1:
         raise ModelError(f"small_cnn needs images of at least 16×16 pixels; got {height}×{width}.")
@@ -107,13 +137,17 @@ def lenet(
 
     Raises:
         ModelError: the images are smaller than 15×15 pixels, where the third convolution
-            has nothing left to cover.
+            has nothing left to cover; or a size that is not a positive integer, or ``bias``
+            not a bool.
 
     Example:
         >>> lenet()[-3]
         Linear(in_features=5880, out_features=84, bias=True)
     """
+    _size("in_channels", in_channels)
     height, width = _sides(image_size)
+    _size("num_classes", num_classes)
+    _flags(bias=bias)
     # pad-2 conv keeps the side; pool 2 stride 1 takes 1; conv 5 takes 4; pool 2 halves; conv 5.
     sides = [(side - 1 - 4 - 2) // 2 + 1 - 4 for side in (height, width)]
     if min(sides) < 1:
@@ -135,15 +169,37 @@ def lenet(
 
 
 def _sides(image_size: int | tuple[int, int]) -> tuple[int, int]:
-    """``(height, width)`` of an image size given as one side or a pair."""
-    if isinstance(image_size, int):
-        return image_size, image_size
-    height, width = image_size
-    return int(height), int(width)
+    """``(height, width)`` of an image size given as one side or a pair, checked positive."""
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)
+    if isinstance(image_size, str) or not isinstance(image_size, Sequence) or len(image_size) != 2:
+        raise ModelError(
+            f"image_size must be one side or a pair (height, width) of positive integers; got "
+            f"{image_size!r}."
+        )
+    height, width = (_size("image_size", side) for side in image_size)
+    return height, width
+
+
+def _size(name: str, value: Any) -> int:
+    """``value`` if it is a positive integer (a layer size); :class:`ModelError` otherwise."""
+    return integer(name, value, minimum=1, error=ModelError)
+
+
+def _flags(**flags: Any) -> None:
+    """Raise :class:`ModelError` unless every flag is ``True`` or ``False``."""
+    for name, value in flags.items():
+        boolean(name, value, error=ModelError)
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable scalars."""
+    """Number of trainable scalars.
+
+    Raises:
+        ModelError: ``model`` is not a ``torch.nn.Module``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model must be a torch.nn.Module; got a {type(model).__name__}.")
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -259,11 +315,11 @@ def build_model(
             f"model {name!r} has no option {', '.join(map(repr, unknown))}; its options are: "
             f"{accepted}."
         )
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ModelError(
             f"model {name!r}: num_classes must be a positive integer; got {num_classes!r}."
         )
-    shape = tuple(int(side) for side in input_shape)
+    shape = _shape(name, input_shape)
     if entry.images and len(shape) != 3:
         raise ModelError(
             f"model {name!r} takes images of shape (channels, height, width), but one example "
@@ -278,3 +334,16 @@ def build_model(
                 f"model {name!r}: option {flag} must be True or False; got {chosen[flag]!r}."
             )
     return entry.build(shape, num_classes, **chosen)
+
+
+def _shape(name: str, input_shape: Any) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of ints; :class:`ModelError` unless it is a sequence of them."""
+    try:
+        if isinstance(input_shape, str) or any(isinstance(side, bool) for side in input_shape):
+            raise TypeError
+        return tuple(operator.index(side) for side in input_shape)
+    except TypeError:
+        raise ModelError(
+            f"model {name!r}: input_shape must be the shape of one example as a sequence of "
+            f"integers, e.g. (64,) or (1, 28, 28); got {input_shape!r}."
+        ) from None

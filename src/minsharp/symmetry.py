@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +22,16 @@ from torch import Tensor, nn
 from minsharp.curvature.engine import run_forward
 from minsharp.curvature.layers import model_dtype_device, preserved_buffers
 from minsharp.curvature.rules import WEIGHT_LAYERS
-from minsharp.errors import MinsharpError, NotAChainError
+from minsharp.errors import MinsharpError, ModelError, NotAChainError
+from minsharp.tensors import check_examples
+
+__all__ = [
+    "PRODUCT_TOLERANCE",
+    "chain_layers",
+    "rescale",
+    "rescaled_copy",
+    "verify_same_function",
+]
 
 #: How far the product of the α's may stray from 1, relative.
 PRODUCT_TOLERANCE = 1e-6
@@ -30,8 +40,12 @@ PRODUCT_TOLERANCE = 1e-6
 def chain_layers(model: nn.Module, inputs: Tensor) -> list[str]:
     """Names of the Linear/Conv modules of ``model`` in the order one forward pass calls them.
 
-    Raises :class:`NotAChainError` if a module is called twice (then it is not a chain).
+    Raises :class:`NotAChainError` if a module is called twice (then it is not a chain),
+    :class:`ModelError` if ``model`` is not a module or its forward pass fails, and
+    :class:`DataError` for inputs without examples or with non-finite values.
     """
+    _check_module(model, "model")
+    check_examples(inputs)
     order: list[str] = []
     names = {module: name for name, module in model.named_modules()}
 
@@ -80,6 +94,8 @@ def rescale(
         >>> torch.allclose(twin(x), net(x))
         True
     """
+    _check_module(model, "model")
+    check_examples(inputs)
     dtype, device = model_dtype_device(model)
     inputs = inputs.to(device=device, dtype=dtype) if inputs.is_floating_point() else inputs
     order = chain_layers(model, inputs)
@@ -90,7 +106,30 @@ def rescale(
 
 
 def rescaled_copy(model: nn.Module, order: Sequence[str], alphas: Sequence[float]) -> nn.Module:
-    """The rescaled copy of :func:`rescale`, for layers ``order`` already found; unverified."""
+    """The rescaled copy of :func:`rescale`, for layers ``order`` already found; unverified.
+
+    Raises :class:`ModelError` unless ``model`` is a module and ``order`` names Linear/Conv
+    modules of it with a weight, and :class:`MinsharpError` for ``alphas`` as :func:`rescale`.
+    """
+    _check_module(model, "model")
+    layers = dict(model.named_modules())
+    if isinstance(order, str) or not isinstance(order, Sequence):
+        raise ModelError(f"order must be a sequence of module names; got {order!r}.")
+    unknown = [
+        name
+        for name in order
+        if not isinstance(name, str)
+        or type(layers.get(name)) not in WEIGHT_LAYERS
+        or layers[name].weight is None
+    ]
+    if unknown:
+        listed = ", ".join(
+            name or "(root)" for name, m in layers.items() if type(m) in WEIGHT_LAYERS
+        )
+        raise ModelError(
+            f"order names {unknown}, which are not Linear/Conv modules of the model with a "
+            f"weight; its layers are: {listed or 'none'}. Take the order from chain_layers."
+        )
     factors = _checked_alphas(alphas, len(order))
     twin = copy.deepcopy(model)
     modules = dict(twin.named_modules())
@@ -110,10 +149,20 @@ def verify_same_function(
     """Raise :class:`NotAChainError` unless both models give the same logits on ``inputs``.
 
     Returns the largest relative deviation of the logits, ``max |Δz| / max(1, max |z|)``.
+    Raises :class:`ModelError` if a model is not a module or its forward pass fails, and
+    :class:`DataError` for inputs without examples or with non-finite values.
     """
+    _check_module(model, "model")
+    _check_module(rescaled, "rescaled")
+    check_examples(inputs)
     with preserved_buffers(model), preserved_buffers(rescaled), torch.no_grad():
         expected = run_forward(model, inputs)
         got = run_forward(rescaled, inputs)
+    if got.shape != expected.shape:
+        raise NotAChainError(
+            f"the rescaled model returns logits of shape {tuple(got.shape)}, the model "
+            f"{tuple(expected.shape)}: they do not compute the same function."
+        )
     tolerance = 1e3 * torch.finfo(expected.dtype).eps
     scale = expected.abs().max().clamp_min(1.0)
     deviation = ((got - expected).abs().max() / scale).item()
@@ -126,6 +175,11 @@ def verify_same_function(
         f"{tolerance:.1e}), so the model is not a chain of positively homogeneous layers and "
         "Minimum Sharpness is undefined for it." + _suspects(model, order)
     )
+
+
+def _check_module(model: Any, name: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{name} must be a torch.nn.Module; got a {type(model).__name__}.")
 
 
 def _checked_alphas(alphas: Sequence[float], num_layers: int) -> list[float]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from minsharp.errors import DataError
 
 
 def all_finite(tensor: Tensor) -> bool:
@@ -15,6 +18,16 @@ def all_finite(tensor: Tensor) -> bool:
     reduction; only a non-finite sum (which may also be an overflow) pays for the exact test.
     """
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
+def check_examples(inputs: Any) -> Tensor:
+    """``inputs`` if it is a tensor of N ≥ 1 examples without NaN or inf; DataError otherwise."""
+    if not isinstance(inputs, Tensor) or inputs.dim() == 0 or inputs.shape[0] == 0:
+        found = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise DataError(f"inputs must be a tensor of examples (N, …) with N ≥ 1; got {found}.")
+    if inputs.is_floating_point() and not all_finite(inputs):
+        raise DataError("inputs contain NaN or infinite values; clean or drop those examples.")
+    return inputs
 
 
 def standard_error(samples: Tensor) -> float:

@@ -42,6 +42,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from minsharp.bn_training import PROBE_EXAMPLES, BNSharpnessPenalty, check_penalty_settings
+from minsharp.curvature.engine import run_forward
+from minsharp.curvature.layers import preserved_buffers
+from minsharp.data.batches import check_label_range
 from minsharp.errors import DataError, MinsharpError, ModelError
 from minsharp.io import (
     load_weights,
@@ -52,6 +55,20 @@ from minsharp.io import (
 )
 from minsharp.measures.bn_sharpness import DEFAULT_DELTA
 from minsharp.models import build_model
+from minsharp.options import integer
+from minsharp.tensors import all_finite
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "WEIGHTS_FILE",
+    "TrainingConfig",
+    "TrainingHistory",
+    "accuracy",
+    "learning_rate",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train_classifier",
+]
 
 #: File names inside a checkpoint directory.
 WEIGHTS_FILE = "model.safetensors"
@@ -86,8 +103,8 @@ class TrainingConfig:
 
     Raises:
         MinsharpError: a value out of range (negative epochs, non-positive batch size or
-            learning rate, negative momentum/decays, a target outside (0, 1], a negative
-            penalty weight, a radius outside (0, 1]).
+            learning rate, negative momentum/decays, a seed torch's generators refuse, a
+            target outside (0, 1], a negative penalty weight, a radius outside (0, 1]).
     """
 
     epochs: int = 30
@@ -113,6 +130,15 @@ class TrainingConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 problems.append(f"{name} must be a non-negative number, got {value!r}")
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not -(2**63) <= self.seed < 2**64
+        ):
+            problems.append(
+                f"seed must be an integer in [-2**63, 2**64), the range of torch's generators, "
+                f"got {self.seed!r}"
+            )
         target = self.target_train_accuracy
         if target is not None and not (isinstance(target, (int, float)) and 0 < target <= 1):
             problems.append(f"target_train_accuracy must be in (0, 1] or None, got {target!r}")
@@ -142,7 +168,13 @@ def learning_rate(config: TrainingConfig, step: int) -> float:
     Example:
         >>> learning_rate(TrainingConfig(lr=0.1, lr_decay=1e-4), 10_000)
         0.05
+
+    Raises:
+        MinsharpError: ``config`` is not a :class:`TrainingConfig`, or ``step`` is not a
+            non-negative integer.
     """
+    _check_config(config)
+    integer("step", step, minimum=0)
     return config.lr / (1.0 + config.lr_decay * step)
 
 
@@ -222,13 +254,24 @@ def train_classifier(
         The per-epoch history.
 
     Raises:
-        DataError: inputs and labels of different lengths, or no examples.
-        ModelError: the training loss became non-finite (the run diverged); lower ``lr``; or
-            the penalty is asked of a network without batch-norm.
+        DataError: inputs and labels that do not pair up, no examples, non-finite inputs, or
+            labels that are not class indices of the model's outputs.
+        ModelError: the model is not a module or cannot take the inputs; the training loss
+            or the logits became non-finite (the run diverged); lower ``lr``; or the penalty
+            is asked of a network without batch-norm.
+        MinsharpError: ``config`` is not a :class:`TrainingConfig`.
     """
+    _check_model(model)
+    _check_config(config)
     _check_data(inputs, labels, "training")
+    _check_fit(model, inputs, labels, "training")
     if test is not None:
+        if not (isinstance(test, (tuple, list)) and len(test) == 2):
+            raise DataError(
+                f"test must be a pair (inputs, labels) of tensors; got a {type(test).__name__}."
+            )
         _check_data(*test, "test")
+        _check_fit(model, *test, "test")
     count = len(labels)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.SGD(
@@ -285,17 +328,24 @@ def train_classifier(
             mean_loss = float(total_loss) / count
             history.step_seconds.append(time.perf_counter() - start)
             history.steps.append(math.ceil(count / config.batch_size))
+            settings = f"(lr {config.lr}, batch size {config.batch_size})"
             if not math.isfinite(mean_loss):
                 raise ModelError(
                     f"training diverged: the mean loss of epoch {epoch + 1} is {mean_loss} "
-                    f"(lr {config.lr}, batch size {config.batch_size}); lower the learning rate."
+                    f"{settings}; lower the learning rate."
                 )
             history.loss.append(mean_loss)
             history.accuracy.append(int(correct) / count)
             history.learning_rate.append(rate)
-            history.train_accuracy.append(_eval_accuracy(model, inputs, labels))
-            if test is not None:
-                history.test_accuracy.append(_eval_accuracy(model, *test))
+            try:
+                history.train_accuracy.append(_eval_accuracy(model, inputs, labels))
+                if test is not None:
+                    history.test_accuracy.append(_eval_accuracy(model, *test))
+            except ModelError as error:  # the data fit the model before: its weights blew up
+                raise ModelError(
+                    f"training diverged: after epoch {epoch + 1}, {error} {settings}; lower the "
+                    "learning rate."
+                ) from None
             history.seconds.append(time.perf_counter() - start)
             history.epochs_run = epoch + 1
             if progress:
@@ -314,15 +364,64 @@ def train_classifier(
     return history
 
 
-def _check_data(inputs: Tensor, labels: Tensor, what: str) -> None:
-    """Raise :class:`DataError` unless ``inputs`` and ``labels`` pair up and are non-empty."""
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model must be a torch.nn.Module; got a {type(model).__name__}.")
+
+
+def _check_config(config: Any) -> None:
+    if not isinstance(config, TrainingConfig):
+        raise MinsharpError(
+            f"config must be a minsharp.train.TrainingConfig; got a {type(config).__name__}."
+        )
+
+
+def _check_data(inputs: Tensor, labels: Tensor, what: str, *, empty: bool = False) -> None:
+    """Raise :class:`DataError` unless ``inputs`` and ``labels`` make a labelled data set.
+
+    Checked: tensors that pair up (inputs (N, …), labels (N,)), integer labels ≥ 0, finite
+    inputs, and at least one example unless ``empty``.
+    """
+    if not isinstance(inputs, Tensor) or not isinstance(labels, Tensor):
+        kinds = f"{type(inputs).__name__} and {type(labels).__name__}"
+        raise DataError(f"{what} inputs and labels must be tensors; got a {kinds}.")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise DataError(f"{what} labels must be integer class indices; got dtype {labels.dtype}.")
     if labels.dim() != 1 or inputs.shape[:1] != labels.shape:
         raise DataError(
             f"{what} inputs {tuple(inputs.shape)} and labels {tuple(labels.shape)} do not pair "
             "up: expected inputs (N, …) and labels (N,)."
         )
     if len(labels) == 0:
+        if empty:
+            return
         raise DataError(f"the {what} set is empty.")
+    if int(labels.min()) < 0:
+        raise DataError(f"{what} labels must be class indices 0..K−1; found negatives.")
+    if inputs.is_floating_point() and not all_finite(inputs):
+        raise DataError(
+            f"{what} inputs contain NaN or infinite values; clean or drop those examples."
+        )
+
+
+def _check_fit(model: nn.Module, inputs: Tensor, labels: Tensor, what: str) -> None:
+    """Raise unless ``model`` takes ``inputs`` and has an output for every label.
+
+    One example runs through the model in eval mode without gradients; the modules' modes
+    and buffers are restored afterwards, so training starts from the model as given.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with preserved_buffers(model), torch.no_grad():
+            logits = run_forward(model, inputs[:1])
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    try:
+        check_label_range(int(labels.max()), logits.shape[1])
+    except DataError as error:
+        raise DataError(f"{what} {error}") from None
 
 
 def _eval_accuracy(model: nn.Module, inputs: Tensor, labels: Tensor) -> float:
@@ -343,12 +442,23 @@ def accuracy(
 
     Runs without gradients in chunks of ``batch_size`` examples, in the model's current
     train/eval mode. Returns ``nan`` for an empty set.
+
+    Raises:
+        DataError: inputs and labels that do not pair up, non-finite inputs, labels that are
+            not class indices of the model's outputs, or a batch size below 1.
+        ModelError: the model is not a module, cannot take the inputs or returns no finite
+            logits (N, K).
     """
+    _check_model(model)
+    integer("batch_size", batch_size, minimum=1, error=DataError)
+    _check_data(inputs, labels, "accuracy", empty=True)
     if len(labels) == 0:
         return float("nan")
+    largest = int(labels.max())
     correct = 0
     for begin in range(0, len(labels), batch_size):
-        logits = model(inputs[begin : begin + batch_size])
+        logits = run_forward(model, inputs[begin : begin + batch_size])
+        check_label_range(largest, logits.shape[1])
         correct += int((logits.argmax(1) == labels[begin : begin + batch_size]).sum())
     return correct / len(labels)
 
@@ -380,11 +490,15 @@ def save_checkpoint(
             stored as the strings ``"nan"``, ``"inf"``, ``"-inf"``.
 
     Raises:
-        ModelError: ``model_spec`` is malformed or rebuilds a different network.
-        MinsharpError: the directory cannot be written.
+        ModelError: ``model`` is not a module, or ``model_spec`` is malformed or rebuilds a
+            different network.
+        MinsharpError: ``record`` is not a mapping, or the directory cannot be written.
     """
     from safetensors.torch import save as safetensors_bytes
 
+    _check_model(model)
+    if not isinstance(record, Mapping):
+        raise MinsharpError(f"record must be a mapping (JSON object); got {record!r}.")
     directory = Path(directory)
     spec = _normalised_spec(model_spec, where="model_spec")
     state = {name: value.detach() for name, value in model.state_dict().items()}
@@ -468,13 +582,8 @@ def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if not isinstance(name, str) or not name or Path(name).name != name:
         raise ModelError(f"checkpoint file {path}: the weights file {name!r} is not a file name.")
     weights_path = directory / name
-    if not weights_path.is_file():
-        raise ModelError(f"weights file {weights_path} of checkpoint {path} does not exist.")
     expected = weights.get("sha256")
-    try:
-        digest = sha256_file(weights_path)
-    except OSError as failure:
-        raise ModelError(f"weights file {weights_path} cannot be read ({failure}).") from None
+    digest = sha256_file(weights_path, what=f"weights file of checkpoint {path}:", error=ModelError)
     if expected != digest:
         raise ModelError(
             f"weights file {weights_path} does not match checkpoint {path}: its SHA-256 is "

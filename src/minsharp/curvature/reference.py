@@ -2,14 +2,26 @@
 
 These are the baselines of the Minimum Sharpness paper's speed comparison (their Fig. 1):
 one double-backward pass per parameter entry. Use them on small networks only.
+
+Both check their arguments as the engine does (a module in eval mode with finite parameters,
+finite inputs with at least one example, logits (N, K), labels that are class indices of
+those K outputs) and raise :class:`~minsharp.errors.MinsharpError` otherwise.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev
+
+from minsharp.curvature.engine import run_forward
+from minsharp.curvature.layers import check_measurable
+from minsharp.data.batches import check_label_range
+from minsharp.errors import DataError
+from minsharp.tensors import check_examples
 
 
 def brute_force_hessian_diagonal(
@@ -20,8 +32,20 @@ def brute_force_hessian_diagonal(
     ``H_jj = ∂/∂θ_j (∂L/∂θ_j)``: differentiate each gradient entry once more. Cost: one
     backward pass per entry of every trainable parameter. Exact for any network.
     """
+    logits = _checked_logits(model, inputs)
+    if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.is_complex():
+        found = labels.dtype if isinstance(labels, Tensor) else type(labels).__name__
+        raise DataError(f"labels must be an integer tensor of class indices; got {found}.")
+    if labels.dtype == torch.bool or labels.shape != (inputs.shape[0],):
+        raise DataError(
+            f"labels must be class indices of shape ({inputs.shape[0]},), one per input; got "
+            f"dtype {labels.dtype} and shape {tuple(labels.shape)}."
+        )
+    if int(labels.min()) < 0:
+        raise DataError("labels must be class indices 0..K−1; found negatives.")
+    check_label_range(int(labels.max()), logits.shape[1])
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    loss = F.cross_entropy(model(inputs), labels)
+    loss = F.cross_entropy(logits, labels)
     gradients = torch.autograd.grad(loss, [p for _, p in named], create_graph=True)
     diagonal = {}
     for (name, parameter), gradient in zip(named, gradients, strict=True):
@@ -42,6 +66,8 @@ def brute_force_ggn_diagonal(model: nn.Module, inputs: Tensor) -> dict[str, Tens
     The generalized Gauss–Newton matrix of the mean cross-entropy, formed from per-example
     Jacobians ``J_n = ∂z_n/∂θ`` computed by ``torch.func.jacrev``. Exact for any network.
     """
+    with torch.no_grad():
+        _checked_logits(model, inputs)
     named = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
     def logits_of(parameters: dict[str, Tensor], example: Tensor) -> Tensor:
@@ -57,3 +83,9 @@ def brute_force_ggn_diagonal(model: nn.Module, inputs: Tensor) -> dict[str, Tens
             entries = p @ flat.square() - mean.square()
             diagonal[name] += entries.reshape(diagonal[name].shape)
     return {name: d / inputs.shape[0] for name, d in diagonal.items()}
+
+
+def _checked_logits(model: nn.Module, inputs: Any) -> Tensor:
+    """The logits of ``model`` on ``inputs``, after checking both (see the module text)."""
+    check_measurable(model)
+    return run_forward(model, check_examples(inputs))

@@ -217,8 +217,8 @@ def load_dataset(
         if value is not None:
             integer(label, value, minimum=1, why="or None for the default", error=DataError)
     integer("seed", seed, error=DataError)
-    if not dtype.is_floating_point:
-        raise DataError(f"dtype must be a floating dtype; got {dtype}.")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise DataError(f"dtype must be a floating dtype such as torch.float32; got {dtype!r}.")
     generator = torch.Generator().manual_seed(seed)
 
     if key == "digits":

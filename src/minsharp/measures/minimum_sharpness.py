@@ -26,10 +26,11 @@ from torch import nn
 
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_trace
 from minsharp.curvature.guard import PROBE_EXAMPLES
-from minsharp.curvature.layers import model_dtype_device
+from minsharp.curvature.layers import check_measurable, model_dtype_device
 from minsharp.data.batches import input_batches
-from minsharp.errors import ModelError
+from minsharp.errors import MinsharpError, ModelError
 from minsharp.measures.registry import Evaluation, register
+from minsharp.options import integer
 from minsharp.solvers import minimize_exp_sum
 from minsharp.symmetry import chain_layers, rescaled_copy, verify_same_function
 
@@ -106,6 +107,8 @@ def minimum_sharpness(
     rescaling of that check.
     """
     start = time.perf_counter()
+    check_measurable(model)
+    integer("seed", seed)
     dtype, device = model_dtype_device(model)
     batches = input_batches(data, batch_size, device, dtype)
     first = next(batches)
@@ -206,10 +209,16 @@ def solve_scales(weight: Sequence[float], bias: Sequence[float]) -> ScaleSolutio
         >>> solution.value, [round(alpha**2, 12) for alpha in solution.alphas]
         (4.0, [0.5, 2.0])
     """
+    try:
+        weight, bias = [float(t) for t in weight], [float(t) for t in bias]
+    except (TypeError, ValueError):
+        raise MinsharpError(
+            f"weight and bias must be sequences of traces (numbers); got {weight!r}, {bias!r}."
+        ) from None
     if len(weight) != len(bias) or not weight:
-        raise ValueError("weight and bias need one trace per layer, at least one layer.")
+        raise MinsharpError("weight and bias need one trace per layer, at least one layer.")
     if not all(math.isfinite(t) and t >= 0 for t in [*weight, *bias]):
-        raise ValueError(f"traces must be finite and non-negative; got {weight}, {bias}.")
+        raise MinsharpError(f"traces must be finite and non-negative; got {weight}, {bias}.")
     L = len(weight)
     if not any(bias) and all(t > 0 for t in weight):
         log_mean = sum(math.log(t) for t in weight) / L

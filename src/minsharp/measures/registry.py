@@ -38,6 +38,8 @@ Symmetry = Literal["layer", "neuron", "batchnorm"]
 SYMMETRIES: tuple[Symmetry, ...] = ("layer", "neuron", "batchnorm")
 
 Requirement = Literal["labels", "batchnorm", "chain"]
+#: What a measure may require: labels in the data, batch-norm layers, a chain network.
+REQUIREMENTS: tuple[Requirement, ...] = ("labels", "batchnorm", "chain")
 
 
 @dataclass(frozen=True)
@@ -114,14 +116,29 @@ def register(
     requires: set[Requirement] | None = None,
     stochastic: bool = False,
 ) -> Callable[[Callable[..., Evaluation]], Callable[..., Evaluation]]:
-    """Decorator adding ``compute(model, data, *, options…)`` to the registry as ``name``."""
+    """Decorator adding ``compute(model, data, *, options…)`` to the registry as ``name``.
+
+    Raises:
+        MinsharpError: a name that is not a non-empty string or is taken, unknown
+            symmetries or requirements, or a ``compute`` that is not callable.
+    """
+    if not isinstance(name, str) or not name:
+        raise MinsharpError(f"a measure's name must be a non-empty string; got {name!r}.")
     unknown = set(invariances) - set(SYMMETRIES)
     if unknown:
-        raise ValueError(f"unknown symmetries {sorted(unknown)}; known: {SYMMETRIES}.")
+        raise MinsharpError(f"unknown symmetries {sorted(unknown)}; known: {SYMMETRIES}.")
+    unknown = set(requires or ()) - set(REQUIREMENTS)
+    if unknown:
+        raise MinsharpError(f"unknown requirements {sorted(unknown)}; known: {REQUIREMENTS}.")
 
     def add(compute: Callable[..., Evaluation]) -> Callable[..., Evaluation]:
+        if not callable(compute):
+            raise MinsharpError(
+                f"register({name!r}) decorates the function computing the measure; got a "
+                f"{type(compute).__name__}."
+            )
         if name in _REGISTRY:
-            raise ValueError(f"a measure named {name!r} is already registered.")
+            raise MinsharpError(f"a measure named {name!r} is already registered.")
         _REGISTRY[name] = MeasureSpec(
             name=name,
             compute=compute,
@@ -143,6 +160,11 @@ def available() -> list[str]:
 
 def spec(name: str) -> MeasureSpec:
     """The registered measure ``name``; :class:`MinsharpError` with suggestions if unknown."""
+    if not isinstance(name, str):
+        raise MinsharpError(
+            f"a measure's name must be a string; got a {type(name).__name__}. Available "
+            f"measures: {', '.join(available())}."
+        )
     if name in _REGISTRY:
         return _REGISTRY[name]
     close = difflib.get_close_matches(name, _REGISTRY, n=3)
@@ -177,8 +199,8 @@ def measure(name: str, model: nn.Module, data: Any, **options: Any) -> MeasureRe
             f"measure {name!r} has no option {', '.join(map(repr, unknown))}; its options "
             f"are: {_describe(defaults)}."
         )
-    check_model_requirements(name, model)
     check_measurable(model)
+    check_model_requirements(name, model)
     start = time.perf_counter()
     with autograd_enabled():
         evaluation = chosen.compute(model, data, **options)
