@@ -341,7 +341,7 @@ def head_cotangents(weight: Tensor, probabilities: Tensor) -> Iterator[Tensor]:
 
 #: Cotangents pushed back together hold at most about this many elements at the layers'
 #: outputs; below it one vectorised backward pass serves several classes.
-CHUNK_ELEMENTS = 1 << 20
+CHUNK_ELEMENTS = 1 << 18
 
 
 def pull_back(
