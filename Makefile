@@ -36,7 +36,7 @@ bench-setup: setup
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/pip install --quiet --no-deps $(PEERS_NO_DEPS)
 
-# Every benchmark script, then docs/benchmarks.md from their tables and plots. About 45
+# Every benchmark script, then docs/benchmarks.md from their tables and plots. About 47
 # minutes on 2 idle cores; each script waits up to BENCH_WAIT seconds for a quiet machine.
 BENCH_WAIT ?= 60
 BENCH := --wait-quiet $(BENCH_WAIT)

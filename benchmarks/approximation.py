@@ -18,7 +18,7 @@ Usage::
     python benchmarks/approximation.py                                  # full run
     python benchmarks/approximation.py --quick --output /tmp/approx.md  # seconds
 
-A full run takes about 5 minutes (an estimate: no full run is committed yet).
+A full run took 93 s on 2 cores (the committed table).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Usage::
     python benchmarks/peers.py --quick --output /tmp/peers.md  # seconds
     make bench-setup                                           # installs the peers
 
-A full run takes 15–25 minutes on 2 cores (an estimate: no full run is committed yet).
+A full run took 28 minutes on 2 cores (the committed table: 1677 s).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Usage::
     python benchmarks/scaling.py                                   # full run
     python benchmarks/scaling.py --quick --output /tmp/scaling.md  # seconds
 
-A full run takes about 5 minutes (an estimate: no full run is committed yet).
+A full run took 49 s on 2 cores (the committed table).
 """
 
 from __future__ import annotations

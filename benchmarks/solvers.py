@@ -19,7 +19,7 @@ Usage::
     python benchmarks/solvers.py                                   # full run
     python benchmarks/solvers.py --quick --output /tmp/solvers.md  # seconds
 
-A full run takes a few minutes (an estimate: no full run is committed yet).
+A full run took 54 s on 2 cores (the committed table).
 """
 
 from __future__ import annotations
