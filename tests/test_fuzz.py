@@ -989,7 +989,7 @@ cases(
     load_checkpoint,
     ("missing-directory", lambda f: load_checkpoint(f["absent"]), "does not exist", ModelError),
     ("a-file", lambda f: load_checkpoint(f["file.txt"]), "file.txt", ModelError),
-    ("garbage-json", lambda f: load_checkpoint(f["checkpoint-garbage-json"]), "not readable JSON"),
+    ("garbage-json", lambda f: load_checkpoint(f["checkpoint-garbage-json"]), "unreadable"),
     ("no-weights", lambda f: load_checkpoint(f["checkpoint-no-weights"]), "model.safetensors"),
     ("corrupt-weights", lambda f: load_checkpoint(f["checkpoint-corrupt-weights"]), "SHA-256"),
     ("weights-outside", lambda f: load_checkpoint(f["checkpoint-traversal"]), "not a file name"),

@@ -365,6 +365,34 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+def read_tagged_json(
+    path: str | Path, *, tag: str, version: int, error: type[MinsharpError], fix: str = ""
+) -> dict[str, Any]:
+    """The JSON object in ``path``, checked to carry ``"format": tag`` and ``version``.
+
+    Every versioned file minsharp writes (study, run result, checkpoint) is read through this.
+
+    Raises:
+        error: the file cannot be read, is not JSON (truncated or corrupt), or is another
+            format or version; the message names the file and ends with ``fix``.
+    """
+    hint = f" {fix}" if fix else ""
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as failure:
+        raise error(
+            f"{path} is unreadable or truncated ({type(failure).__name__}: {failure}).{hint}"
+        ) from None
+    if not isinstance(content, dict) or content.get("format") != tag:
+        raise error(f"{path} is not a {tag} file.{hint}")
+    if content.get("version") != version:
+        raise error(
+            f"{path} has format version {content.get('version')!r}; this minsharp reads "
+            f"version {version}.{hint}"
+        )
+    return content
+
+
 def write_json_atomic(path: str | Path, content: Any) -> None:
     """Write ``content`` as indented JSON to ``path`` atomically.
 

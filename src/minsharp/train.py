@@ -48,6 +48,7 @@ from minsharp.data.batches import check_label_range
 from minsharp.errors import DataError, MinsharpError, ModelError
 from minsharp.io import (
     load_weights,
+    read_tagged_json,
     sha256_file,
     state_differences,
     write_bytes_atomic,
@@ -559,20 +560,13 @@ def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if not path.is_file():
         state = "is a directory" if path.is_dir() else "does not exist"
         raise ModelError(f"checkpoint file {path} {state}; was the checkpoint saved completely?")
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as failure:
-        raise ModelError(
-            f"checkpoint file {path} is not readable JSON ({failure}); it is corrupt or "
-            "truncated. Delete the checkpoint directory and train again."
-        ) from None
-    if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:
-        raise ModelError(f"checkpoint file {path} is not a {CHECKPOINT_FORMAT} file.")
-    if content.get("version") != CHECKPOINT_VERSION:
-        raise ModelError(
-            f"checkpoint file {path} has version {content.get('version')!r}; this minsharp "
-            f"reads version {CHECKPOINT_VERSION}."
-        )
+    content = read_tagged_json(
+        path,
+        tag=CHECKPOINT_FORMAT,
+        version=CHECKPOINT_VERSION,
+        error=ModelError,
+        fix="Delete the checkpoint directory and train again.",
+    )
     weights = content.get("weights")
     record = content.get("record")
     if not isinstance(weights, dict) or not isinstance(record, dict):

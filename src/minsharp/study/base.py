@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 
 from minsharp.data.datasets import Splits, load_dataset
 from minsharp.errors import MinsharpError, StudyError
-from minsharp.io import jsonable, write_json_atomic
+from minsharp.io import jsonable, read_tagged_json, write_json_atomic
 from minsharp.measures import measure
 from minsharp.models import build_model, count_parameters
 from minsharp.study import claims
@@ -641,13 +641,9 @@ def read_result(
     if not path.exists():
         return None, "not run yet"
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return None, f"{path.name} is unreadable or truncated ({type(error).__name__}: {error})"
-    if not isinstance(content, dict) or content.get("format") != RUN_FORMAT:
-        return None, f"{path.name} is not a {RUN_FORMAT} file"
-    if content.get("version") != FORMAT_VERSION:
-        return None, f"{path.name} has format version {content.get('version')!r}"
+        content = read_tagged_json(path, tag=RUN_FORMAT, version=FORMAT_VERSION, error=StudyError)
+    except StudyError as error:
+        return None, str(error)
     if content.get("status") != "complete":
         return None, f"the run had failed ({content.get('error')}: {content.get('message')})"
     if fingerprint is not None and content.get("fingerprint") != fingerprint:
@@ -685,17 +681,7 @@ def read_study(directory: str | Path) -> dict[str, Any]:
             f"{directory} is not a study directory: it has no {STUDY_FILE}. Give the --output "
             "directory of a `minsharp study …` command."
         )
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise StudyError(f"{path} is unreadable ({error}).") from None
-    if not isinstance(content, dict) or content.get("format") != STUDY_FORMAT:
-        raise StudyError(f"{path} is not a {STUDY_FORMAT} file.")
-    if content.get("version") != FORMAT_VERSION:
-        raise StudyError(
-            f"{path} has format version {content.get('version')!r}; this minsharp reads "
-            f"version {FORMAT_VERSION}."
-        )
+    content = read_tagged_json(path, tag=STUDY_FORMAT, version=FORMAT_VERSION, error=StudyError)
     runs = content.get("runs")
     if not isinstance(runs, list) or not all(
         isinstance(run, str) and run and Path(run).name == run for run in runs
