@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -78,22 +79,10 @@ def test_failures_end_every_rank_with_a_clear_error(tmp_path: Path) -> None:
 def test_torchrun_measure_command_matches_one_process(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    arguments = [
-        "measure",
-        "--model",
-        "small_mlp",
-        "--random-init",
-        "--data",
-        "digits",
-        "--examples",
-        "300",
-        "--batch-size",
-        "64",
-        "--dtype",
-        "float64",
-        "--measures",
-        "minimum_sharpness,top_eigenvalue,epsilon_sharpness",
-    ]
+    arguments = shlex.split(
+        "measure --model small_mlp --random-init --data digits --examples 300 --batch-size 64 "
+        "--dtype float64 --measures minimum_sharpness,top_eigenvalue,epsilon_sharpness"
+    )
     distributed = tmp_path / "two.json"
     finished = torchrun("-m", "minsharp", *arguments, "--output", str(distributed))
     assert finished.returncode == 0, finished.stderr[-3000:]

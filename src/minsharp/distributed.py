@@ -24,16 +24,13 @@ The contract:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TypeVar
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from minsharp.errors import MinsharpError
-
-T = TypeVar("T")
 
 #: Environment variables torchrun sets in each worker.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -57,13 +54,6 @@ def world_size() -> int:
 def owns(chunk: int) -> bool:
     """Whether this rank computes chunk number ``chunk`` (round robin over ranks)."""
     return chunk % world_size() == rank()
-
-
-def shard(chunks: Iterable[T]) -> Iterator[T]:
-    """The chunks of ``chunks`` this rank owns (all of them without a process group)."""
-    for index, chunk in enumerate(chunks):
-        if owns(index):
-            yield chunk
 
 
 def summed_over_ranks(compute: Callable[[], Mapping[str, Tensor]]) -> dict[str, Tensor]:
