@@ -426,11 +426,14 @@ def _check_fit(model: nn.Module, inputs: Tensor, labels: Tensor, what: str) -> N
 
 
 def _eval_accuracy(model: nn.Module, inputs: Tensor, labels: Tensor) -> float:
-    """:func:`accuracy` in eval mode, restoring the model's train/eval mode afterwards."""
+    """:func:`accuracy` in eval mode, restoring the model's train/eval mode afterwards.
+
+    For data :func:`train_classifier` has checked already: only the logits are checked.
+    """
     was_training = model.training
     model.eval()
     try:
-        return accuracy(model, inputs, labels)
+        return _correct_fraction(model, inputs, labels, EVAL_BATCH_SIZE)
     finally:
         model.train(was_training)
 
@@ -455,6 +458,12 @@ def accuracy(
     _check_data(inputs, labels, "accuracy", empty=True)
     if len(labels) == 0:
         return float("nan")
+    return _correct_fraction(model, inputs, labels, batch_size)
+
+
+@torch.no_grad()
+def _correct_fraction(model: nn.Module, inputs: Tensor, labels: Tensor, batch_size: int) -> float:
+    """The fraction of correct arg-max predictions, checking only the logits and label range."""
     largest = int(labels.max())
     correct = 0
     for begin in range(0, len(labels), batch_size):
