@@ -464,7 +464,7 @@ def test_non_finite_logits() -> None:
 
 
 def test_not_a_module_and_nothing_to_measure() -> None:
-    with pytest.raises(ModelError, match=r"must be a torch\.nn\.Module; got function"):
+    with pytest.raises(ModelError, match=r"must be a torch\.nn\.Module; got a function"):
         minsharp.hessian_trace(lambda x: x, _X(5, 3))
     model = _mlp().requires_grad_(False)
     check_rejected(model, _X(5, 3), ModelError, r"no trainable parameters in supported modules")

@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from minsharp.errors import ModelError
-from minsharp.options import boolean, integer
+from minsharp.options import boolean, integer, nn_module
 
 __all__ = [
     "ZOO",
@@ -198,8 +198,7 @@ def count_parameters(model: nn.Module) -> int:
     Raises:
         ModelError: ``model`` is not a ``torch.nn.Module``.
     """
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"model must be a torch.nn.Module; got a {type(model).__name__}.")
+    nn_module("model", model)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

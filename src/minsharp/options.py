@@ -24,7 +24,9 @@ import math
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from minsharp.errors import MinsharpError
+from torch import nn
+
+from minsharp.errors import MinsharpError, ModelError
 
 T = TypeVar("T")
 
@@ -94,6 +96,13 @@ def boolean(name: str, value: Any, *, error: type[MinsharpError] = MinsharpError
     """``value`` if it is ``True`` or ``False``; raise otherwise."""
     if not isinstance(value, bool):
         raise _refusal(name, "True or False", value, "", error)
+    return value
+
+
+def nn_module(name: str, value: Any, *, error: type[MinsharpError] = ModelError) -> nn.Module:
+    """``value`` if it is a ``torch.nn.Module``; raise naming its type otherwise."""
+    if not isinstance(value, nn.Module):
+        raise error(f"{name} must be a torch.nn.Module; got a {type(value).__name__}.")
     return value
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +22,7 @@ from minsharp.curvature.engine import run_forward
 from minsharp.curvature.layers import model_dtype_device, preserved_buffers
 from minsharp.curvature.rules import WEIGHT_LAYERS
 from minsharp.errors import MinsharpError, ModelError, NotAChainError
+from minsharp.options import nn_module
 from minsharp.tensors import check_examples
 
 __all__ = [
@@ -44,7 +44,7 @@ def chain_layers(model: nn.Module, inputs: Tensor) -> list[str]:
     :class:`ModelError` if ``model`` is not a module or its forward pass fails, and
     :class:`DataError` for inputs without examples or with non-finite values.
     """
-    _check_module(model, "model")
+    nn_module("model", model)
     check_examples(inputs)
     order: list[str] = []
     names = {module: name for name, module in model.named_modules()}
@@ -94,7 +94,7 @@ def rescale(
         >>> torch.allclose(twin(x), net(x))
         True
     """
-    _check_module(model, "model")
+    nn_module("model", model)
     check_examples(inputs)
     dtype, device = model_dtype_device(model)
     inputs = inputs.to(device=device, dtype=dtype) if inputs.is_floating_point() else inputs
@@ -111,7 +111,7 @@ def rescaled_copy(model: nn.Module, order: Sequence[str], alphas: Sequence[float
     Raises :class:`ModelError` unless ``model`` is a module and ``order`` names Linear/Conv
     modules of it with a weight, and :class:`MinsharpError` for ``alphas`` as :func:`rescale`.
     """
-    _check_module(model, "model")
+    nn_module("model", model)
     layers = dict(model.named_modules())
     if isinstance(order, str) or not isinstance(order, Sequence):
         raise ModelError(f"order must be a sequence of module names; got {order!r}.")
@@ -152,8 +152,8 @@ def verify_same_function(
     Raises :class:`ModelError` if a model is not a module or its forward pass fails, and
     :class:`DataError` for inputs without examples or with non-finite values.
     """
-    _check_module(model, "model")
-    _check_module(rescaled, "rescaled")
+    nn_module("model", model)
+    nn_module("rescaled", rescaled)
     check_examples(inputs)
     with preserved_buffers(model), preserved_buffers(rescaled), torch.no_grad():
         expected = run_forward(model, inputs)
@@ -175,11 +175,6 @@ def verify_same_function(
         f"{tolerance:.1e}), so the model is not a chain of positively homogeneous layers and "
         "Minimum Sharpness is undefined for it." + _suspects(model, order)
     )
-
-
-def _check_module(model: Any, name: str) -> None:
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"{name} must be a torch.nn.Module; got a {type(model).__name__}.")
 
 
 def _checked_alphas(alphas: Sequence[float], num_layers: int) -> list[float]:

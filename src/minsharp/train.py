@@ -56,7 +56,7 @@ from minsharp.io import (
 )
 from minsharp.measures.bn_sharpness import DEFAULT_DELTA
 from minsharp.models import build_model
-from minsharp.options import integer
+from minsharp.options import integer, nn_module
 from minsharp.tensors import all_finite
 
 __all__ = [
@@ -262,7 +262,7 @@ def train_classifier(
             is asked of a network without batch-norm.
         MinsharpError: ``config`` is not a :class:`TrainingConfig`.
     """
-    _check_model(model)
+    nn_module("model", model)
     _check_config(config)
     _check_data(inputs, labels, "training")
     _check_fit(model, inputs, labels, "training")
@@ -365,11 +365,6 @@ def train_classifier(
     return history
 
 
-def _check_model(model: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"model must be a torch.nn.Module; got a {type(model).__name__}.")
-
-
 def _check_config(config: Any) -> None:
     if not isinstance(config, TrainingConfig):
         raise MinsharpError(
@@ -453,7 +448,7 @@ def accuracy(
         ModelError: the model is not a module, cannot take the inputs or returns no finite
             logits (N, K).
     """
-    _check_model(model)
+    nn_module("model", model)
     integer("batch_size", batch_size, minimum=1, error=DataError)
     _check_data(inputs, labels, "accuracy", empty=True)
     if len(labels) == 0:
@@ -506,7 +501,7 @@ def save_checkpoint(
     """
     from safetensors.torch import save as safetensors_bytes
 
-    _check_model(model)
+    nn_module("model", model)
     if not isinstance(record, Mapping):
         raise MinsharpError(f"record must be a mapping (JSON object); got {record!r}.")
     directory = Path(directory)

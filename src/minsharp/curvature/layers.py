@@ -11,6 +11,7 @@ from torch import nn
 
 from minsharp.curvature.rules import RULES, LayerRule, supported_types
 from minsharp.errors import ModelError, UnsupportedModuleError
+from minsharp.options import nn_module
 from minsharp.tensors import all_finite
 
 #: The batch-norm modules (``nn.BatchNorm1d/2d/3d`` and their subclasses).
@@ -42,8 +43,7 @@ def find_layers(model: nn.Module) -> list[Layer]:
     :class:`ModelError` for tied parameters, non-finite values, training-mode batch-norm or
     dropout, or a model with nothing to measure.
     """
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    nn_module("model", model)
     layers, unsupported, owner = [], [], {}
     for module_name, module in model.named_modules():
         trainable = [
@@ -87,8 +87,7 @@ def find_layers(model: nn.Module) -> list[Layer]:
 
 def check_measurable(model: nn.Module) -> None:
     """Raise :class:`ModelError` unless ``model`` is a module with finite weights in eval mode."""
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    nn_module("model", model)
     _check_finite(model)
     _check_mode(model)
 
