@@ -142,7 +142,7 @@ def test_record_fields() -> None:
         ({"seed": 1.5}, "seed must be an integer"),
         ({"labels": torch.zeros(3, 2, dtype=torch.long)}, "1-D tensor"),
         ({"labels": torch.zeros(3)}, "integer class indices"),
-        ({"labels": torch.tensor([0, -1, 2])}, r"labels must lie in 0\.\.9"),
+        ({"labels": torch.tensor([0, -1, 2])}, "negative labels"),
     ],
 )
 def test_invalid_arguments(kwargs, message) -> None:

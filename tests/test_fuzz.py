@@ -839,7 +839,7 @@ def measure_cases(name: str) -> None:
             ("negative-labels", run(data=(X, negative_labels())), "negative", DataError),
             ("float-labels", run(data=(X, Y.double())), "integer", DataError),
             ("2d-labels", run(data=(X, Y[:, None])), "1-D", DataError),
-            ("labels-of-another-length", run(data=(X, Y[:5])), "5 labels", DataError),
+            ("labels-of-another-length", run(data=(X, Y[:5])), "labels of shape (5,)", DataError),
             ("labels-missing", run(data=X), "labels", DataError),
         ]
     if name == "minimum_sharpness":
@@ -917,8 +917,8 @@ cases(
     ("labels-out-of-range", train(labels=Y + 3), "out of range", DataError),
     ("negative-labels", train(labels=negative_labels()), "negatives", DataError),
     ("float-labels", train(labels=Y.double()), "integer class indices", DataError),
-    ("2d-labels", train(labels=Y[:, None]), "labels (12, 1)", DataError),
-    ("labels-of-another-length", train(labels=Y[:7]), "do not pair up", DataError),
+    ("2d-labels", train(labels=Y[:, None]), "labels of shape (12, 1)", DataError),
+    ("labels-of-another-length", train(labels=Y[:7]), "labels must have shape", DataError),
     ("no-examples", train(inputs=X[:0], labels=Y[:0]), "empty", DataError),
     ("nan-inputs", train(inputs=spoiled(X, math.nan)), "NaN", DataError),
     ("inf-inputs", train(inputs=spoiled(X, math.inf)), "infinite", DataError),
@@ -936,7 +936,7 @@ cases(
 )
 cases(
     accuracy,
-    ("labels-of-another-length", lambda f: accuracy(plain(), X, Y[:5]), "do not pair up"),
+    ("labels-of-another-length", lambda f: accuracy(plain(), X, Y[:5]), "labels must have shape"),
     ("labels-out-of-range", lambda f: accuracy(plain(), X, Y + 3), "out of range", DataError),
     ("float-labels", lambda f: accuracy(plain(), X, Y.float()), "integer", DataError),
     ("nan-inputs", lambda f: accuracy(plain(), spoiled(X, math.nan), Y), "NaN", DataError),
@@ -1070,11 +1070,11 @@ cases(
     ("inf-inputs", read_data("data-inf.npz"), "infinite", DataError),
     ("no-examples", read_data("data-empty.safetensors"), "no examples", DataError),
     ("negative-labels", read_data("data-negative.safetensors"), "negatives", DataError),
-    ("float-labels", read_data("data-float-labels.safetensors"), "'labels'", DataError),
-    ("2d-labels", read_data("data-2d-labels.npz"), "'labels' must have shape", DataError),
+    ("float-labels", read_data("data-float-labels.safetensors"), "integer", DataError),
+    ("2d-labels", read_data("data-2d-labels.npz"), "labels must have shape", DataError),
     ("integer-inputs", read_data("data-int-inputs.safetensors"), "'inputs'", DataError),
     ("1d-inputs", read_data("data-1d-inputs.pt"), "'inputs'", DataError),
-    ("labels-of-another-length", read_data("data-mismatch.safetensors"), "'labels'"),
+    ("labels-of-another-length", read_data("data-mismatch.safetensors"), "labels must have shape"),
     ("no-inputs", read_data("data-no-inputs.npz"), "no 'inputs'", DataError),
     ("a-list", read_data("data-list.pt"), "holds a list", DataError),
     ("garbage", read_data("garbage.npz"), "garbage.npz", DataError),
@@ -1150,7 +1150,7 @@ cases(
     (
         "negative-labels",
         lambda f: corrupt_labels(negative_labels(), 0.5, num_classes=3, seed=0),
-        "0..2",
+        "negative labels",
         DataError,
     ),
     ("no-classes", lambda f: corrupt_labels(Y, 0.5, num_classes=0, seed=0), "num_classes"),
@@ -1372,7 +1372,7 @@ CLI_CASES: list[CliCase] = [
         ("empty-data", (*FILE_DATA, "file:{data-empty.safetensors}"), "no examples"),
         ("negative-labels", (*FILE_DATA, "file:{data-negative.safetensors}"), "negatives"),
         ("float-labels", (*FILE_DATA, "file:{data-float-labels.safetensors}"), "integer"),
-        ("2d-labels", (*FILE_DATA, "file:{data-2d-labels.npz}"), "'labels' must have shape"),
+        ("2d-labels", (*FILE_DATA, "file:{data-2d-labels.npz}"), "labels must have shape"),
         ("integer-inputs", (*FILE_DATA, "file:{data-int-inputs.safetensors}"), "floating point"),
         (
             "labels-out-of-range",

@@ -95,8 +95,10 @@ def test_label_measures_refuse_unlabelled_data_and_bad_labels() -> None:
         check_label_errors(
             lambda data, name=name, model=model: measure(name, model, data), "mlp", 0
         )
-        with pytest.raises(DataError, match="integer tensor"):
+        with pytest.raises(DataError, match="labels must be integer class indices"):
             measure(name, model, (inputs, labels.double()))
+        with pytest.raises(DataError, match="got torch.bool"):  # not read as 0/1 class indices
+            measure(name, model, (inputs, labels > 0))
 
 
 def test_non_finite_weights_are_refused_by_every_measure() -> None:

@@ -65,7 +65,7 @@ def test_perturbed_parameters_and_error_rate() -> None:
 def test_bad_data_and_models_are_refused() -> None:
     model = network("mlp", batchnorm=True, seed=1)
     inputs, labels = labelled_data("mlp", 1)
-    with pytest.raises(DataError, match="inputs but 11 labels"):
+    with pytest.raises(DataError, match=r"inputs but labels of shape \(11,\)"):
         DatasetObjective(model, (inputs, labels[:11]))
     with pytest.raises(DataError, match="holds no examples"):
         DatasetObjective(model, [])

@@ -145,7 +145,7 @@ def test_progress_bar_and_argument_checks(capsys):
         description="demo run",
     )
     assert "demo run" in capsys.readouterr().err
-    with pytest.raises(DataError, match="pair"):
+    with pytest.raises(DataError, match="one class index per input"):
         train_classifier(_model(), inputs, labels[:-1], TrainingConfig(epochs=1))
     with pytest.raises(DataError, match="empty"):
         train_classifier(_model(), inputs[:0], labels[:0], TrainingConfig(epochs=1))

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from minsharp.errors import DataError, MinsharpError, ModelError
-from minsharp.tensors import all_finite
+from minsharp.tensors import all_finite, check_labels
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -324,19 +324,9 @@ def read_labelled_file(path: str | Path) -> tuple[Tensor, Tensor]:
             f"{inputs.dtype} and shape {tuple(inputs.shape)}. Convert (and normalise) integer "
             "pixels before saving."
         )
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise DataError(
-            f"data file {path}: 'labels' must be integer class indices; got dtype {labels.dtype}."
-        )
-    if labels.dim() != 1 or labels.shape[0] != inputs.shape[0]:
-        raise DataError(
-            f"data file {path}: 'labels' must have shape ({inputs.shape[0]},), one per input; "
-            f"got {tuple(labels.shape)}."
-        )
+    check_labels(labels, inputs.shape[0], f"data file {path}")
     if labels.numel() == 0:
         raise DataError(f"data file {path} holds no examples; save at least one.")
-    if int(labels.min()) < 0:
-        raise DataError(f"data file {path}: labels must be class indices 0..K−1; found negatives.")
     if not all_finite(inputs):
         bad = int((~torch.isfinite(inputs)).flatten(1).any(1).sum())
         raise DataError(

@@ -11,6 +11,36 @@ from torch import Tensor
 from minsharp.errors import DataError
 
 
+def check_labels(labels: Any, count: int, what: str) -> Tensor:
+    """``labels`` if they are ``count`` class indices ≥ 0 in a 1-D integer tensor.
+
+    Every reader of labelled data checks its labels here. ``what`` starts each message and
+    names where the labels come from (``"data: batch 3"``, ``"data file x.pt"``).
+
+    Raises:
+        DataError: not an integer tensor (floating, complex and bool are refused), not one
+            label per input, or negative labels.
+    """
+    if (
+        not isinstance(labels, Tensor)
+        or labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dtype == torch.bool
+    ):
+        found = labels.dtype if isinstance(labels, Tensor) else type(labels).__name__
+        raise DataError(f"{what}: labels must be integer class indices; got {found}.")
+    if labels.dim() != 1 or labels.shape[0] != count:
+        raise DataError(
+            f"{what}: {count} inputs but labels of shape {tuple(labels.shape)}; labels must have "
+            f"shape ({count},), one class index per input (a 1-D tensor)."
+        )
+    if labels.numel() and int(labels.min()) < 0:
+        raise DataError(
+            f"{what}: negative labels; labels must be class indices 0..K−1 (found negatives)."
+        )
+    return labels
+
+
 def all_finite(tensor: Tensor) -> bool:
     """Whether every entry is finite.
 

@@ -57,7 +57,7 @@ from minsharp.io import (
 from minsharp.measures.bn_sharpness import DEFAULT_DELTA
 from minsharp.models import build_model
 from minsharp.options import integer, nn_module
-from minsharp.tensors import all_finite
+from minsharp.tensors import all_finite, check_labels
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -381,19 +381,13 @@ def _check_data(inputs: Tensor, labels: Tensor, what: str, *, empty: bool = Fals
     if not isinstance(inputs, Tensor) or not isinstance(labels, Tensor):
         kinds = f"{type(inputs).__name__} and {type(labels).__name__}"
         raise DataError(f"{what} inputs and labels must be tensors; got a {kinds}.")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise DataError(f"{what} labels must be integer class indices; got dtype {labels.dtype}.")
-    if labels.dim() != 1 or inputs.shape[:1] != labels.shape:
-        raise DataError(
-            f"{what} inputs {tuple(inputs.shape)} and labels {tuple(labels.shape)} do not pair "
-            "up: expected inputs (N, …) and labels (N,)."
-        )
+    if inputs.dim() == 0:
+        raise DataError(f"{what} inputs must have an example axis (N, …); got a 0-d tensor.")
+    check_labels(labels, inputs.shape[0], f"{what} data")
     if len(labels) == 0:
         if empty:
             return
         raise DataError(f"the {what} set is empty.")
-    if int(labels.min()) < 0:
-        raise DataError(f"{what} labels must be class indices 0..K−1; found negatives.")
     if inputs.is_floating_point() and not all_finite(inputs):
         raise DataError(
             f"{what} inputs contain NaN or infinite values; clean or drop those examples."

@@ -20,8 +20,7 @@ from torch.func import functional_call, jacrev
 from minsharp.curvature.engine import run_forward
 from minsharp.curvature.layers import check_measurable
 from minsharp.data.batches import check_label_range
-from minsharp.errors import DataError
-from minsharp.tensors import check_examples
+from minsharp.tensors import check_examples, check_labels
 
 
 def brute_force_hessian_diagonal(
@@ -33,16 +32,7 @@ def brute_force_hessian_diagonal(
     backward pass per entry of every trainable parameter. Exact for any network.
     """
     logits = _checked_logits(model, inputs)
-    if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.is_complex():
-        found = labels.dtype if isinstance(labels, Tensor) else type(labels).__name__
-        raise DataError(f"labels must be an integer tensor of class indices; got {found}.")
-    if labels.dtype == torch.bool or labels.shape != (inputs.shape[0],):
-        raise DataError(
-            f"labels must be class indices of shape ({inputs.shape[0]},), one per input; got "
-            f"dtype {labels.dtype} and shape {tuple(labels.shape)}."
-        )
-    if int(labels.min()) < 0:
-        raise DataError("labels must be class indices 0..K−1; found negatives.")
+    check_labels(labels, inputs.shape[0], "brute_force_hessian_diagonal")
     check_label_range(int(labels.max()), logits.shape[1])
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     loss = F.cross_entropy(logits, labels)

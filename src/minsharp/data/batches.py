@@ -22,8 +22,9 @@ from torch.utils.data.distributed import DistributedSampler
 from minsharp import distributed
 from minsharp.errors import DataError
 from minsharp.options import integer
-from minsharp.tensors import all_finite
+from minsharp.tensors import all_finite, check_labels
 
+_ZERO_D = "data: batch {position} is a 0-d tensor; inputs need a leading example axis."
 _FORMS = "a tensor X, a tuple (X, y), or an iterable/DataLoader of such batches"
 
 
@@ -80,9 +81,7 @@ def input_batches(
         if inputs.is_inference():  # made under torch.inference_mode(): autograd refuses those
             inputs = inputs.clone()
         if inputs.dim() == 0:
-            raise DataError(
-                f"data: batch {position} is a 0-d tensor; inputs need a leading example axis."
-            )
+            raise DataError(_ZERO_D.format(position=position))
         if inputs.is_complex() or inputs.dtype == torch.bool:
             raise DataError(
                 f"data: batch {position} has dtype {inputs.dtype}; inputs must be real floating "
@@ -137,21 +136,11 @@ def labelled_batches(
                 f"data: batch {position} is not an (X, y) pair of tensors; this measure "
                 "depends on the labels, so every batch needs them."
             )
-        labels = batch[1]
-        if labels.is_floating_point() or labels.is_complex() or labels.dim() != 1:
-            raise DataError(
-                f"data: labels of batch {position} must be a 1-D integer tensor of class "
-                f"indices; got dtype {labels.dtype} and shape {tuple(labels.shape)}."
-            )
-        if labels.shape[0] != batch[0].shape[0]:
-            raise DataError(
-                f"data: batch {position} has {batch[0].shape[0]} inputs but "
-                f"{labels.shape[0]} labels."
-            )
+        if batch[0].dim() == 0:
+            raise DataError(_ZERO_D.format(position=position))
+        labels = check_labels(batch[1], batch[0].shape[0], f"data: batch {position}")
         if labels.numel() == 0:
             continue
-        if labels.min() < 0:
-            raise DataError(f"data: batch {position} has negative labels; labels are 0..K−1.")
         inputs = input_batches(batch[0], batch_size, device, dtype)
         if labels.is_inference():  # as for the inputs: autograd refuses to save those
             labels = labels.clone()

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from minsharp.errors import DataError
 from minsharp.options import choice, integer, number
+from minsharp.tensors import check_labels
 
 #: The corruption rules.
 RULES: tuple[str, ...] = ("permute", "uniform")
@@ -96,8 +97,7 @@ def corrupt_labels(
     if not isinstance(labels, Tensor) or labels.dim() != 1:
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
         raise DataError(f"labels must be a 1-D tensor of class indices; got {shape}.")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise DataError(f"labels must be integer class indices; got dtype {labels.dtype}.")
+    check_labels(labels, labels.shape[0], "corrupt_labels")
     original = labels.detach().to("cpu", torch.long)
     n = original.numel()
     if n and (int(original.min()) < 0 or int(original.max()) >= num_classes):
