@@ -97,7 +97,7 @@ def test_label_measures_refuse_unlabelled_data_and_bad_labels() -> None:
         )
         with pytest.raises(DataError, match="labels must be integer class indices"):
             measure(name, model, (inputs, labels.double()))
-        with pytest.raises(DataError, match="got torch.bool"):  # not read as 0/1 class indices
+        with pytest.raises(DataError, match=r"got torch\.bool"):  # not read as 0/1 class indices
             measure(name, model, (inputs, labels > 0))
 
 

@@ -14,6 +14,7 @@ from tests.studies import PNG_MAGIC, TrainingSpy, command_round_trip, quiet
 import minsharp.study.runner as runner
 from minsharp.cli import main
 from minsharp.errors import ModelError, StudyError
+from minsharp.study import claims
 from minsharp.study.base import StudyOutcome
 from minsharp.study.kinds import KINDS
 from minsharp.study.presets import (
@@ -430,6 +431,25 @@ def test_the_study_command_runs_resumes_and_reports(tmp_path, capsys):
     flags[flags.index("--epochs") + 1] = "3"
     assert main([*command, *flags]) == 2
     assert "another study configuration (training:" in capsys.readouterr().err
+
+
+def test_a_run_another_worker_holds_is_left_to_it_and_the_report_waits(tmp_path, capsys):
+    output = tmp_path / "out"
+    command = ["study", "randomized-labels", "--preset", "demo", "--output", str(output)]
+    assert main([*command, *TINY_FLAGS]) == 0
+    run = "mlp_r1_s0"
+    (output / "runs" / run / "result.json").unlink()
+    (output / "report.md").unlink()
+    capsys.readouterr()
+    with claims.claimed(output / "runs" / run) as held:  # as another worker would
+        assert held
+        assert main([*command, *TINY_FLAGS]) == 0
+        out = capsys.readouterr().out
+    assert f"{run}: being run by" in out and "1 left to other workers" in out
+    assert "still being run by other workers" in out and not (output / "report.md").exists()
+    assert main([*command, *TINY_FLAGS]) == 0  # the holder is gone: the run is redone
+    out = capsys.readouterr().out
+    assert "1 runs trained, 1 reused" in out and (output / "report.md").exists()
 
 
 @pytest.mark.parametrize(
