@@ -13,7 +13,7 @@ The same kind of lock, taken blocking, guards the read-check-write of ``DIR/stud
 
 Locks need POSIX ``fcntl`` (Linux, macOS); without it (Windows) every claim succeeds, so run
 one worker per study directory there. Across machines they need a file system whose locks
-the machines share (NFSv4, Lustre, GPFS and CephFS do; some FUSE mounts do not).
+the machines share; check yours (the tests cover workers on one machine only).
 """
 
 from __future__ import annotations
