@@ -1,7 +1,7 @@
 """The stochastic finite-difference diagonal estimators of the paper's Appendix G, against ours.
 
 The baselines of the Minimum Sharpness paper estimated ``diag H`` without the exact engine
-(MATH §3): ``diag H ≈ (1/S) Σ_s v_s ⊙ (∇L(θ + r v_s) − ∇L(θ − r v_s)) / (2r)`` with central
+(theory §3): ``diag H ≈ (1/S) Σ_s v_s ⊙ (∇L(θ + r v_s) − ∇L(θ − r v_s)) / (2r)`` with central
 differences of the gradient of the mean cross-entropy over all N examples, step r = 1e-5, and
 directions ``v_s`` Gaussian (the arXiv version of normalized sharpness) or Rademacher (the ICML
 version). Both are unbiased up to the O(r²) difference error, since ``E[v vᵀ] = I``. They are
@@ -101,7 +101,7 @@ def loss_gradient(model: nn.Module, inputs: Tensor) -> Callable[[dict[str, Tenso
     """``θ ↦ ∇L(θ)`` for the mean cross-entropy at the model's own predictions' labels.
 
     The labels are the argmax of the logits at the given parameters: any fixed labels give
-    the same Hessian (MATH §1), and these keep the gradient small next to ``r H v``.
+    the same Hessian (theory §1), and these keep the gradient small next to ``r H v``.
     """
     with torch.no_grad():
         labels = model(inputs).argmax(1)
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = [
         f"data: the first {settings.examples} MNIST test images ({args.mnist}), normalised to "
         "[−1, 1]; models untrained (torch.manual_seed(0)), eval mode",
-        f"estimator (MATH §3, re-implemented here only): central differences with r = {STEP:g} "
+        f"estimator (theory §3, re-implemented here only): central differences with r = {STEP:g} "
         "of the full-batch gradient (torch.func.grad of the mean cross-entropy, labels = the "
         "model's own argmax), along Gaussian or Rademacher directions (seed 0), averaged; "
         f"stops at {settings.max_samples} samples or after {settings.budget_s:g} s per curve; "

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 import minsharp
 from minsharp.data import load_mnist_split
 from minsharp.models import mlp
-from minsharp.train import TrainingConfig, TrainingHistory, train_classifier
+from minsharp.training import TrainingConfig, TrainingHistory, train_classifier
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS_DIR / "results"

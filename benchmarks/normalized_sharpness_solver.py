@@ -8,7 +8,7 @@ optimiser (SGD, momentum 0.9, weight decay 1e-5, batch 1024, lr 0.1/(1 + 1e-4 t)
 on test images 1000..9999, which leaves many first-layer units dead.
 
 For each state the exact ``diag H`` is computed once; then per layer and for both objectives
-of MATH §3 (arXiv: ``min_{σ,σ'} Σ h σ²σ'² + W²/(σ²σ'²)``; ICML: ``min_s √(Σ_i A_i B_i)``):
+of theory §3 (arXiv: ``min_{σ,σ'} Σ h σ²σ'² + W²/(σ²σ'²)``; ICML: ``min_s √(Σ_i A_i B_i)``):
 
 * ours: :func:`minsharp.measures.normalized_sharpness.layer_normalized_sharpness` (pruning,
   warm start, Newton–CG to relative KKT ≤ 1e-12), wall and CPU time over repeated rounds;
@@ -45,8 +45,8 @@ import common
 import minsharp
 from minsharp.measures.normalized_sharpness import layer_matrices, layer_normalized_sharpness
 from minsharp.models import mlp, paper_mlp
-from minsharp.solvers import NormalizedSharpnessSolution
-from minsharp.train import TrainingConfig, accuracy
+from minsharp.solvers.normalized import NormalizedSharpnessSolution
+from minsharp.training import TrainingConfig, accuracy
 
 DEFAULT_OUTPUT = common.RESULTS_DIR / "normalized_sharpness_solver.md"
 OBJECTIVES = ("arxiv", "icml")

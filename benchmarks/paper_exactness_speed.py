@@ -1,6 +1,6 @@
 """Exactness and speed of the curvature engine in the Minimum Sharpness paper's setting.
 
-Ibayashi, Hamaguchi & Imaizumi (2021), Fig. 1 (MATH §6): untrained SmallMLP 784-20-20-10 and
+Ibayashi, Hamaguchi & Imaizumi (2021), Fig. 1 (theory §6): untrained SmallMLP 784-20-20-10 and
 SmallCNN, the first n ∈ {10, 100, 1000} MNIST test images normalised by (x − 0.5)/0.5, float32.
 Our ``hessian_diagonal`` and ``hessian_trace`` against ``brute_force_hessian_diagonal`` (one
 double-backward per parameter entry): median wall times, Tr H from each, the largest entrywise

@@ -4,7 +4,7 @@ Exact diagonals: ours (``minsharp.hessian_diagonal`` / ``hessian_trace``) agains
 (``DiagGGNExact`` and ``DiagHessian``), ASDL (exact Fisher diagonal of the cross-entropy,
 ``FISHER_EXACT`` / ``SHAPE_DIAG``) and nngeometry (``FIM`` with ``PMatDiag``, the closed-form
 Fisher of the softmax). On these piecewise-linear networks all four compute the same
-quantity (the GGN equals the Hessian block, MATH §1), which the table checks. Networks:
+quantity (the GGN equals the Hessian block, theory §1), which the table checks. Networks:
 ``minsharp.models`` SmallMLP, SmallCNN, the paper's MLP 784-512-128-512-K and LeNet, untrained,
 on N ∈ {1000, 4000} MNIST test images, with K ∈ {10, 100, 1000} classes (random labels; the
 Hessian does not depend on them). Every method runs on the same batches of B examples.

@@ -1,6 +1,6 @@
 """Minimum Sharpness: our Newton solve over the layer scales against the authors' gradient steps.
 
-Minimum Sharpness (MATH §2) minimises over the layer-wise scales α (Π α_l = 1) the trace
+Minimum Sharpness (theory §2) minimises over the layer-wise scales α (Π α_l = 1) the trace
 ``F(u) = Σ_{l<L} T^W_l e^{−2u_l} + Σ_{l<L} T^b_l e^{−2 Σ_{m≤l} u_m} + T^W_L e^{2 Σ_{m<L} u_m}
 + T^b_L`` of the rescaled network, ``u_l = log α_l``, from the exact per-layer traces. Ours:
 ``minsharp.measures.minimum_sharpness.solve_scales`` (closed form without biases, Newton with a
@@ -36,8 +36,8 @@ import common
 import minsharp
 from minsharp.measures.minimum_sharpness import ScaleSolution, solve_scales
 from minsharp.models import lenet, mlp, paper_mlp, small_cnn, small_mlp
-from minsharp.symmetry import chain_layers
-from minsharp.train import TrainingConfig
+from minsharp.symmetry.layerwise import chain_layers
+from minsharp.training import TrainingConfig
 
 DEFAULT_OUTPUT = common.RESULTS_DIR / "solvers.md"
 
@@ -108,7 +108,7 @@ HEADER = [
 
 
 def objective(weight: Tensor, bias: Tensor, u: Tensor) -> Tensor:
-    """``F(u)`` of MATH §2 for traces ``weight``, ``bias`` (L,) and log-scales u (L − 1,)."""
+    """``F(u)`` of theory §2 for traces ``weight``, ``bias`` (L,) and log-scales u (L − 1,)."""
     cumulative = torch.cumsum(u, 0)
     return (
         (weight[:-1] * (-2 * u).exp()).sum()
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
     notes = [
         f"traces: `minsharp.hessian_trace` over the first {settings.examples} MNIST test images "
-        "(normalised to [−1, 1]), float64 models; layer order from `minsharp.symmetry."
+        "(normalised to [−1, 1]), float64 models; layer order from `minsharp.symmetry.layerwise."
         "chain_layers`",
         common.training_note(settings.training_images, settings.training),
         f"ours: `solve_scales` timed over {settings.repeats} calls after a warm-up "

@@ -6,8 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from minsharp.cli import main
-from minsharp.study import base
+from minsharp.cli.main import main
+from minsharp.study.core import runner as base
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -45,7 +45,7 @@ def normalised_layer(model: nn.Sequential) -> str:
 def direct_bn_sharpness(
     model: nn.Sequential, inputs: torch.Tensor, labels: torch.Tensor, delta: float, nodes: int
 ) -> float:
-    """MATH §5 by hand: the blocks of the batch-normalised layer are its weight rows and its
+    """theory §5 by hand: the blocks of the batch-normalised layer are its weight rows and its
     bias entries, every other tensor is one block; the loss along the line from copies."""
     work = copy.deepcopy(model)
     base = loss_of(work, inputs, labels)

@@ -17,22 +17,22 @@ from tests.studies import PNG_MAGIC, TrainingSpy, command_round_trip, quiet
 from torch import nn
 from torch.func import functional_call
 
-import minsharp.study.bn_sharpness as bn_study
-from minsharp.bn_training import RADIUS_SEED_OFFSET, BNSharpnessPenalty, combined_gradient
-from minsharp.cli import main
+import minsharp.study.bn_training.study as bn_study
+from minsharp.cli.main import main
 from minsharp.errors import MinsharpError, ModelError
 from minsharp.measures.bn_sharpness import batchnorm_rows
-from minsharp.study import base
-from minsharp.study.bn_sharpness import (
+from minsharp.study.bn_training.report import write_report
+from minsharp.study.bn_training.study import (
     BN_SHARPNESS,
     BNSharpnessConfig,
     calibrated_copy,
     paper_preset,
     preset,
 )
-from minsharp.study.bn_sharpness_report import write_report
-from minsharp.study.presets import ModelPlan
-from minsharp.train import TrainingConfig, train_classifier
+from minsharp.study.core import runner as base
+from minsharp.study.core.config import ModelPlan
+from minsharp.training import TrainingConfig, train_classifier
+from minsharp.training.bn_penalty import RADIUS_SEED_OFFSET, BNSharpnessPenalty, combined_gradient
 
 
 def tiny_net() -> nn.Sequential:

@@ -1,6 +1,6 @@
 import pytest
 
-from minsharp.cli import main
+from minsharp.cli.main import main
 
 
 def test_demo_runs_the_study_and_prints_the_correlations(tmp_path, monkeypatch, capsys):

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from tests.idx import write_idx
 
 import minsharp
-from minsharp.cli import main, parse_value
+from minsharp.cli.main import main, parse_value
 from minsharp.data import load_digits, load_mnist_split
 from minsharp.io import write_json_atomic
 from minsharp.models import build_model

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from tests.distributed_worker import cases, evaluate
 
-from minsharp.cli import main
+from minsharp.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = {"float64": 1e-12, "float32": 1e-6}

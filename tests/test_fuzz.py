@@ -3,15 +3,15 @@
 Three parts, each a table of cases with one test id per case:
 
 * **Public functions** — the functions in ``__all__`` of ``minsharp``, ``minsharp.data``,
-  ``minsharp.measures``, ``minsharp.curvature``, ``minsharp.models``, ``minsharp.train``,
-  ``minsharp.symmetry`` and ``minsharp.io``, and every registered measure through
+  ``minsharp.measures``, ``minsharp.curvature``, ``minsharp.models``, ``minsharp.training``,
+  ``minsharp.symmetry.layerwise`` and ``minsharp.io``, and every registered measure through
   ``minsharp.measure``, fed wrong shapes, wrong dtypes, NaN/inf in data or weights, empty
   data, labels out of range, unknown names, bad option values, missing paths, directories
   where files belong, and garbage or truncated files. Each case must raise a
   :class:`~minsharp.MinsharpError` (of the expected subclass) whose message names the
   offending argument or file: never a raw error from torch or Python, never a value.
 * **The command line** — every subcommand the argument parser defines, run in-process
-  through ``minsharp.cli.main``: exit status 2, a ``minsharp: error:`` line on stderr, no
+  through ``minsharp.cli.main.main``: exit status 2, a ``minsharp: error:`` line on stderr, no
   traceback, no "internal error". Study commands must refuse before any training.
 * **Loading weights never runs code from the file** — a pickle whose unpickling would
   create a marker file goes through every weights and data loader and through the CLI; each
@@ -53,8 +53,8 @@ import minsharp.data
 import minsharp.io
 import minsharp.measures
 import minsharp.models
-import minsharp.symmetry
-import minsharp.train
+import minsharp.symmetry.layerwise
+import minsharp.training
 from minsharp import (
     DataError,
     MinsharpError,
@@ -69,7 +69,7 @@ from minsharp import (
     minimum_sharpness,
     rescale,
 )
-from minsharp.cli import build_parser, main
+from minsharp.cli.main import build_parser, main
 from minsharp.data import (
     corrupt_labels,
     default_data_root,
@@ -100,10 +100,10 @@ from minsharp.models import (
     small_cnn,
     small_mlp,
 )
-from minsharp.study import base
-from minsharp.study.presets import demo_preset
-from minsharp.symmetry import rescaled_copy, verify_same_function
-from minsharp.train import (
+from minsharp.study.core import runner as base
+from minsharp.study.core.config import demo_preset
+from minsharp.symmetry.layerwise import rescaled_copy, verify_same_function
+from minsharp.training import (
     TrainingConfig,
     accuracy,
     learning_rate,
@@ -124,8 +124,8 @@ PUBLIC_MODULES = (
     minsharp.measures,
     minsharp.curvature,
     minsharp.models,
-    minsharp.train,
-    minsharp.symmetry,
+    minsharp.training,
+    minsharp.symmetry.layerwise,
     minsharp.io,
 )
 

@@ -16,7 +16,7 @@ from torch.func import functional_call
 import minsharp
 from minsharp.errors import DataError, MinsharpError
 from minsharp.measures import measure
-from minsharp.solvers import largest_eigenvalue
+from minsharp.solvers.lanczos import largest_eigenvalue
 
 #: Networks of tests/symmetries.py: (kind, batch-norm).
 NETWORKS = [("mlp", False), ("cnn", False), ("mlp", True)]

@@ -12,7 +12,7 @@ from torch import nn
 
 import minsharp
 from minsharp.measures import solve_scales
-from minsharp.symmetry import chain_layers
+from minsharp.symmetry.layerwise import chain_layers
 
 
 @settings(max_examples=30, deadline=None)
@@ -101,7 +101,7 @@ def test_zero_traces_give_a_flagged_infimum(weight, bias, infimum):
 
 
 def test_per_neuron_rescaling_changes_minimum_sharpness():
-    """MS is invariant to layer-wise α but not to per-neuron rescaling (MATH §2)."""
+    """MS is invariant to layer-wise α but not to per-neuron rescaling (theory §2)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).double()
     inputs = torch.randn(7, 4, dtype=torch.float64)

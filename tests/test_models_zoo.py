@@ -1,4 +1,4 @@
-"""The model zoo: LeNet as MATH §6 specifies it, and build_model's checks."""
+"""The model zoo: LeNet as theory §6 specifies it, and build_model's checks."""
 
 from __future__ import annotations
 

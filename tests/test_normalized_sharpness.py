@@ -1,4 +1,4 @@
-"""Normalized sharpness (MATH §3): the solver against scipy on the original objectives, its
+"""Normalized sharpness (theory §3): the solver against scipy on the original objectives, its
 pruning of vanishing entries, its invariances and errors; the measures against a brute-force
 diagonal and scipy on tiny float64 networks."""
 
@@ -16,7 +16,7 @@ from torch import nn
 import minsharp
 from minsharp.measures import measure, spec
 from minsharp.measures.normalized_sharpness import layer_matrices, layer_normalized_sharpness
-from minsharp.solvers import minimize_normalized_sharpness
+from minsharp.solvers.normalized import minimize_normalized_sharpness
 
 OBJECTIVES = ("arxiv", "icml")
 MEASURES = {"arxiv": "normalized_sharpness", "icml": "normalized_sharpness_icml"}

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-from minsharp.solvers import minimize_exp_sum
+from minsharp.solvers.exp_sum import minimize_exp_sum
 
 
 @settings(max_examples=40, deadline=None)

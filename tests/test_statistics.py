@@ -1,4 +1,4 @@
-"""Rank correlations, granulated Kendall and bootstrap intervals (minsharp.study.statistics)."""
+"""Rank correlations, granulated Kendall and bootstrap intervals (study/report/statistics.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from minsharp.errors import DataError, MinsharpError
-from minsharp.study.statistics import (
+from minsharp.study.report.statistics import (
     bootstrap_interval,
     correlation_table,
     granulated_kendall,

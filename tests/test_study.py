@@ -11,13 +11,11 @@ import pytest
 from tests import studies
 from tests.studies import PNG_MAGIC, TrainingSpy, command_round_trip, quiet
 
-import minsharp.study.runner as runner
-from minsharp.cli import main
+import minsharp.study.randomized_labels.study as runner
+from minsharp.cli.main import main
 from minsharp.errors import ModelError, StudyError
-from minsharp.study import claims
-from minsharp.study.base import StudyOutcome
-from minsharp.study.kinds import KINDS
-from minsharp.study.presets import (
+from minsharp.study.core import claims as claims
+from minsharp.study.core.config import (
     PRESETS,
     ModelPlan,
     StudyConfig,
@@ -29,10 +27,12 @@ from minsharp.study.presets import (
     read_config_file,
     stored_config,
 )
-from minsharp.study.report import paper_differences, read_records, write_report
-from minsharp.study.reporting import DIFFERS, SAME
-from minsharp.study.runner import plan_runs, read_result, run_study
-from minsharp.train import accuracy, load_checkpoint
+from minsharp.study.core.runner import StudyOutcome
+from minsharp.study.kinds import KINDS
+from minsharp.study.randomized_labels.report import paper_differences, read_records, write_report
+from minsharp.study.randomized_labels.study import plan_runs, read_result, run_study
+from minsharp.study.report.markdown import DIFFERS, SAME
+from minsharp.training import accuracy, load_checkpoint
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 

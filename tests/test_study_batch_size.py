@@ -12,12 +12,12 @@ import torch
 from tests import studies
 from tests.studies import PNG_MAGIC, TrainingSpy, command_round_trip, quiet
 
-import minsharp.study.batch_size as batch_study
-from minsharp.cli import main
+import minsharp.study.batch_size.study as batch_study
+from minsharp.cli.main import main
 from minsharp.errors import StudyError
 from minsharp.models import build_model
-from minsharp.study import base
-from minsharp.study.batch_size import (
+from minsharp.study.batch_size.report import HELD, MOVES, write_report
+from minsharp.study.batch_size.study import (
     BATCH_SIZE,
     MEASURES,
     BatchSizeConfig,
@@ -26,9 +26,9 @@ from minsharp.study.batch_size import (
     random_alphas,
     rescaled_twin,
 )
-from minsharp.study.batch_size_report import HELD, MOVES, write_report
-from minsharp.study.presets import ModelPlan
-from minsharp.train import load_checkpoint
+from minsharp.study.core import runner as base
+from minsharp.study.core.config import ModelPlan
+from minsharp.training import load_checkpoint
 
 #: Lanczos to a tight tolerance, so that the invariant measures agree on the rescaled copies.
 OPTIONS = {"quotient_flatness": {"tolerance": 1e-7}, "top_eigenvalue": {"tolerance": 1e-7}}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from minsharp.study import base
+from minsharp.study.core import runner as base
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 

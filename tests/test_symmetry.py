@@ -6,7 +6,7 @@ from tests.chains import assert_untouched, chain_case, random_alphas, snapshot
 from torch import nn
 
 import minsharp
-from minsharp.symmetry import chain_layers
+from minsharp.symmetry.layerwise import chain_layers
 
 
 @settings(max_examples=25, deadline=None)

@@ -1,4 +1,4 @@
-"""Training (schedule, determinism, early stop, history) and checkpoints (minsharp.train)."""
+"""Training (schedule, determinism, early stop, history) and checkpoints (minsharp.training)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from minsharp.errors import DataError, MinsharpError, ModelError
 from minsharp.models import build_model
-from minsharp.train import (
+from minsharp.training import (
     CHECKPOINT_FILE,
     WEIGHTS_FILE,
     TrainingConfig,

@@ -22,7 +22,7 @@ from minsharp.errors import (
     UnsupportedModuleError,
 )
 from minsharp.measures import MeasureResult, MinimumSharpness, available, measure, minimum_sharpness
-from minsharp.symmetry import chain_layers, rescale
+from minsharp.symmetry.layerwise import chain_layers, rescale
 
 __all__ = [
     "CurvatureDiagonal",

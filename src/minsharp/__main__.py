@@ -2,6 +2,6 @@
 
 import sys
 
-from minsharp.cli import main
+from minsharp.cli.main import main
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""Networks of the seed papers (MATH §6), for any input shape and class count.
+"""Networks of the seed papers (theory §6), for any input shape and class count.
 
 Besides the factory functions, :data:`ZOO` names each network for the command line, and
 :func:`build_model` builds one by name for a data set's input shape and class count.
@@ -44,7 +44,7 @@ def mlp(
 
     With ``batchnorm``, every hidden Linear layer is followed by ``nn.BatchNorm1d`` before its
     ReLU (Linear → BN → ReLU), so each hidden unit's incoming weight row is scale-free
-    (MATH §5).
+    (theory §5).
 
     Raises:
         ModelError: a size that is not a positive integer, ``hidden`` not a sequence of them,
@@ -97,7 +97,7 @@ def small_cnn(
     With 28×28 inputs the linear layer is 320 → 10. ``image_size`` is the side of square
     images or ``(height, width)``. With ``batchnorm`` each convolution is followed by
     ``nn.BatchNorm2d`` before its ReLU (conv → BN → ReLU → pool): the network of the
-    BN-sharpness study (MATH §5), where each output channel's filter is scale-free.
+    BN-sharpness study (theory §5), where each output channel's filter is scale-free.
 
     Raises:
         ModelError: the images are smaller than 16×16 pixels, where nothing is left after the
@@ -127,7 +127,7 @@ def lenet(
     *,
     bias: bool = True,
 ) -> nn.Sequential:
-    """LeNet of the Minimum Sharpness paper's randomized-label experiment (MATH §6).
+    """LeNet of the Minimum Sharpness paper's randomized-label experiment (theory §6).
 
     conv5×5 →6 (padding 2), ReLU, max-pool 2 (stride 1), conv5×5 6→16, ReLU, max-pool 2,
     conv5×5 16→120, ReLU, linear →84, ReLU, linear 84→``num_classes``. With 28×28 inputs the

@@ -2,7 +2,7 @@
 
 Loss-based measures (ε-sharpness, adaptive sharpness, PAC-Bayes flatness, BN-sharpness) and
 the full-Hessian ones (top eigenvalue, Hutchinson's trace, quotient-manifold flatness)
-evaluate ``L(θ) = (1/N) Σ_n ℓ_n(θ)`` (MATH §0) at perturbed parameters, its gradient, and
+evaluate ``L(θ) = (1/N) Σ_n ℓ_n(θ)`` (theory §0) at perturbed parameters, its gradient, and
 Hessian-vector products, many times over the same data. :class:`DatasetObjective` holds the
 batches once, evaluates the model functionally (the model itself is never modified) and sums
 over batches in float64.

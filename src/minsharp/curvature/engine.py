@@ -1,4 +1,4 @@
-"""The exact curvature engine: the centred-cotangent pass of MATH §1.
+"""The exact curvature engine: the centred-cotangent pass of theory §1.
 
 For a network piecewise linear in each parameter P, with mean softmax cross-entropy,
 
@@ -64,7 +64,7 @@ def hessian_trace(
     """Exact trace of each parameter's diagonal Hessian block, ``Tr H_PP``.
 
     ``Tr H_PP = (1/N) Σ_n Σ_k p_nk ‖J_nᵀ (e_k − p_n)‖²`` for the mean softmax cross-entropy
-    over all N examples of ``data`` (MATH §1; Ibayashi, Hamaguchi & Imaizumi 2021, "Minimum
+    over all N examples of ``data`` (theory §1; Ibayashi, Hamaguchi & Imaizumi 2021, "Minimum
     sharpness: scale-invariant parameter-robustness of neural networks", eq. for the
     per-layer trace). Exact for every weight and bias of ``nn.Linear`` and ``nn.Conv1d/2d/3d``
     in a network that is piecewise linear in each of them (ReLU, pooling, residual sums,
@@ -113,7 +113,7 @@ def hessian_diagonal(
 ) -> CurvatureDiagonal:
     """Exact diagonal of each parameter's Hessian block, ``diag H_PP``, shaped like P.
 
-    ``diag H_PP = (1/N) Σ_n Σ_k p_nk (J_nᵀ (e_k − p_n))^⊙2`` (MATH §1; Ibayashi et al. 2021).
+    ``diag H_PP = (1/N) Σ_n Σ_k p_nk (J_nᵀ (e_k − p_n))^⊙2`` (theory §1; Ibayashi et al. 2021).
     Arguments, exactness conditions and guarantees as for :func:`hessian_trace`; the result
     is in the model's dtype and on its device.
 
@@ -538,7 +538,7 @@ def layer_cotangents(
     """Input patches and back-propagated centred cotangents at the output of each layer.
 
     The engine's recording forward pass and its backward passes of the K centred cotangents
-    (MATH §1), stacked, for measures that combine them differently from the per-parameter
+    (theory §1), stacked, for measures that combine them differently from the per-parameter
     sums of :func:`hessian_trace` (for example with the layer's weight, as relative flatness
     does). Layers that did not run are left out. Call inside :func:`autograd_enabled` and
     after :func:`check_formula` has vetted the layers.

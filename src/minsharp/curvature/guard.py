@@ -1,6 +1,6 @@
 """Checks that the exact engine's formula applies to a model, run on a small probe batch.
 
-Two things can make ``H_PP = (1/N) Σ_n J_nᵀ (diag p_n − p_n p_nᵀ) J_n`` (MATH §1) wrong for a
+Two things can make ``H_PP = (1/N) Σ_n J_nᵀ (diag p_n − p_n p_nᵀ) J_n`` (theory §1) wrong for a
 parameter P:
 
 * P is used outside one call of its module (weight sharing, functional use): found by

@@ -17,7 +17,7 @@ S     positions sharing the weights (sequence steps, output pixels)
 
 The engine folds the class weights into the cotangents (``√p_nk (e_k − p_n)``, see
 ``minsharp.curvature.engine``), so every quantity below is a plain sum of squares over
-``(k, n)`` of the per-cotangent gradients ``g_kn(W) = δ_kn U_nᵀ`` (MATH §1):
+``(k, n)`` of the per-cotangent gradients ``g_kn(W) = δ_kn U_nᵀ`` (theory §1):
 
 * weight diagonal  ``Σ_kn (δ_kn U_nᵀ)^⊙2``
 * weight trace     ``Σ_kn ‖δ_kn U_nᵀ‖²``, either in *Gram form*

@@ -3,7 +3,7 @@
 Given n training labels and a ratio r ∈ [0, 1], exactly k = round(r·n) examples are chosen
 uniformly at random without replacement (round half up: k = ⌊r·n + ½⌋). Then
 
-* ``"permute"`` (Ibayashi, Hamaguchi, Imaizumi 2021, App. E; MATH §6): the chosen examples'
+* ``"permute"`` (Ibayashi, Hamaguchi, Imaizumi 2021, App. E; theory §6): the chosen examples'
   labels are permuted among themselves by a uniformly random permutation σ of the k
   positions, y'[c_i] = y[c_σ(i)]. The multiset of labels (the class counts) is unchanged;
   some chosen labels stay the same by chance (a fixed point of σ, or a swap within a class).

@@ -10,7 +10,7 @@ cifar10        (N, 3, 32, 32), 50 000 + 10 000        (x/255 − mean_c)/std_c p
 ============== ===================================== ========================================
 
 All have 10 classes. The MNIST normalisation is the Minimum Sharpness paper's (Ibayashi,
-Hamaguchi, Imaizumi 2021; MATH §6). CIFAR-10 uses the per-channel mean and standard deviation
+Hamaguchi, Imaizumi 2021; theory §6). CIFAR-10 uses the per-channel mean and standard deviation
 of its 50 000 training images, :data:`minsharp.data.cifar.MEAN` and
 :data:`~minsharp.data.cifar.STD`.
 
@@ -85,7 +85,7 @@ _CLASSES = {
 }
 _IDX_NORMALISATION = (
     "x ↦ (x/255 − 0.5)/0.5 ∈ [−1, 1] for pixels x ∈ {0..255}, as in the Minimum Sharpness "
-    "paper (Ibayashi et al. 2021, MATH §6)"
+    "paper (Ibayashi et al. 2021, theory §6)"
 )
 _CIFAR_NORMALISATION = (
     "x ↦ (x/255 − mean_c)/std_c per channel c = R, G, B with mean = "

@@ -87,7 +87,7 @@ def idx_images_to_tensor(
     """Unsigned-byte images ``(N, rows, cols)`` as a float tensor ``(N, 1, rows, cols)``.
 
     Pixels ``x ∈ {0..255}`` become ``(x/255 − 0.5)/0.5 ∈ [−1, 1]`` (the Minimum Sharpness
-    paper's normalisation, MATH §6), or ``x/255 ∈ [0, 1]`` when ``normalize`` is false.
+    paper's normalisation, theory §6), or ``x/255 ∈ [0, 1]`` when ``normalize`` is false.
     """
     pixels = torch.from_numpy(images.astype(np.float32)).to(dtype).div_(255.0).unsqueeze(1)
     if normalize:

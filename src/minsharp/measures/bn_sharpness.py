@@ -1,6 +1,6 @@
-"""BN-sharpness (Yi, Zhang, Chen, Ma & Liu, IJCAI 2019), as RECONSTRUCTED in MATH §5.
+"""BN-sharpness (Yi, Zhang, Chen, Ma & Liu, IJCAI 2019), as RECONSTRUCTED in theory §5.
 
-The paper's text was not available to us: this module implements MATH §5 exactly as written
+The paper's text was not available to us: this module implements theory §5 exactly as written
 there, with the choices below made explicit.
 
 A batch-norm makes the incoming weight vector ``w_k`` of each normalised unit ``k``
@@ -16,7 +16,7 @@ and approximates it by a one-dimensional integral along the sharpest direction:
 
 evaluated by Gauss–Legendre quadrature.
 
-**Blocks** (our choice, MATH §5 leaves it open): each row (output unit) of the weight of a
+**Blocks** (our choice, theory §5 leaves it open): each row (output unit) of the weight of a
 Linear or Conv layer whose output feeds a batch-norm is one block, and so is each entry of
 that layer's bias; every other trainable parameter tensor is one block. (A row and its bias
 entry are separate blocks because the layer symmetry scales them by different factors, α_l
@@ -61,7 +61,7 @@ MAX_NODES = 64
     invariances={"layer", "batchnorm"},
     requires={"labels", "batchnorm"},
     summary="(1/δ)∫_0^δ [L(θ+tv) − L(θ)] dt along v_k = ‖w_k‖ g_k/‖g_k‖ per block (reconstructed)",
-    reference="Yi, Zhang, Chen, Ma & Liu, IJCAI 2019 (reconstructed, MATH §5)",
+    reference="Yi, Zhang, Chen, Ma & Liu, IJCAI 2019 (reconstructed, theory §5)",
 )
 def bn_sharpness(
     model: nn.Module,
@@ -75,7 +75,7 @@ def bn_sharpness(
     """BN-sharpness ``S = (1/δ) ∫_0^δ [L(θ + t v) − L(θ)] dt``, ``v_k = ‖w_k‖ g_k / ‖g_k‖``.
 
     Yi, Zhang, Chen, Ma & Liu 2019, "BN-invariant sharpness regularizes the training model to
-    better generalization" (IJCAI). **Reconstructed** (MATH §5): the paper's text was not
+    better generalization" (IJCAI). **Reconstructed** (theory §5): the paper's text was not
     available, so this implements our reading of it. ``L`` is the mean cross-entropy over
     all of ``data`` with the model in eval mode (batch-norm uses its running statistics),
     ``g = ∇L(θ)``, and the blocks ``k`` are: each row of a Linear/Conv weight feeding a

@@ -1,6 +1,6 @@
 """Plain (not rescaling-invariant) curvature measures, the baselines of every comparison.
 
-All refer to the Hessian ``H = ∇²L`` of the mean cross-entropy over the data (MATH §0):
+All refer to the Hessian ``H = ∇²L`` of the mean cross-entropy over the data (theory §0):
 its exact trace (per-layer formula), Hutchinson's stochastic estimate of the trace, and its
 largest eigenvalue. The last two use products with the full Hessian over the whole data set
 (:class:`minsharp.objective.DatasetObjective`), so they need the labels; so does
@@ -20,7 +20,7 @@ from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_trace
 from minsharp.measures.registry import Evaluation, register
 from minsharp.objective import DatasetObjective, flatten, unflatten
 from minsharp.options import integer
-from minsharp.solvers import EIGEN_MAX_ITERATIONS, EIGEN_TOLERANCE, largest_eigenvalue
+from minsharp.solvers.lanczos import EIGEN_MAX_ITERATIONS, EIGEN_TOLERANCE, largest_eigenvalue
 from minsharp.tensors import standard_error
 
 
@@ -37,7 +37,7 @@ def exact_hessian_trace(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
 ) -> Evaluation:
-    """``Tr H = Σ_P Tr H_PP``, exact for piecewise-linear networks (MATH §1).
+    """``Tr H = Σ_P Tr H_PP``, exact for piecewise-linear networks (theory §1).
 
     The trace of the full Hessian is the sum of the traces of its diagonal blocks, which the
     curvature engine computes exactly in one pass (:func:`minsharp.hessian_trace`).
@@ -67,7 +67,7 @@ def top_eigenvalue(
     max_iterations: int = EIGEN_MAX_ITERATIONS,
     seed: int = 0,
 ) -> Evaluation:
-    """``λ_max(H)``, the largest eigenvalue of the full Hessian ``H = ∇²L`` (MATH §0).
+    """``λ_max(H)``, the largest eigenvalue of the full Hessian ``H = ∇²L`` (theory §0).
 
     The classic sharpness of a minimum (Keskar et al. 2017), which a layer rescaling changes
     at will without changing the function (Dinh et al. 2017): ``H → T⁻¹ H T⁻¹``. It is the
@@ -76,10 +76,10 @@ def top_eigenvalue(
     depends on the labels; products ``H v`` are exact over all of ``data`` (double backward,
     float64 sums over batches).
 
-    Lanczos (:func:`minsharp.solvers.largest_eigenvalue`) stops when the Ritz pair ``(λ, v)``
-    has ``‖H v − λ v‖ ≤ tolerance · |λ|``; the certificate holds that residual, the number of
-    Hessian-vector products (each one pass over the data) and ``converged``. A run that hits
-    ``max_iterations`` first warns and returns a lower bound on ``λ_max``. With a float32
+    Lanczos (:func:`minsharp.solvers.lanczos.largest_eigenvalue`) stops when the Ritz pair
+    ``(λ, v)`` has ``‖H v − λ v‖ ≤ tolerance · |λ|``; the certificate holds that residual, the
+    number of Hessian-vector products (each one pass over the data) and ``converged``. A run
+    that hits ``max_iterations`` first warns and returns a lower bound on ``λ_max``. With a float32
     model the products carry rounding near ``1e-7 · ‖H‖``, so tolerances much below ``1e-6``
     may be out of reach. ``details`` gives ``direction_share``: the share ``‖v_l‖²`` of each
     layer in the top eigenvector.
@@ -123,7 +123,7 @@ def hessian_top_eigenvalue(
     Args:
         objective: the loss over the whole data set.
         scales: the diagonal of ``D``, float64, as long as the flattened parameters.
-        tolerance: relative residual of :func:`minsharp.solvers.largest_eigenvalue`.
+        tolerance: relative residual of :func:`minsharp.solvers.lanczos.largest_eigenvalue`.
         max_iterations: its largest number of Lanczos steps.
         seed: seed of its start vector.
         progress: show a progress bar over Hessian-vector products.
@@ -199,7 +199,7 @@ def hutchinson_trace(
 ) -> Evaluation:
     """Hutchinson's estimate ``Tr H ≈ (1/S) Σ_s v_sᵀ H v_s``, ``v_s`` Rademacher (Hutchinson 1989).
 
-    Unbiased for the trace of the full Hessian ``H = ∇²L`` (MATH §0), with variance
+    Unbiased for the trace of the full Hessian ``H = ∇²L`` (theory §0), with variance
     ``2 Σ_{i≠j} H_ij² / S`` (Avron & Toledo 2011); ``details["standard_error"]`` is the sample
     standard deviation of ``v_sᵀ H v_s`` over ``√S``. Each probe costs one Hessian-vector product
     over all of ``data``. ``per_layer`` splits every quadratic form by the layer of its entries:

@@ -1,4 +1,4 @@
-"""Minimum Sharpness (Ibayashi, Hamaguchi & Imaizumi 2021), MATH §2.
+"""Minimum Sharpness (Ibayashi, Hamaguchi & Imaizumi 2021), theory §2.
 
 ``MS(θ) = min_α Tr H(T_α θ)`` over the α-scale transformations ``T_α`` of a chain network,
 which leave its function unchanged. The per-layer traces transform as
@@ -7,7 +7,7 @@ log-scales ``v_l = Σ_{m≤l} log α_m`` (``v_0 = v_L = 0``)
 
     MS = min_v Σ_l T^W_l e^{−2(v_l − v_{l−1})} + Σ_l T^b_l e^{−2 v_l},
 
-a convex sum of exponentials solved by :func:`minsharp.solvers.minimize_exp_sum` (in closed
+a convex sum of exponentials solved by :func:`minsharp.solvers.exp_sum.minimize_exp_sum` (in closed
 form ``L (Π_l T^W_l)^{1/L}`` when no bias contributes).
 """
 
@@ -31,8 +31,8 @@ from minsharp.data.batches import input_batches
 from minsharp.errors import MinsharpError, ModelError
 from minsharp.measures.registry import Evaluation, register
 from minsharp.options import integer
-from minsharp.solvers import minimize_exp_sum
-from minsharp.symmetry import chain_layers, rescaled_copy, verify_same_function
+from minsharp.solvers.exp_sum import minimize_exp_sum
+from minsharp.symmetry.layerwise import chain_layers, rescaled_copy, verify_same_function
 
 #: Spread of the random log-scales used to check that the model is a chain.
 CHECK_LOG_SCALE = 0.5
@@ -99,7 +99,7 @@ def minimum_sharpness(
     rescalings ``W_l → α_l W_l, b_l → (Π_{m≤l} α_m) b_l`` (``Π α_l = 1``) that leave a chain
     ReLU network's function unchanged; invariant to those rescalings by construction. Without
     biases ``MS = L (Π_l T^W_l)^{1/L}``; with biases the convex problem over log-scales is
-    solved by Newton's method to a relative gradient at rounding level (MATH §2).
+    solved by Newton's method to a relative gradient at rounding level (theory §2).
 
     Before the trace is computed, the first examples of ``data`` check that a random
     rescaling leaves the logits unchanged (:class:`~minsharp.errors.NotAChainError`
@@ -196,7 +196,7 @@ class ScaleSolution:
 
 
 def solve_scales(weight: Sequence[float], bias: Sequence[float]) -> ScaleSolution:
-    """Minimise the rescaled trace over α from per-layer traces (MATH §2).
+    """Minimise the rescaled trace over α from per-layer traces (theory §2).
 
     ``min_{α>0, Πα=1} Σ_l T^W_l / α_l² + T^b_l / (Π_{m≤l} α_m)²`` for traces ``weight =
     [T^W_1..T^W_L]`` and ``bias = [T^b_1..T^b_L]`` (zeros for layers without bias). Closed

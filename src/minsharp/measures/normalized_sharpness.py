@@ -1,4 +1,4 @@
-"""Normalized sharpness (Tsuzuku, Sato & Sugiyama, ICML 2020), MATH §3.
+"""Normalized sharpness (Tsuzuku, Sato & Sugiyama, ICML 2020), theory §3.
 
 For each weight matrix ``W`` (m × n: a Linear layer's ``(out, in)``; a conv layer's
 ``(C_out, C_in)`` after summing ``diag H`` and ``W²`` over kernel positions) with exact
@@ -16,7 +16,8 @@ are invariant to the layer, neuron and batch-norm rescalings of a ReLU network.
 
 The diagonal comes exactly from the curvature engine (:func:`minsharp.hessian_diagonal`),
 where the paper approximated it by finite differences; the minimisation is solved to a
-certified relative KKT residual by :func:`minsharp.solvers.minimize_normalized_sharpness`.
+certified relative KKT residual by
+:func:`minsharp.solvers.normalized.minimize_normalized_sharpness`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from minsharp.curvature.layers import find_layers
 from minsharp.curvature.rules import WEIGHT_LAYERS
 from minsharp.errors import MinsharpError, ModelError
 from minsharp.measures.registry import Evaluation, register
-from minsharp.solvers import (
+from minsharp.solvers.normalized import (
     NORMALIZED_MAX_ITERATIONS,
     NORMALIZED_TOLERANCE,
     NormalizedObjective,
@@ -104,8 +105,9 @@ def layer_normalized_sharpness(
 ) -> NormalizedSharpnessSolution:
     """One layer's ``NS_l`` from its weight and the weight's exact Hessian diagonal.
 
-    :func:`layer_matrices` then :func:`minsharp.solvers.minimize_normalized_sharpness` (see
-    there for the two objectives, the method and the certificate).
+    :func:`layer_matrices` then
+    :func:`minsharp.solvers.normalized.minimize_normalized_sharpness` (see there
+    for the two objectives, the method and the certificate).
 
     Example:
         A 1 × 2 layer: ``NS = 2 Σ_j √(h_j W_j²) = 2 (√(1·9) + √(4·1)) = 10``:
@@ -141,7 +143,7 @@ def normalized_sharpness(
 
     ``NS_l = min_{σ,σ'>0} Σ_ij h_ij σ_i² σ'_j² + W_ij² / (σ_i² σ'_j²)`` over every Linear and
     conv weight with ``requires_grad`` (biases ignored), ``h = diag H`` exact for the mean
-    cross-entropy over ``data`` (MATH §1, §3).
+    cross-entropy over ``data`` (theory §1, §3).
 
     Args:
         model: the network (eval mode, piecewise linear in its weights).
@@ -181,7 +183,7 @@ def normalized_sharpness_icml(
 
     ``NS_l = min_{s>0} √(Σ_i A_i(s) B_i(s))``, ``A_i = Σ_j h_ij s_j``, ``B_i = Σ_j W_ij²/s_j``
     over every Linear and conv weight with ``requires_grad`` (biases ignored), ``h = diag H``
-    exact (MATH §1, §3). The certificate's residual refers to ``F = Σ_i A_i B_i``, before the
+    exact (theory §1, §3). The certificate's residual refers to ``F = Σ_i A_i B_i``, before the
     square root. Arguments and result as for :func:`normalized_sharpness`.
     """
     return _evaluate(model, data, "icml", batch_size, progress, tolerance, max_iterations)

@@ -1,7 +1,7 @@
 """Perturbation-based sharpness: how much the loss rises when the parameters are moved.
 
 Four baselines over all trainable parameters θ, on the mean cross-entropy ``L`` over the
-whole data (MATH §0), each needing the labels:
+whole data (theory §0), each needing the labels:
 
 * ``epsilon_sharpness`` — Keskar et al. 2017: the worst loss in the box
   ``|ε_i| ≤ ε (|θ_i| + 1)``, in percent of ``1 + L(θ)``;

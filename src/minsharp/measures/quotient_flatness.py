@@ -1,4 +1,4 @@
-"""Quotient-manifold flatness (Rangamani et al. 2019), MATH §4.
+"""Quotient-manifold flatness (Rangamani et al. 2019), theory §4.
 
 A layer rescaling multiplies every parameter tensor ``P`` by a positive scalar ``t_P``; the
 loss is unchanged, so the Hessian at the rescaled point is ``T⁻¹ H T⁻¹`` with
@@ -23,7 +23,7 @@ from minsharp.curvature.engine import DEFAULT_BATCH_SIZE
 from minsharp.measures.curvature_baselines import hessian_top_eigenvalue
 from minsharp.measures.registry import Evaluation, register
 from minsharp.objective import DatasetObjective
-from minsharp.solvers import EIGEN_MAX_ITERATIONS, EIGEN_TOLERANCE
+from minsharp.solvers.lanczos import EIGEN_MAX_ITERATIONS, EIGEN_TOLERANCE
 
 
 @register(
@@ -54,7 +54,7 @@ def quotient_flatness(
     out (its block of ``D`` vanishes). ``λ_max`` is the largest *algebraic* eigenvalue (``D H
     D`` may be indefinite away from a minimum).
 
-    Lanczos on products ``v ↦ D H D v`` (:func:`minsharp.solvers.largest_eigenvalue`) stops
+    Lanczos on products ``v ↦ D H D v`` (:func:`minsharp.solvers.lanczos.largest_eigenvalue`) stops
     when ``‖D H D v − λ v‖ ≤ tolerance · |λ|``; the certificate holds that residual, the number
     of Hessian-vector products (one pass over the data each), the tolerance and
     ``converged``. A run that reaches ``max_iterations`` first warns and returns a lower bound.

@@ -30,7 +30,7 @@ Symmetry = Literal["layer", "neuron", "batchnorm"]
 #: The function-preserving reparametrisations a measure may be invariant to:
 #:
 #: * ``layer`` — the α-scale transformation ``W_l → α_l W_l, b_l → (Π_{m≤l} α_m) b_l``,
-#:   ``Π α_l = 1``, of a chain of positively homogeneous layers (MATH §2);
+#:   ``Π α_l = 1``, of a chain of positively homogeneous layers (theory §2);
 #: * ``neuron`` — unit ``i`` between consecutive layers: row ``i`` of ``W_l`` and ``b_l[i]``
 #:   times ``s > 0``, column ``i`` of ``W_{l+1}`` divided by ``s``;
 #: * ``batchnorm`` — row ``k`` of a weight feeding a batch-norm (and its bias entry) times

@@ -5,7 +5,7 @@ whose input is the feature representation ``φ(x)``:
 
     κ_Tr(W) = Σ_{s,s'} ⟨w_s, w_s'⟩ Tr H_{s,s'},      H_{s,s'} = ∂²L / ∂w_s ∂w_s'.
 
-For a network piecewise linear in ``W`` (MATH §1), ``H_WW = (1/N) Σ_n J_nᵀ A_n J_n`` with
+For a network piecewise linear in ``W`` (theory §1), ``H_WW = (1/N) Σ_n J_nᵀ A_n J_n`` with
 ``A_n = diag p_n − p_n p_nᵀ = Σ_k c_nk c_nkᵀ``. For the layer ``y = W h + b`` write ``g_nk``
 for the centred cotangent ``c_nk`` pushed back to the layer output ``y``; then
 ``∂y_s/∂W_{s'j} = δ_{ss'} h_j`` gives

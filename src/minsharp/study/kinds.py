@@ -3,13 +3,13 @@
 ``minsharp study <kind>`` runs a kind; ``minsharp report DIR`` reads the ``kind`` recorded in
 ``DIR/study.json`` and writes that kind's report (:func:`write_report`).
 
-=================== ==================================== =====================================
-kind                study                                report
-=================== ==================================== =====================================
-randomized-labels   :mod:`minsharp.study.runner`         :mod:`minsharp.study.report`
-batch-size          :mod:`minsharp.study.batch_size`     :mod:`minsharp.study.batch_size_report`
-bn-sharpness        :mod:`minsharp.study.bn_sharpness`   :mod:`minsharp.study.bn_sharpness_report`
-=================== ==================================== =====================================
+=================== ===========================================
+kind                its folder (``study.py`` and ``report.py``)
+=================== ===========================================
+randomized-labels   :mod:`minsharp.study.randomized_labels`
+batch-size          :mod:`minsharp.study.batch_size`
+bn-sharpness        :mod:`minsharp.study.bn_training`
+=================== ===========================================
 """
 
 from __future__ import annotations
@@ -20,12 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from minsharp.errors import StudyError
-from minsharp.study import batch_size, batch_size_report, bn_sharpness, bn_sharpness_report
-from minsharp.study import report as randomized_report
-from minsharp.study import runner as randomized_runner
-from minsharp.study.base import StudyKind, read_study
-from minsharp.study.presets import Presets
-from minsharp.study.reporting import Report
+from minsharp.study.batch_size import report as batch_size_report
+from minsharp.study.batch_size import study as batch_size
+from minsharp.study.bn_training import report as bn_sharpness_report
+from minsharp.study.bn_training import study as bn_sharpness
+from minsharp.study.core.config import Presets
+from minsharp.study.core.runner import StudyKind, read_study
+from minsharp.study.randomized_labels import report as randomized_report
+from minsharp.study.randomized_labels import study as randomized_runner
+from minsharp.study.report.markdown import Report
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class Kind:
     """A study kind with what the command line needs of it.
 
     Attributes:
-        study: the :class:`~minsharp.study.base.StudyKind` that runs it.
+        study: the :class:`~minsharp.study.core.runner.StudyKind` that runs it.
         write_report: ``(directory, **options) → Report`` of its report module; the
             report's ``summary`` is what the terminal shows.
         resamples: whether the report takes ``resamples`` (bootstrap intervals).

@@ -1,8 +1,9 @@
 """The figures of the randomized-label report, drawn with matplotlib's Agg canvas.
 
 No pyplot and no global backend: each figure is a :class:`matplotlib.figure.Figure`, written
-by :func:`minsharp.study.reporting.write_files` (:func:`~minsharp.study.reporting.new_figure`,
-:func:`~minsharp.study.reporting.save_figure`, shared by every study's report). The figures
+by :func:`minsharp.study.report.markdown.write_files`
+(:func:`~minsharp.study.report.markdown.new_figure`,
+:func:`~minsharp.study.report.markdown.save_figure`, shared by every study's report). The figures
 take the report's run rows (one mapping per finished run with ``model``, ``ratio``, ``seed``,
 ``gap``, accuracies and one value per measure, ``nan`` where it failed) and the correlation
 table.
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from minsharp.measures import spec
-from minsharp.study.reporting import MARKERS, log_scale_if_wide, mean, new_figure
+from minsharp.study.report.markdown import MARKERS, log_scale_if_wide, mean, new_figure
 
 
 def report_figures(

@@ -1,6 +1,6 @@
 """Rank correlations between a measure and the generalization gap, with bootstrap intervals.
 
-The randomized-label study (MATH §6) asks whether a measure ranks trained networks as their
+The randomized-label study (theory §6) asks whether a measure ranks trained networks as their
 generalization gaps (train accuracy − test accuracy) do. This module gives
 
 * Kendall's τ-b, which accounts for ties in either variable (Kendall 1945):

@@ -5,7 +5,7 @@
 sharpness measures, printing a table and optionally writing every result with its provenance
 as JSON. ``minsharp study randomized-labels|batch-size|bn-sharpness``, ``minsharp report``
 and ``minsharp demo`` (the randomized-label study's demo preset) live in
-:mod:`minsharp.study.commands`. Every problem with the arguments, files, model or data ends
+:mod:`minsharp.cli.study`. Every problem with the arguments, files, model or data ends
 the command with exit status 2 and one ``minsharp: error: …`` line.
 """
 
@@ -33,6 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from minsharp import distributed
+from minsharp.cli.common import resolve_device
+from minsharp.cli.study import add_study_parsers
 from minsharp.data.digits import load_digits
 from minsharp.data.mnist import load_mnist_split
 from minsharp.errors import DataError, MinsharpError, ModelError
@@ -46,7 +48,6 @@ from minsharp.measures.registry import (
     spec,
 )
 from minsharp.models import ZOO, build_model, count_parameters
-from minsharp.study.commands import add_study_parsers
 
 #: Measured when ``--measures`` is not given: those of these that are registered.
 DEFAULT_MEASURES = ("minimum_sharpness", "normalized_sharpness", "hessian_trace")
@@ -182,32 +183,6 @@ def measure_options(
 #: More classes than this, read off the labels of a ``file:`` data set, are taken for a
 #: mistake (a label column holding ids or values) unless --num-classes confirms them.
 MAX_INFERRED_CLASSES = 100_000
-
-
-def resolve_device(text: str) -> torch.device:
-    """The ``--device``: ``cpu``, ``cuda`` or ``cuda:N``, checked to exist.
-
-    Raises:
-        MinsharpError: another name, or CUDA requested where there is none.
-    """
-    match = re.fullmatch(r"cpu|cuda(:(\d+))?", text.strip())
-    if match is None:
-        raise MinsharpError(f"--device must be cpu, cuda or cuda:N; got {text!r}.")
-    device = torch.device(text.strip())
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            why = (
-                f"this torch {torch.__version__} was built without CUDA"
-                if torch.version.cuda is None
-                else "no CUDA device is visible (check the driver and CUDA_VISIBLE_DEVICES)"
-            )
-            raise MinsharpError(f"--device {text}: CUDA is not available: {why}. Use --device cpu.")
-        index = device.index or 0
-        if index >= torch.cuda.device_count():
-            raise MinsharpError(
-                f"--device {text}: there are only {torch.cuda.device_count()} CUDA devices."
-            )
-    return device
 
 
 def load_data(text: str, split: str | None, examples: int | None) -> LoadedData:

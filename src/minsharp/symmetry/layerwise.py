@@ -1,4 +1,4 @@
-"""The layer-wise α-scale symmetry of chain networks (MATH §2; Ibayashi et al. 2021).
+"""The layer-wise α-scale symmetry of chain networks (theory §2; Ibayashi et al. 2021).
 
 A chain network ``f(x) = W_L φ(… φ(W_1 x + b_1) …) + b_L`` with positively homogeneous ``φ``
 (ReLU, LeakyReLU, max/avg pooling, flatten) computes the same function after
@@ -24,14 +24,6 @@ from minsharp.curvature.rules import WEIGHT_LAYERS
 from minsharp.errors import MinsharpError, ModelError, NotAChainError
 from minsharp.options import nn_module
 from minsharp.tensors import check_examples
-
-__all__ = [
-    "PRODUCT_TOLERANCE",
-    "chain_layers",
-    "rescale",
-    "rescaled_copy",
-    "verify_same_function",
-]
 
 #: How far the product of the α's may stray from 1, relative.
 PRODUCT_TOLERANCE = 1e-6
@@ -78,7 +70,7 @@ def rescale(
 
     The layers ``l = 1..L`` are the Linear/Conv modules in the order a forward pass on
     ``inputs`` calls them; ``alphas`` holds one positive factor per layer with product 1
-    (MATH §2). With ``verify`` (the default) the copy is checked to compute the same logits
+    (theory §2). With ``verify`` (the default) the copy is checked to compute the same logits
     on ``inputs``; if it does not, :class:`NotAChainError` explains why Minimum Sharpness is
     undefined for this model. ``model`` itself is never modified.
 

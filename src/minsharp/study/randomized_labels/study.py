@@ -1,13 +1,13 @@
 """The randomized-label study: train a grid of networks on partly shuffled labels, measure each.
 
-For every run of the grid ratios × seeds × models of a :class:`~minsharp.study.presets.
-StudyConfig` (MATH §6; Ibayashi, Hamaguchi & Imaizumi 2021, Fig. 2):
+For every run of the grid ratios × seeds × models of a :class:`~minsharp.study.core.config.
+StudyConfig` (theory §6; Ibayashi, Hamaguchi & Imaizumi 2021, Fig. 2):
 
 1. the training labels are corrupted: a fraction r of them permuted among themselves (or
    replaced by uniform labels), seeded by :func:`corruption_seed` of the run's seed and
    ratio, so the models of one trial share their labels; the test labels stay clean;
 2. the zoo network is built with ``torch.manual_seed(seed)`` and trained with
-   :func:`~minsharp.train.train_classifier` (minibatch order seeded by ``seed`` too);
+   :func:`~minsharp.training.train_classifier` (minibatch order seeded by ``seed`` too);
 3. train accuracy (on the corrupted labels it was trained on), test accuracy (clean) and the
    generalization gap ``train accuracy − test accuracy`` are recorded;
 4. each measure is computed with :func:`minsharp.measure` on the training inputs **with the
@@ -17,7 +17,7 @@ StudyConfig` (MATH §6; Ibayashi, Hamaguchi & Imaizumi 2021, Fig. 2):
    stopping early…) are kept with its value.
 
 The directory, resume, atomic per-run results and provenance are those of every study kind
-(:mod:`minsharp.study.base`); this module is the ``randomized-labels`` kind,
+(:mod:`minsharp.study.core.runner`); this module is the ``randomized-labels`` kind,
 :data:`RANDOMIZED_LABELS`. A run whose ``result.json`` is complete and was made with the same
 settings (its ``fingerprint``) is never redone; a missing, unreadable, truncated or failed
 result is redone. A directory written for another configuration, or with other data, is
@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from minsharp.data.corruption import corrupt_labels
-from minsharp.study import base
-from minsharp.study.base import StudyData, StudyOutcome, derive_seed
-from minsharp.study.presets import StudyConfig, preset, ratio_label
-from minsharp.train import accuracy, train_classifier
+from minsharp.study.core import runner as base
+from minsharp.study.core.config import StudyConfig, preset, ratio_label
+from minsharp.study.core.runner import StudyData, StudyOutcome, derive_seed
+from minsharp.training import accuracy, train_classifier
 
 #: The kind of study this module runs (``study.json``'s ``kind``).
 KIND = "randomized-labels"
@@ -131,7 +131,7 @@ def execute_run(
     """Corrupt, build, train, measure and save one run, filling ``record``.
 
     A training failure (divergence, out of memory…) propagates, and
-    :func:`minsharp.study.base.execute_run` writes the run as failed with what ``record``
+    :func:`minsharp.study.core.runner.execute_run` writes the run as failed with what ``record``
     holds; a measure failure is recorded under that measure and the run is complete.
     """
     started = time.perf_counter()
@@ -199,7 +199,7 @@ def summarise_run(result: Mapping[str, Any]) -> str:
     return text
 
 
-#: The randomized-label study as a :class:`~minsharp.study.base.StudyKind`.
+#: The randomized-label study as a :class:`~minsharp.study.core.runner.StudyKind`.
 RANDOMIZED_LABELS = base.StudyKind(
     name=KIND,
     plan_runs=plan_runs,
@@ -215,7 +215,7 @@ RANDOMIZED_LABELS = base.StudyKind(
 def read_result(path: Path, fingerprint: str | None = None) -> tuple[dict[str, Any] | None, str]:
     """A finished randomized-label run's ``result.json``, or ``None`` and why not usable.
 
-    :func:`minsharp.study.base.read_result` with this kind's numbers: a complete result of
+    :func:`minsharp.study.core.runner.read_result` with this kind's numbers: a complete result of
     this format and version, with finite accuracies, gap, ratio and seed and valid measure
     entries, made (when ``fingerprint`` is given) with the same settings.
     """
@@ -225,7 +225,7 @@ def read_result(path: Path, fingerprint: str | None = None) -> tuple[dict[str, A
 def run_study(config: StudyConfig, directory: str | Path, **options: Any) -> StudyOutcome:
     """Run (or resume) the randomized-label study ``config`` in ``directory``.
 
-    :func:`minsharp.study.base.run_study` with :data:`RANDOMIZED_LABELS`, and its options
+    :func:`minsharp.study.core.runner.run_study` with :data:`RANDOMIZED_LABELS`, and its options
     (``data_root``, ``download``, ``force``, ``progress``, ``device``, ``argv``, ``echo``):
     the data are loaded once; ``study.json`` is checked against ``config`` and the data, then
     (re)written; each run not yet finished is trained, measured and written to

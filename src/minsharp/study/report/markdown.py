@@ -1,8 +1,8 @@
 """Pieces shared by the reports of every study kind: markdown sections and tables, CSV, files.
 
-Each kind's report module (:mod:`minsharp.study.report`, :mod:`minsharp.study.
-batch_size_report`, :mod:`minsharp.study.bn_sharpness_report`) reads its study with
-:func:`minsharp.study.base.read_records`, makes one row per finished run (:func:`run_row`,
+Each kind's report module (:mod:`minsharp.study.randomized_labels.report`, :mod:`minsharp.study.
+batch_size_report`, :mod:`minsharp.study.bn_training.report`) reads its study with
+:func:`minsharp.study.core.runner.read_records`, makes one row per finished run (:func:`run_row`,
 :func:`measure_value`; columns :func:`csv_columns`) and assembles ``report.md`` from these
 parts: the header line (:func:`written_markdown`), tables (:func:`table_head`,
 :func:`markdown_table`), the setup (:func:`data_lines`, :func:`models_table`,
@@ -31,7 +31,8 @@ import numpy as np
 from minsharp.errors import MinsharpError
 from minsharp.io import write_bytes_atomic, write_text_atomic
 from minsharp.measures import SYMMETRIES, spec
-from minsharp.study.base import (
+from minsharp.study.core.config import ModelPlan
+from minsharp.study.core.runner import (
     RESULT_FILE,
     RUNS_DIR,
     STUDY_FILE,
@@ -39,8 +40,7 @@ from minsharp.study.base import (
     measure_entries,
     versions,
 )
-from minsharp.study.presets import ModelPlan
-from minsharp.train import TrainingConfig
+from minsharp.training import TrainingConfig
 
 REPORT_FILE = "report.md"
 CSV_FILE = "runs.csv"

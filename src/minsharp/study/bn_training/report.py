@@ -27,16 +27,17 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from minsharp.study import base, reporting
-from minsharp.study.base import StudyRecords
-from minsharp.study.bn_sharpness import (
+from minsharp.study.bn_training.study import (
     BN_SHARPNESS,
     MEASURE_GROUPS,
     BNSharpnessConfig,
     paper_preset,
 )
-from minsharp.study.presets import ModelPlan, ratio_label
-from minsharp.study.reporting import (
+from minsharp.study.core import runner as base
+from minsharp.study.core.config import ModelPlan, ratio_label
+from minsharp.study.core.runner import StudyRecords
+from minsharp.study.report import markdown as reporting
+from minsharp.study.report.markdown import (
     MARKERS,
     SGD_COLUMNS,
     as_float,
@@ -67,7 +68,7 @@ from minsharp.study.reporting import (
     write_files,
     written_markdown,
 )
-from minsharp.train import TrainingConfig
+from minsharp.training import TrainingConfig
 
 #: Coverage of the paired interval.
 LEVEL = 0.95
@@ -262,11 +263,11 @@ def _markdown(
     add(f"# BN-sharpness training vs plain SGD — preset `{config.preset}`\n")
     add(
         "Does minimising L + λ·S_BN, the BN-sharpness penalty of Yi et al. (2019; our "
-        "reconstruction, MATH §5), give better test accuracy than plain SGD? Networks with "
+        "reconstruction, theory §5), give better test accuracy than plain SGD? Networks with "
         "batch-norm are trained from the same initial weights and minibatch order, with and "
         "without the penalty, for the same epochs; each step of the penalised training "
         "follows ĝ = (1 − λ)∇L(w) + λ∇L(w + t v), t ~ U(0, δ), v the BN-sharpness direction "
-        "held fixed (`minsharp.bn_training`).\n"
+        "held fixed (`minsharp.training.bn_penalty`).\n"
     )
     add(written_markdown(records))
     add("## Verdict\n")
@@ -415,11 +416,11 @@ def _paper_markdown(config: BNSharpnessConfig, data: Mapping[str, Any]) -> str:
         ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_decay"),
     )
     lines = [
-        "MATH §5 reconstructs the method (the paper's text was not available to us) and "
+        "theory §5 reconstructs the method (the paper's text was not available to us) and "
         "states no protocol: every setting of `--preset paper` below is our assumption (the "
         "paper's own networks and schedule are not stated there). The penalty itself "
         "is our reading: blocks, direction v, t ~ U(0, δ) with v held fixed, and the "
-        "combined gradient (1 − λ)∇L(w) + λ∇L(w + t v) derived in `minsharp.bn_training`.",
+        "combined gradient (1 − λ)∇L(w) + λ∇L(w + t v) derived in `minsharp.training.bn_penalty`.",
         "",
         *paper_table(rows, data, paper="paper preset (assumed)"),
     ]

@@ -14,7 +14,7 @@ is executed — and :func:`run_study` does everything else the same way for all 
 * refuses a directory made for another kind, configuration or data unless ``force``;
 * shares the grid with any other worker running the same study in the same directory
   (torchrun ranks, or independent processes): a run is claimed by one worker at a time, and
-  a worker's runs are free again the moment it dies (:mod:`minsharp.study.claims`).
+  a worker's runs are free again the moment it dies (:mod:`minsharp.study.core.claims`).
 
 A kind's ``execute`` is built from the steps every run shares: :func:`run_settings` (what
 the record states first), :func:`build_network`, :func:`evaluate` and
@@ -30,8 +30,9 @@ Layout of a study directory ``DIR``::
     DIR/runs/<run-id>/result.json   one finished run (written atomically, last)
     DIR/runs/<run-id>/checkpoint/   model.safetensors + checkpoint.json (save_checkpoint)
 
-The kinds: ``randomized-labels`` (:mod:`minsharp.study.runner`), ``batch-size``
-(:mod:`minsharp.study.batch_size`) and ``bn-sharpness`` (:mod:`minsharp.study.bn_sharpness`);
+The kinds: ``randomized-labels`` (:mod:`minsharp.study.randomized_labels.study`),
+``batch-size`` (:mod:`minsharp.study.batch_size.study`) and ``bn-sharpness``
+(:mod:`minsharp.study.bn_training.study`);
 :mod:`minsharp.study.kinds` names them all.
 """
 
@@ -62,9 +63,9 @@ from minsharp.errors import MinsharpError, StudyError
 from minsharp.io import jsonable, read_tagged_json, write_json_atomic
 from minsharp.measures import measure
 from minsharp.models import build_model, count_parameters
-from minsharp.study import claims
-from minsharp.study.presets import GridConfig, ModelPlan, Presets
-from minsharp.train import TrainingConfig, TrainingHistory, accuracy, save_checkpoint
+from minsharp.study.core import claims as claims
+from minsharp.study.core.config import GridConfig, ModelPlan, Presets
+from minsharp.training import TrainingConfig, TrainingHistory, accuracy, save_checkpoint
 
 #: ``format`` tags and versions of the two kinds of JSON file a study writes.
 STUDY_FORMAT = "minsharp-study"
@@ -145,7 +146,7 @@ class StudyKind:
             and fills ``record`` (a dict already holding the format, run id and
             fingerprint). An exception marks the run failed, with what ``record`` holds by
             then; the record is written by :func:`run_study`.
-        preset: the kind's presets (:class:`~minsharp.study.presets.Presets`).
+        preset: the kind's presets (:class:`~minsharp.study.core.config.Presets`).
         summarise: ``result → str``, one line about a complete run (:meth:`summary` says
             the failed ones).
         measured_on: what the measures are computed on, in words (``study.json``).
@@ -227,7 +228,7 @@ def run_fingerprint(
     """The :func:`fingerprint` of every setting that decides a run of study kind ``kind``.
 
     The data, the model, its training, the measures with their options
-    (:meth:`~minsharp.study.presets.GridConfig.measure_settings`) and the examples they are
+    (:meth:`~minsharp.study.core.config.GridConfig.measure_settings`) and the examples they are
     computed on, plus the kind's own ``settings`` (e.g. the run's label corruption).
     """
     return fingerprint(
@@ -569,7 +570,7 @@ def save_network(
 ) -> None:
     """Save ``model`` in ``run_dir/checkpoint`` with the entries ``keys`` of its ``record``.
 
-    :func:`minsharp.train.save_checkpoint` writes the weights and what rebuilds the network;
+    :func:`minsharp.training.save_checkpoint` writes the weights and what rebuilds the network;
     ``record["checkpoint"]`` names the folder.
     """
     save_checkpoint(

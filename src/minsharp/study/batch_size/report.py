@@ -31,10 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from minsharp.study import base, reporting
-from minsharp.study.base import StudyRecords
-from minsharp.study.batch_size import BATCH_SIZE, MEASURE_GROUPS, BatchSizeConfig, paper_preset
-from minsharp.study.reporting import (
+from minsharp.study.batch_size.study import (
+    BATCH_SIZE,
+    MEASURE_GROUPS,
+    BatchSizeConfig,
+    paper_preset,
+)
+from minsharp.study.core import runner as base
+from minsharp.study.core.runner import StudyRecords
+from minsharp.study.report import markdown as reporting
+from minsharp.study.report.markdown import (
     DIFFERS,
     MARKERS,
     SGD_COLUMNS,
@@ -66,7 +72,7 @@ from minsharp.study.reporting import (
     write_files,
     written_markdown,
 )
-from minsharp.train import TrainingConfig
+from minsharp.training import TrainingConfig
 
 #: A measure whose relative change under the rescaling stays at or below this is "unmoved".
 MOVES = 1e-2
@@ -271,7 +277,7 @@ def _markdown(
     add(
         "Are large-batch SGD minima sharper than small-batch ones once sharpness is measured "
         "invariantly? Rangamani et al. (2019) answer yes with their quotient-manifold measure "
-        "λ_max(D H D), D = blockdiag(‖P‖_F I) (MATH §4). Here matched networks (same "
+        "λ_max(D H D), D = blockdiag(‖P‖_F I) (theory §4). Here matched networks (same "
         f"initial weights per seed) are trained with batch size {small} (SB) and {large} (LB) "
         "and measured; a randomly α-rescaled copy of each network (the same function) is "
         "measured too, to show which measures are invariant.\n"
@@ -486,20 +492,20 @@ def _paper_markdown(config: BatchSizeConfig, data: Mapping[str, Any]) -> str:
     networks = sorted((m.zoo, sorted(m.options.items())) for m in config.models)
     rows = [
         (
-            "data (MATH §4)",
+            "data (theory §4)",
             "MNIST, 60 000 train / 10 000 test",
             f"{data.get('title', config.dataset)}, {sizes.get('train', '?')} train / "
             f"{sizes.get('test', '?')} test ({data.get('split_kind', '?')})",
             verdict(config.dataset == "mnist" and official),
         ),
         (
-            "networks (MATH §4)",
+            "networks (theory §4)",
             "MLP 784-512×5-10 and LeNet, without biases",
             ", ".join(f"`{m.zoo}`{options_text(m.options)}" for m in config.models),
             verdict(networks == sorted((m.zoo, sorted(m.options.items())) for m in paper.models)),
         ),
         (
-            "measure (MATH §4)",
+            "measure (theory §4)",
             "λ_max(D H D) on the full training set",
             "`quotient_flatness` on "
             + (
@@ -533,7 +539,7 @@ def _paper_markdown(config: BatchSizeConfig, data: Mapping[str, Any]) -> str:
             ]
     differing = sum(row[3] == DIFFERS for row in rows)
     lead = (
-        "MATH §4 states the data, the networks and the measure; everything marked *assumed* "
+        "theory §4 states the data, the networks and the measure; everything marked *assumed* "
         "is our choice for `--preset paper`, not the paper's statement. "
         + (
             "This study uses the `paper` preset's settings throughout."

@@ -19,7 +19,7 @@ The presets (:data:`PRESETS`):
     epochs of batch 256 at learning rate 0.05, and eight measures. Under half an hour on 2
     cores; every network ends at or near 100 % training accuracy.
 ``paper``
-    The protocol of the Minimum Sharpness paper (MATH §6) exactly: full MNIST, ratios 0, 0.1,
+    The protocol of the Minimum Sharpness paper (theory §6) exactly: full MNIST, ratios 0, 0.1,
     …, 1, 10 trials, the MLP (lr 0.1, 3 000 epochs) and LeNet (lr 0.01, 1 000 epochs), batch
     1 024, momentum 0.9, weight decay 1e−5, lr decay 1e−4 per step. For a GPU machine.
 
@@ -44,10 +44,10 @@ from minsharp.data.datasets import DATASETS, canonical_name
 from minsharp.errors import MinsharpError, StudyError
 from minsharp.measures import spec
 from minsharp.models import ZOO
-from minsharp.train import TrainingConfig
+from minsharp.training import TrainingConfig
 
 #: Training settings a study or a model may set: the fields of
-#: :class:`~minsharp.train.TrainingConfig` except ``seed``, which each run takes from its grid
+#: :class:`~minsharp.training.TrainingConfig` except ``seed``, which each run takes from its grid
 #: seed.
 TRAINING_KEYS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(TrainingConfig) if f.name != "seed"
@@ -200,7 +200,7 @@ class StudyConfig(GridConfig):
         validate(self)
 
     def training_config(self, model: ModelPlan, seed: int) -> TrainingConfig:
-        """The :class:`~minsharp.train.TrainingConfig` of one run of ``model``."""
+        """The :class:`~minsharp.training.TrainingConfig` of one run of ``model``."""
         return TrainingConfig(**{**self.training, **model.training}, seed=seed)
 
 
@@ -402,7 +402,7 @@ STUDY_MEASURES: tuple[str, ...] = (
 #: networks; the default 1e-6 is at the edge of float32 and may take all 100 iterations.
 STUDY_MEASURE_OPTIONS: dict[str, dict[str, Any]] = {"top_eigenvalue": {"tolerance": 1e-4}}
 
-#: The training of the paper's randomized-label experiment (MATH §6), shared by its models.
+#: The training of the paper's randomized-label experiment (theory §6), shared by its models.
 PAPER_TRAINING: dict[str, Any] = {
     "batch_size": 1024,
     "momentum": 0.9,
@@ -465,7 +465,7 @@ def cpu_preset() -> StudyConfig:
 
 
 def paper_preset() -> StudyConfig:
-    """The ``paper`` preset: MATH §6 exactly (full MNIST, 11 ratios × 10 trials, MLP, LeNet)."""
+    """The ``paper`` preset: theory §6 exactly (full MNIST, 11 ratios × 10 trials, MLP, LeNet)."""
     return StudyConfig(
         preset="paper",
         dataset="mnist",

@@ -4,7 +4,7 @@
 and writes, each file atomically:
 
 * ``report.md``: what was run (configuration, data with its split, machine, versions), how it
-  differs from the paper's protocol (MATH §6), training outcomes per ratio, the correlation
+  differs from the paper's protocol (theory §6), training outcomes per ratio, the correlation
   table of every measure against the generalization gap (Kendall τ-b and Spearman ρ with
   percentile bootstrap intervals, Jiang et al.'s granulated Kendall per axis and averaged),
   failed measures and runs, and the figures;
@@ -14,7 +14,8 @@ and writes, each file atomically:
   interval);
 * ``runs.csv``: one row per finished run.
 
-The figures are drawn by :mod:`minsharp.study.figures` (matplotlib's Agg canvas, no pyplot).
+The figures are drawn by :mod:`minsharp.study.randomized_labels.figures` (matplotlib's Agg
+canvas, no pyplot).
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from minsharp.models import ZOO
-from minsharp.study import base, reporting
-from minsharp.study.base import StudyRecords, versions
-from minsharp.study.figures import report_figures
-from minsharp.study.presets import StudyConfig, paper_preset
-from minsharp.study.reporting import (
+from minsharp.study.core import runner as base
+from minsharp.study.core.config import StudyConfig, paper_preset
+from minsharp.study.core.runner import StudyRecords, versions
+from minsharp.study.randomized_labels.figures import report_figures
+from minsharp.study.randomized_labels.study import RANDOMIZED_LABELS
+from minsharp.study.report import markdown as reporting
+from minsharp.study.report.markdown import (
     DIFFERS,
     INCLUDES,
     SGD_COLUMNS,
@@ -57,9 +60,8 @@ from minsharp.study.reporting import (
     write_files,
     written_markdown,
 )
-from minsharp.study.runner import RANDOMIZED_LABELS
-from minsharp.study.statistics import correlation_table, kendall_tau_b
-from minsharp.train import TrainingConfig
+from minsharp.study.report.statistics import correlation_table, kendall_tau_b
+from minsharp.training import TrainingConfig
 
 #: The grid's axes, as the granulated Kendall coefficient groups runs.
 AXES: tuple[str, ...] = ("ratio", "seed", "model")
@@ -196,7 +198,7 @@ def _markdown(
         "Does a sharpness measure predict generalization? Networks are trained on training "
         "sets whose labels are partly shuffled (label-noise ratio r), each is measured, and "
         "every measure is rank-correlated with the generalization gap, train accuracy − test "
-        "accuracy (Ibayashi, Hamaguchi & Imaizumi 2021, Fig. 2; MATH §6).\n"
+        "accuracy (Ibayashi, Hamaguchi & Imaizumi 2021, Fig. 2; theory §6).\n"
     )
     add(written_markdown(records, by=f" by minsharp {versions().get('minsharp')}"))
     if table:
@@ -236,7 +238,7 @@ def _markdown(
             result="corruption record, training history per epoch, every measure's value, "
             "options, certificate, details and time",
             checkpoint="the trained weights (`model.safetensors`) and the JSON that rebuilds "
-            "the network (`minsharp.train.load_checkpoint`)",
+            "the network (`minsharp.training.load_checkpoint`)",
             sessions="every session that worked on the study",
         ),
     )
@@ -370,7 +372,7 @@ def _paper_markdown(config: StudyConfig, data: Mapping[str, Any]) -> str:
         "This study follows the paper's protocol in every setting below."
         if not differing
         else f"{len(differing)} of {len(rows)} settings differ from the paper's protocol "
-        "(MATH §6; `--preset paper` reproduces it):"
+        "(theory §6; `--preset paper` reproduces it):"
     )
     return "\n".join([lead, "", *paper_table(rows, data)])
 
@@ -392,11 +394,12 @@ def paper_differences(
 ) -> list[tuple[str, str, str, str]]:
     """``(setting, paper, this study, verdict)`` for each setting of the paper's protocol.
 
-    The paper's side is :func:`~minsharp.study.presets.paper_preset`. Each model is compared
+    The paper's side is :func:`~minsharp.study.core.config.paper_preset`. Each model is compared
     with the paper's model of the same zoo network, or else with the paper's MLP (networks
     on flat inputs) or LeNet (networks on images). The verdict is
-    :data:`~minsharp.study.reporting.SAME`, :data:`~minsharp.study.reporting.DIFFERS` or, for
-    the measures, :data:`~minsharp.study.reporting.INCLUDES`.
+    :data:`~minsharp.study.report.markdown.SAME`,
+    :data:`~minsharp.study.report.markdown.DIFFERS` or, for the
+    measures, :data:`~minsharp.study.report.markdown.INCLUDES`.
     """
     paper = paper_preset()
     sizes = data.get("sizes") or {}

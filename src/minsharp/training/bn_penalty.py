@@ -1,8 +1,8 @@
-"""Training with a BN-sharpness penalty (Yi, Zhang, Chen, Ma & Liu, IJCAI 2019; MATH §5).
+"""Training with a BN-sharpness penalty (Yi, Zhang, Chen, Ma & Liu, IJCAI 2019; theory §5).
 
 Source: "BN-invariant sharpness regularizes the training model to better generalization".
 
-**Reconstructed** (MATH §5): the paper's text was not available to us. The objective is
+**Reconstructed** (theory §5): the paper's text was not available to us. The objective is
 
     J(w) = L(w) + λ·S(w),     S(w) ≈ E_{t ~ U(0, δ)} [L(w + t v) − L(w)],
 
@@ -14,7 +14,7 @@ its bias, or any other parameter tensor as a whole), ``v_k = ‖w_k‖ g_k / ‖
 
     J(w) = (1 − λ)·L(w) + λ·E_t[L(w + t v)].
 
-**The combined gradient.** As MATH §5 prescribes, ``v`` is held fixed (no derivative through
+**The combined gradient.** As theory §5 prescribes, ``v`` is held fixed (no derivative through
 ``v``'s dependence on ``w``, as in SAM's first-order step). Then
 
     ∇J(w) = (1 − λ)·∇L(w) + λ·E_t[∇L(w + t v)],
@@ -27,7 +27,7 @@ unbiased for that gradient given the minibatch. The neglected term is
 ``λ·E_t[t·(∂v/∂w)ᵀ ∇L(w + t v)]``, of order ``λ·δ``. For ``0 ≤ λ ≤ 1``, ``ĝ`` is a convex
 combination of the two gradients; ``λ > 1`` is allowed (the weight of ``∇L(w)`` turns
 negative, still the gradient of ``L + λ·S``). Weight decay and momentum then act on ``ĝ``
-exactly as on a plain gradient (:func:`minsharp.train.train_classifier`).
+exactly as on a plain gradient (:func:`minsharp.training.sgd.train_classifier`).
 
 **One step** (:meth:`BNSharpnessPenalty.gradient`): forward and backward on the minibatch at
 ``w`` (this pass, and only this one, updates the batch-norm running statistics); the
@@ -132,7 +132,7 @@ def combined_gradient(
     weight: float,
     radius: float,
 ) -> PenaltyStep:
-    """Set ``p.grad = (1 − λ)·∇L(w) + λ·∇L(w + t v)``, ``v`` held fixed (MATH §5).
+    """Set ``p.grad = (1 − λ)·∇L(w) + λ·∇L(w + t v)``, ``v`` held fixed (theory §5).
 
     ``L`` is the mean cross-entropy of ``model`` (in its current mode, normally training) on
     ``(inputs, targets)``; ``v`` is :func:`~minsharp.measures.bn_sharpness.

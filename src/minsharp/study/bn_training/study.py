@@ -1,4 +1,4 @@
-"""The BN-sharpness training study (Yi et al. 2019; MATH §5, reconstructed): does it help?
+"""The BN-sharpness training study (Yi et al. 2019; theory §5, reconstructed): does it help?
 
 Yi, Zhang, Chen, Ma & Liu (IJCAI 2019) train networks with batch-norm on ``L + λ·S_BN`` and
 report better test accuracy than plain SGD. This study compares the two on a CPU-sized task:
@@ -11,18 +11,18 @@ for every run of the grid models × penalty weights λ × seeds (λ = 0 is plain
    batch-norm running statistics are set to the training set's (one pass in training mode
    with cumulative averaging, :func:`calibrated_copy`), so that eval mode normalises as
    training does;
-3. the network is trained for the same epochs with :func:`~minsharp.train.train_classifier`
+3. the network is trained for the same epochs with :func:`~minsharp.training.train_classifier`
    and ``bn_sharpness_weight = λ``, ``bn_sharpness_delta = δ`` (the combined gradient of
-   :mod:`minsharp.bn_training`); the wall time of the optimisation steps alone is recorded,
+   :mod:`minsharp.training.bn_penalty`); the wall time of the optimisation steps alone is recorded,
    per step;
 4. **after** training: train and test accuracy and the measures again (eval mode, running
    statistics).
 
 The BN-sharpness measure uses the training radius δ unless ``measure_options`` sets another.
-Layout, resume and provenance are those of every study (:mod:`minsharp.study.base`); the
-report is :mod:`minsharp.study.bn_sharpness_report`.
+Layout, resume and provenance are those of every study (:mod:`minsharp.study.core.runner`); the
+report is :mod:`minsharp.study.bn_training.report`.
 
-MATH §5 states no experimental protocol; the ``paper`` preset is our larger setting (CIFAR-10
+theory §5 states no experimental protocol; the ``paper`` preset is our larger setting (CIFAR-10
 with the zoo's small CNN with batch-norm; the paper's own networks are not in the zoo), and
 its report says so.
 """
@@ -41,9 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from minsharp.measures.bn_sharpness import DEFAULT_DELTA
-from minsharp.study import base
-from minsharp.study.base import StudyData
-from minsharp.study.presets import (
+from minsharp.study.core import runner as base
+from minsharp.study.core.config import (
     GridConfig,
     ModelPlan,
     Presets,
@@ -51,7 +50,8 @@ from minsharp.study.presets import (
     raise_kind_problems,
     ratio_label,
 )
-from minsharp.train import TrainingConfig, train_classifier
+from minsharp.study.core.runner import StudyData
+from minsharp.training import TrainingConfig, train_classifier
 
 #: The kind of study this module runs (``study.json``'s ``kind``).
 KIND = "bn-sharpness"
@@ -82,7 +82,7 @@ CALIBRATION_BATCH = 512
 class BNSharpnessConfig(GridConfig):
     """Everything that decides the results of a BN-sharpness training study.
 
-    The fields of every kind are :class:`~minsharp.study.presets.GridConfig`'s (a seed gives
+    The fields of every kind are :class:`~minsharp.study.core.config.GridConfig`'s (a seed gives
     the same initial weights and minibatch order to every λ; the models have batch-norm, zoo
     option ``batchnorm: true``; ``training`` holds no penalty setting; the measures,
     ``bn_sharpness`` among them and by default, are taken before and after training, with
@@ -142,7 +142,7 @@ def validate(config: BNSharpnessConfig) -> None:
     First: distinct non-negative finite weights including 0 and a positive one; δ in
     (0, 1]; no penalty settings in ``training``; models with batch-norm; ``bn_sharpness``
     among the measures. When these hold, the checks shared by every study
-    (:func:`~minsharp.study.presets.common_problems`).
+    (:func:`~minsharp.study.core.config.common_problems`).
     """
     problems: list[str] = []
     weights = config.weights
@@ -368,7 +368,7 @@ def summarise_run(result: Mapping[str, Any]) -> str:
     )
 
 
-#: The BN-sharpness training study as a :class:`~minsharp.study.base.StudyKind`.
+#: The BN-sharpness training study as a :class:`~minsharp.study.core.runner.StudyKind`.
 BN_SHARPNESS = base.StudyKind(
     name=KIND,
     plan_runs=plan_runs,

@@ -1,9 +1,11 @@
-"""The large- vs small-batch study (Rangamani et al. 2019; MATH §4): are large-batch minima sharper?
+"""The large- vs small-batch study (Rangamani et al. 2019; theory §4): sharper large-batch minima?
+
+Are large-batch minima sharper?
 
 Rangamani, Nguyen, Kumar, Phan, Chin & Tran (2019, "A scale invariant flatness measure for
 deep network minima") train the same networks with small-batch (SB) and large-batch (LB)
 SGD and find the LB minima sharper under their rescaling-invariant measure
-``λ_max(D H D)``, ``D = blockdiag(‖P‖_F I)`` (``quotient_flatness``). MATH §4 gives their
+``λ_max(D H D)``, ``D = blockdiag(‖P‖_F I)`` (``quotient_flatness``). theory §4 gives their
 networks: on MNIST an MLP with five hidden layers of 512 units and LeNet, both **without
 biases** (so the layer rescaling acts on weights alone).
 
@@ -11,21 +13,21 @@ For every run of the grid models × batch sizes × seeds:
 
 1. the zoo network is built under ``torch.manual_seed(seed)``, so the networks of one seed
    and model start from the same weights whatever the batch size (matched pairs), and are
-   trained with :func:`~minsharp.train.train_classifier` (SGD with momentum; minibatch order
+   trained with :func:`~minsharp.training.train_classifier` (SGD with momentum; minibatch order
    seeded by the seed) until the target training accuracy or the epoch budget;
 2. train and test accuracy and the gap ``train − test`` are recorded;
 3. each measure is computed on the (first ``measure_examples``) training examples;
 4. a **rescaled copy** is made: ``W_l → α_l W_l`` with random ``α`` (log-uniform in
    ``[1/s, s]``, ``s = rescale_spread``, then divided by their geometric mean so that
-   ``Π α_l = 1``; MATH §2), through :func:`minsharp.symmetry.rescale`, which verifies that
-   the copy computes the same logits; every measure is computed on it too. An invariant
+   ``Π α_l = 1``; theory §2), through :func:`minsharp.symmetry.rescale`, which verifies
+   that the copy computes the same logits; every measure is computed on it too. An invariant
    measure gives the same value; the plain Hessian trace and top eigenvalue move.
 
-Layout, resume and provenance are those of every study (:mod:`minsharp.study.base`). The
-report (:mod:`minsharp.study.batch_size_report`) compares the smallest batch size with the
+Layout, resume and provenance are those of every study (:mod:`minsharp.study.core.runner`). The
+report (:mod:`minsharp.study.batch_size.report`) compares the smallest batch size with the
 largest per model and measure, paired by seed.
 
-What MATH §4 does not state, the ``paper`` preset assumes (the report says so): Keskar et
+What theory §4 does not state, the ``paper`` preset assumes (the report says so): Keskar et
 al.'s (2017) batch sizes, 256 for SB and 10 % of the training set (6 000) for LB; SGD with
 momentum 0.9 and no weight decay, lr 0.05 for the MLP and 0.01 for LeNet (the Minimum
 Sharpness paper's LeNet rate), constant; training until 99.9 % training accuracy (at most
@@ -45,17 +47,17 @@ from typing import Any
 import torch
 
 from minsharp.errors import NotAChainError
-from minsharp.study import base
-from minsharp.study.base import StudyData
-from minsharp.study.presets import (
+from minsharp.study.core import runner as base
+from minsharp.study.core.config import (
     GridConfig,
     ModelPlan,
     Presets,
     grid_setting_holders,
     raise_kind_problems,
 )
-from minsharp.symmetry import chain_layers, rescaled_copy, verify_same_function
-from minsharp.train import TrainingConfig, train_classifier
+from minsharp.study.core.runner import StudyData
+from minsharp.symmetry.layerwise import chain_layers, rescaled_copy, verify_same_function
+from minsharp.training import TrainingConfig, train_classifier
 
 #: The kind of study this module runs (``study.json``'s ``kind``).
 KIND = "batch-size"
@@ -94,7 +96,7 @@ CHECKPOINT_KEYS = (
 class BatchSizeConfig(GridConfig):
     """Everything that decides the results of a batch-size study.
 
-    The fields of every kind are :class:`~minsharp.study.presets.GridConfig`'s (a seed gives
+    The fields of every kind are :class:`~minsharp.study.core.config.GridConfig`'s (a seed gives
     the same initial weights to every batch size; ``training`` holds no ``batch_size``; the
     measures, :data:`MEASURES` by default, are also computed on the rescaled copies); this
     kind's own:
@@ -143,7 +145,7 @@ def validate(config: BatchSizeConfig) -> None:
 
     First: at least two distinct positive batch sizes, no ``batch_size`` in the training
     settings (the grid sets it), and ``rescale_spread > 1``; when these hold, the checks
-    shared by every study (:func:`~minsharp.study.presets.common_problems`).
+    shared by every study (:func:`~minsharp.study.core.config.common_problems`).
     """
     problems: list[str] = []
     sizes = config.batch_sizes
@@ -167,7 +169,7 @@ def validate(config: BatchSizeConfig) -> None:
 
 
 def _training(**changes: Any) -> dict[str, Any]:
-    """SGD with momentum 0.9, no weight decay, constant rate (MATH §4 states none of these)."""
+    """SGD with momentum 0.9, no weight decay, constant rate (theory §4 states none of these)."""
     return {
         "epochs": 500,
         "lr": 0.05,
@@ -227,7 +229,7 @@ def paper_preset() -> BatchSizeConfig:
 
 
 def _paper_models() -> tuple[ModelPlan, ...]:
-    """MATH §4's MNIST networks without biases: MLP 784-512×5-10 and LeNet (lr 0.01)."""
+    """Theory §4's MNIST networks without biases: MLP 784-512×5-10 and LeNet (lr 0.01)."""
     return (
         ModelPlan("mlp", "mlp", {"hidden": [512] * 5, "bias": False}),
         ModelPlan("lenet", "lenet", {"bias": False}, training={"lr": 0.01}),
@@ -284,7 +286,7 @@ def run_fingerprint(config: BatchSizeConfig, plan: RunPlan) -> str:
 
 
 def random_alphas(layers: int, spread: float, seed: int) -> list[float]:
-    """Random layer factors ``α_l`` with ``Π α_l = 1`` (MATH §2).
+    """Random layer factors ``α_l`` with ``Π α_l = 1`` (theory §2).
 
     ``log α_l`` is drawn uniformly in ``[−log s, log s]`` (float64, a generator seeded with
     ``seed``) and centred, so that the logs sum to zero.
@@ -402,7 +404,7 @@ def summarise_run(result: Mapping[str, Any]) -> str:
     return text
 
 
-#: The batch-size study as a :class:`~minsharp.study.base.StudyKind`.
+#: The batch-size study as a :class:`~minsharp.study.core.runner.StudyKind`.
 BATCH_SIZE = base.StudyKind(
     name=KIND,
     plan_runs=plan_runs,

@@ -2,12 +2,12 @@
 
 ``minsharp study <kind>`` (``randomized-labels``, ``batch-size``, ``bn-sharpness``; see
 :mod:`minsharp.study.kinds`) builds the kind's configuration from a preset, an optional JSON
-config file and override flags (in that order), runs it with :func:`minsharp.study.base.
+config file and override flags (in that order), runs it with :func:`minsharp.study.core.runner.
 run_study` and writes the report; ``minsharp report DIR`` rewrites a study's report, for the
 kind recorded in ``DIR/study.json``; ``minsharp demo`` is the randomized-label ``demo``
 preset into ``./minsharp-demo``.
 Every problem ends the command with exit status 2 and one ``minsharp: error: …`` line
-(:class:`~minsharp.errors.MinsharpError`, handled by :func:`minsharp.cli.main`).
+(:class:`~minsharp.errors.MinsharpError`, handled by :func:`minsharp.cli.main.main`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from typing import Any, TypeVar
 import torch
 
 from minsharp import distributed
+from minsharp.cli.common import resolve_device
 from minsharp.errors import MinsharpError, StudyError
 from minsharp.models import ZOO
-from minsharp.study import base, kinds
-from minsharp.study.presets import DTYPES, GridConfig, ModelPlan, read_config_file
+from minsharp.study import kinds
+from minsharp.study.core import runner as base
+from minsharp.study.core.config import DTYPES, GridConfig, ModelPlan, read_config_file
 
 #: Where ``minsharp demo`` writes its study.
 DEMO_DIRECTORY = "minsharp-demo"
@@ -210,8 +212,6 @@ def resolve_study_device(text: str) -> torch.device:
     Raises:
         MinsharpError: an unknown or unavailable device.
     """
-    from minsharp.cli import resolve_device
-
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return resolve_device(text)
@@ -483,7 +483,7 @@ def _add_running_arguments(
 
 
 _BATCH_SIZE_DESCRIPTION = """\
-Large- vs small-batch minima (Rangamani et al. 2019, MATH 4): train matched networks (the same
+Large- vs small-batch minima (Rangamani et al. 2019, theory §4): train matched networks (the same
 initial weights per seed) with a small and a large batch size until a target training
 accuracy, then measure each with quotient-manifold flatness, Minimum Sharpness, normalized
 sharpness, the Hessian trace and the top eigenvalue, together with a randomly layer-rescaled
@@ -499,7 +499,7 @@ presets:
 """
 
 _BN_DESCRIPTION = """\
-BN-sharpness training (Yi et al. 2019, MATH 5, reconstructed): train networks with batch-norm
+BN-sharpness training (Yi et al. 2019, theory §5, reconstructed): train networks with batch-norm
 with plain SGD (lambda = 0) and with the penalty L + lambda * S_BN, from the same initial
 weights and minibatch order for the same epochs; each penalised step follows
 (1 - lambda) grad L(w) + lambda grad L(w + t v), t ~ U(0, delta), v the BN-sharpness direction

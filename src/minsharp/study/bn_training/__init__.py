@@ -1,0 +1,1 @@
+"""The BN-sharpness training study (theory §5): does penalising BN-sharpness help?"""

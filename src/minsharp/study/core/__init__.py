@@ -1,0 +1,1 @@
+"""What every study kind shares: configuration, the run store, orchestration, provenance."""

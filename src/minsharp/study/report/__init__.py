@@ -1,0 +1,1 @@
+"""The parts every study report shares: markdown, figures and rank statistics."""
