@@ -50,6 +50,7 @@ bench: bench-setup
 	$(TUNED_MALLOC) $(BIN)/python benchmarks/cost_ratio.py $(BENCH) --output benchmarks/results/cost_ratio_tuned_allocator.md
 	$(BIN)/python benchmarks/solvers.py $(BENCH)
 	$(BIN)/python benchmarks/normalized_sharpness_solver.py $(BENCH)
+	$(BIN)/python benchmarks/tracking_overhead.py $(BENCH)
 	$(BIN)/python benchmarks/report.py
 
 clean:

@@ -33,6 +33,7 @@ SECTIONS = {
     "cost_ratio_tuned_allocator.md": "Cost ratio to one training step, freed memory kept",
     "solvers.md": "Solvers: Minimum Sharpness",
     "normalized_sharpness_solver.md": "Solvers: normalized sharpness",
+    "tracking_overhead.md": "Tracking sharpness during training: overhead",
 }
 VERDICT = re.compile(r"\b(PASS|MISS)\b")
 
