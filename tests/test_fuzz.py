@@ -4,7 +4,7 @@ Three parts, each a table of cases with one test id per case:
 
 * **Public functions** — the functions in ``__all__`` of ``minsharp``, ``minsharp.data``,
   ``minsharp.measures``, ``minsharp.curvature``, ``minsharp.models``, ``minsharp.training``,
-  ``minsharp.symmetry.layerwise`` and ``minsharp.io``, and every registered measure through
+  ``minsharp.symmetry`` and ``minsharp.io``, and every registered measure through
   ``minsharp.measure``, fed wrong shapes, wrong dtypes, NaN/inf in data or weights, empty
   data, labels out of range, unknown names, bad option values, missing paths, directories
   where files belong, and garbage or truncated files. Each case must raise a
@@ -53,7 +53,7 @@ import minsharp.data
 import minsharp.io
 import minsharp.measures
 import minsharp.models
-import minsharp.symmetry.layerwise
+import minsharp.symmetry
 import minsharp.training
 from minsharp import (
     DataError,
@@ -125,7 +125,7 @@ PUBLIC_MODULES = (
     minsharp.curvature,
     minsharp.models,
     minsharp.training,
-    minsharp.symmetry.layerwise,
+    minsharp.symmetry,
     minsharp.io,
 )
 
