@@ -100,8 +100,8 @@ from minsharp.models import (
     small_cnn,
     small_mlp,
 )
-from minsharp.study.core import runner as base
-from minsharp.study.core.config import demo_preset
+from minsharp.study.core import store as base
+from minsharp.study.randomized_labels.config import demo_preset
 from minsharp.symmetry.layerwise import rescaled_copy, verify_same_function
 from minsharp.training import (
     TrainingConfig,

@@ -37,8 +37,8 @@ from minsharp.study.batch_size.study import (
     BatchSizeConfig,
     paper_preset,
 )
-from minsharp.study.core import runner as base
-from minsharp.study.core.runner import StudyRecords
+from minsharp.study.core import store
+from minsharp.study.core.store import StudyRecords
 from minsharp.study.report import markdown as reporting
 from minsharp.study.report.markdown import (
     DIFFERS,
@@ -210,7 +210,7 @@ def write_report(directory: str | Path) -> Report:
     Raises:
         StudyError: not a batch-size study directory.
     """
-    records = base.read_records(directory, BATCH_SIZE)
+    records = store.read_records(directory, BATCH_SIZE)
     config: BatchSizeConfig = records.config
     rows = run_rows(records)
     comparisons = [

@@ -33,9 +33,9 @@ from minsharp.study.bn_training.study import (
     BNSharpnessConfig,
     paper_preset,
 )
-from minsharp.study.core import runner as base
+from minsharp.study.core import store
 from minsharp.study.core.config import ModelPlan, ratio_label
-from minsharp.study.core.runner import StudyRecords
+from minsharp.study.core.store import StudyRecords
 from minsharp.study.report import markdown as reporting
 from minsharp.study.report.markdown import (
     MARKERS,
@@ -197,7 +197,7 @@ def write_report(directory: str | Path) -> Report:
     Raises:
         StudyError: not a BN-sharpness study directory.
     """
-    records = base.read_records(directory, BN_SHARPNESS)
+    records = store.read_records(directory, BN_SHARPNESS)
     config: BNSharpnessConfig = records.config
     rows = run_rows(records)
     found = pairings(rows, config)

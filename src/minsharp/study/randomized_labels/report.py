@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from minsharp.models import ZOO
-from minsharp.study.core import runner as base
-from minsharp.study.core.config import StudyConfig, paper_preset
-from minsharp.study.core.runner import StudyRecords, versions
+from minsharp.study.core import store
+from minsharp.study.core.provenance import versions
+from minsharp.study.core.store import StudyRecords
+from minsharp.study.randomized_labels.config import StudyConfig, paper_preset
 from minsharp.study.randomized_labels.figures import report_figures
 from minsharp.study.randomized_labels.study import RANDOMIZED_LABELS
 from minsharp.study.report import markdown as reporting
@@ -84,7 +85,7 @@ def read_records(directory: str | Path) -> StudyRecords:
         StudyError: not a study directory, a study of another kind, or an unreadable
             ``study.json``.
     """
-    return base.read_records(directory, RANDOMIZED_LABELS)
+    return store.read_records(directory, RANDOMIZED_LABELS)
 
 
 def run_rows(records: StudyRecords) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 Each kind's report module (:mod:`minsharp.study.randomized_labels.report`, :mod:`minsharp.study.
 batch_size_report`, :mod:`minsharp.study.bn_training.report`) reads its study with
-:func:`minsharp.study.core.runner.read_records`, makes one row per finished run (:func:`run_row`,
+:func:`minsharp.study.core.store.read_records`, makes one row per finished run (:func:`run_row`,
 :func:`measure_value`; columns :func:`csv_columns`) and assembles ``report.md`` from these
 parts: the header line (:func:`written_markdown`), tables (:func:`table_head`,
 :func:`markdown_table`), the setup (:func:`data_lines`, :func:`models_table`,
@@ -32,13 +32,13 @@ from minsharp.errors import MinsharpError
 from minsharp.io import write_bytes_atomic, write_text_atomic
 from minsharp.measures import SYMMETRIES, spec
 from minsharp.study.core.config import ModelPlan
-from minsharp.study.core.runner import (
+from minsharp.study.core.provenance import versions
+from minsharp.study.core.store import (
     RESULT_FILE,
     RUNS_DIR,
     STUDY_FILE,
     StudyRecords,
     measure_entries,
-    versions,
 )
 from minsharp.training import TrainingConfig
 
