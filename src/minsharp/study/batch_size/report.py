@@ -31,6 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from minsharp.study.batch_size.figures import (
+    MOVES,
+    relative_changes,
+    rescaling_figure,
+    values_figure,
+)
 from minsharp.study.batch_size.study import (
     BATCH_SIZE,
     MEASURE_GROUPS,
@@ -42,20 +48,16 @@ from minsharp.study.core.store import StudyRecords
 from minsharp.study.report import markdown as reporting
 from minsharp.study.report.markdown import (
     DIFFERS,
-    MARKERS,
     SGD_COLUMNS,
     closing_markdown,
     csv_columns,
-    declared_invariances,
     examples_text,
     files_markdown,
     geometric_mean,
     invariances_text,
-    log_scale_if_wide,
     measure_lines,
     measure_value,
     models_table,
-    new_figure,
     options_text,
     paper_table,
     per_run_text,
@@ -73,9 +75,6 @@ from minsharp.study.report.markdown import (
     written_markdown,
 )
 from minsharp.training import TrainingConfig
-
-#: A measure whose relative change under the rescaling stays at or below this is "unmoved".
-MOVES = 1e-2
 
 #: The measure the paper's claim is about, and the other invariant ones reported with it.
 CLAIM_MEASURE = "quotient_flatness"
@@ -231,8 +230,8 @@ def write_report(directory: str | Path) -> Report:
         ),
         markdown=_markdown(records, rows, comparisons, verdicts),
         figures={
-            "batch_size.png": lambda: _values_figure(rows, config),
-            "rescaling.png": lambda: _rescaling_figure(rows, config),
+            "batch_size.png": lambda: values_figure(rows, config),
+            "rescaling.png": lambda: rescaling_figure(rows, config),
         },
     )
     summary = "Large vs small batch (paired by seed):\n\n" + (
@@ -420,7 +419,7 @@ def _rescaling_markdown(rows: Sequence[Mapping[str, Any]], config: BatchSizeConf
         ),
     ]
     for name in config.measures:
-        changes = _changes(rows, name)
+        changes = relative_changes(rows, name)
         if not changes:
             lines.append(f"| `{name}` | {invariances_text(name)} | — | — | — |")
             continue
@@ -438,11 +437,6 @@ def _rescaling_markdown(rows: Sequence[Mapping[str, Any]], config: BatchSizeConf
         "`tolerance` only, so their invariant values agree to about that.",
     ]
     return "\n".join(lines)
-
-
-def _changes(rows: Sequence[Mapping[str, Any]], name: str) -> list[float]:
-    """The finite relative changes ``|m(rescaled)/m − 1|`` of measure ``name``."""
-    return [abs(r[f"{name}_change"]) for r in rows if math.isfinite(r[f"{name}_change"])]
 
 
 def _setup_markdown(records: StudyRecords) -> str:
@@ -557,92 +551,3 @@ def _paper_markdown(config: BatchSizeConfig, data: Mapping[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- figures
-
-_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
-
-
-def _values_figure(rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig) -> Any:
-    panels = [*config.measures, "test_accuracy"]
-    columns = min(3, len(panels))
-    lines = math.ceil(len(panels) / columns)
-    figure = new_figure(3.8 * columns, 3.0 * lines)
-    sizes = sorted(config.batch_sizes)
-    for index, panel in enumerate(panels):
-        axis = figure.add_subplot(lines, columns, index + 1)
-        values: list[float] = []
-        for number in range(len(config.models)):
-            values += _seed_lines(axis, rows, config, panel, number)
-        log_scale_if_wide(axis, values)
-        axis.set_xticks(range(len(sizes)), [str(size) for size in sizes], fontsize=7)
-        axis.set_xlabel("batch size", fontsize=8)
-        invariant = declared_invariances(panel) if panel in config.measures else ()
-        title = panel.replace("_", " ") if panel == "test_accuracy" else panel
-        axis.set_title(title + (" (invariant)" if invariant else ""), fontsize=9)
-        axis.tick_params(which="both", labelsize=7)
-        if index == 0 and len(config.models) > 1:
-            axis.legend(fontsize=7)
-    return figure
-
-
-def _seed_lines(
-    axis: Any,
-    rows: Sequence[Mapping[str, Any]],
-    config: BatchSizeConfig,
-    panel: str,
-    number: int,
-) -> list[float]:
-    """Draw ``panel`` against the batch size for model ``number``, one line per seed.
-
-    A measure's rescaled copies are drawn as open markers beside it. Returns the values drawn.
-    """
-    model = config.models[number]
-    colour, marker = _COLOURS[number % len(_COLOURS)], MARKERS[number % len(MARKERS)]
-    offset = 0.08 * (number - (len(config.models) - 1) / 2)
-    positions = {size: index for index, size in enumerate(sorted(config.batch_sizes))}
-    values: list[float] = []
-    for seed in config.seeds:
-        chosen = sorted(select(rows, model=model.name, seed=seed), key=lambda r: r["batch_size"])
-        if not chosen:
-            continue
-        x = [positions[r["batch_size"]] + offset for r in chosen]
-        y = [r[panel] for r in chosen]
-        label = model.name if seed == config.seeds[0] else None
-        axis.plot(x, y, "-", marker=marker, color=colour, label=label, markersize=5)
-        values += y
-        if panel not in config.measures:
-            continue
-        twin = [r[f"{panel}_rescaled"] for r in chosen]
-        values += twin
-        axis.plot(
-            [value + 0.04 for value in x],
-            twin,
-            linestyle="none",
-            marker=marker,
-            markerfacecolor="none",
-            color=colour,
-            markersize=7,
-        )
-    return values
-
-
-def _rescaling_figure(rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig) -> Any:
-    figure = new_figure(max(4.5, 0.9 * len(config.measures) + 2), 3.4)
-    axis = figure.add_subplot(1, 1, 1)
-    floor = 1e-12
-    largest = []
-    for name in config.measures:
-        changes = _changes(rows, name)
-        largest.append(max(max(changes), floor) if changes else math.nan)
-    colours = ["tab:blue" if declared_invariances(n) else "tab:gray" for n in config.measures]
-    positions = np.arange(len(config.measures))
-    axis.bar(positions, np.nan_to_num(largest, nan=floor), color=colours)
-    axis.axhline(MOVES, color="black", linewidth=0.6, linestyle="--")
-    axis.set_yscale("log")
-    axis.set_xticks(positions, list(config.measures), rotation=30, ha="right", fontsize=8)
-    axis.set_ylabel("largest |m(rescaled)/m − 1|", fontsize=8)
-    axis.set_title(
-        f"Change under a random layer rescaling (dashed: {MOVES:g}; blue: declared invariant)",
-        fontsize=9,
-    )
-    axis.tick_params(which="both", labelsize=7)
-    return figure

@@ -38,7 +38,6 @@ from minsharp.study.core.config import ModelPlan, ratio_label
 from minsharp.study.core.store import StudyRecords
 from minsharp.study.report import markdown as reporting
 from minsharp.study.report.markdown import (
-    MARKERS,
     SGD_COLUMNS,
     as_float,
     closing_markdown,
@@ -46,12 +45,10 @@ from minsharp.study.report.markdown import (
     examples_text,
     files_markdown,
     geometric_mean,
-    log_scale_if_wide,
     mean,
     measure_lines,
     measure_value,
     models_table,
-    new_figure,
     options_text,
     paper_table,
     per_run_text,
@@ -68,6 +65,7 @@ from minsharp.study.report.markdown import (
     write_files,
     written_markdown,
 )
+from minsharp.study.report.plots import MARKERS, log_scale_if_wide, new_figure
 from minsharp.training import TrainingConfig
 
 #: Coverage of the paired interval.
