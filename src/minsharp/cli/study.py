@@ -239,6 +239,17 @@ def run_study_command(
             file=sys.stderr,
         )
         raise
+    _print_outcome(outcome, output, write_report=not args.no_report, resamples=resamples)
+
+
+def _print_outcome(
+    outcome: runner.StudyOutcome, output: Path, *, write_report: bool, resamples: int
+) -> None:
+    """Print what the study did, write its report unless told not to, and refuse failed runs.
+
+    Raises:
+        StudyError: runs failed (after the report is written).
+    """
     elsewhere = f", {len(outcome.elsewhere)} left to other workers" if outcome.elsewhere else ""
     print(
         f"\n{len(outcome.trained)} runs trained, {len(outcome.reused)} reused, "
@@ -253,7 +264,7 @@ def run_study_command(
             f"{len(outcome.unfinished)} runs are still being run by other workers; the last "
             f"worker to finish writes the report (or run `minsharp report {output}` then)."
         )
-    elif not args.no_report:
+    elif write_report:
         print_report(output, resamples=resamples)
     if outcome.failed:
         raise StudyError(

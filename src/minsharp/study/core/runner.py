@@ -150,8 +150,7 @@ def run_study(
     Raises:
         StudyError: the directory belongs to another study, kind or configuration (without
             ``force``), is not a directory, or holds an unreadable ``study.json``.
-        DataError: the data cannot be loaded (missing files: the message says how to get
-            them).
+        DataError: the data cannot be loaded (the message says how to get missing files).
     """
     started = time.perf_counter()
     directory = Path(directory).expanduser()

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from minsharp.data.corruption import corrupt_labels
 from minsharp.study.core import runner, steps
 from minsharp.study.core.config import ModelPlan, ratio_label
@@ -122,6 +124,24 @@ class RunPlan(GridRunPlan):
     def corruption_seed(self) -> int:
         """The seed of the label corruption (:func:`corruption_seed`)."""
         return corruption_seed(self.seed, self.ratio)
+
+
+def label_fit(
+    model: torch.nn.Module, data: StudyData, labels: torch.Tensor, corrupted: torch.Tensor
+) -> dict[str, float | None]:
+    """How a trained network fits the clean labels, and the corrupted ones it was trained on.
+
+    ``clean_train_accuracy`` on the true training labels; ``corrupted_fit``, the accuracy on
+    the examples at indices ``corrupted`` with their corrupted ``labels`` (``None``: none).
+    """
+    return {
+        "clean_train_accuracy": accuracy(model, data.train_inputs, data.train_labels),
+        "corrupted_fit": (
+            accuracy(model, data.train_inputs[corrupted], labels[corrupted])
+            if len(corrupted)
+            else None
+        ),
+    }
 
 
 def corruption_seed(seed: int, ratio: float) -> int:
@@ -218,15 +238,7 @@ class RandomizedLabels(StudyKind[StudyConfig, RunPlan]):
         )
         training_seconds = time.perf_counter() - started
         scores = steps.evaluate(model, data, labels)
-        corrupted_index = corrupted.indices.to(data.device)
-        fit = {
-            "clean_train_accuracy": accuracy(model, data.train_inputs, data.train_labels),
-            "corrupted_fit": (
-                accuracy(model, data.train_inputs[corrupted_index], labels[corrupted_index])
-                if len(corrupted_index)
-                else None
-            ),
-        }
+        fit = label_fit(model, data, labels, corrupted.indices.to(data.device))
         record.update(
             steps.training_outcome(
                 history, scores, during={"stopped_early": history.stopped_early}, fit=fit
