@@ -282,27 +282,7 @@ def _markdown(
         "measured too, to show which measures are invariant.\n"
     )
     add(written_markdown(records))
-    add("## Verdict\n")
-    claim = [c for c in comparisons if c.quantity == CLAIM_MEASURE and c.differences]
-    if claim:
-        held = all(c.verdict == HELD for c in claim)
-        add(
-            "**The paper's claim (large-batch minima are sharper under the invariant measure "
-            f"`{CLAIM_MEASURE}`) {'held' if held else 'did not hold in full'}** on this run"
-            + ("" if held else "; per model:")
-            + "\n"
-        )
-        add("\n".join(f"* {line}" for line in verdicts) + "\n")
-        missed = [r["run_id"] for r in rows if r["reached_target"] is False]
-        if missed:
-            add(
-                f"**{len(missed)} of {len(rows)} networks did not reach the target training "
-                f"accuracy** ({', '.join(missed[:8])}{', …' if len(missed) > 8 else ''}): "
-                "their minima are not matched to the others'; give them more epochs.\n"
-            )
-        add(_accuracy_lead(comparisons, small, large) + "\n")
-    else:
-        add("No complete SB/LB pair has finished yet: nothing to compare.\n")
+    out += _verdict_markdown(rows, comparisons, verdicts, small, large)
     if rows:
         add("## Measures, small vs large batch\n")
         add(_measure_table(comparisons, config) + "\n")
@@ -333,6 +313,39 @@ def _markdown(
         ),
     )
     return "\n".join(out)
+
+
+def _verdict_markdown(
+    rows: list[dict[str, Any]],
+    comparisons: list[Comparison],
+    verdicts: list[str],
+    small: int,
+    large: int,
+) -> list[str]:
+    """The verdict section: the paper's claim per model, unmatched minima, the accuracies."""
+    out: list[str] = ["## Verdict\n"]
+    add = out.append
+    claim = [c for c in comparisons if c.quantity == CLAIM_MEASURE and c.differences]
+    if claim:
+        held = all(c.verdict == HELD for c in claim)
+        add(
+            "**The paper's claim (large-batch minima are sharper under the invariant measure "
+            f"`{CLAIM_MEASURE}`) {'held' if held else 'did not hold in full'}** on this run"
+            + ("" if held else "; per model:")
+            + "\n"
+        )
+        add("\n".join(f"* {line}" for line in verdicts) + "\n")
+        missed = [r["run_id"] for r in rows if r["reached_target"] is False]
+        if missed:
+            add(
+                f"**{len(missed)} of {len(rows)} networks did not reach the target training "
+                f"accuracy** ({', '.join(missed[:8])}{', …' if len(missed) > 8 else ''}): "
+                "their minima are not matched to the others'; give them more epochs.\n"
+            )
+        add(_accuracy_lead(comparisons, small, large) + "\n")
+    else:
+        add("No complete SB/LB pair has finished yet: nothing to compare.\n")
+    return out
 
 
 def _accuracy_lead(comparisons: Sequence[Comparison], small: int, large: int) -> str:
@@ -480,7 +493,32 @@ _TRAINING_KEYS = ("epochs", "lr", "momentum", "weight_decay", "lr_decay", "targe
 
 
 def _paper_markdown(config: BatchSizeConfig, data: Mapping[str, Any]) -> str:
+    """The comparison with the paper: what theory §4 states, and what the preset assumes."""
     paper = paper_preset()
+    rows = _paper_rows(config, data, paper)
+    differing = sum(row[3] == DIFFERS for row in rows)
+    lead = (
+        "theory §4 states the data, the networks and the measure; everything marked *assumed* "
+        "is our choice for `--preset paper`, not the paper's statement. "
+        + (
+            "This study uses the `paper` preset's settings throughout."
+            if not differing
+            else f"{differing} of {len(rows)} settings differ from the `paper` preset:"
+        )
+    )
+    lines = [lead, "", *paper_table(rows, data, paper="paper preset")]
+    lines += [
+        "",
+        "Rangamani et al. also report CIFAR-10 networks (AlexNet-like and VGG16 without "
+        "batch-norm), which the zoo does not hold; this study covers the MNIST part.",
+    ]
+    return "\n".join(lines)
+
+
+def _paper_rows(
+    config: BatchSizeConfig, data: Mapping[str, Any], paper: BatchSizeConfig
+) -> list[tuple[str, str, str, str]]:
+    """``(setting, paper preset, this study, verdict)`` rows of :func:`_paper_markdown`."""
     official = data.get("split_kind") == "official" and not data.get("subsampled", True)
     sizes = data.get("sizes") or {}
     networks = sorted((m.zoo, sorted(m.options.items())) for m in config.models)
@@ -531,23 +569,4 @@ def _paper_markdown(config: BatchSizeConfig, data: Mapping[str, Any]) -> str:
                 (f"{model.name}: {setting} (assumed)", *rest)
                 for setting, *rest in training_rows(ours, theirs, _TRAINING_KEYS)
             ]
-    differing = sum(row[3] == DIFFERS for row in rows)
-    lead = (
-        "theory §4 states the data, the networks and the measure; everything marked *assumed* "
-        "is our choice for `--preset paper`, not the paper's statement. "
-        + (
-            "This study uses the `paper` preset's settings throughout."
-            if not differing
-            else f"{differing} of {len(rows)} settings differ from the `paper` preset:"
-        )
-    )
-    lines = [lead, "", *paper_table(rows, data, paper="paper preset")]
-    lines += [
-        "",
-        "Rangamani et al. also report CIFAR-10 networks (AlexNet-like and VGG16 without "
-        "batch-norm), which the zoo does not hold; this study covers the MNIST part.",
-    ]
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- figures
+    return rows

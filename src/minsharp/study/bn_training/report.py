@@ -268,19 +268,7 @@ def _markdown(
         "held fixed (`minsharp.training.bn_penalty`).\n"
     )
     add(written_markdown(records))
-    add("## Verdict\n")
-    decided = [p for p in found if p.verdict != UNDECIDED]
-    if decided:
-        held = all(p.verdict == HELD for p in decided)
-        add(
-            "**The paper's claim (the penalty improves test accuracy over plain SGD) "
-            + ("held" if held else "did not hold")
-            + f"** on this run, judged by the paired difference and its {LEVEL * 100:g} % "
-            "Student-t interval:\n"
-        )
-        add("\n".join(f"* {line}" for line in verdicts) + "\n")
-    else:
-        add("Fewer than two complete pairs of runs: nothing to compare yet.\n")
+    out += _verdict_markdown(found, verdicts)
     if rows:
         add("## Results per penalty weight\n")
         add(_results_table(rows, config) + "\n")
@@ -313,6 +301,25 @@ def _markdown(
         ),
     )
     return "\n".join(out)
+
+
+def _verdict_markdown(found: list[Pairing], verdicts: list[str]) -> list[str]:
+    """The verdict section: whether the penalty improved test accuracy, per pairing."""
+    out: list[str] = ["## Verdict\n"]
+    add = out.append
+    decided = [p for p in found if p.verdict != UNDECIDED]
+    if decided:
+        held = all(p.verdict == HELD for p in decided)
+        add(
+            "**The paper's claim (the penalty improves test accuracy over plain SGD) "
+            + ("held" if held else "did not hold")
+            + f"** on this run, judged by the paired difference and its {LEVEL * 100:g} % "
+            "Student-t interval:\n"
+        )
+        add("\n".join(f"* {line}" for line in verdicts) + "\n")
+    else:
+        add("Fewer than two complete pairs of runs: nothing to compare yet.\n")
+    return out
 
 
 def _results_table(rows: Sequence[Mapping[str, Any]], config: BNSharpnessConfig) -> str:
