@@ -154,14 +154,7 @@ def granulated_kendall(
         ({'ratio': 0.0, 'seed': 1.0}, 0.5)
     """
     values, gaps = _paired(measure, gap)
-    labels: dict[str, list[Hashable]] = {}
-    for name, column in axes.items():
-        column = list(column)
-        if len(column) != len(values):
-            raise DataError(
-                f"axis {name!r} has {len(column)} values for {len(values)} runs; give one per run."
-            )
-        labels[name] = [_hashable(value) for value in column]
+    labels = _axis_labels(axes, len(values))
     kept = np.flatnonzero(~(np.isnan(values) | np.isnan(gaps)))
     per_axis: dict[str, float] = {}
     used: dict[str, int] = {}
@@ -175,6 +168,23 @@ def granulated_kendall(
     defined = [psi for psi in per_axis.values() if not math.isnan(psi)]
     average = float(np.mean(defined)) if defined else math.nan
     return GranulatedKendall(per_axis, average, used, skipped)
+
+
+def _axis_labels(axes: Mapping[str, Sequence[Any]], runs: int) -> dict[str, list[Hashable]]:
+    """Each axis's values as hashable group labels, one per run.
+
+    Raises:
+        DataError: an axis has not one value per run.
+    """
+    labels: dict[str, list[Hashable]] = {}
+    for name, column in axes.items():
+        column = list(column)
+        if len(column) != runs:
+            raise DataError(
+                f"axis {name!r} has {len(column)} values for {runs} runs; give one per run."
+            )
+        labels[name] = [_hashable(value) for value in column]
+    return labels
 
 
 def _group_taus(
