@@ -8,6 +8,7 @@ from typing import Any
 
 from minsharp.cli.main import main
 from minsharp.study.core import runner as base
+from minsharp.study.core.kind import StudyKind
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -61,7 +62,7 @@ def quiet(line: str) -> None:
     """Swallow a study's progress lines."""
 
 
-def finished_study(tmp_path_factory, kind: base.StudyKind, config) -> Path:
+def finished_study(tmp_path_factory, kind: StudyKind, config) -> Path:
     """A study of ``kind`` run to the end with ``config`` in a new directory (module fixtures)."""
     directory = tmp_path_factory.mktemp(kind.name)
     base.run_study(kind, config, directory, echo=quiet)

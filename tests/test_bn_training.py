@@ -30,6 +30,7 @@ from minsharp.study.bn_training.study import (
     preset,
 )
 from minsharp.study.core import runner as base
+from minsharp.study.core import store
 from minsharp.study.core.config import ModelPlan
 from minsharp.training import TrainingConfig, train_classifier
 from minsharp.training.bn_penalty import RADIUS_SEED_OFFSET, BNSharpnessPenalty, combined_gradient
@@ -213,7 +214,7 @@ def finished(tmp_path_factory) -> Path:
 
 
 def test_the_study_pairs_runs_by_seed_and_records_before_after_and_cost(finished):
-    records = base.read_records(finished, BN_SHARPNESS)
+    records = store.read_records(finished, BN_SHARPNESS)
     assert list(records.results) == [
         "mlp_bn_l0_s0",
         "mlp_bn_l0.5_s0",

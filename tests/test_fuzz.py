@@ -101,7 +101,8 @@ from minsharp.models import (
     small_mlp,
 )
 from minsharp.study.core import runner as base
-from minsharp.study.core.config import demo_preset
+from minsharp.study.core import store
+from minsharp.study.randomized_labels.config import demo_preset
 from minsharp.symmetry.layerwise import rescaled_copy, verify_same_function
 from minsharp.training import (
     TrainingConfig,
@@ -353,8 +354,8 @@ def study(change: str) -> Callable[[Path], None]:
     def write(folder: Path) -> None:
         folder.mkdir()
         content: Any = {
-            "format": base.STUDY_FORMAT,
-            "version": base.FORMAT_VERSION,
+            "format": store.STUDY_FORMAT,
+            "version": store.FORMAT_VERSION,
             "kind": "randomized-labels",
             "config": demo_preset().to_dict(),
             "runs": [],
@@ -362,7 +363,7 @@ def study(change: str) -> Callable[[Path], None]:
         if change == "empty":
             return
         if change == "garbage":
-            (folder / base.STUDY_FILE).write_text('{"format": "minsharp-st')
+            (folder / store.STUDY_FILE).write_text('{"format": "minsharp-st')
             return
         if change == "list":
             content = [content]
@@ -378,7 +379,7 @@ def study(change: str) -> Callable[[Path], None]:
             content["config"]["dataset"] = "imagenet"
         elif change == "runs":
             content["runs"] = 5
-        (folder / base.STUDY_FILE).write_text(json.dumps(content))
+        (folder / store.STUDY_FILE).write_text(json.dumps(content))
 
     return write
 

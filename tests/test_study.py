@@ -16,21 +16,23 @@ from minsharp.cli.main import main
 from minsharp.errors import ModelError, StudyError
 from minsharp.study.core import claims as claims
 from minsharp.study.core.config import (
-    PRESETS,
     ModelPlan,
-    StudyConfig,
     config_from_mapping,
-    cpu_preset,
-    paper_preset,
-    preset,
     ratio_label,
     read_config_file,
     stored_config,
 )
 from minsharp.study.core.runner import StudyOutcome
 from minsharp.study.kinds import KINDS
+from minsharp.study.randomized_labels.config import (
+    PRESETS,
+    StudyConfig,
+    cpu_preset,
+    paper_preset,
+    preset,
+)
 from minsharp.study.randomized_labels.report import paper_differences, read_records, write_report
-from minsharp.study.randomized_labels.study import plan_runs, read_result, run_study
+from minsharp.study.randomized_labels.study import RANDOMIZED_LABELS, read_result, run_study
 from minsharp.study.report.markdown import DIFFERS, SAME
 from minsharp.training import accuracy, load_checkpoint
 
@@ -227,7 +229,7 @@ def test_a_model_that_cannot_take_the_data_fails_before_training(tmp_path, monke
 
 def test_the_grid_runs_trial_by_trial_with_shared_corruption_per_trial():
     config = tiny(models=(ModelPlan("a", "mlp"), ModelPlan("b", "small_mlp")), ratios=(0.0, 0.3))
-    plans = plan_runs(config)
+    plans = RANDOMIZED_LABELS.plan_runs(config)
     assert [plan.run_id for plan in plans[:4]] == ["a_r0_s0", "a_r0.3_s0", "b_r0_s0", "b_r0.3_s0"]
     assert plans[1].corruption_seed == plans[3].corruption_seed != plans[5].corruption_seed
     assert plans[1].training.seed == 0 and plans[5].training.seed == 1
@@ -238,7 +240,7 @@ def test_the_grid_runs_trial_by_trial_with_shared_corruption_per_trial():
 
 def test_the_presets_are_valid_and_the_paper_preset_is_math_section_6():
     for name in PRESETS:
-        assert stored_config(preset(name).to_dict()) == preset(name)
+        assert stored_config(preset(name).to_dict(), base=preset("demo")) == preset(name)
     paper = paper_preset()
     assert paper.dataset == "mnist" and paper.train_size is None and paper.test_size is None
     assert paper.ratios == tuple(round(0.1 * i, 10) for i in range(11))
@@ -294,7 +296,7 @@ def test_a_config_file_modifies_a_preset(tmp_path):
             }
         )
     )
-    config = read_config_file(path, base=preset("demo"))
+    config = read_config_file(path, base=preset("demo"), presets=preset)
     assert config.dataset == "mnist" and config.ratios == (0.0, 0.5, 1.0)
     assert config.training["epochs"] == 7 and config.training["batch_size"] == 256
     assert config.models == (ModelPlan("wide", "mlp", {"hidden": [32]}),)
@@ -304,7 +306,7 @@ def test_a_config_file_modifies_a_preset(tmp_path):
     }
     path.write_text('{"ratio": [0.5]}')
     with pytest.raises(StudyError, match=r"unknown study config keys 'ratio'.*ratios"):
-        read_config_file(path, base=preset("demo"))
+        read_config_file(path, base=preset("demo"), presets=preset)
 
 
 #: Invalid settings of each kind, applied to its demo preset, with what the error says.

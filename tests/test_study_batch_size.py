@@ -22,11 +22,11 @@ from minsharp.study.batch_size.study import (
     MEASURES,
     BatchSizeConfig,
     paper_preset,
-    plan_runs,
     random_alphas,
     rescaled_twin,
 )
 from minsharp.study.core import runner as base
+from minsharp.study.core import store
 from minsharp.study.core.config import ModelPlan
 from minsharp.training import load_checkpoint
 
@@ -68,7 +68,7 @@ def finished(tmp_path_factory) -> Path:
 
 
 def test_each_run_is_trained_measured_and_rescaled(finished):
-    records = base.read_records(finished, BATCH_SIZE)
+    records = store.read_records(finished, BATCH_SIZE)
     assert list(records.results) == ["mlp_b8_s0", "mlp_b64_s0", "mlp_b8_s1", "mlp_b64_s1"]
     for run, result in records.results.items():
         assert result["status"] == "complete"
@@ -147,7 +147,7 @@ def test_a_network_that_is_no_chain_gets_an_explained_rescaling_error():
     net = build_model("mlp", (4,), 3, hidden=[5], batchnorm=True).eval()
     with torch.no_grad():
         net[2].running_mean.uniform_(-1, 1)  # a batch-norm in eval mode with a shift
-    plan = plan_runs(tiny())[0]
+    plan = BATCH_SIZE.plan_runs(tiny())[0]
     twin, record = rescaled_twin(net, torch.randn(6, 4), 10.0, plan)
     assert twin is None and record["error"] == "NotAChainError"
     assert "not a chain" in record["message"]

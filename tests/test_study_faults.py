@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from minsharp.study.core import runner as base
+from minsharp.study.core import store as base
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 

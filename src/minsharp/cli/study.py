@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -26,8 +26,10 @@ from minsharp.cli.common import resolve_device
 from minsharp.errors import MinsharpError, StudyError
 from minsharp.models import ZOO
 from minsharp.study import kinds
-from minsharp.study.core import runner as base
+from minsharp.study.core import runner
 from minsharp.study.core.config import DTYPES, GridConfig, ModelPlan, read_config_file
+from minsharp.study.core.kind import Flag
+from minsharp.study.randomized_labels.study import RANDOMIZED_LABELS
 
 #: Where ``minsharp demo`` writes its study.
 DEMO_DIRECTORY = "minsharp-demo"
@@ -35,23 +37,8 @@ DEMO_DIRECTORY = "minsharp-demo"
 #: Bootstrap resamples of the report's intervals, unless ``--resamples`` says otherwise.
 RESAMPLES = 2000
 
-NumberT = TypeVar("NumberT", int, float)
 
-
-def default_directory(preset_name: str, kind: str = "randomized-labels") -> str:
-    """The study directory when ``--output`` is not given.
-
-    ``./minsharp-study-<preset>`` for the randomized-label study, else
-    ``./minsharp-<kind>-<preset>``.
-    """
-    if kind == "randomized-labels":
-        return f"minsharp-study-{preset_name}"
-    return f"minsharp-{kind}-{preset_name}"
-
-
-def study_config(
-    args: argparse.Namespace, *, preset_name: str, kind: str = "randomized-labels"
-) -> Any:
+def study_config(args: argparse.Namespace, *, preset_name: str, kind: str) -> Any:
     """The study of a command line: preset, then ``--config`` file, then override flags.
 
     Works for every kind of :data:`minsharp.study.kinds.KINDS`: flags a kind's parser does
@@ -64,73 +51,27 @@ def study_config(
     config = entry.preset(preset_name)
     if getattr(args, "config", None):
         config = read_config_file(args.config, base=config, presets=entry.preset)
-    return apply_overrides(config, args)
+    return apply_overrides(config, args, entry.study.flags)
 
 
-def apply_overrides(config: Any, args: argparse.Namespace) -> Any:
+def apply_overrides(config: Any, args: argparse.Namespace, own: Sequence[Flag] = ()) -> Any:
     """``config`` with the override flags of ``args`` applied (absent flags ignored).
 
-    Training flags (``--epochs``, ``--batch-size``, ``--lr``, ``--target-accuracy``) set the
-    value for every model, replacing the models' own settings.
+    ``own`` are the kind's flags (:attr:`~minsharp.study.core.kind.StudyKind.flags`), each
+    setting its field. Training flags (``--epochs``, ``--batch-size``, ``--lr``,
+    ``--target-accuracy``) set the value for every model, replacing the models' own settings.
 
     Raises:
         StudyError: a malformed flag value or an invalid result.
     """
-
-    def flag(name: str) -> Any:
-        return getattr(args, name, None)
-
-    values: dict[str, Any] = {}
-    if flag("ratios") is not None:
-        values["ratios"] = tuple(_floats(args.ratios, "--ratios"))
-    if flag("weights") is not None:
-        values["weights"] = tuple(_floats(args.weights, "--weights"))
-    if flag("batch_sizes") is not None:
-        values["batch_sizes"] = tuple(_integers(args.batch_sizes, "--batch-sizes"))
-    if flag("seeds") is not None:
-        values["seeds"] = tuple(_seeds(args.seeds))
-    if flag("models") is not None:
-        values["models"] = tuple(_models(args.models, config))
-    if flag("measures") is not None:
-        names = [name.strip() for name in args.measures.split(",") if name.strip()]
-        values["measures"] = tuple(names)
-        values["measure_options"] = {
-            name: options for name, options in config.measure_options.items() if name in names
-        }
-    for key in (
-        "dataset",
-        "corruption",
-        "train_size",
-        "test_size",
-        "measure_examples",
-        "dtype",
-        "delta",
-        "rescale_spread",
-    ):
-        if flag(key) is not None:
-            values[key] = flag(key)
-    training = {
-        "epochs": flag("epochs"),
-        "batch_size": flag("batch_size"),
-        "lr": flag("lr"),
-        "target_train_accuracy": flag("target_accuracy"),
+    values: dict[str, Any] = {
+        flag.field: flag.value(getattr(args, flag.dest))
+        for flag in own
+        if getattr(args, flag.dest, None) is not None
     }
-    training = {key: value for key, value in training.items() if value is not None}
-    if "target_train_accuracy" in training and training["target_train_accuracy"] == "none":
-        training["target_train_accuracy"] = None
-    models = values.get("models", config.models)
-    if training:
-        values["training"] = {**config.training, **training}
-        # A flag sets the value for every model, so it replaces the models' own settings.
-        models = tuple(
-            dataclasses.replace(
-                model,
-                training={k: v for k, v in model.training.items() if k not in training},
-            )
-            for model in models
-        )
-        values["models"] = models
-    if flag("hidden") is not None:
+    values.update(_shared_overrides(config, args))
+    models = _with_training_flags(values.get("models", config.models), args, config, values)
+    if getattr(args, "hidden", None) is not None:
         if not any(model.zoo == "mlp" for model in models):
             raise StudyError(
                 "--hidden sets the widths of `mlp` models, and this study has none "
@@ -145,23 +86,55 @@ def apply_overrides(config: Any, args: argparse.Namespace) -> Any:
     return dataclasses.replace(config, **values) if values else config
 
 
-def _floats(text: str, flag: str) -> list[float]:
-    return _numbers(text, flag, float, "numbers, e.g. 0,0.5,1")
-
-
-def _integers(text: str, flag: str) -> list[int]:
-    return _numbers(text, flag, int, "integers, e.g. 64,1000")
-
-
-def _numbers(text: str, flag: str, kind: Callable[[str], NumberT], what: str) -> list[NumberT]:
-    """The comma-separated ``what`` of ``text`` (empty parts skipped), read with ``kind``."""
-    try:
-        values = [kind(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise StudyError(f"{flag} must be comma-separated {what}; got {text!r}.") from None
-    if not values:
-        raise StudyError(f"{flag} is empty.")
+def _shared_overrides(config: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The fields that the override flags every kind has set (training aside)."""
+    values: dict[str, Any] = {}
+    if getattr(args, "seeds", None) is not None:
+        values["seeds"] = tuple(_seeds(args.seeds))
+    if getattr(args, "models", None) is not None:
+        values["models"] = tuple(_models(args.models, config))
+    if getattr(args, "measures", None) is not None:
+        names = [name.strip() for name in args.measures.split(",") if name.strip()]
+        values["measures"] = tuple(names)
+        values["measure_options"] = {
+            name: options for name, options in config.measure_options.items() if name in names
+        }
+    for key in ("dataset", "train_size", "test_size", "measure_examples", "dtype"):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
     return values
+
+
+def _with_training_flags(
+    models: Sequence[ModelPlan], args: argparse.Namespace, config: Any, values: dict[str, Any]
+) -> Sequence[ModelPlan]:
+    """``models`` without the settings the training flags set, which go into ``values``.
+
+    A flag sets the value for every model, so it replaces the models' own settings.
+    """
+    flags = {
+        "epochs": "epochs",
+        "batch_size": "batch_size",
+        "lr": "lr",
+        "target_train_accuracy": "target_accuracy",
+    }
+    training = {
+        key: getattr(args, flag)
+        for key, flag in flags.items()
+        if getattr(args, flag, None) is not None
+    }
+    if training.get("target_train_accuracy") == "none":
+        training["target_train_accuracy"] = None
+    if not training:
+        return models
+    values["training"] = {**config.training, **training}
+    values["models"] = tuple(
+        dataclasses.replace(
+            model, training={k: v for k, v in model.training.items() if k not in training}
+        )
+        for model in models
+    )
+    return values["models"]
 
 
 def _seeds(text: str) -> list[int]:
@@ -217,20 +190,12 @@ def resolve_study_device(text: str) -> torch.device:
     return resolve_device(text)
 
 
-#: What the ``paper`` preset of each kind asks of a CPU, for the note printed there.
-_PAPER_NOTES = {
-    "randomized-labels": "trains 220 networks for 1000-3000 epochs each on full MNIST",
-    "batch-size": "trains 20 networks on full MNIST, the large-batch ones for up to 500 epochs",
-    "bn-sharpness": "trains 10 networks for 100 epochs each on full CIFAR-10",
-}
-
-
 def run_study_command(
     args: argparse.Namespace,
     *,
     preset_name: str,
     directory: str,
-    kind: str = "randomized-labels",
+    kind: str,
 ) -> None:
     """Run a study of ``kind`` from parsed arguments, write its report and print its summary.
 
@@ -250,13 +215,13 @@ def run_study_command(
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     if preset_name == "paper" and device.type == "cpu":
         print(
-            f"note: the paper preset {_PAPER_NOTES[kind]}; on a CPU that takes days to weeks. "
-            "Use --device cuda on a GPU machine, or --preset cpu.",
+            f"note: the paper preset {kinds.KINDS[kind].study.paper_note}; on a CPU that takes "
+            "days to weeks. Use --device cuda on a GPU machine, or --preset cpu.",
             file=sys.stderr,
         )
     output = Path(args.output or directory).expanduser()
     try:
-        outcome = base.run_study(
+        outcome = runner.run_study(
             kinds.KINDS[kind].study,
             config,
             output,
@@ -274,6 +239,17 @@ def run_study_command(
             file=sys.stderr,
         )
         raise
+    _print_outcome(outcome, output, write_report=not args.no_report, resamples=resamples)
+
+
+def _print_outcome(
+    outcome: runner.StudyOutcome, output: Path, *, write_report: bool, resamples: int
+) -> None:
+    """Print what the study did, write its report unless told not to, and refuse failed runs.
+
+    Raises:
+        StudyError: runs failed (after the report is written).
+    """
     elsewhere = f", {len(outcome.elsewhere)} left to other workers" if outcome.elsewhere else ""
     print(
         f"\n{len(outcome.trained)} runs trained, {len(outcome.reused)} reused, "
@@ -288,7 +264,7 @@ def run_study_command(
             f"{len(outcome.unfinished)} runs are still being run by other workers; the last "
             f"worker to finish writes the report (or run `minsharp report {output}` then)."
         )
-    elif not args.no_report:
+    elif write_report:
         print_report(output, resamples=resamples)
     if outcome.failed:
         raise StudyError(
@@ -315,14 +291,16 @@ def study_command(args: argparse.Namespace) -> None:
     run_study_command(
         args,
         preset_name=args.preset,
-        directory=default_directory(args.preset, args.study),
+        directory=kinds.KINDS[args.study].study.default_directory(args.preset),
         kind=args.study,
     )
 
 
 def demo_command(args: argparse.Namespace) -> None:
     """``minsharp demo``: the ``demo`` preset into ``./minsharp-demo``."""
-    run_study_command(args, preset_name="demo", directory=DEMO_DIRECTORY)
+    run_study_command(
+        args, preset_name="demo", directory=DEMO_DIRECTORY, kind=RANDOMIZED_LABELS.name
+    )
 
 
 def report_command(args: argparse.Namespace) -> None:
@@ -334,83 +312,25 @@ def report_command(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- parsers
 
-_STUDY_DESCRIPTION = """\
-The randomized-label study (Ibayashi, Hamaguchi & Imaizumi 2021, Fig. 2): train networks on
-training sets whose labels are partly permuted (label-noise ratio r), measure each trained
-network's sharpness on its training inputs (with the labels it was trained on), and correlate
-every measure with the generalization gap (train accuracy - test accuracy): Kendall tau-b and
-Spearman rho with bootstrap intervals, and Jiang et al.'s granulated Kendall coefficient.
-
-The settings come from --preset, then the JSON --config file (keys of study.json's "config";
-"training" and "measure_options" are merged), then the override flags.
-
-presets:
-  demo   digits (bundled), 5 ratios x 3 seeds, MLP 64-128-128-10, 4 measures (~1-2 min)
-  cpu    4000/2000 MNIST images, the paper's MLP 784-512-128-512-10, 11 ratios x 2 seeds,
-         8 measures (about 25 min on 2 cores)
-  paper  the paper's protocol: full MNIST, 11 ratios x 10 trials, MLP (lr 0.1, 3000 epochs)
-         and LeNet (lr 0.01, 1000 epochs), batch 1024 (for a GPU machine)
-
-Each finished run is written to DIR/runs/<run-id>/result.json (atomically) with its
-checkpoint; a stopped study resumes when rerun with the same settings and directory and never
-retrains a finished run. A directory made with other settings is refused (--force overwrites
-it). At the end, DIR/report.md, DIR/figures/ and DIR/runs.csv are written.
-"""
-
-_STUDY_EPILOG = """\
-examples:
-  minsharp study randomized-labels --preset cpu --data-dir ~/mnist --output runs/cpu
-  minsharp study randomized-labels --preset paper --download --device cuda
-  minsharp study randomized-labels --preset demo --ratios 0,0.5,1 --seeds 0-4 --epochs 100
-  minsharp report runs/cpu
-"""
-
-
-#: Each kind's own override flags, ``(flags, options)``: before the shared ones and after.
-_OWN_FLAGS: dict[str, tuple[list[tuple[tuple[str, ...], dict[str, Any]]], ...]] = {
-    "randomized-labels": (
-        [(("--ratios",), {"metavar": "R,R,…", "help": "label-noise ratios, e.g. 0,0.5,1"})],
-        [(("--corruption",), {"choices": ("permute", "uniform"), "help": "label-noise rule"})],
-    ),
-    "batch-size": (
-        [
-            (("--batch-sizes",), {"metavar": "B,B,…", "help": "batch sizes compared, e.g. 64,500"}),
-            (
-                ("--rescale-spread",),
-                {"type": float, "metavar": "S", "help": "α_l drawn log-uniformly in [1/S, S]"},
-            ),
-        ],
-        [],
-    ),
-    "bn-sharpness": (
-        [
-            (
-                ("--weights",),
-                {"metavar": "L,L,…", "help": "penalty weights λ, e.g. 0,0.5 (0: SGD)"},
-            ),
-            (("--delta",), {"type": float, "metavar": "D", "help": "penalty radius δ in (0, 1]"}),
-        ],
-        [],
-    ),
-}
-
 
 def _add_study_arguments(
     parser: argparse.ArgumentParser, *, kind: str, directory: str, threads: int | None
 ) -> None:
     """The override and running flags of ``study <kind>`` (and of ``demo``).
 
-    The kind's own overrides (:data:`_OWN_FLAGS`) around those every kind accepts
-    (:func:`_add_shared_overrides`; ``--batch-size`` except where the grid sets it), then how
-    the study runs (``--resamples`` where the report bootstraps).
+    The kind's own overrides (its :attr:`~minsharp.study.core.kind.StudyKind.flags`) around
+    those every kind accepts (:func:`_add_shared_overrides`; ``--batch-size`` except where
+    the grid sets it), then how the study runs (``--resamples`` where the report bootstraps).
     """
-    before, after = _OWN_FLAGS[kind]
+    study = kinds.KINDS[kind].study
     grid = parser.add_argument_group("overrides of the preset")
-    for flags, options in before:
-        grid.add_argument(*flags, **options)
-    _add_shared_overrides(grid, batch_size=kind != "batch-size")
-    for flags, options in after:
-        grid.add_argument(*flags, **options)
+    for flag in study.flags:
+        if not flag.after_shared:
+            flag.add_to(grid)
+    _add_shared_overrides(grid, batch_size="batch_size" not in study.grid_training)
+    for flag in study.flags:
+        if flag.after_shared:
+            flag.add_to(grid)
     _add_running_arguments(
         parser, directory=directory, threads=threads, resamples=kinds.KINDS[kind].resamples
     )
@@ -482,59 +402,6 @@ def _add_running_arguments(
     run.add_argument("--no-report", action="store_true", help="do not write the report")
 
 
-_BATCH_SIZE_DESCRIPTION = """\
-Large- vs small-batch minima (Rangamani et al. 2019, theory §4): train matched networks (the same
-initial weights per seed) with a small and a large batch size until a target training
-accuracy, then measure each with quotient-manifold flatness, Minimum Sharpness, normalized
-sharpness, the Hessian trace and the top eigenvalue, together with a randomly layer-rescaled
-copy of it (the same function, verified). The report compares the batch sizes per measure,
-paired by seed, says whether large-batch minima came out sharper under the invariant measure,
-and shows which measures move under the rescaling.
-
-presets:
-  demo   digits (bundled), a bias-free MLP 64-64-64-10, batches 16 vs 512, 3 seeds (~20 s)
-  cpu    2000/2000 MNIST images, the bias-free MLP 784-512x5-10 and LeNet, batches 64 vs 500,
-         5 seeds (about 7 min on 2 cores, 16 min on one)
-  paper  full MNIST, batches 256 vs 6000 (Keskar et al.'s, assumed), 5 seeds (a GPU machine)
-"""
-
-_BN_DESCRIPTION = """\
-BN-sharpness training (Yi et al. 2019, theory §5, reconstructed): train networks with batch-norm
-with plain SGD (lambda = 0) and with the penalty L + lambda * S_BN, from the same initial
-weights and minibatch order for the same epochs; each penalised step follows
-(1 - lambda) grad L(w) + lambda grad L(w + t v), t ~ U(0, delta), v the BN-sharpness direction
-held fixed. The report gives test accuracy with its spread over seeds, the paired difference
-and whether the paper's claim held, BN-sharpness before and after training, and the measured
-cost per step.
-
-presets:
-  demo   digits (bundled), an MLP 64-64-64-10 with batch-norm, lambda 0 vs 0.5, 5 seeds (~10 s)
-  cpu    4000/4000 MNIST images, the small CNN with batch-norm, 15 epochs, lambda 0 vs 0.5,
-         10 seeds (about 8 min on 2 cores, 14 min on one)
-  paper  full CIFAR-10, the small CNN with batch-norm, 100 epochs, 5 seeds (a GPU machine)
-"""
-
-
-#: Each kind's ``study <kind>`` help: one line, the description and the examples.
-_KIND_HELP = {
-    "randomized-labels": (
-        "train on partly shuffled labels, correlate measures with the gap",
-        _STUDY_DESCRIPTION,
-        _STUDY_EPILOG,
-    ),
-    "batch-size": (
-        "large- vs small-batch minima under invariant and plain measures",
-        _BATCH_SIZE_DESCRIPTION,
-        "example:\n  minsharp study batch-size --preset cpu --data-dir ~/mnist --output runs/batch",
-    ),
-    "bn-sharpness": (
-        "BN-sharpness training vs plain SGD",
-        _BN_DESCRIPTION,
-        "example:\n  minsharp study bn-sharpness --preset cpu --data-dir ~/mnist --output runs/bn",
-    ),
-}
-
-
 def _target(text: str) -> float | str:
     if text.strip().lower() == "none":
         return "none"
@@ -554,28 +421,23 @@ def add_study_parsers(commands: Any) -> None:
         "normalized sharpness, Hessian trace and epsilon-sharpness. Writes the study and its "
         f"report to ./{DEMO_DIRECTORY} (resumed if run again) and prints the correlations.",
     )
-    _add_study_arguments(demo, kind="randomized-labels", directory=DEMO_DIRECTORY, threads=1)
+    _add_study_arguments(demo, kind=RANDOMIZED_LABELS.name, directory=DEMO_DIRECTORY, threads=1)
     demo.set_defaults(run=demo_command)
 
-    study = commands.add_parser(
-        "study", help="run a study (randomized-labels, batch-size, bn-sharpness)"
-    )
+    study = commands.add_parser("study", help=f"run a study ({', '.join(kinds.KINDS)})")
     kinds_parser = study.add_subparsers(dest="study", required=True)
-    for kind, (summary, description, epilog) in _KIND_HELP.items():
+    for kind, entry in kinds.KINDS.items():
         parser = kinds_parser.add_parser(
             kind,
-            help=summary,
-            description=description,
-            epilog=epilog,
+            help=entry.study.help,
+            description=entry.study.description,
+            epilog=entry.study.epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        parser.add_argument(
-            "--preset", choices=kinds.KINDS[kind].presets, default="demo", help="(demo)"
-        )
+        parser.add_argument("--preset", choices=entry.presets, default="demo", help="(demo)")
         parser.add_argument("--config", metavar="FILE", help="JSON study config")
-        _add_study_arguments(
-            parser, kind=kind, directory=default_directory("<preset>", kind), threads=None
-        )
+        directory = entry.study.default_directory("<preset>")
+        _add_study_arguments(parser, kind=kind, directory=directory, threads=None)
         parser.set_defaults(run=study_command)
 
     report = commands.add_parser(

@@ -1,4 +1,8 @@
-"""Every study kind by name, with its presets and its report: what the commands dispatch on.
+"""Every study kind by name, with its report: what the commands dispatch on.
+
+A new kind is one folder (``study.py`` with its :class:`~minsharp.study.core.kind.StudyKind`,
+``report.py`` with its ``write_report``) and one line in :data:`KINDS`; ``minsharp study
+<kind>`` is built from what the kind declares (:mod:`minsharp.cli.study`).
 
 ``minsharp study <kind>`` runs a kind; ``minsharp report DIR`` reads the ``kind`` recorded in
 ``DIR/study.json`` and writes that kind's report (:func:`write_report`).
@@ -21,49 +25,52 @@ from typing import Any
 
 from minsharp.errors import StudyError
 from minsharp.study.batch_size import report as batch_size_report
-from minsharp.study.batch_size import study as batch_size
-from minsharp.study.bn_training import report as bn_sharpness_report
-from minsharp.study.bn_training import study as bn_sharpness
+from minsharp.study.batch_size.study import BATCH_SIZE
+from minsharp.study.bn_training import report as bn_training_report
+from minsharp.study.bn_training.study import BN_SHARPNESS
 from minsharp.study.core.config import Presets
-from minsharp.study.core.runner import StudyKind, read_study
-from minsharp.study.randomized_labels import report as randomized_report
-from minsharp.study.randomized_labels import study as randomized_runner
+from minsharp.study.core.kind import StudyKind
+from minsharp.study.core.store import read_study
+from minsharp.study.randomized_labels import report as randomized_labels_report
+from minsharp.study.randomized_labels.study import KIND as RANDOMIZED_LABELS_KIND
+from minsharp.study.randomized_labels.study import RANDOMIZED_LABELS
 from minsharp.study.report.markdown import Report
 
 
 @dataclass(frozen=True)
 class Kind:
-    """A study kind with what the command line needs of it.
+    """A study kind with its report: what the commands dispatch on.
 
     Attributes:
-        study: the :class:`~minsharp.study.core.runner.StudyKind` that runs it.
+        study: the :class:`~minsharp.study.core.kind.StudyKind` that runs it, and declares
+            its command line.
         write_report: ``(directory, **options) → Report`` of its report module; the
             report's ``summary`` is what the terminal shows.
         resamples: whether the report takes ``resamples`` (bootstrap intervals).
     """
 
-    study: StudyKind
+    study: StudyKind[Any, Any]
     write_report: Callable[..., Report]
     resamples: bool = False
 
     @property
     def preset(self) -> Presets[Any]:
         """Its presets: ``preset(name)`` builds one."""
-        return self.study.preset
+        return self.study.presets
 
     @property
     def presets(self) -> tuple[str, ...]:
         """The names of its presets."""
-        return self.preset.names
+        return self.study.presets.names
 
 
 #: The study kinds by the name ``study.json`` records.
 KINDS: Mapping[str, Kind] = {
     kind.study.name: kind
     for kind in (
-        Kind(randomized_runner.RANDOMIZED_LABELS, randomized_report.write_report, resamples=True),
-        Kind(batch_size.BATCH_SIZE, batch_size_report.write_report),
-        Kind(bn_sharpness.BN_SHARPNESS, bn_sharpness_report.write_report),
+        Kind(RANDOMIZED_LABELS, randomized_labels_report.write_report, resamples=True),
+        Kind(BATCH_SIZE, batch_size_report.write_report),
+        Kind(BN_SHARPNESS, bn_training_report.write_report),
     )
 }
 
@@ -74,7 +81,7 @@ def kind_of(directory: str | Path) -> Kind:
     Raises:
         StudyError: not a study directory, or a kind this minsharp does not know.
     """
-    recorded = read_study(directory).get("kind", randomized_runner.KIND)
+    recorded = read_study(directory).get("kind", RANDOMIZED_LABELS_KIND)
     if recorded not in KINDS:
         raise StudyError(
             f"{directory} holds a study of kind {recorded!r}, which this minsharp does not "

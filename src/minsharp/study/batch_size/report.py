@@ -31,31 +31,33 @@ from typing import Any
 
 import numpy as np
 
+from minsharp.study.batch_size.figures import (
+    MOVES,
+    relative_changes,
+    rescaling_figure,
+    values_figure,
+)
 from minsharp.study.batch_size.study import (
     BATCH_SIZE,
     MEASURE_GROUPS,
     BatchSizeConfig,
     paper_preset,
 )
-from minsharp.study.core import runner as base
-from minsharp.study.core.runner import StudyRecords
+from minsharp.study.core import store
+from minsharp.study.core.store import StudyRecords
 from minsharp.study.report import markdown as reporting
 from minsharp.study.report.markdown import (
     DIFFERS,
-    MARKERS,
     SGD_COLUMNS,
     closing_markdown,
     csv_columns,
-    declared_invariances,
     examples_text,
     files_markdown,
     geometric_mean,
     invariances_text,
-    log_scale_if_wide,
     measure_lines,
     measure_value,
     models_table,
-    new_figure,
     options_text,
     paper_table,
     per_run_text,
@@ -73,9 +75,6 @@ from minsharp.study.report.markdown import (
     written_markdown,
 )
 from minsharp.training import TrainingConfig
-
-#: A measure whose relative change under the rescaling stays at or below this is "unmoved".
-MOVES = 1e-2
 
 #: The measure the paper's claim is about, and the other invariant ones reported with it.
 CLAIM_MEASURE = "quotient_flatness"
@@ -210,7 +209,7 @@ def write_report(directory: str | Path) -> Report:
     Raises:
         StudyError: not a batch-size study directory.
     """
-    records = base.read_records(directory, BATCH_SIZE)
+    records = store.read_records(directory, BATCH_SIZE)
     config: BatchSizeConfig = records.config
     rows = run_rows(records)
     comparisons = [
@@ -231,8 +230,8 @@ def write_report(directory: str | Path) -> Report:
         ),
         markdown=_markdown(records, rows, comparisons, verdicts),
         figures={
-            "batch_size.png": lambda: _values_figure(rows, config),
-            "rescaling.png": lambda: _rescaling_figure(rows, config),
+            "batch_size.png": lambda: values_figure(rows, config),
+            "rescaling.png": lambda: rescaling_figure(rows, config),
         },
     )
     summary = "Large vs small batch (paired by seed):\n\n" + (
@@ -283,27 +282,7 @@ def _markdown(
         "measured too, to show which measures are invariant.\n"
     )
     add(written_markdown(records))
-    add("## Verdict\n")
-    claim = [c for c in comparisons if c.quantity == CLAIM_MEASURE and c.differences]
-    if claim:
-        held = all(c.verdict == HELD for c in claim)
-        add(
-            "**The paper's claim (large-batch minima are sharper under the invariant measure "
-            f"`{CLAIM_MEASURE}`) {'held' if held else 'did not hold in full'}** on this run"
-            + ("" if held else "; per model:")
-            + "\n"
-        )
-        add("\n".join(f"* {line}" for line in verdicts) + "\n")
-        missed = [r["run_id"] for r in rows if r["reached_target"] is False]
-        if missed:
-            add(
-                f"**{len(missed)} of {len(rows)} networks did not reach the target training "
-                f"accuracy** ({', '.join(missed[:8])}{', …' if len(missed) > 8 else ''}): "
-                "their minima are not matched to the others'; give them more epochs.\n"
-            )
-        add(_accuracy_lead(comparisons, small, large) + "\n")
-    else:
-        add("No complete SB/LB pair has finished yet: nothing to compare.\n")
+    out += _verdict_markdown(rows, comparisons, verdicts, small, large)
     if rows:
         add("## Measures, small vs large batch\n")
         add(_measure_table(comparisons, config) + "\n")
@@ -334,6 +313,39 @@ def _markdown(
         ),
     )
     return "\n".join(out)
+
+
+def _verdict_markdown(
+    rows: list[dict[str, Any]],
+    comparisons: list[Comparison],
+    verdicts: list[str],
+    small: int,
+    large: int,
+) -> list[str]:
+    """The verdict section: the paper's claim per model, unmatched minima, the accuracies."""
+    out: list[str] = ["## Verdict\n"]
+    add = out.append
+    claim = [c for c in comparisons if c.quantity == CLAIM_MEASURE and c.differences]
+    if claim:
+        held = all(c.verdict == HELD for c in claim)
+        add(
+            "**The paper's claim (large-batch minima are sharper under the invariant measure "
+            f"`{CLAIM_MEASURE}`) {'held' if held else 'did not hold in full'}** on this run"
+            + ("" if held else "; per model:")
+            + "\n"
+        )
+        add("\n".join(f"* {line}" for line in verdicts) + "\n")
+        missed = [r["run_id"] for r in rows if r["reached_target"] is False]
+        if missed:
+            add(
+                f"**{len(missed)} of {len(rows)} networks did not reach the target training "
+                f"accuracy** ({', '.join(missed[:8])}{', …' if len(missed) > 8 else ''}): "
+                "their minima are not matched to the others'; give them more epochs.\n"
+            )
+        add(_accuracy_lead(comparisons, small, large) + "\n")
+    else:
+        add("No complete SB/LB pair has finished yet: nothing to compare.\n")
+    return out
 
 
 def _accuracy_lead(comparisons: Sequence[Comparison], small: int, large: int) -> str:
@@ -420,7 +432,7 @@ def _rescaling_markdown(rows: Sequence[Mapping[str, Any]], config: BatchSizeConf
         ),
     ]
     for name in config.measures:
-        changes = _changes(rows, name)
+        changes = relative_changes(rows, name)
         if not changes:
             lines.append(f"| `{name}` | {invariances_text(name)} | — | — | — |")
             continue
@@ -438,11 +450,6 @@ def _rescaling_markdown(rows: Sequence[Mapping[str, Any]], config: BatchSizeConf
         "`tolerance` only, so their invariant values agree to about that.",
     ]
     return "\n".join(lines)
-
-
-def _changes(rows: Sequence[Mapping[str, Any]], name: str) -> list[float]:
-    """The finite relative changes ``|m(rescaled)/m − 1|`` of measure ``name``."""
-    return [abs(r[f"{name}_change"]) for r in rows if math.isfinite(r[f"{name}_change"])]
 
 
 def _setup_markdown(records: StudyRecords) -> str:
@@ -486,7 +493,32 @@ _TRAINING_KEYS = ("epochs", "lr", "momentum", "weight_decay", "lr_decay", "targe
 
 
 def _paper_markdown(config: BatchSizeConfig, data: Mapping[str, Any]) -> str:
+    """The comparison with the paper: what theory §4 states, and what the preset assumes."""
     paper = paper_preset()
+    rows = _paper_rows(config, data, paper)
+    differing = sum(row[3] == DIFFERS for row in rows)
+    lead = (
+        "theory §4 states the data, the networks and the measure; everything marked *assumed* "
+        "is our choice for `--preset paper`, not the paper's statement. "
+        + (
+            "This study uses the `paper` preset's settings throughout."
+            if not differing
+            else f"{differing} of {len(rows)} settings differ from the `paper` preset:"
+        )
+    )
+    lines = [lead, "", *paper_table(rows, data, paper="paper preset")]
+    lines += [
+        "",
+        "Rangamani et al. also report CIFAR-10 networks (AlexNet-like and VGG16 without "
+        "batch-norm), which the zoo does not hold; this study covers the MNIST part.",
+    ]
+    return "\n".join(lines)
+
+
+def _paper_rows(
+    config: BatchSizeConfig, data: Mapping[str, Any], paper: BatchSizeConfig
+) -> list[tuple[str, str, str, str]]:
+    """``(setting, paper preset, this study, verdict)`` rows of :func:`_paper_markdown`."""
     official = data.get("split_kind") == "official" and not data.get("subsampled", True)
     sizes = data.get("sizes") or {}
     networks = sorted((m.zoo, sorted(m.options.items())) for m in config.models)
@@ -537,112 +569,4 @@ def _paper_markdown(config: BatchSizeConfig, data: Mapping[str, Any]) -> str:
                 (f"{model.name}: {setting} (assumed)", *rest)
                 for setting, *rest in training_rows(ours, theirs, _TRAINING_KEYS)
             ]
-    differing = sum(row[3] == DIFFERS for row in rows)
-    lead = (
-        "theory §4 states the data, the networks and the measure; everything marked *assumed* "
-        "is our choice for `--preset paper`, not the paper's statement. "
-        + (
-            "This study uses the `paper` preset's settings throughout."
-            if not differing
-            else f"{differing} of {len(rows)} settings differ from the `paper` preset:"
-        )
-    )
-    lines = [lead, "", *paper_table(rows, data, paper="paper preset")]
-    lines += [
-        "",
-        "Rangamani et al. also report CIFAR-10 networks (AlexNet-like and VGG16 without "
-        "batch-norm), which the zoo does not hold; this study covers the MNIST part.",
-    ]
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- figures
-
-_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
-
-
-def _values_figure(rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig) -> Any:
-    panels = [*config.measures, "test_accuracy"]
-    columns = min(3, len(panels))
-    lines = math.ceil(len(panels) / columns)
-    figure = new_figure(3.8 * columns, 3.0 * lines)
-    sizes = sorted(config.batch_sizes)
-    for index, panel in enumerate(panels):
-        axis = figure.add_subplot(lines, columns, index + 1)
-        values: list[float] = []
-        for number in range(len(config.models)):
-            values += _seed_lines(axis, rows, config, panel, number)
-        log_scale_if_wide(axis, values)
-        axis.set_xticks(range(len(sizes)), [str(size) for size in sizes], fontsize=7)
-        axis.set_xlabel("batch size", fontsize=8)
-        invariant = declared_invariances(panel) if panel in config.measures else ()
-        title = panel.replace("_", " ") if panel == "test_accuracy" else panel
-        axis.set_title(title + (" (invariant)" if invariant else ""), fontsize=9)
-        axis.tick_params(which="both", labelsize=7)
-        if index == 0 and len(config.models) > 1:
-            axis.legend(fontsize=7)
-    return figure
-
-
-def _seed_lines(
-    axis: Any,
-    rows: Sequence[Mapping[str, Any]],
-    config: BatchSizeConfig,
-    panel: str,
-    number: int,
-) -> list[float]:
-    """Draw ``panel`` against the batch size for model ``number``, one line per seed.
-
-    A measure's rescaled copies are drawn as open markers beside it. Returns the values drawn.
-    """
-    model = config.models[number]
-    colour, marker = _COLOURS[number % len(_COLOURS)], MARKERS[number % len(MARKERS)]
-    offset = 0.08 * (number - (len(config.models) - 1) / 2)
-    positions = {size: index for index, size in enumerate(sorted(config.batch_sizes))}
-    values: list[float] = []
-    for seed in config.seeds:
-        chosen = sorted(select(rows, model=model.name, seed=seed), key=lambda r: r["batch_size"])
-        if not chosen:
-            continue
-        x = [positions[r["batch_size"]] + offset for r in chosen]
-        y = [r[panel] for r in chosen]
-        label = model.name if seed == config.seeds[0] else None
-        axis.plot(x, y, "-", marker=marker, color=colour, label=label, markersize=5)
-        values += y
-        if panel not in config.measures:
-            continue
-        twin = [r[f"{panel}_rescaled"] for r in chosen]
-        values += twin
-        axis.plot(
-            [value + 0.04 for value in x],
-            twin,
-            linestyle="none",
-            marker=marker,
-            markerfacecolor="none",
-            color=colour,
-            markersize=7,
-        )
-    return values
-
-
-def _rescaling_figure(rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig) -> Any:
-    figure = new_figure(max(4.5, 0.9 * len(config.measures) + 2), 3.4)
-    axis = figure.add_subplot(1, 1, 1)
-    floor = 1e-12
-    largest = []
-    for name in config.measures:
-        changes = _changes(rows, name)
-        largest.append(max(max(changes), floor) if changes else math.nan)
-    colours = ["tab:blue" if declared_invariances(n) else "tab:gray" for n in config.measures]
-    positions = np.arange(len(config.measures))
-    axis.bar(positions, np.nan_to_num(largest, nan=floor), color=colours)
-    axis.axhline(MOVES, color="black", linewidth=0.6, linestyle="--")
-    axis.set_yscale("log")
-    axis.set_xticks(positions, list(config.measures), rotation=30, ha="right", fontsize=8)
-    axis.set_ylabel("largest |m(rescaled)/m − 1|", fontsize=8)
-    axis.set_title(
-        f"Change under a random layer rescaling (dashed: {MOVES:g}; blue: declared invariant)",
-        fontsize=9,
-    )
-    axis.tick_params(which="both", labelsize=7)
-    return figure
+    return rows

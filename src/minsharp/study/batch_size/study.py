@@ -23,7 +23,7 @@ For every run of the grid models × batch sizes × seeds:
    that the copy computes the same logits; every measure is computed on it too. An invariant
    measure gives the same value; the plain Hessian trace and top eigenvalue move.
 
-Layout, resume and provenance are those of every study (:mod:`minsharp.study.core.runner`). The
+Layout, resume and provenance are those of every study (:mod:`minsharp.study.core`). The
 report (:mod:`minsharp.study.batch_size.report`) compares the smallest batch size with the
 largest per model and measure, paired by seed.
 
@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from minsharp.errors import NotAChainError
-from minsharp.study.core import runner as base
+from minsharp.study.core import steps
 from minsharp.study.core.config import (
     GridConfig,
     ModelPlan,
@@ -55,7 +55,8 @@ from minsharp.study.core.config import (
     grid_setting_holders,
     raise_kind_problems,
 )
-from minsharp.study.core.runner import StudyData
+from minsharp.study.core.kind import Flag, StudyData, StudyKind
+from minsharp.study.core.kind import RunPlan as GridRunPlan
 from minsharp.symmetry.layerwise import chain_layers, rescaled_copy, verify_same_function
 from minsharp.training import TrainingConfig, train_classifier
 
@@ -153,7 +154,7 @@ def validate(config: BatchSizeConfig) -> None:
         problems.append(f"batch_sizes must be at least two integers; got {list(sizes)}")
     elif min(sizes) < 1 or len(set(sizes)) != len(sizes):
         problems.append(f"batch_sizes must be distinct positive integers; got {list(sizes)}")
-    holders = grid_setting_holders(config, ["batch_size"])
+    holders = grid_setting_holders(config, BatchSize.grid_training)
     if holders:
         problems.append(
             f"{' and '.join(holders)} set batch_size, which the grid's batch_sizes decide; "
@@ -243,8 +244,26 @@ preset = Presets(demo=demo_preset, cpu=cpu_preset, paper=paper_preset)
 # --------------------------------------------------------------------------- runs
 
 
+#: ``minsharp study batch-size --help``: what the study does and its presets.
+DESCRIPTION = """\
+Large- vs small-batch minima (Rangamani et al. 2019, theory §4): train matched networks (the same
+initial weights per seed) with a small and a large batch size until a target training
+accuracy, then measure each with quotient-manifold flatness, Minimum Sharpness, normalized
+sharpness, the Hessian trace and the top eigenvalue, together with a randomly layer-rescaled
+copy of it (the same function, verified). The report compares the batch sizes per measure,
+paired by seed, says whether large-batch minima came out sharper under the invariant measure,
+and shows which measures move under the rescaling.
+
+presets:
+  demo   digits (bundled), a bias-free MLP 64-64-64-10, batches 16 vs 512, 3 seeds (~20 s)
+  cpu    2000/2000 MNIST images, the bias-free MLP 784-512x5-10 and LeNet, batches 64 vs 500,
+         5 seeds (about 7 min on 2 cores, 16 min on one)
+  paper  full MNIST, batches 256 vs 6000 (Keskar et al.'s, assumed), 5 seeds (a GPU machine)
+"""
+
+
 @dataclass(frozen=True)
-class RunPlan(base.RunPlan):
+class RunPlan(GridRunPlan):
     """One run: a model trained with one batch size from one seed (shared by its batch sizes).
 
     Attributes:
@@ -261,28 +280,7 @@ class RunPlan(base.RunPlan):
     @property
     def rescale_seed(self) -> int:
         """The seed of the random rescaling of the trained network."""
-        return base.derive_seed("rescale", self.model.name, self.batch_size, self.seed)
-
-
-def plan_runs(config: BatchSizeConfig) -> list[RunPlan]:
-    """The runs seed by seed, each model's batch sizes in turn (matched pairs finish together)."""
-    return [
-        RunPlan(
-            model=model,
-            seed=seed,
-            training=config.training_config(model, seed, size),
-            batch_size=size,
-        )
-        for seed in config.seeds
-        for model in config.models
-        for size in config.batch_sizes
-    ]
-
-
-def run_fingerprint(config: BatchSizeConfig, plan: RunPlan) -> str:
-    """SHA-256 of every setting that decides a run's result, its rescaling's included."""
-    rescaling = {"spread": config.rescale_spread, "seed": plan.rescale_seed}
-    return base.run_fingerprint(KIND, config, plan, rescaling=rescaling)
+        return steps.derive_seed("rescale", self.model.name, self.batch_size, self.seed)
 
 
 def random_alphas(layers: int, spread: float, seed: int) -> list[float]:
@@ -300,59 +298,6 @@ def random_alphas(layers: int, spread: float, seed: int) -> list[float]:
     logs = (2 * torch.rand(layers, generator=generator, dtype=torch.float64) - 1) * math.log(spread)
     logs -= logs.mean()
     return [math.exp(value) for value in logs.tolist()]
-
-
-def execute_run(
-    config: BatchSizeConfig,
-    plan: RunPlan,
-    data: StudyData,
-    run_dir: Path,
-    record: dict[str, Any],
-    progress: bool = False,
-) -> None:
-    """Train, measure, rescale and measure again one run, filling ``record``."""
-    started = time.perf_counter()
-    record.update(base.run_settings(plan, data, config.dtype, batch_size=plan.batch_size))
-    model = base.build_network(plan, data, record)
-    history = train_classifier(
-        model,
-        data.train_inputs,
-        data.train_labels,
-        plan.training,
-        progress=progress,
-        description=plan.run_id,
-    )
-    training_seconds = time.perf_counter() - started
-    scores = base.evaluate(model, data, data.train_labels)
-    target = plan.training.target_train_accuracy
-    during = {
-        "steps": sum(history.steps),
-        "reached_target": target is None or scores[0] >= target,
-    }
-    record.update(base.training_outcome(history, scores, during=during))
-    inputs = base.measured_examples(
-        data.train_inputs, data.train_labels, config.measure_examples, record, MEASURED_ON
-    )
-    options = config.measure_settings()
-    record["measures"], measure_seconds = base.measure_all(model, inputs, config.measures, options)
-    began = time.perf_counter()
-    twin, record["rescaling"] = rescaled_twin(model, inputs[0], config.rescale_spread, plan)
-    if twin is None:
-        message = record["rescaling"]["message"]
-        record["rescaled_measures"] = {
-            name: {"error": "NotAChainError", "message": message, "seconds": 0.0}
-            for name in config.measures
-        }
-    else:
-        record["rescaled_measures"], _ = base.measure_all(twin, inputs, config.measures, options)
-    rescaled_seconds = time.perf_counter() - began
-    base.save_network(model, plan, data, run_dir, record, CHECKPOINT_KEYS)
-    record["timings"] = {
-        "training": training_seconds,
-        "measures": measure_seconds,
-        "rescaled_measures": rescaled_seconds,
-        "total": time.perf_counter() - started,
-    }
 
 
 def rescaled_twin(
@@ -382,37 +327,123 @@ def rescaled_twin(
     return twin, record
 
 
-def summarise_run(result: Mapping[str, Any]) -> str:
-    """One line about a complete run: accuracies, epochs and steps, timings, failed measures."""
-    failed = {
-        name
-        for group in MEASURE_GROUPS
-        for name, entry in result[group].items()
-        if "error" in entry
-    }
-    timings = result["timings"]
-    text = (
-        f"{result['run_id']}: train {result['train_accuracy']:.3f}, test "
-        f"{result['test_accuracy']:.3f} after {result['epochs_run']} epochs "
-        f"({result['steps']} steps); {timings['training']:.1f} s training, "
-        f"{timings['measures'] + timings['rescaled_measures']:.1f} s measures"
+class BatchSize(StudyKind[BatchSizeConfig, RunPlan]):
+    """The batch-size study as a :class:`~minsharp.study.core.kind.StudyKind`."""
+
+    name = KIND
+    presets = preset
+    measured_on = MEASURED_ON
+    result_numbers = RESULT_NUMBERS
+    measure_groups = MEASURE_GROUPS
+    axis = "batch_sizes"
+    grid_training = ("batch_size",)
+    flags = (
+        Flag(
+            "--batch-sizes",
+            "batch_sizes",
+            "batch sizes compared, e.g. 64,500",
+            "B,B,…",
+            comma_list=int,
+        ),
+        Flag(
+            "--rescale-spread", "rescale_spread", "α_l drawn log-uniformly in [1/S, S]", "S", float
+        ),
     )
-    if not result.get("reached_target", True):
-        text += "; target accuracy NOT reached"
-    if failed:
-        text += f"; failed: {', '.join(sorted(failed))}"
-    return text
+    help = "large- vs small-batch minima under invariant and plain measures"
+    description = DESCRIPTION
+    epilog = (
+        "example:\n  minsharp study batch-size --preset cpu --data-dir ~/mnist --output runs/batch"
+    )
+    paper_note = "trains 20 networks on full MNIST, the large-batch ones for up to 500 epochs"
+
+    def plan(self, config: BatchSizeConfig, model: ModelPlan, seed: int, value: Any) -> RunPlan:
+        """The run of ``model`` with batch size ``value`` from ``seed``."""
+        training = config.training_config(model, seed, value)
+        return RunPlan(model=model, seed=seed, training=training, batch_size=value)
+
+    def fingerprint(self, config: BatchSizeConfig, plan: RunPlan) -> str:
+        """SHA-256 of every setting that decides a run's result, its rescaling's included."""
+        rescaling = {"spread": config.rescale_spread, "seed": plan.rescale_seed}
+        return steps.run_fingerprint(KIND, config, plan, rescaling=rescaling)
+
+    def execute(
+        self,
+        config: BatchSizeConfig,
+        plan: RunPlan,
+        data: StudyData,
+        run_dir: Path,
+        record: dict[str, Any],
+        progress: bool = False,
+    ) -> None:
+        """Train, measure, rescale and measure again one run, filling ``record``."""
+        started = time.perf_counter()
+        record.update(steps.run_settings(plan, data, config.dtype, batch_size=plan.batch_size))
+        model = steps.build_network(plan, data, record)
+        history = train_classifier(
+            model,
+            data.train_inputs,
+            data.train_labels,
+            plan.training,
+            progress=progress,
+            description=plan.run_id,
+        )
+        training_seconds = time.perf_counter() - started
+        scores = steps.evaluate(model, data, data.train_labels)
+        target = plan.training.target_train_accuracy
+        during = {
+            "steps": sum(history.steps),
+            "reached_target": target is None or scores[0] >= target,
+        }
+        record.update(steps.training_outcome(history, scores, during=during))
+        inputs = steps.measured_examples(
+            data.train_inputs, data.train_labels, config.measure_examples, record, MEASURED_ON
+        )
+        options = config.measure_settings()
+        record["measures"], measure_seconds = steps.measure_all(
+            model, inputs, config.measures, options
+        )
+        began = time.perf_counter()
+        twin, record["rescaling"] = rescaled_twin(model, inputs[0], config.rescale_spread, plan)
+        if twin is None:
+            message = record["rescaling"]["message"]
+            record["rescaled_measures"] = {
+                name: {"error": "NotAChainError", "message": message, "seconds": 0.0}
+                for name in config.measures
+            }
+        else:
+            record["rescaled_measures"], _ = steps.measure_all(
+                twin, inputs, config.measures, options
+            )
+        rescaled_seconds = time.perf_counter() - began
+        steps.save_network(model, plan, data, run_dir, record, CHECKPOINT_KEYS)
+        record["timings"] = {
+            "training": training_seconds,
+            "measures": measure_seconds,
+            "rescaled_measures": rescaled_seconds,
+            "total": time.perf_counter() - started,
+        }
+
+    def summarise(self, result: Mapping[str, Any]) -> str:
+        """One line about a complete run: accuracies, epochs and steps, timings, failed measures."""
+        failed = {
+            name
+            for group in MEASURE_GROUPS
+            for name, entry in result[group].items()
+            if "error" in entry
+        }
+        timings = result["timings"]
+        text = (
+            f"{result['run_id']}: train {result['train_accuracy']:.3f}, test "
+            f"{result['test_accuracy']:.3f} after {result['epochs_run']} epochs "
+            f"({result['steps']} steps); {timings['training']:.1f} s training, "
+            f"{timings['measures'] + timings['rescaled_measures']:.1f} s measures"
+        )
+        if not result.get("reached_target", True):
+            text += "; target accuracy NOT reached"
+        if failed:
+            text += f"; failed: {', '.join(sorted(failed))}"
+        return text
 
 
-#: The batch-size study as a :class:`~minsharp.study.core.runner.StudyKind`.
-BATCH_SIZE = base.StudyKind(
-    name=KIND,
-    plan_runs=plan_runs,
-    fingerprint=run_fingerprint,
-    execute=execute_run,
-    preset=preset,
-    summarise=summarise_run,
-    measured_on=MEASURED_ON,
-    result_numbers=RESULT_NUMBERS,
-    measure_groups=MEASURE_GROUPS,
-)
+#: The batch-size study.
+BATCH_SIZE = BatchSize()

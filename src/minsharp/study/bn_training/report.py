@@ -33,12 +33,11 @@ from minsharp.study.bn_training.study import (
     BNSharpnessConfig,
     paper_preset,
 )
-from minsharp.study.core import runner as base
+from minsharp.study.core import store
 from minsharp.study.core.config import ModelPlan, ratio_label
-from minsharp.study.core.runner import StudyRecords
+from minsharp.study.core.store import StudyRecords
 from minsharp.study.report import markdown as reporting
 from minsharp.study.report.markdown import (
-    MARKERS,
     SGD_COLUMNS,
     as_float,
     closing_markdown,
@@ -46,12 +45,10 @@ from minsharp.study.report.markdown import (
     examples_text,
     files_markdown,
     geometric_mean,
-    log_scale_if_wide,
     mean,
     measure_lines,
     measure_value,
     models_table,
-    new_figure,
     options_text,
     paper_table,
     per_run_text,
@@ -68,6 +65,7 @@ from minsharp.study.report.markdown import (
     write_files,
     written_markdown,
 )
+from minsharp.study.report.plots import MARKERS, log_scale_if_wide, new_figure
 from minsharp.training import TrainingConfig
 
 #: Coverage of the paired interval.
@@ -197,7 +195,7 @@ def write_report(directory: str | Path) -> Report:
     Raises:
         StudyError: not a BN-sharpness study directory.
     """
-    records = base.read_records(directory, BN_SHARPNESS)
+    records = store.read_records(directory, BN_SHARPNESS)
     config: BNSharpnessConfig = records.config
     rows = run_rows(records)
     found = pairings(rows, config)
@@ -270,19 +268,7 @@ def _markdown(
         "held fixed (`minsharp.training.bn_penalty`).\n"
     )
     add(written_markdown(records))
-    add("## Verdict\n")
-    decided = [p for p in found if p.verdict != UNDECIDED]
-    if decided:
-        held = all(p.verdict == HELD for p in decided)
-        add(
-            "**The paper's claim (the penalty improves test accuracy over plain SGD) "
-            + ("held" if held else "did not hold")
-            + f"** on this run, judged by the paired difference and its {LEVEL * 100:g} % "
-            "Student-t interval:\n"
-        )
-        add("\n".join(f"* {line}" for line in verdicts) + "\n")
-    else:
-        add("Fewer than two complete pairs of runs: nothing to compare yet.\n")
+    out += _verdict_markdown(found, verdicts)
     if rows:
         add("## Results per penalty weight\n")
         add(_results_table(rows, config) + "\n")
@@ -315,6 +301,25 @@ def _markdown(
         ),
     )
     return "\n".join(out)
+
+
+def _verdict_markdown(found: list[Pairing], verdicts: list[str]) -> list[str]:
+    """The verdict section: whether the penalty improved test accuracy, per pairing."""
+    out: list[str] = ["## Verdict\n"]
+    add = out.append
+    decided = [p for p in found if p.verdict != UNDECIDED]
+    if decided:
+        held = all(p.verdict == HELD for p in decided)
+        add(
+            "**The paper's claim (the penalty improves test accuracy over plain SGD) "
+            + ("held" if held else "did not hold")
+            + f"** on this run, judged by the paired difference and its {LEVEL * 100:g} % "
+            "Student-t interval:\n"
+        )
+        add("\n".join(f"* {line}" for line in verdicts) + "\n")
+    else:
+        add("Fewer than two complete pairs of runs: nothing to compare yet.\n")
+    return out
 
 
 def _results_table(rows: Sequence[Mapping[str, Any]], config: BNSharpnessConfig) -> str:

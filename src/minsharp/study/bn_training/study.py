@@ -19,7 +19,7 @@ for every run of the grid models × penalty weights λ × seeds (λ = 0 is plain
    statistics).
 
 The BN-sharpness measure uses the training radius δ unless ``measure_options`` sets another.
-Layout, resume and provenance are those of every study (:mod:`minsharp.study.core.runner`); the
+Layout, resume and provenance are those of every study (:mod:`minsharp.study.core`); the
 report is :mod:`minsharp.study.bn_training.report`.
 
 theory §5 states no experimental protocol; the ``paper`` preset is our larger setting (CIFAR-10
@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from minsharp.measures.bn_sharpness import DEFAULT_DELTA
-from minsharp.study.core import runner as base
+from minsharp.study.core import steps
 from minsharp.study.core.config import (
     GridConfig,
     ModelPlan,
@@ -50,7 +50,8 @@ from minsharp.study.core.config import (
     raise_kind_problems,
     ratio_label,
 )
-from minsharp.study.core.runner import StudyData
+from minsharp.study.core.kind import Flag, StudyData, StudyKind
+from minsharp.study.core.kind import RunPlan as GridRunPlan
 from minsharp.training import TrainingConfig, train_classifier
 
 #: The kind of study this module runs (``study.json``'s ``kind``).
@@ -72,7 +73,7 @@ MEASURE_GROUPS = ("measures", "measures_before")
 CHECKPOINT_KEYS = ("run_id", "weight", "seed", "training", "train_accuracy", "test_accuracy")
 
 #: Training settings the grid decides (not allowed in ``training``).
-_GRID_TRAINING = ("bn_sharpness_weight", "bn_sharpness_delta")
+GRID_TRAINING = ("bn_sharpness_weight", "bn_sharpness_delta")
 
 #: Examples per forward pass when calibrating the running statistics.
 CALIBRATION_BATCH = 512
@@ -159,7 +160,7 @@ def validate(config: BNSharpnessConfig) -> None:
     delta = config.delta
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta <= 1:
         problems.append(f"delta must be a number in (0, 1]; got {delta!r}")
-    holders = grid_setting_holders(config, _GRID_TRAINING)
+    holders = grid_setting_holders(config, GRID_TRAINING)
     if holders:
         problems.append(
             f"{' and '.join(holders)} set the penalty, which the grid's weights and delta "
@@ -237,8 +238,26 @@ preset = Presets(demo=demo_preset, cpu=cpu_preset, paper=paper_preset)
 # --------------------------------------------------------------------------- runs
 
 
+#: ``minsharp study bn-sharpness --help``: what the study does and its presets.
+DESCRIPTION = """\
+BN-sharpness training (Yi et al. 2019, theory §5, reconstructed): train networks with batch-norm
+with plain SGD (lambda = 0) and with the penalty L + lambda * S_BN, from the same initial
+weights and minibatch order for the same epochs; each penalised step follows
+(1 - lambda) grad L(w) + lambda grad L(w + t v), t ~ U(0, delta), v the BN-sharpness direction
+held fixed. The report gives test accuracy with its spread over seeds, the paired difference
+and whether the paper's claim held, BN-sharpness before and after training, and the measured
+cost per step.
+
+presets:
+  demo   digits (bundled), an MLP 64-64-64-10 with batch-norm, lambda 0 vs 0.5, 5 seeds (~10 s)
+  cpu    4000/4000 MNIST images, the small CNN with batch-norm, 15 epochs, lambda 0 vs 0.5,
+         10 seeds (about 8 min on 2 cores, 14 min on one)
+  paper  full CIFAR-10, the small CNN with batch-norm, 100 epochs, 5 seeds (a GPU machine)
+"""
+
+
 @dataclass(frozen=True)
-class RunPlan(base.RunPlan):
+class RunPlan(GridRunPlan):
     """One run: a model trained with penalty weight λ from one seed (shared by its weights).
 
     Attributes:
@@ -251,26 +270,6 @@ class RunPlan(base.RunPlan):
     def run_id(self) -> str:
         """``<model>_l<λ>_s<seed>``, the name of its directory."""
         return f"{self.model.name}_l{ratio_label(self.weight)}_s{self.seed}"
-
-
-def plan_runs(config: BNSharpnessConfig) -> list[RunPlan]:
-    """The runs seed by seed, each model's weights in turn (paired runs finish together)."""
-    return [
-        RunPlan(
-            model=model,
-            seed=seed,
-            training=config.training_config(model, seed, weight),
-            weight=weight,
-        )
-        for seed in config.seeds
-        for model in config.models
-        for weight in config.weights
-    ]
-
-
-def run_fingerprint(config: BNSharpnessConfig, plan: RunPlan) -> str:
-    """SHA-256 of every setting that decides a run's result (the penalty is in its training)."""
-    return base.run_fingerprint(KIND, config, plan)
 
 
 def calibrated_copy(
@@ -302,81 +301,109 @@ def calibrated_copy(
     return twin.eval()
 
 
-def execute_run(
-    config: BNSharpnessConfig,
-    plan: RunPlan,
-    data: StudyData,
-    run_dir: Path,
-    record: dict[str, Any],
-    progress: bool = False,
-) -> None:
-    """Measure at initialisation, train with penalty weight λ, measure again; fill ``record``."""
-    started = time.perf_counter()
-    record.update(
-        base.run_settings(plan, data, config.dtype, weight=plan.weight, delta=config.delta)
+class BNSharpness(StudyKind[BNSharpnessConfig, RunPlan]):
+    """The BN-sharpness training study as a :class:`~minsharp.study.core.kind.StudyKind`."""
+
+    name = KIND
+    presets = preset
+    measured_on = MEASURED_ON
+    result_numbers = RESULT_NUMBERS
+    measure_groups = MEASURE_GROUPS
+    axis = "weights"
+    grid_training = GRID_TRAINING
+    flags = (
+        Flag(
+            "--weights",
+            "weights",
+            "penalty weights λ, e.g. 0,0.5 (0: SGD)",
+            "L,L,…",
+            comma_list=float,
+        ),
+        Flag("--delta", "delta", "penalty radius δ in (0, 1]", "D", float),
     )
-    model = base.build_network(plan, data, record)
-    inputs = base.measured_examples(
-        data.train_inputs, data.train_labels, config.measure_examples, record, MEASURED_ON
+    help = "BN-sharpness training vs plain SGD"
+    description = DESCRIPTION
+    epilog = (
+        "example:\n  minsharp study bn-sharpness --preset cpu --data-dir ~/mnist --output runs/bn"
     )
-    options = config.measure_settings()
-    record["measures_before"], before_seconds = base.measure_all(
-        calibrated_copy(model, data.train_inputs), inputs, config.measures, options
-    )
-    began = time.perf_counter()
-    history = train_classifier(
-        model,
-        data.train_inputs,
-        data.train_labels,
-        plan.training,
-        test=(data.test_inputs, data.test_labels),
-        progress=progress,
-        description=plan.run_id,
-    )
-    training_seconds = time.perf_counter() - began
-    scores = base.evaluate(model, data, data.train_labels)
-    steps, step_seconds = sum(history.steps), sum(history.step_seconds)
-    during = {
-        "steps": steps,
-        "step_seconds": step_seconds,
-        "seconds_per_step": step_seconds / steps if steps else math.nan,
-    }
-    record.update(base.training_outcome(history, scores, during=during))
-    record["measures"], after_seconds = base.measure_all(model, inputs, config.measures, options)
-    base.save_network(model, plan, data, run_dir, record, CHECKPOINT_KEYS)
-    record["timings"] = {
-        "training": training_seconds,
-        "measures": before_seconds + after_seconds,
-        "total": time.perf_counter() - started,
-    }
+    paper_note = "trains 10 networks for 100 epochs each on full CIFAR-10"
+
+    def plan(self, config: BNSharpnessConfig, model: ModelPlan, seed: int, value: Any) -> RunPlan:
+        """The run of ``model`` with penalty weight ``value`` from ``seed``."""
+        training = config.training_config(model, seed, value)
+        return RunPlan(model=model, seed=seed, training=training, weight=value)
+
+    def fingerprint(self, config: BNSharpnessConfig, plan: RunPlan) -> str:
+        """SHA-256 of every setting that decides a run's result (the penalty is in its training)."""
+        return steps.run_fingerprint(KIND, config, plan)
+
+    def execute(
+        self,
+        config: BNSharpnessConfig,
+        plan: RunPlan,
+        data: StudyData,
+        run_dir: Path,
+        record: dict[str, Any],
+        progress: bool = False,
+    ) -> None:
+        """Measure at initialisation, train with penalty λ, measure again; fill ``record``."""
+        started = time.perf_counter()
+        record.update(
+            steps.run_settings(plan, data, config.dtype, weight=plan.weight, delta=config.delta)
+        )
+        model = steps.build_network(plan, data, record)
+        inputs = steps.measured_examples(
+            data.train_inputs, data.train_labels, config.measure_examples, record, MEASURED_ON
+        )
+        options = config.measure_settings()
+        record["measures_before"], before_seconds = steps.measure_all(
+            calibrated_copy(model, data.train_inputs), inputs, config.measures, options
+        )
+        began = time.perf_counter()
+        history = train_classifier(
+            model,
+            data.train_inputs,
+            data.train_labels,
+            plan.training,
+            test=(data.test_inputs, data.test_labels),
+            progress=progress,
+            description=plan.run_id,
+        )
+        training_seconds = time.perf_counter() - began
+        scores = steps.evaluate(model, data, data.train_labels)
+        count, step_seconds = sum(history.steps), sum(history.step_seconds)
+        during = {
+            "steps": count,
+            "step_seconds": step_seconds,
+            "seconds_per_step": step_seconds / count if count else math.nan,
+        }
+        record.update(steps.training_outcome(history, scores, during=during))
+        record["measures"], after_seconds = steps.measure_all(
+            model, inputs, config.measures, options
+        )
+        steps.save_network(model, plan, data, run_dir, record, CHECKPOINT_KEYS)
+        record["timings"] = {
+            "training": training_seconds,
+            "measures": before_seconds + after_seconds,
+            "total": time.perf_counter() - started,
+        }
+
+    def summarise(self, result: Mapping[str, Any]) -> str:
+        """One line about a complete run: accuracies, BN-sharpness before and after, step cost."""
+        before = (result["measures_before"].get("bn_sharpness") or {}).get("value")
+        after = (result["measures"].get("bn_sharpness") or {}).get("value")
+        sharpness = (
+            f"; BN-sharpness {before:.4g} → {after:.4g}"
+            if isinstance(before, float) and isinstance(after, float)
+            else ""
+        )
+        return (
+            f"{result['run_id']}: train {result['train_accuracy']:.4f}, test "
+            f"{result['test_accuracy']:.4f}{sharpness}; "
+            f"{1000 * result['seconds_per_step']:.1f} ms per step, "
+            f"{result['timings']['total']:.1f} s in all"
+        )
 
 
-def summarise_run(result: Mapping[str, Any]) -> str:
-    """One line about a complete run: accuracies, BN-sharpness before and after, cost per step."""
-    before = (result["measures_before"].get("bn_sharpness") or {}).get("value")
-    after = (result["measures"].get("bn_sharpness") or {}).get("value")
-    sharpness = (
-        f"; BN-sharpness {before:.4g} → {after:.4g}"
-        if isinstance(before, float) and isinstance(after, float)
-        else ""
-    )
-    return (
-        f"{result['run_id']}: train {result['train_accuracy']:.4f}, test "
-        f"{result['test_accuracy']:.4f}{sharpness}; "
-        f"{1000 * result['seconds_per_step']:.1f} ms per step, "
-        f"{result['timings']['total']:.1f} s in all"
-    )
-
-
-#: The BN-sharpness training study as a :class:`~minsharp.study.core.runner.StudyKind`.
-BN_SHARPNESS = base.StudyKind(
-    name=KIND,
-    plan_runs=plan_runs,
-    fingerprint=run_fingerprint,
-    execute=execute_run,
-    preset=preset,
-    summarise=summarise_run,
-    measured_on=MEASURED_ON,
-    result_numbers=RESULT_NUMBERS,
-    measure_groups=MEASURE_GROUPS,
-)
+#: The BN-sharpness training study.
+BN_SHARPNESS = BNSharpness()

@@ -1,30 +1,16 @@
-"""Configurations of the randomized-label study, and its three presets.
+"""What the configuration of every study kind shares: its fields, grid, checks and files.
 
-A :class:`StudyConfig` fixes everything that decides a study's results: the data set and its
-split, the label-corruption rule, the grid (label-noise ratios × seeds × models), each
-model's training and the measures with their options. It is written to ``DIR/study.json``
-and compared there on every resume. How the study is run (device, threads, progress bars,
-where the data files are) is not part of it.
+A kind's configuration is a frozen dataclass deriving from :class:`GridConfig` (the data set
+and its split, the seeds, the models as :class:`ModelPlan`, their training, the measures and
+the dtype, plus the kind's own axis); it fixes everything that decides a study's results, is
+written to ``DIR/study.json`` and compared there on every resume. How the study is run
+(device, threads, progress bars, where the data files are) is not part of it.
 
-The presets (:data:`PRESETS`):
-
-``demo``
-    scikit-learn's bundled digits (offline), ratios 0, 0.25, 0.5, 0.75, 1 × 3 seeds, a ReLU
-    MLP 64-128-128-10 trained for 250 epochs (every network reaches 100 % training accuracy,
-    also on fully random labels); Minimum Sharpness, normalized sharpness and two
-    non-invariant baselines (Hessian trace, ε-sharpness). About a minute on 2 cores.
-``cpu``
-    MNIST, 4 000 training and 2 000 test images (from the test files alone where only those
-    are on disk), the paper's MLP 784-512-128-512-10, ratios 0, 0.1, …, 1 × 2 seeds, 300
-    epochs of batch 256 at learning rate 0.05, and eight measures. Under half an hour on 2
-    cores; every network ends at or near 100 % training accuracy.
-``paper``
-    The protocol of the Minimum Sharpness paper (theory §6) exactly: full MNIST, ratios 0, 0.1,
-    …, 1, 10 trials, the MLP (lr 0.1, 3 000 epochs) and LeNet (lr 0.01, 1 000 epochs), batch
-    1 024, momentum 0.9, weight decay 1e−5, lr decay 1e−4 per step. For a GPU machine.
-
-A JSON config file holds the keys of :meth:`StudyConfig.to_dict`, any subset of them, and
-optionally ``"preset"``, the preset it modifies (:func:`config_from_mapping`).
+Here too: the checks every kind makes alike (:func:`common_problems`), a kind's presets by
+name (:class:`Presets`), and JSON config files and stored configurations
+(:func:`config_from_mapping`, :func:`read_config_file`, :func:`stored_config`). The kinds'
+own configurations and presets live in their folders, e.g.
+:mod:`minsharp.study.randomized_labels.config`.
 """
 
 from __future__ import annotations
@@ -39,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from minsharp.data.corruption import RULES
 from minsharp.data.datasets import DATASETS, canonical_name
 from minsharp.errors import MinsharpError, StudyError
 from minsharp.measures import spec
@@ -162,69 +147,7 @@ class GridConfig:
         return content
 
 
-@dataclass(frozen=True, kw_only=True)
-class StudyConfig(GridConfig):
-    """Everything that decides the results of a randomized-label study.
-
-    The fields of every kind are :class:`GridConfig`'s; this kind's own:
-
-    Attributes:
-        corruption: the label-corruption rule, ``"permute"`` (the paper's, the default) or
-            ``"uniform"``.
-        ratios: the label-noise ratios r ∈ [0, 1]; the runs of one trial (seed) at one ratio
-            share their corrupted labels, whatever the model.
-    """
-
-    AXES = (
-        ("ratios", "ratio", "ratios"),
-        ("seeds", "seed", "seeds"),
-        ("models", "model", "models"),
-    )
-
-    preset: str
-    dataset: str
-    train_size: int | None = None
-    test_size: int | None = None
-    data_seed: int = 0
-    corruption: str = "permute"
-    ratios: tuple[float, ...]
-    seeds: tuple[int, ...]
-    models: tuple[ModelPlan, ...]
-    training: Mapping[str, Any]
-    measures: tuple[str, ...]
-    measure_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    measure_examples: int | None = None
-    dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        validate(self)
-
-    def training_config(self, model: ModelPlan, seed: int) -> TrainingConfig:
-        """The :class:`~minsharp.training.TrainingConfig` of one run of ``model``."""
-        return TrainingConfig(**{**self.training, **model.training}, seed=seed)
-
-
 _MODEL_KEYS = ("name", "zoo", "options", "training")
-
-
-def validate(config: StudyConfig) -> None:
-    """Check a configuration; raise :class:`StudyError` naming every problem found.
-
-    Checked: :func:`common_problems` (data set, sizes, seeds, models, training, measures,
-    dtype); the corruption rule; ratios in [0, 1], distinct to four decimals.
-    """
-    problems = common_problems(config)
-    if config.corruption not in RULES:
-        problems.append(f"corruption must be one of {', '.join(RULES)}; got {config.corruption!r}")
-    if not config.ratios:
-        problems.append("ratios is empty; give at least one label-noise ratio")
-    for ratio in config.ratios:
-        if not (isinstance(ratio, float) and math.isfinite(ratio) and 0 <= ratio <= 1):
-            problems.append(f"ratios must be numbers in [0, 1]; got {ratio!r}")
-    labels = [ratio_label(ratio) for ratio in config.ratios if isinstance(ratio, float)]
-    if len(set(labels)) != len(labels):
-        problems.append(f"ratios must be distinct to four decimals; got {list(config.ratios)}")
-    raise_problems(problems)
 
 
 def raise_problems(problems: Sequence[str]) -> None:
@@ -276,6 +199,7 @@ def grid_setting_holders(config: GridConfig, keys: Sequence[str]) -> list[str]:
     """Where training settings that a kind's grid decides are set anyway (``training``, models).
 
     Example:
+        >>> from minsharp.study.randomized_labels.config import preset
         >>> config = preset("demo")
         >>> grid_setting_holders(config, ["epochs"]), grid_setting_holders(config, ["seed"])
         (['training'], [])
@@ -385,101 +309,6 @@ def _is_int(value: Any) -> bool:
 
 # --------------------------------------------------------------------------- the presets
 
-#: Measures of the ``cpu`` and ``paper`` presets: the two scale-invariant measures the paper
-#: compares, the other invariant ones that are cheap on an MLP, and the plain baselines.
-STUDY_MEASURES: tuple[str, ...] = (
-    "minimum_sharpness",
-    "normalized_sharpness",
-    "normalized_sharpness_icml",
-    "hessian_trace",
-    "top_eigenvalue",
-    "fisher_rao",
-    "epsilon_sharpness",
-    "adaptive_sharpness_average",
-)
-
-#: Options of :data:`STUDY_MEASURES`: Lanczos to a relative residual of 1e-4, plenty to rank
-#: networks; the default 1e-6 is at the edge of float32 and may take all 100 iterations.
-STUDY_MEASURE_OPTIONS: dict[str, dict[str, Any]] = {"top_eigenvalue": {"tolerance": 1e-4}}
-
-#: The training of the paper's randomized-label experiment (theory §6), shared by its models.
-PAPER_TRAINING: dict[str, Any] = {
-    "batch_size": 1024,
-    "momentum": 0.9,
-    "weight_decay": 1e-5,
-    "lr_decay": 1e-4,
-    "target_train_accuracy": None,
-}
-
-
-def _small_training(*, epochs: int, batch_size: int) -> dict[str, Any]:
-    """The demo and cpu training: lr 0.05 with the paper's momentum, weight decay, lr decay."""
-    return {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": 0.05,
-        "momentum": 0.9,
-        "weight_decay": 1e-5,
-        "lr_decay": 1e-4,
-        "target_train_accuracy": None,
-    }
-
-
-def _ratios(step: float, stop: float = 1.0) -> tuple[float, ...]:
-    count = round(stop / step)
-    return tuple(round(index * step, 10) for index in range(count + 1))
-
-
-def demo_preset() -> StudyConfig:
-    """The ``demo`` preset: digits, 5 ratios × 3 seeds, an MLP 64-128-128-10, 4 measures."""
-    return StudyConfig(
-        preset="demo",
-        dataset="digits",
-        ratios=(0.0, 0.25, 0.5, 0.75, 1.0),
-        seeds=(0, 1, 2),
-        models=(ModelPlan("mlp", "mlp", {"hidden": [128, 128]}),),
-        training=_small_training(epochs=250, batch_size=64),
-        measures=(
-            "minimum_sharpness",
-            "normalized_sharpness",
-            "hessian_trace",
-            "epsilon_sharpness",
-        ),
-    )
-
-
-def cpu_preset() -> StudyConfig:
-    """The ``cpu`` preset: 4 000 MNIST images, the paper's MLP, 11 ratios × 2 seeds."""
-    return StudyConfig(
-        preset="cpu",
-        dataset="mnist",
-        train_size=4000,
-        test_size=2000,
-        ratios=_ratios(0.1),
-        seeds=(0, 1),
-        models=(ModelPlan("mlp", "paper_mlp"),),
-        training=_small_training(epochs=300, batch_size=256),
-        measures=STUDY_MEASURES,
-        measure_options=copy.deepcopy(STUDY_MEASURE_OPTIONS),
-    )
-
-
-def paper_preset() -> StudyConfig:
-    """The ``paper`` preset: theory §6 exactly (full MNIST, 11 ratios × 10 trials, MLP, LeNet)."""
-    return StudyConfig(
-        preset="paper",
-        dataset="mnist",
-        ratios=_ratios(0.1),
-        seeds=tuple(range(10)),
-        models=(
-            ModelPlan("mlp", "paper_mlp", training={"lr": 0.1, "epochs": 3000}),
-            ModelPlan("lenet", "lenet", training={"lr": 0.01, "epochs": 1000}),
-        ),
-        training=dict(PAPER_TRAINING),
-        measures=STUDY_MEASURES,
-        measure_options=copy.deepcopy(STUDY_MEASURE_OPTIONS),
-    )
-
 
 # --------------------------------------------------------------------------- config files
 
@@ -494,6 +323,7 @@ class Presets(Generic[ConfigT]):
     """The presets of one study kind by name; calling it with a name builds that preset.
 
     Example:
+        >>> from minsharp.study.randomized_labels.config import preset
         >>> preset.names, preset("demo").dataset
         (('demo', 'cpu', 'paper'), 'digits')
     """
@@ -521,13 +351,6 @@ class Presets(Generic[ConfigT]):
         return stored_config(content, base=self(self.names[0]))
 
 
-#: The presets by name: ``preset("cpu")`` builds one (see the module's docstring).
-preset = Presets(demo=demo_preset, cpu=cpu_preset, paper=paper_preset)
-
-#: Names of the presets, in the order the command line lists them.
-PRESETS = preset.names
-
-
 def config_from_mapping(
     content: Mapping[str, Any],
     *,
@@ -541,8 +364,7 @@ def config_from_mapping(
     merged into ``base``'s (key by key, measure by measure). ``models`` is a list of
     ``{"name", "zoo", "options", "training"}`` (``zoo`` defaults to ``name``); lists become
     tuples (:data:`FLOAT_LISTS` of floats). A ``"preset"`` key names the preset to start from
-    instead of ``base`` (looked up by ``presets``, default: the randomized-label
-    :func:`preset`).
+    instead of ``base``, looked up by ``presets`` (without them, a ``"preset"`` key is refused).
 
     Raises:
         StudyError: unknown keys, values of the wrong type, or an invalid result.
@@ -557,7 +379,9 @@ def config_from_mapping(
             f"{', '.join(keys)}."
         )
     if "preset" in content:
-        base = (presets or preset)(str(content["preset"]))  # type: ignore[assignment]
+        if presets is None:
+            raise StudyError("a 'preset' key needs the presets of the study kind to look it up.")
+        base = presets(str(content["preset"]))
     values: dict[str, Any] = {}
     for key, value in content.items():
         if key == "preset":
@@ -606,17 +430,15 @@ def read_config_file(
         raise StudyError(f"config file {path}: {error}") from None
 
 
-def stored_config(content: Mapping[str, Any], *, base: Any = None) -> Any:
+def stored_config(content: Mapping[str, Any], *, base: ConfigT) -> ConfigT:
     """The configuration of a stored ``to_dict()`` (all keys present).
 
-    ``base`` is any configuration of the same kind (default: the randomized-label
-    :func:`demo_preset`, giving a :class:`StudyConfig`); the stored values replace all of
-    its own, ``training`` and ``measure_options`` included.
+    ``base`` is any configuration of the same kind (e.g. its ``demo`` preset); the stored
+    values replace all of its own, ``training`` and ``measure_options`` included.
 
     Raises:
         StudyError: a key is missing or a value is invalid.
     """
-    base = demo_preset() if base is None else base
     if not isinstance(content, Mapping):
         raise StudyError("the stored study config is not a JSON object.")
     keys = [f.name for f in dataclasses.fields(base)]

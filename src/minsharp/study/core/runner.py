@@ -1,14 +1,15 @@
-"""What every study shares: the directory, resumable atomic per-run results, provenance.
+"""Running a study of any kind: plan, resume, claim, execute and record each run.
 
-A *study kind* (:class:`StudyKind`) says what one run of a grid is — how runs are planned
-from a configuration, what settings decide a run's result (its fingerprint), and how a run
-is executed — and :func:`run_study` does everything else the same way for all kinds:
+A *study kind* (:class:`~minsharp.study.core.kind.StudyKind`) says what one run of a grid is;
+:func:`run_study` does everything else the same way for all kinds:
 
 * loads the data once (:func:`minsharp.data.datasets.load_dataset`), checks every model
   builds for them, and writes ``DIR/study.json`` (the kind, the configuration, the data
-  record, the planned run ids and each session's machine and versions);
+  record, the planned run ids and each session's machine and versions,
+  :mod:`~minsharp.study.core.provenance`);
 * skips every run whose ``DIR/runs/<run-id>/result.json`` is complete and carries the same
-  fingerprint; redoes a missing, truncated, failed or outdated one;
+  fingerprint; redoes a missing, truncated, failed or outdated one
+  (:mod:`~minsharp.study.core.store`);
 * writes each run's record atomically once the run is done (``status`` ``"complete"``, or
   ``"failed"`` with the error, which the next resume redoes);
 * refuses a directory made for another kind, configuration or data unless ``force``;
@@ -16,164 +17,46 @@ is executed — and :func:`run_study` does everything else the same way for all 
   (torchrun ranks, or independent processes): a run is claimed by one worker at a time, and
   a worker's runs are free again the moment it dies (:mod:`minsharp.study.core.claims`).
 
-A kind's ``execute`` is built from the steps every run shares: :func:`run_settings` (what
-the record states first), :func:`build_network`, :func:`evaluate` and
-:func:`training_outcome` (accuracies, gap, history), :func:`measured_examples` and
-:func:`measure_all`, :func:`save_network`; its fingerprint is :func:`run_fingerprint` with
-the kind's own settings.
-
-Layout of a study directory ``DIR``::
-
-    DIR/study.json                  kind, config, data record, planned run ids, sessions
-    DIR/.lock                       taken while a worker checks and updates study.json
-    DIR/runs/<run-id>/.lock         held by the worker running the run
-    DIR/runs/<run-id>/result.json   one finished run (written atomically, last)
-    DIR/runs/<run-id>/checkpoint/   model.safetensors + checkpoint.json (save_checkpoint)
-
-The kinds: ``randomized-labels`` (:mod:`minsharp.study.randomized_labels.study`),
-``batch-size`` (:mod:`minsharp.study.batch_size.study`) and ``bn-sharpness``
-(:mod:`minsharp.study.bn_training.study`);
-:mod:`minsharp.study.kinds` names them all.
+A kind's ``execute`` is built from the steps every run shares
+(:mod:`minsharp.study.core.steps`).
 """
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import importlib.metadata
-import json
-import math
 import os
 import platform
 import sys
 import time
 import traceback
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from minsharp.data.datasets import Splits, load_dataset
 from minsharp.errors import MinsharpError, StudyError
-from minsharp.io import jsonable, read_tagged_json, write_json_atomic
-from minsharp.measures import measure
-from minsharp.models import build_model, count_parameters
+from minsharp.io import write_json_atomic
+from minsharp.models import build_model
 from minsharp.study.core import claims as claims
-from minsharp.study.core.config import GridConfig, ModelPlan, Presets
-from minsharp.training import TrainingConfig, TrainingHistory, accuracy, save_checkpoint
-
-#: ``format`` tags and versions of the two kinds of JSON file a study writes.
-STUDY_FORMAT = "minsharp-study"
-RUN_FORMAT = "minsharp-study-run"
-FORMAT_VERSION = 1
-
-#: File and folder names inside a study directory.
-STUDY_FILE = "study.json"
-RUNS_DIR = "runs"
-RESULT_FILE = "result.json"
-CHECKPOINT_DIR = "checkpoint"
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """One run of a study's grid, as every kind plans it; a kind adds its axis and the run id.
-
-    Attributes:
-        model: the network's plan.
-        seed: the network's initialisation and the minibatch order, shared by the runs of a
-            seed that a kind compares.
-        training: the run's training configuration.
-    """
-
-    model: ModelPlan
-    seed: int
-    training: TrainingConfig
-
-    @property
-    def run_id(self) -> str:
-        """The run's id, the name of its directory."""
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class StudyData:
-    """A study's data on the compute device (inputs in the study's dtype)."""
-
-    train_inputs: Tensor
-    train_labels: Tensor
-    test_inputs: Tensor
-    test_labels: Tensor
-    num_classes: int
-
-    @classmethod
-    def from_splits(cls, splits: Splits, device: torch.device) -> StudyData:
-        """``splits`` moved to ``device``."""
-        return cls(
-            splits.train_inputs.to(device),
-            splits.train_labels.to(device),
-            splits.test_inputs.to(device),
-            splits.test_labels.to(device),
-            splits.num_classes,
-        )
-
-    @property
-    def device(self) -> torch.device:
-        """Where the data live."""
-        return self.train_inputs.device
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input."""
-        return tuple(self.train_inputs.shape[1:])
-
-
-@dataclass(frozen=True)
-class StudyKind:
-    """One kind of study: how its runs are planned, fingerprinted, executed and checked.
-
-    Attributes:
-        name: the kind, as ``study.json`` records it and ``minsharp study <name>`` runs it.
-        plan_runs: ``config → [plan, …]``, each plan with a unique ``run_id``.
-        fingerprint: ``(config, plan) → str``, the SHA-256 of every setting that decides
-            the run's result (:func:`run_fingerprint`); a stored result is reused only when
-            its fingerprint is this one.
-        execute: ``(config, plan, data, run_dir, record, progress) → None``: runs the plan
-            and fills ``record`` (a dict already holding the format, run id and
-            fingerprint). An exception marks the run failed, with what ``record`` holds by
-            then; the record is written by :func:`run_study`.
-        preset: the kind's presets (:class:`~minsharp.study.core.config.Presets`).
-        summarise: ``result → str``, one line about a complete run (:meth:`summary` says
-            the failed ones).
-        measured_on: what the measures are computed on, in words (``study.json``).
-        result_numbers: keys a complete result holds as finite numbers.
-        measure_groups: keys of a result holding ``{measure: entry}`` dictionaries, each
-            entry with a ``value`` or an ``error``.
-    """
-
-    name: str
-    plan_runs: Callable[[Any], Sequence[RunPlan]]
-    fingerprint: Callable[[Any, Any], str]
-    execute: Callable[[Any, Any, StudyData, Path, dict[str, Any], bool], None]
-    preset: Presets[Any]
-    summarise: Callable[[Mapping[str, Any]], str]
-    measured_on: str
-    result_numbers: tuple[str, ...]
-    measure_groups: tuple[str, ...] = ("measures",)
-
-    def stored_config(self, content: Mapping[str, Any]) -> Any:
-        """The configuration stored as ``content`` (``study.json``'s ``config``)."""
-        return self.preset.stored(content)
-
-    def summary(self, result: Mapping[str, Any]) -> str:
-        """One line about a run's result, complete (:attr:`summarise`) or failed."""
-        if result.get("status") != "complete":
-            return f"{result['run_id']}: FAILED ({result.get('error')}: {result.get('message')})"
-        return self.summarise(result)
+from minsharp.study.core.config import GridConfig
+from minsharp.study.core.kind import RunPlan, StudyData, StudyKind
+from minsharp.study.core.provenance import machine_info, now, versions
+from minsharp.study.core.store import (
+    FORMAT_VERSION,
+    RESULT_FILE,
+    RUN_FORMAT,
+    RUNS_DIR,
+    STUDY_FILE,
+    STUDY_FORMAT,
+    check_same_config,
+    check_same_data,
+    existing_study,
+    measure_errors,
+    read_result,
+)
 
 
 @dataclass
@@ -205,57 +88,32 @@ class StudyOutcome:
     seconds: float = 0.0
 
 
-def derive_seed(*parts: Any) -> int:
-    """A seed in [0, 2³¹) determined by ``parts`` (SHA-256 of their JSON), stable everywhere.
+@dataclass
+class _Session:
+    """One :func:`run_study` call under way: what it runs, where, and what it did so far."""
 
-    Example:
-        >>> derive_seed("corruption", 0, "0.5") == derive_seed("corruption", 0, "0.5")
-        True
-    """
-    digest = hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+    kind: StudyKind[Any, Any]
+    config: GridConfig
+    directory: Path
+    outcome: StudyOutcome
+    say: Callable[[str], None]
+    progress: bool
 
+    def stored(self, run_id: str, digest: str) -> dict[str, Any] | None:
+        """The run's usable stored result, if any."""
+        path = self.directory / RUNS_DIR / run_id / RESULT_FILE
+        return read_result(
+            path, digest, numbers=self.kind.result_numbers, groups=self.kind.measure_groups
+        )[0]
 
-def fingerprint(settings: Mapping[str, Any]) -> str:
-    """SHA-256 of ``settings`` as canonical JSON (sorted keys, no spaces)."""
-    text = json.dumps(jsonable(settings), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def run_fingerprint(
-    kind: str, config: GridConfig, plan: RunPlan, **settings: Mapping[str, Any]
-) -> str:
-    """The :func:`fingerprint` of every setting that decides a run of study kind ``kind``.
-
-    The data, the model, its training, the measures with their options
-    (:meth:`~minsharp.study.core.config.GridConfig.measure_settings`) and the examples they are
-    computed on, plus the kind's own ``settings`` (e.g. the run's label corruption).
-    """
-    return fingerprint(
-        {
-            "kind": kind,
-            "format_version": FORMAT_VERSION,
-            "data": {
-                "dataset": config.dataset,
-                "train_size": config.train_size,
-                "test_size": config.test_size,
-                "data_seed": config.data_seed,
-                "dtype": config.dtype,
-            },
-            "model": plan.model.to_dict(),
-            "training": plan.training.as_dict(),
-            "measures": config.measure_settings(),
-            "measure_examples": config.measure_examples,
-            **settings,
-        }
-    )
-
-
-# --------------------------------------------------------------------------- the study
+    def reuse(self, run_id: str, stored: dict[str, Any]) -> None:
+        """Count a finished run as reused, with its failed measures."""
+        self.outcome.reused.append(run_id)
+        self.outcome.measure_errors += measure_errors(run_id, stored, self.kind.measure_groups)
 
 
 def run_study(
-    kind: StudyKind,
+    kind: StudyKind[Any, Any],
     config: GridConfig,
     directory: str | Path,
     *,
@@ -292,11 +150,9 @@ def run_study(
     Raises:
         StudyError: the directory belongs to another study, kind or configuration (without
             ``force``), is not a directory, or holds an unreadable ``study.json``.
-        DataError: the data cannot be loaded (missing files: the message says how to get
-            them).
+        DataError: the data cannot be loaded (the message says how to get missing files).
     """
     started = time.perf_counter()
-    say = echo or _echo
     directory = Path(directory).expanduser()
     device = torch.device(device)
     if directory.exists() and not directory.is_dir():
@@ -306,79 +162,99 @@ def run_study(
         splits, plans = _record_session(
             kind, config, directory, data_root, download, force, device, argv
         )
-    run_ids = [plan.run_id for plan in plans]
-    outcome = StudyOutcome(directory=directory, planned=run_ids)
+    outcome = StudyOutcome(directory=directory, planned=[plan.run_id for plan in plans])
+    session = _Session(kind, config, directory, outcome, echo or _echo, progress)
+    todo = _scan(session, plans)
+    _run_all(session, todo, StudyData.from_splits(splits, device), total=len(plans))
+    digests = {plan.run_id: digest for plan, digest in todo}
+    outcome.unfinished = [
+        run for run in outcome.elsewhere if session.stored(run, digests[run]) is None
+    ]
+    outcome.seconds = time.perf_counter() - started
+    return outcome
 
-    def stored_result(run_id: str, digest: str) -> tuple[dict[str, Any] | None, str]:
-        return read_result(
-            directory / RUNS_DIR / run_id / RESULT_FILE,
-            digest,
-            numbers=kind.result_numbers,
-            groups=kind.measure_groups,
-        )
 
-    todo: list[tuple[Any, str]] = []
+def _scan(session: _Session, plans: list[RunPlan]) -> list[tuple[RunPlan, str]]:
+    """The plans still to run with their fingerprints; the finished ones counted as reused."""
+    kind, outcome = session.kind, session.outcome
+    todo: list[tuple[RunPlan, str]] = []
     for plan in plans:
-        digest = kind.fingerprint(config, plan)
-        stored, reason = stored_result(plan.run_id, digest)
+        digest = kind.fingerprint(session.config, plan)
+        path = session.directory / RUNS_DIR / plan.run_id / RESULT_FILE
+        stored, reason = read_result(
+            path, digest, numbers=kind.result_numbers, groups=kind.measure_groups
+        )
         if stored is not None:
-            outcome.reused.append(plan.run_id)
-            outcome.measure_errors += measure_errors(plan.run_id, stored, kind.measure_groups)
+            session.reuse(plan.run_id, stored)
         else:
             todo.append((plan, digest))
             if reason != "not run yet":
                 outcome.redone[plan.run_id] = reason
-    say(
-        f"study {directory}: {len(plans)} runs ({config.grid_text()}); "
+    session.say(
+        f"study {session.directory}: {len(plans)} runs ({session.config.grid_text()}); "
         f"{len(outcome.reused)} finished already, {len(todo)} to run"
     )
     for run, reason in outcome.redone.items():
-        say(f"  redoing {run}: {reason}")
+        session.say(f"  redoing {run}: {reason}")
+    return todo
 
-    data = StudyData.from_splits(splits, device)
+
+def _run_all(
+    session: _Session, todo: list[tuple[RunPlan, str]], data: StudyData, *, total: int
+) -> None:
+    """Claim and execute each run of ``todo`` in turn, unless another worker has it."""
+    outcome = session.outcome
     bar = tqdm(
-        total=len(plans),
+        total=total,
         initial=len(outcome.reused),
         desc="runs",
         unit="run",
-        disable=not progress,
+        disable=not session.progress,
         dynamic_ncols=True,
     )
     with bar:
         for plan, digest in todo:
             bar.set_postfix_str(plan.run_id, refresh=True)
-            run_dir = directory / RUNS_DIR / plan.run_id
-            with claims.claimed(run_dir) as held:
-                if not held:
-                    outcome.elsewhere.append(plan.run_id)
-                    holder = claims.holder_text(run_dir / claims.LOCK_FILE)
-                    say(f"  {plan.run_id}: being run by {holder}; left to it")
-                    bar.update(1)
-                    continue
-                stored, _ = stored_result(plan.run_id, digest)
-                if stored is not None:  # another worker finished it since the scan above
-                    outcome.reused.append(plan.run_id)
-                    outcome.measure_errors += measure_errors(
-                        plan.run_id, stored, kind.measure_groups
-                    )
-                    outcome.redone.pop(plan.run_id, None)
-                    bar.update(1)
-                    continue
-                result = execute_run(kind, config, plan, data, directory, digest, progress=progress)
+            result = _claim_and_run(session, plan, digest, data)
             bar.update(1)
+            if result is None:
+                continue
             if result["status"] == "complete":
                 outcome.trained.append(plan.run_id)
-                outcome.measure_errors += measure_errors(plan.run_id, result, kind.measure_groups)
+                outcome.measure_errors += measure_errors(
+                    plan.run_id, result, session.kind.measure_groups
+                )
             else:
                 outcome.failed[plan.run_id] = result["message"]
             done = len(outcome.reused) + len(outcome.trained) + len(outcome.failed)
-            say(f"[{done}/{len(plans)}] {kind.summary(result)}")
-    digests = {plan.run_id: digest for plan, digest in todo}
-    outcome.unfinished = [
-        run for run in outcome.elsewhere if stored_result(run, digests[run])[0] is None
-    ]
-    outcome.seconds = time.perf_counter() - started
-    return outcome
+            session.say(f"[{done}/{total}] {session.kind.summary(result)}")
+
+
+def _claim_and_run(
+    session: _Session, plan: RunPlan, digest: str, data: StudyData
+) -> dict[str, Any] | None:
+    """The record of ``plan`` run now; ``None`` when another worker holds or finished it."""
+    run_dir = session.directory / RUNS_DIR / plan.run_id
+    with claims.claimed(run_dir) as held:
+        if not held:
+            session.outcome.elsewhere.append(plan.run_id)
+            holder = claims.holder_text(run_dir / claims.LOCK_FILE)
+            session.say(f"  {plan.run_id}: being run by {holder}; left to it")
+            return None
+        stored = session.stored(plan.run_id, digest)
+        if stored is not None:  # another worker finished it since the scan
+            session.reuse(plan.run_id, stored)
+            session.outcome.redone.pop(plan.run_id, None)
+            return None
+        return execute_run(
+            session.kind,
+            session.config,
+            plan,
+            data,
+            session.directory,
+            digest,
+            progress=session.progress,
+        )
 
 
 def _record_session(
@@ -486,360 +362,6 @@ def execute_run(
     return record
 
 
-def run_settings(plan: RunPlan, data: StudyData, dtype: str, **axes: Any) -> dict[str, Any]:
-    """What every run records first: model, values on the grid's ``axes``, seed, training, where."""
-    return {
-        "model": plan.model.name,
-        "zoo": plan.model.zoo,
-        "model_options": dict(plan.model.options),
-        **axes,
-        "seed": plan.seed,
-        "training": plan.training.as_dict(),
-        "device": str(data.device),
-        "dtype": dtype,
-        "threads": torch.get_num_threads(),
-    }
-
-
-def build_network(plan: RunPlan, data: StudyData, record: dict[str, Any]) -> nn.Module:
-    """The zoo network of a run initialised under ``torch.manual_seed(plan.seed)``.
-
-    The caller's global generator is left as it was; the network is on the data's device in
-    their dtype, and its parameter count goes into ``record``.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(plan.seed)
-        network = build_model(
-            plan.model.zoo, data.input_shape, data.num_classes, **plan.model.options
-        )
-    record["parameters"] = count_parameters(network)
-    return network.to(device=data.device, dtype=data.train_inputs.dtype)
-
-
-def evaluate(model: nn.Module, data: StudyData, labels: Tensor) -> tuple[float, float]:
-    """Put ``model`` in eval mode; its accuracy on the training inputs with ``labels``, and test."""
-    model.eval()
-    train = accuracy(model, data.train_inputs, labels)
-    return train, accuracy(model, data.test_inputs, data.test_labels)
-
-
-def training_outcome(
-    history: TrainingHistory,
-    accuracies: tuple[float, float],
-    *,
-    during: Mapping[str, Any] | None = None,
-    fit: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """What every run records of its training: history, epochs, final loss, accuracies, gap.
-
-    ``during`` (a kind's facts of the training, e.g. its steps) come after the epochs, ``fit``
-    (other accuracies) after the train accuracy; the gap is train − test accuracy.
-    """
-    train, test = accuracies
-    return {
-        "history": history.as_dict(),
-        "epochs_run": history.epochs_run,
-        **(during or {}),
-        "final_loss": history.loss[-1] if history.loss else math.nan,
-        "train_accuracy": train,
-        **(fit or {}),
-        "test_accuracy": test,
-        "gap": train - test,
-    }
-
-
-def measured_examples(
-    inputs: Tensor, labels: Tensor, examples: int | None, record: dict[str, Any], on: str
-) -> tuple[Tensor, Tensor]:
-    """The first ``examples`` (``None``: all) of ``inputs`` and ``labels``, noted in ``record``.
-
-    ``record["measured_on"]`` gets the description ``on`` and the number of examples.
-    """
-    count = len(labels) if examples is None else min(examples, len(labels))
-    record["measured_on"] = {"description": on, "examples": count}
-    return inputs[:count], labels[:count]
-
-
-def save_network(
-    model: nn.Module,
-    plan: RunPlan,
-    data: StudyData,
-    run_dir: Path,
-    record: dict[str, Any],
-    keys: Sequence[str],
-) -> None:
-    """Save ``model`` in ``run_dir/checkpoint`` with the entries ``keys`` of its ``record``.
-
-    :func:`minsharp.training.save_checkpoint` writes the weights and what rebuilds the network;
-    ``record["checkpoint"]`` names the folder.
-    """
-    save_checkpoint(
-        run_dir / CHECKPOINT_DIR,
-        model,
-        model_spec={
-            "name": plan.model.zoo,
-            "input_shape": list(data.input_shape),
-            "num_classes": data.num_classes,
-            "options": dict(plan.model.options),
-        },
-        record={key: record[key] for key in keys},
-    )
-    record["checkpoint"] = CHECKPOINT_DIR
-
-
-def measure_all(
-    model: nn.Module,
-    inputs: tuple[Tensor, Tensor],
-    names: Sequence[str],
-    options: Mapping[str, Mapping[str, Any]],
-) -> tuple[dict[str, Any], float]:
-    """Every measure of ``names`` on ``model`` and ``inputs``; ``(entries, seconds)``.
-
-    Each entry is :meth:`~minsharp.measures.MeasureResult.to_dict` without the name, or
-    ``{"error", "message", "seconds"}`` for a measure that failed (the others go on).
-    Warnings a measure raises (a solver stopping early…) are kept under ``"warnings"``.
-    """
-    entries: dict[str, Any] = {}
-    started = time.perf_counter()
-    for name in names:
-        began = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                result = measure(name, model, inputs, **dict(options.get(name, {})))
-            except Exception as error:  # recorded for this run; the other measures go on
-                entries[name] = {
-                    "error": type(error).__name__,
-                    "message": str(error) or type(error).__name__,
-                    "seconds": time.perf_counter() - began,
-                }
-            else:
-                entries[name] = {
-                    key: value for key, value in result.to_dict().items() if key != "name"
-                }
-        if caught:  # e.g. a solver that stopped early: kept with the value, not printed
-            entries[name]["warnings"] = [str(warning.message) for warning in caught]
-    return entries, time.perf_counter() - started
-
-
-# --------------------------------------------------------------------------- stored files
-
-
-def read_result(
-    path: Path,
-    fingerprint: str | None = None,
-    *,
-    numbers: Sequence[str] = (),
-    groups: Sequence[str] = ("measures",),
-) -> tuple[dict[str, Any] | None, str]:
-    """A finished run's ``result.json``, or ``None`` and why it cannot be used.
-
-    A result is usable when it is a JSON object of this format and version, its status is
-    ``"complete"``, the keys ``numbers`` hold finite numbers, each key of ``groups`` holds a
-    dictionary of measure entries (each with a value or an error), and (when
-    ``fingerprint`` is given) it was made with the same settings.
-    """
-    if not path.exists():
-        return None, "not run yet"
-    try:
-        content = read_tagged_json(path, tag=RUN_FORMAT, version=FORMAT_VERSION, error=StudyError)
-    except StudyError as error:
-        return None, str(error)
-    if content.get("status") != "complete":
-        return None, f"the run had failed ({content.get('error')}: {content.get('message')})"
-    if fingerprint is not None and content.get("fingerprint") != fingerprint:
-        return None, "it was made with other settings"
-    for key in numbers:
-        if not is_finite_number(content.get(key)):
-            return None, f"{path.name} has no valid {key!r}"
-    for key in groups:
-        entries = content.get(key)
-        if not isinstance(entries, dict) or not all(
-            isinstance(entry, dict) and ("value" in entry or "error" in entry)
-            for entry in entries.values()
-        ):
-            return None, f"{path.name} has no valid {key!r}"
-    return content, ""
-
-
-def is_finite_number(value: Any) -> bool:
-    """Whether ``value`` is an int or float (not a bool) and finite."""
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def read_study(directory: str | Path) -> dict[str, Any]:
-    """The content of ``directory/study.json``.
-
-    Raises:
-        StudyError: no such file, or not a study file.
-    """
-    directory = Path(directory).expanduser()
-    path = directory / STUDY_FILE
-    if not directory.is_dir():
-        raise StudyError(f"study directory {directory} does not exist.")
-    if not path.is_file():
-        raise StudyError(
-            f"{directory} is not a study directory: it has no {STUDY_FILE}. Give the --output "
-            "directory of a `minsharp study …` command."
-        )
-    content = read_tagged_json(path, tag=STUDY_FORMAT, version=FORMAT_VERSION, error=StudyError)
-    runs = content.get("runs")
-    if not isinstance(runs, list) or not all(
-        isinstance(run, str) and run and Path(run).name == run for run in runs
-    ):
-        raise StudyError(f"{path}: 'runs' must be a list of run ids; got {runs!r}.")
-    return content
-
-
-@dataclass
-class StudyRecords:
-    """A study directory as read back: its ``study.json`` and the usable run results."""
-
-    directory: Path
-    study: dict[str, Any]
-    config: Any
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Finished runs by run id, in the planned order."""
-    unfinished: dict[str, str] = field(default_factory=dict)
-    """Planned runs without a usable result, with the reason."""
-
-
-def read_records(directory: str | Path, kind: StudyKind) -> StudyRecords:
-    """The study of kind ``kind`` in ``directory``: its config and every finished run's result.
-
-    Raises:
-        StudyError: not a study directory, a study of another kind, or an unreadable
-            ``study.json``.
-    """
-    directory = Path(directory).expanduser()
-    study = read_study(directory)
-    stored_kind = study.get("kind", kind.name)
-    if stored_kind != kind.name:
-        raise StudyError(f"{directory} holds a {stored_kind!r} study, not a {kind.name!r} one.")
-    try:
-        config = kind.stored_config(study.get("config", {}))
-    except MinsharpError as error:
-        raise StudyError(f"{directory / STUDY_FILE}: {error}") from None
-    records = StudyRecords(directory, study, config)
-    for run in study.get("runs", []):
-        result, reason = read_result(
-            directory / RUNS_DIR / run / RESULT_FILE,
-            numbers=kind.result_numbers,
-            groups=kind.measure_groups,
-        )
-        if result is None:
-            records.unfinished[run] = reason
-        else:
-            records.results[run] = result
-    return records
-
-
-def existing_study(directory: Path, *, force: bool) -> dict[str, Any] | None:
-    """The stored ``study.json`` of the directory ``directory``, ``None`` for a new or empty one.
-
-    Raises:
-        StudyError: ``directory`` is not empty but holds no study (unless ``force``), or its
-            ``study.json`` is unreadable (unless ``force``).
-    """
-    if not directory.is_dir():
-        return None
-    if not (directory / STUDY_FILE).exists():
-        if any(item.name != claims.LOCK_FILE for item in directory.iterdir()) and not force:
-            raise StudyError(
-                f"{directory} exists, is not empty and is not a study directory (no "
-                f"{STUDY_FILE}); give a new or empty directory with --output (or --force to "
-                "use it anyway)."
-            )
-        return None
-    try:
-        return read_study(directory)
-    except StudyError as error:
-        if force:
-            return None
-        raise StudyError(f"{error} Use --force to start the study there afresh.") from None
-
-
-def check_same_config(
-    directory: Path, previous: Mapping[str, Any], config: GridConfig, kind: StudyKind
-) -> None:
-    """Refuse to resume a study made with another kind or configuration, naming differences.
-
-    Raises:
-        StudyError: the kinds or the configurations differ.
-    """
-    stored = previous.get("config")
-    if previous.get("kind") != kind.name:
-        raise StudyError(
-            f"{directory} holds a {previous.get('kind')!r} study, not {kind.name!r}; give "
-            "another --output."
-        )
-    current = jsonable(config.to_dict())
-    if stored == current:
-        return
-    try:
-        # Same settings written differently (e.g. by an older minsharp): compare as configs.
-        if isinstance(stored, Mapping) and kind.stored_config(stored).to_dict() == config.to_dict():
-            return
-    except MinsharpError:
-        pass
-    found = differences(stored if isinstance(stored, Mapping) else {}, current)
-    raise StudyError(
-        f"{directory / STUDY_FILE} was written for another study configuration ("
-        + "; ".join(found[:6])
-        + (f"; and {len(found) - 6} more" if len(found) > 6 else "")
-        + "). To resume it, run with the same preset, config file and overrides; for a new "
-        "study give another --output; or pass --force to overwrite it (runs whose settings "
-        "changed are then redone)."
-    )
-
-
-def data_identity(info: Mapping[str, Any]) -> dict[str, Any]:
-    """What identifies a study's data: data set, split kind, sizes, seed, files' SHA-256."""
-    return {
-        "dataset": info.get("dataset"),
-        "split_kind": info.get("split_kind"),
-        "sizes": info.get("sizes"),
-        "seed": info.get("seed"),
-        "input_shape": info.get("input_shape"),
-        "files": sorted(
-            (entry.get("name"), entry.get("sha256")) for entry in info.get("files", []) or []
-        ),
-    }
-
-
-def check_same_data(directory: Path, previous: Mapping[str, Any], info: Mapping[str, Any]) -> None:
-    """Refuse to resume a study whose data differ from those it was made with.
-
-    Raises:
-        StudyError: other files or another split, naming the differences.
-    """
-    stored = jsonable(data_identity(previous.get("data", {}) or {}))
-    current = jsonable(data_identity(info))
-    if stored == current:
-        return
-    found = differences(stored, current)
-    raise StudyError(
-        f"the data differ from those {directory / STUDY_FILE} was made with ("
-        + "; ".join(found[:4])
-        + "): other files or another split. Point --data-dir at the same files, give another "
-        "--output, or pass --force to redo the study with these data."
-    )
-
-
-def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``key: stored → current`` for each top-level key that differs."""
-    return [
-        f"{key}: {_short(stored.get(key))} there, {_short(current.get(key))} here"
-        for key in sorted(set(stored) | set(current))
-        if stored.get(key) != current.get(key)
-    ]
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= 80 else text[:77] + "…"
-
-
 def check_models_fit(config: GridConfig, splits: Splits) -> None:
     """Build every model once for the data (on the meta device) to fail before training.
 
@@ -855,80 +377,6 @@ def check_models_fit(config: GridConfig, splits: Splits) -> None:
                 f"model {model.name!r} cannot be built for the {config.dataset} inputs of "
                 f"shape {splits.input_shape}: {error}"
             ) from None
-
-
-def measure_entries(
-    result: Mapping[str, Any], groups: Sequence[str] = ("measures",)
-) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """``(label, entry)`` of every measure entry of a result, group by group.
-
-    The label is the measure's name, followed by its group in parentheses outside the group
-    ``"measures"`` (e.g. ``"hessian_trace (rescaled_measures)"``).
-    """
-    for group in groups:
-        for name, entry in (result.get(group) or {}).items():
-            if isinstance(entry, Mapping):
-                yield (name if group == "measures" else f"{name} ({group})"), entry
-
-
-def measure_errors(
-    run: str, result: Mapping[str, Any], groups: Sequence[str] = ("measures",)
-) -> list[tuple[str, str, str]]:
-    """``(run, measure, message)`` of every failed measure of a result (:func:`measure_entries`)."""
-    return [
-        (run, label, str(entry.get("message")))
-        for label, entry in measure_entries(result, groups)
-        if "error" in entry
-    ]
-
-
-# --------------------------------------------------------------------------- provenance
-
-
-def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
-    """The machine a study runs on: platform, CPU, cores, threads, accelerator."""
-    device = torch.device(device)
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if hasattr(os, "getloadavg"):
-        info["load_average"] = list(os.getloadavg())
-    if device.type == "cuda" and torch.cuda.is_available():
-        info["accelerator"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as stream:
-            for line in stream:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python, minsharp and the libraries a study's numbers depend on."""
-    found = {"python": sys.version.split()[0], "torch": torch.__version__}
-    for package in ("minsharp", "numpy", "scipy", "scikit-learn", "matplotlib"):
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
-
-
-def now() -> str:
-    """The current UTC time, ISO 8601 to the second."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _echo(line: str) -> None:

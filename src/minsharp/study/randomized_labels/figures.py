@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from minsharp.measures import spec
-from minsharp.study.report.markdown import MARKERS, log_scale_if_wide, mean, new_figure
+from minsharp.study.report.markdown import mean
+from minsharp.study.report.plots import MARKERS, log_scale_if_wide, new_figure
 
 
 def report_figures(

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from minsharp.models import ZOO
-from minsharp.study.core import runner as base
-from minsharp.study.core.config import StudyConfig, paper_preset
-from minsharp.study.core.runner import StudyRecords, versions
+from minsharp.study.core import store
+from minsharp.study.core.provenance import versions
+from minsharp.study.core.store import StudyRecords
+from minsharp.study.randomized_labels.config import StudyConfig, paper_preset
 from minsharp.study.randomized_labels.figures import report_figures
 from minsharp.study.randomized_labels.study import RANDOMIZED_LABELS
 from minsharp.study.report import markdown as reporting
@@ -84,7 +85,7 @@ def read_records(directory: str | Path) -> StudyRecords:
         StudyError: not a study directory, a study of another kind, or an unreadable
             ``study.json``.
     """
-    return base.read_records(directory, RANDOMIZED_LABELS)
+    return store.read_records(directory, RANDOMIZED_LABELS)
 
 
 def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
@@ -201,6 +202,40 @@ def _markdown(
         "accuracy (Ibayashi, Hamaguchi & Imaizumi 2021, Fig. 2; theory §6).\n"
     )
     add(written_markdown(records, by=f" by minsharp {versions().get('minsharp')}"))
+    out += _results_markdown(records, rows, table, percent, resamples=resamples, seed=seed)
+    out += closing_markdown(
+        records,
+        groups=("measures",),
+        left_out="the correlations for these runs",
+        setup=_setup_markdown(records),
+        paper=_paper_markdown(config, study.get("data", {}) or {}),
+        files=files_markdown(
+            records,
+            csv="axes, accuracies, gap, timings, measure values; `errors` names the measures "
+            "that failed on the run",
+            result="corruption record, training history per epoch, every measure's value, "
+            "options, certificate, details and time",
+            checkpoint="the trained weights (`model.safetensors`) and the JSON that rebuilds "
+            "the network (`minsharp.training.load_checkpoint`)",
+            sessions="every session that worked on the study",
+        ),
+    )
+    return "\n".join(out)
+
+
+def _results_markdown(
+    records: StudyRecords,
+    rows: list[dict[str, Any]],
+    table: list[dict[str, Any]],
+    percent: str,
+    *,
+    resamples: int,
+    seed: int,
+) -> list[str]:
+    """The results section: the correlation table, its figures and the values per ratio."""
+    config = records.config
+    out: list[str] = []
+    add = out.append
     if table:
         add("## Results\n")
         add(_results_lead(records, rows) + "\n")
@@ -225,24 +260,7 @@ def _markdown(
         add(_per_ratio_markdown(rows, config) + "\n")
     else:
         add("## Results\n\nNo run has finished yet: there is nothing to correlate.\n")
-    out += closing_markdown(
-        records,
-        groups=("measures",),
-        left_out="the correlations for these runs",
-        setup=_setup_markdown(records),
-        paper=_paper_markdown(config, study.get("data", {}) or {}),
-        files=files_markdown(
-            records,
-            csv="axes, accuracies, gap, timings, measure values; `errors` names the measures "
-            "that failed on the run",
-            result="corruption record, training history per epoch, every measure's value, "
-            "options, certificate, details and time",
-            checkpoint="the trained weights (`model.safetensors`) and the JSON that rebuilds "
-            "the network (`minsharp.training.load_checkpoint`)",
-            sessions="every session that worked on the study",
-        ),
-    )
-    return "\n".join(out)
+    return out
 
 
 def _results_lead(records: StudyRecords, rows: list[dict[str, Any]]) -> str:
@@ -394,14 +412,25 @@ def paper_differences(
 ) -> list[tuple[str, str, str, str]]:
     """``(setting, paper, this study, verdict)`` for each setting of the paper's protocol.
 
-    The paper's side is :func:`~minsharp.study.core.config.paper_preset`. Each model is compared
-    with the paper's model of the same zoo network, or else with the paper's MLP (networks
-    on flat inputs) or LeNet (networks on images). The verdict is
+    The paper's side is :func:`~minsharp.study.randomized_labels.config.paper_preset`. Each
+    model is compared with the paper's model of the same zoo network, or else with the
+    paper's MLP (networks on flat inputs) or LeNet (networks on images). The verdict is
     :data:`~minsharp.study.report.markdown.SAME`,
     :data:`~minsharp.study.report.markdown.DIFFERS` or, for the
     measures, :data:`~minsharp.study.report.markdown.INCLUDES`.
     """
     paper = paper_preset()
+    return [
+        *_protocol_rows(config, data, paper),
+        *_training_differences(config, paper),
+        *_measure_differences(config),
+    ]
+
+
+def _protocol_rows(
+    config: StudyConfig, data: Mapping[str, Any], paper: StudyConfig
+) -> list[tuple[str, str, str, str]]:
+    """The data, corruption, grid and models against the paper's (:func:`paper_differences`)."""
     sizes = data.get("sizes") or {}
     official = data.get("split_kind") == "official"
     rows = [
@@ -447,6 +476,14 @@ def paper_differences(
             ),
         ),
     ]
+    return rows
+
+
+def _training_differences(
+    config: StudyConfig, paper: StudyConfig
+) -> list[tuple[str, str, str, str]]:
+    """Each model's training against its paper analogue's (:func:`paper_differences`)."""
+    rows = []
     by_zoo = {model.zoo: model for model in paper.models}
     for model in config.models:
         analogue = (
@@ -459,8 +496,13 @@ def paper_differences(
                 config.training_config(model, 0), paper.training_config(analogue, 0), _TRAINING_KEYS
             )
         ]
+    return rows
+
+
+def _measure_differences(config: StudyConfig) -> list[tuple[str, str, str, str]]:
+    """What the measures are computed on, and which, against the paper's."""
     on_all = "the training inputs, after the last epoch"
-    rows += [
+    return [
         (
             "measured on",
             on_all,
@@ -478,7 +520,6 @@ def paper_differences(
             else DIFFERS,
         ),
     ]
-    return rows
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,7 +1,8 @@
 """The randomized-label study: train a grid of networks on partly shuffled labels, measure each.
 
-For every run of the grid ratios × seeds × models of a :class:`~minsharp.study.core.config.
-StudyConfig` (theory §6; Ibayashi, Hamaguchi & Imaizumi 2021, Fig. 2):
+For every run of the grid ratios × seeds × models of a
+:class:`~minsharp.study.randomized_labels.config.StudyConfig` (theory §6; Ibayashi, Hamaguchi
+& Imaizumi 2021, Fig. 2):
 
 1. the training labels are corrupted: a fraction r of them permuted among themselves (or
    replaced by uniform labels), seeded by :func:`corruption_seed` of the run's seed and
@@ -17,12 +18,12 @@ StudyConfig` (theory §6; Ibayashi, Hamaguchi & Imaizumi 2021, Fig. 2):
    stopping early…) are kept with its value.
 
 The directory, resume, atomic per-run results and provenance are those of every study kind
-(:mod:`minsharp.study.core.runner`); this module is the ``randomized-labels`` kind,
-:data:`RANDOMIZED_LABELS`. A run whose ``result.json`` is complete and was made with the same
-settings (its ``fingerprint``) is never redone; a missing, unreadable, truncated or failed
-result is redone. A directory written for another configuration, or with other data, is
-refused unless ``force`` (then ``study.json`` is rewritten and every run whose settings
-changed is redone).
+(:mod:`minsharp.study.core`); this module is the ``randomized-labels`` kind,
+:data:`RANDOMIZED_LABELS` (:class:`RandomizedLabels`). A run whose ``result.json`` is
+complete and was made with the same settings (its ``fingerprint``) is never redone; a
+missing, unreadable, truncated or failed result is redone. A directory written for another
+configuration, or with other data, is refused unless ``force`` (then ``study.json`` is
+rewritten and every run whose settings changed is redone).
 """
 
 from __future__ import annotations
@@ -33,10 +34,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from minsharp.data.corruption import corrupt_labels
-from minsharp.study.core import runner as base
-from minsharp.study.core.config import StudyConfig, preset, ratio_label
-from minsharp.study.core.runner import StudyData, StudyOutcome, derive_seed
+from minsharp.study.core import runner, steps
+from minsharp.study.core.config import ModelPlan, ratio_label
+from minsharp.study.core.kind import Flag, StudyData, StudyKind
+from minsharp.study.core.kind import RunPlan as GridRunPlan
+from minsharp.study.core.runner import StudyOutcome
+from minsharp.study.core.steps import derive_seed
+from minsharp.study.core.store import read_result as read_stored_result
+from minsharp.study.randomized_labels.config import StudyConfig, preset
 from minsharp.training import accuracy, train_classifier
 
 #: The kind of study this module runs (``study.json``'s ``kind``).
@@ -62,8 +70,43 @@ CHECKPOINT_KEYS = (
 )
 
 
+#: ``minsharp study randomized-labels --help``: what the study does, its presets, its files.
+DESCRIPTION = """\
+The randomized-label study (Ibayashi, Hamaguchi & Imaizumi 2021, Fig. 2): train networks on
+training sets whose labels are partly permuted (label-noise ratio r), measure each trained
+network's sharpness on its training inputs (with the labels it was trained on), and correlate
+every measure with the generalization gap (train accuracy - test accuracy): Kendall tau-b and
+Spearman rho with bootstrap intervals, and Jiang et al.'s granulated Kendall coefficient.
+
+The settings come from --preset, then the JSON --config file (keys of study.json's "config";
+"training" and "measure_options" are merged), then the override flags.
+
+presets:
+  demo   digits (bundled), 5 ratios x 3 seeds, MLP 64-128-128-10, 4 measures (~1-2 min)
+  cpu    4000/2000 MNIST images, the paper's MLP 784-512-128-512-10, 11 ratios x 2 seeds,
+         8 measures (about 25 min on 2 cores)
+  paper  the paper's protocol: full MNIST, 11 ratios x 10 trials, MLP (lr 0.1, 3000 epochs)
+         and LeNet (lr 0.01, 1000 epochs), batch 1024 (for a GPU machine)
+
+Each finished run is written to DIR/runs/<run-id>/result.json (atomically) with its
+checkpoint; a stopped study resumes when rerun with the same settings and directory and never
+retrains a finished run. A directory made with other settings is refused (--force overwrites
+it). At the end, DIR/report.md, DIR/figures/ and DIR/runs.csv are written.
+"""
+
+
+#: Its examples.
+EPILOG = """\
+examples:
+  minsharp study randomized-labels --preset cpu --data-dir ~/mnist --output runs/cpu
+  minsharp study randomized-labels --preset paper --download --device cuda
+  minsharp study randomized-labels --preset demo --ratios 0,0.5,1 --seeds 0-4 --epochs 100
+  minsharp report runs/cpu
+"""
+
+
 @dataclass(frozen=True)
-class RunPlan(base.RunPlan):
+class RunPlan(GridRunPlan):
     """One run: a model trained on labels corrupted at one ratio, from one seed (the trial).
 
     Attributes:
@@ -83,6 +126,24 @@ class RunPlan(base.RunPlan):
         return corruption_seed(self.seed, self.ratio)
 
 
+def label_fit(
+    model: torch.nn.Module, data: StudyData, labels: torch.Tensor, corrupted: torch.Tensor
+) -> dict[str, float | None]:
+    """How a trained network fits the clean labels, and the corrupted ones it was trained on.
+
+    ``clean_train_accuracy`` on the true training labels; ``corrupted_fit``, the accuracy on
+    the examples at indices ``corrupted`` with their corrupted ``labels`` (``None``: none).
+    """
+    return {
+        "clean_train_accuracy": accuracy(model, data.train_inputs, data.train_labels),
+        "corrupted_fit": (
+            accuracy(model, data.train_inputs[corrupted], labels[corrupted])
+            if len(corrupted)
+            else None
+        ),
+    }
+
+
 def corruption_seed(seed: int, ratio: float) -> int:
     """The label-corruption seed of trial ``seed`` at ``ratio`` (shared by all its models)."""
     return derive_seed("corruption", seed, ratio_label(ratio))
@@ -93,123 +154,125 @@ def run_id(model: str, ratio: float, seed: int) -> str:
     return f"{model}_r{ratio_label(ratio)}_s{seed}"
 
 
-def plan_runs(config: StudyConfig) -> list[RunPlan]:
-    """The runs of the grid, trial by trial: for each seed, each model, each ratio.
+class RandomizedLabels(StudyKind[StudyConfig, RunPlan]):
+    """The randomized-label study as a :class:`~minsharp.study.core.kind.StudyKind`."""
 
-    Running trial by trial means a study stopped half-way has complete ratio sweeps for its
-    first seeds, which the report can already correlate.
-    """
-    return [
-        RunPlan(model=model, seed=seed, training=config.training_config(model, seed), ratio=ratio)
-        for seed in config.seeds
-        for model in config.models
-        for ratio in config.ratios
-    ]
-
-
-def run_fingerprint(config: StudyConfig, plan: RunPlan) -> str:
-    """SHA-256 of every setting that decides a run's result (:func:`.base.run_fingerprint`).
-
-    The labels' corruption (rule, ratio and seed) enters besides the shared settings.
-    """
-    return base.run_fingerprint(
-        KIND,
-        config,
-        plan,
-        corruption={"rule": config.corruption, "ratio": plan.ratio, "seed": plan.corruption_seed},
-    )
-
-
-def execute_run(
-    config: StudyConfig,
-    plan: RunPlan,
-    data: StudyData,
-    run_dir: Path,
-    record: dict[str, Any],
-    progress: bool = False,
-) -> None:
-    """Corrupt, build, train, measure and save one run, filling ``record``.
-
-    A training failure (divergence, out of memory…) propagates, and
-    :func:`minsharp.study.core.runner.execute_run` writes the run as failed with what ``record``
-    holds; a measure failure is recorded under that measure and the run is complete.
-    """
-    started = time.perf_counter()
-    record.update(base.run_settings(plan, data, config.dtype, ratio=plan.ratio))
-    corrupted = corrupt_labels(
-        data.train_labels.cpu(),
-        plan.ratio,
-        rule=config.corruption,  # type: ignore[arg-type]
-        num_classes=data.num_classes,
-        seed=plan.corruption_seed,
-    )
-    labels = corrupted.labels.to(data.device)
-    record["corruption"] = corrupted.record
-    model = base.build_network(plan, data, record)
-    history = train_classifier(
-        model,
-        data.train_inputs,
-        labels,
-        plan.training,
-        test=(data.test_inputs, data.test_labels),
-        progress=progress,
-        description=plan.run_id,
-    )
-    training_seconds = time.perf_counter() - started
-    scores = base.evaluate(model, data, labels)
-    corrupted_index = corrupted.indices.to(data.device)
-    fit = {
-        "clean_train_accuracy": accuracy(model, data.train_inputs, data.train_labels),
-        "corrupted_fit": (
-            accuracy(model, data.train_inputs[corrupted_index], labels[corrupted_index])
-            if len(corrupted_index)
-            else None
+    name = KIND
+    presets = preset
+    measured_on = MEASURED_ON
+    result_numbers = RESULT_NUMBERS
+    axis = "ratios"
+    flags = (
+        Flag("--ratios", "ratios", "label-noise ratios, e.g. 0,0.5,1", "R,R,…", comma_list=float),
+        Flag(
+            "--corruption",
+            "corruption",
+            "label-noise rule",
+            choices=("permute", "uniform"),
+            after_shared=True,
         ),
-    }
-    record.update(
-        base.training_outcome(
-            history, scores, during={"stopped_early": history.stopped_early}, fit=fit
+    )
+    help = "train on partly shuffled labels, correlate measures with the gap"
+    description = DESCRIPTION
+    epilog = EPILOG
+    paper_note = "trains 220 networks for 1000-3000 epochs each on full MNIST"
+    directory_stem = "minsharp-study"
+
+    def plan(self, config: StudyConfig, model: ModelPlan, seed: int, value: Any) -> RunPlan:
+        """The run of ``model`` on labels corrupted at ratio ``value``, from ``seed``."""
+        return RunPlan(
+            model=model, seed=seed, training=config.training_config(model, seed), ratio=value
         )
-    )
-    inputs = base.measured_examples(
-        data.train_inputs, labels, config.measure_examples, record, MEASURED_ON
-    )
-    record["measures"], measure_seconds = base.measure_all(
-        model, inputs, config.measures, config.measure_settings()
-    )
-    base.save_network(model, plan, data, run_dir, record, CHECKPOINT_KEYS)
-    record["timings"] = {
-        "training": training_seconds,
-        "measures": measure_seconds,
-        "total": time.perf_counter() - started,
-    }
+
+    def fingerprint(self, config: StudyConfig, plan: RunPlan) -> str:
+        """SHA-256 of every setting that decides a run's result (:func:`.steps.run_fingerprint`).
+
+        The labels' corruption (rule, ratio and seed) enters besides the shared settings.
+        """
+        return steps.run_fingerprint(
+            KIND,
+            config,
+            plan,
+            corruption={
+                "rule": config.corruption,
+                "ratio": plan.ratio,
+                "seed": plan.corruption_seed,
+            },
+        )
+
+    def execute(
+        self,
+        config: StudyConfig,
+        plan: RunPlan,
+        data: StudyData,
+        run_dir: Path,
+        record: dict[str, Any],
+        progress: bool = False,
+    ) -> None:
+        """Corrupt, build, train, measure and save one run, filling ``record``.
+
+        A training failure (divergence, out of memory…) propagates, and
+        :func:`minsharp.study.core.runner.execute_run` writes the run as failed with what ``record``
+        holds; a measure failure is recorded under that measure and the run is complete.
+        """
+        started = time.perf_counter()
+        record.update(steps.run_settings(plan, data, config.dtype, ratio=plan.ratio))
+        corrupted = corrupt_labels(
+            data.train_labels.cpu(),
+            plan.ratio,
+            rule=config.corruption,  # type: ignore[arg-type]
+            num_classes=data.num_classes,
+            seed=plan.corruption_seed,
+        )
+        labels = corrupted.labels.to(data.device)
+        record["corruption"] = corrupted.record
+        model = steps.build_network(plan, data, record)
+        history = train_classifier(
+            model,
+            data.train_inputs,
+            labels,
+            plan.training,
+            test=(data.test_inputs, data.test_labels),
+            progress=progress,
+            description=plan.run_id,
+        )
+        training_seconds = time.perf_counter() - started
+        scores = steps.evaluate(model, data, labels)
+        fit = label_fit(model, data, labels, corrupted.indices.to(data.device))
+        record.update(
+            steps.training_outcome(
+                history, scores, during={"stopped_early": history.stopped_early}, fit=fit
+            )
+        )
+        inputs = steps.measured_examples(
+            data.train_inputs, labels, config.measure_examples, record, MEASURED_ON
+        )
+        record["measures"], measure_seconds = steps.measure_all(
+            model, inputs, config.measures, config.measure_settings()
+        )
+        steps.save_network(model, plan, data, run_dir, record, CHECKPOINT_KEYS)
+        record["timings"] = {
+            "training": training_seconds,
+            "measures": measure_seconds,
+            "total": time.perf_counter() - started,
+        }
+
+    def summarise(self, result: Mapping[str, Any]) -> str:
+        """One line about a complete run: accuracies, gap, timings, failed measures."""
+        failed = [name for name, entry in result["measures"].items() if "error" in entry]
+        timings = result["timings"]
+        text = (
+            f"{result['run_id']}: train {result['train_accuracy']:.3f}, test "
+            f"{result['test_accuracy']:.3f}, gap {result['gap']:.3f} after {result['epochs_run']} "
+            f"epochs; {timings['training']:.1f} s training, {timings['measures']:.1f} s measures"
+        )
+        if failed:
+            text += f"; failed: {', '.join(failed)}"
+        return text
 
 
-def summarise_run(result: Mapping[str, Any]) -> str:
-    """One line about a complete run: accuracies, gap, timings, failed measures."""
-    failed = [name for name, entry in result["measures"].items() if "error" in entry]
-    timings = result["timings"]
-    text = (
-        f"{result['run_id']}: train {result['train_accuracy']:.3f}, test "
-        f"{result['test_accuracy']:.3f}, gap {result['gap']:.3f} after {result['epochs_run']} "
-        f"epochs; {timings['training']:.1f} s training, {timings['measures']:.1f} s measures"
-    )
-    if failed:
-        text += f"; failed: {', '.join(failed)}"
-    return text
-
-
-#: The randomized-label study as a :class:`~minsharp.study.core.runner.StudyKind`.
-RANDOMIZED_LABELS = base.StudyKind(
-    name=KIND,
-    plan_runs=plan_runs,
-    fingerprint=run_fingerprint,
-    execute=execute_run,
-    preset=preset,
-    summarise=summarise_run,
-    measured_on=MEASURED_ON,
-    result_numbers=RESULT_NUMBERS,
-)
+#: The randomized-label study.
+RANDOMIZED_LABELS = RandomizedLabels()
 
 
 def read_result(path: Path, fingerprint: str | None = None) -> tuple[dict[str, Any] | None, str]:
@@ -219,7 +282,7 @@ def read_result(path: Path, fingerprint: str | None = None) -> tuple[dict[str, A
     this format and version, with finite accuracies, gap, ratio and seed and valid measure
     entries, made (when ``fingerprint`` is given) with the same settings.
     """
-    return base.read_result(path, fingerprint, numbers=RESULT_NUMBERS)
+    return read_stored_result(path, fingerprint, numbers=RESULT_NUMBERS)
 
 
 def run_study(config: StudyConfig, directory: str | Path, **options: Any) -> StudyOutcome:
@@ -237,4 +300,4 @@ def run_study(config: StudyConfig, directory: str | Path, **options: Any) -> Stu
         DataError: the data cannot be loaded (missing files: the message says how to get
             them).
     """
-    return base.run_study(RANDOMIZED_LABELS, config, directory, **options)
+    return runner.run_study(RANDOMIZED_LABELS, config, directory, **options)

@@ -1,8 +1,8 @@
 """Pieces shared by the reports of every study kind: markdown sections and tables, CSV, files.
 
 Each kind's report module (:mod:`minsharp.study.randomized_labels.report`, :mod:`minsharp.study.
-batch_size_report`, :mod:`minsharp.study.bn_training.report`) reads its study with
-:func:`minsharp.study.core.runner.read_records`, makes one row per finished run (:func:`run_row`,
+batch_size.report`, :mod:`minsharp.study.bn_training.report`) reads its study with
+:func:`minsharp.study.core.store.read_records`, makes one row per finished run (:func:`run_row`,
 :func:`measure_value`; columns :func:`csv_columns`) and assembles ``report.md`` from these
 parts: the header line (:func:`written_markdown`), tables (:func:`table_head`,
 :func:`markdown_table`), the setup (:func:`data_lines`, :func:`models_table`,
@@ -10,8 +10,8 @@ parts: the header line (:func:`written_markdown`), tables (:func:`table_head`,
 (:func:`paper_table`, :func:`training_rows`) and the closing sections
 (:func:`closing_markdown`: failed measures, warnings and unfinished runs, what was run, the
 paper, the machines and versions of every session, the files). :func:`write_files` writes
-``report.md``, ``runs.csv`` (:func:`csv_text`) and the figures (:func:`new_figure`,
-:func:`save_figure`, matplotlib's Agg canvas, no pyplot). The paired reports summarise the
+``report.md``, ``runs.csv`` (:func:`csv_text`) and the figures
+(:mod:`minsharp.study.report.plots`). The paired reports summarise the
 seeds of a setting by :func:`spread` (mean, sample standard deviation, range).
 """
 
@@ -29,17 +29,18 @@ from typing import Any
 import numpy as np
 
 from minsharp.errors import MinsharpError
-from minsharp.io import write_bytes_atomic, write_text_atomic
+from minsharp.io import write_text_atomic
 from minsharp.measures import SYMMETRIES, spec
 from minsharp.study.core.config import ModelPlan
-from minsharp.study.core.runner import (
+from minsharp.study.core.provenance import versions
+from minsharp.study.core.store import (
     RESULT_FILE,
     RUNS_DIR,
     STUDY_FILE,
     StudyRecords,
     measure_entries,
-    versions,
 )
+from minsharp.study.report.plots import save_figure
 from minsharp.training import TrainingConfig
 
 REPORT_FILE = "report.md"
@@ -49,11 +50,6 @@ FIGURES_DIR = "figures"
 #: Longest tables of failures and warnings in a report.
 MAX_ROWS = 30
 
-#: Marker per model, in order.
-MARKERS = ("o", "s", "^", "D", "v", "P", "X")
-
-#: Values spanning at least this factor (all positive) are drawn on a log scale.
-LOG_SPAN = 10.0
 
 #: Verdicts of a setting compared with the paper's (:func:`paper_table`).
 SAME, DIFFERS, INCLUDES = "same", "differs", "includes the paper's"
@@ -586,31 +582,3 @@ def cell(text: Any) -> str:
 def report_time() -> str:
     """The current UTC time to the minute, for a report's header."""
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def new_figure(width: float, height: float) -> Any:
-    """A matplotlib ``Figure`` of this size in inches, with constrained layout (no pyplot)."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def save_figure(figure: Any, path: Path) -> Path:
-    """Render ``figure`` on an Agg canvas to PNG (110 dpi) and write it to ``path`` atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    write_bytes_atomic(path, buffer.getvalue())
-    return path
-
-
-def log_scale_if_wide(axis: Any, values: Sequence[float]) -> None:
-    """Put ``axis``'s y scale on a log scale when the finite values span :data:`LOG_SPAN`."""
-    finite = [value for value in values if math.isfinite(value)]
-    if finite and min(finite) > 0 and max(finite) / min(finite) >= LOG_SPAN:
-        axis.set_yscale("log")

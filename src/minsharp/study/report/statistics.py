@@ -154,34 +154,56 @@ def granulated_kendall(
         ({'ratio': 0.0, 'seed': 1.0}, 0.5)
     """
     values, gaps = _paired(measure, gap)
-    labels: dict[str, list[Hashable]] = {}
-    for name, column in axes.items():
-        column = list(column)
-        if len(column) != len(values):
-            raise DataError(
-                f"axis {name!r} has {len(column)} values for {len(values)} runs; give one per run."
-            )
-        labels[name] = [_hashable(value) for value in column]
+    labels = _axis_labels(axes, len(values))
     kept = np.flatnonzero(~(np.isnan(values) | np.isnan(gaps)))
     per_axis: dict[str, float] = {}
     used: dict[str, int] = {}
     skipped: dict[str, int] = {}
     for name in labels:
         others = [labels[other] for other in labels if other != name]
-        groups: dict[tuple[Hashable, ...], list[int]] = {}
-        for run in kept:
-            groups.setdefault(tuple(column[run] for column in others), []).append(int(run))
-        taus = []
-        for members in groups.values():
-            tau = _tau_b(values[members], gaps[members]) if len(members) >= 2 else math.nan
-            if not math.isnan(tau):
-                taus.append(tau)
+        taus, groups = _group_taus(values, gaps, kept, others)
         per_axis[name] = float(np.mean(taus)) if taus else math.nan
         used[name] = len(taus)
-        skipped[name] = len(groups) - len(taus)
+        skipped[name] = groups - len(taus)
     defined = [psi for psi in per_axis.values() if not math.isnan(psi)]
     average = float(np.mean(defined)) if defined else math.nan
     return GranulatedKendall(per_axis, average, used, skipped)
+
+
+def _axis_labels(axes: Mapping[str, Sequence[Any]], runs: int) -> dict[str, list[Hashable]]:
+    """Each axis's values as hashable group labels, one per run.
+
+    Raises:
+        DataError: an axis has not one value per run.
+    """
+    labels: dict[str, list[Hashable]] = {}
+    for name, column in axes.items():
+        column = list(column)
+        if len(column) != runs:
+            raise DataError(
+                f"axis {name!r} has {len(column)} values for {runs} runs; give one per run."
+            )
+        labels[name] = [_hashable(value) for value in column]
+    return labels
+
+
+def _group_taus(
+    values: np.ndarray, gaps: np.ndarray, kept: np.ndarray, others: list[list[Hashable]]
+) -> tuple[list[float], int]:
+    """τ-b of every group of ``kept`` runs sharing their ``others`` labels that defines one.
+
+    Returns the defined τ-b and the number of groups (a group of one run, or whose measure or
+    gap is constant, has none).
+    """
+    groups: dict[tuple[Hashable, ...], list[int]] = {}
+    for run in kept:
+        groups.setdefault(tuple(column[run] for column in others), []).append(int(run))
+    taus = []
+    for members in groups.values():
+        tau = _tau_b(values[members], gaps[members]) if len(members) >= 2 else math.nan
+        if not math.isnan(tau):
+            taus.append(tau)
+    return taus, len(groups)
 
 
 def bootstrap_interval(
@@ -277,42 +299,50 @@ def correlation_table(
     for name in measures:
         values = np.array([_number(row.get(name), name, index) for index, row in enumerate(rows)])
         kept = np.flatnonzero(~(np.isnan(values) | np.isnan(gaps)))
-        x, y = values[kept], gaps[kept]
-        count = len(kept)
-        if count >= 2:
-            tau_ci = bootstrap_interval(
-                lambda idx, x=x, y=y: _tau_b(x[idx], y[idx]),
-                count,
-                resamples=resamples,
-                level=level,
-                seed=seed,
-            )
-            rho_ci = bootstrap_interval(
-                lambda idx, x=x, y=y: _spearman(x[idx], y[idx]),
-                count,
-                resamples=resamples,
-                level=level,
-                seed=seed,
-            )
-        else:
-            tau_ci = rho_ci = (math.nan, math.nan)
-        granulated = granulated_kendall(
-            x, y, {axis: [rows[run][axis] for run in kept] for axis in axes}
+        row = _correlation_row(
+            values[kept],
+            gaps[kept],
+            {axis: [rows[run][axis] for run in kept] for axis in axes},
+            resamples=resamples,
+            level=level,
+            seed=seed,
         )
-        table.append(
-            {
-                "measure": name,
-                "n": count,
-                "excluded": len(rows) - count,
-                "kendall_tau_b": _tau_b(x, y),
-                "kendall_tau_b_ci": tau_ci,
-                "spearman_rho": _spearman(x, y),
-                "spearman_rho_ci": rho_ci,
-                "granulated": granulated.per_axis,
-                "granulated_average": granulated.average,
-            }
-        )
+        table.append({"measure": name, "n": len(kept), "excluded": len(rows) - len(kept), **row})
     return table
+
+
+def _correlation_row(
+    x: np.ndarray,
+    y: np.ndarray,
+    axis_values: Mapping[str, Sequence[Any]],
+    *,
+    resamples: int,
+    level: float,
+    seed: int,
+) -> dict[str, Any]:
+    """τ-b, ρ with their bootstrap intervals (the same resamples) and the granulated ψ, Ψ."""
+    if len(x) >= 2:
+        tau_ci, rho_ci = (
+            bootstrap_interval(
+                lambda idx, x=x, y=y, statistic=statistic: statistic(x[idx], y[idx]),
+                len(x),
+                resamples=resamples,
+                level=level,
+                seed=seed,
+            )
+            for statistic in (_tau_b, _spearman)
+        )
+    else:
+        tau_ci = rho_ci = (math.nan, math.nan)
+    granulated = granulated_kendall(x, y, axis_values)
+    return {
+        "kendall_tau_b": _tau_b(x, y),
+        "kendall_tau_b_ci": tau_ci,
+        "spearman_rho": _spearman(x, y),
+        "spearman_rho_ci": rho_ci,
+        "granulated": granulated.per_axis,
+        "granulated_average": granulated.average,
+    }
 
 
 # --------------------------------------------------------------------------- internals

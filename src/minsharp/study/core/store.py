@@ -1,0 +1,280 @@
+"""A study directory on disk: ``study.json`` and each run's ``result.json``, read and checked.
+
+Layout of a study directory ``DIR``::
+
+    DIR/study.json                  kind, config, data record, planned run ids, sessions
+    DIR/.lock                       taken while a worker checks and updates study.json
+    DIR/runs/<run-id>/.lock         held by the worker running the run
+    DIR/runs/<run-id>/result.json   one finished run (written atomically, last)
+    DIR/runs/<run-id>/checkpoint/   model.safetensors + checkpoint.json (save_checkpoint)
+
+:func:`read_result` says whether a stored run is usable, :func:`read_records` reads a whole
+study back for its report, and :func:`check_same_config` / :func:`check_same_data` refuse to
+resume a directory made for another study, naming the :func:`differences`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from minsharp.errors import MinsharpError, StudyError
+from minsharp.io import jsonable, read_tagged_json
+from minsharp.study.core import claims as claims
+from minsharp.study.core.config import GridConfig
+from minsharp.study.core.kind import StudyKind
+
+#: ``format`` tags and versions of the two kinds of JSON file a study writes.
+STUDY_FORMAT = "minsharp-study"
+RUN_FORMAT = "minsharp-study-run"
+FORMAT_VERSION = 1
+
+#: File and folder names inside a study directory.
+STUDY_FILE = "study.json"
+RUNS_DIR = "runs"
+RESULT_FILE = "result.json"
+CHECKPOINT_DIR = "checkpoint"
+
+
+def read_result(
+    path: Path,
+    fingerprint: str | None = None,
+    *,
+    numbers: Sequence[str] = (),
+    groups: Sequence[str] = ("measures",),
+) -> tuple[dict[str, Any] | None, str]:
+    """A finished run's ``result.json``, or ``None`` and why it cannot be used.
+
+    A result is usable when it is a JSON object of this format and version, its status is
+    ``"complete"``, the keys ``numbers`` hold finite numbers, each key of ``groups`` holds a
+    dictionary of measure entries (each with a value or an error), and (when
+    ``fingerprint`` is given) it was made with the same settings.
+    """
+    if not path.exists():
+        return None, "not run yet"
+    try:
+        content = read_tagged_json(path, tag=RUN_FORMAT, version=FORMAT_VERSION, error=StudyError)
+    except StudyError as error:
+        return None, str(error)
+    if content.get("status") != "complete":
+        return None, f"the run had failed ({content.get('error')}: {content.get('message')})"
+    if fingerprint is not None and content.get("fingerprint") != fingerprint:
+        return None, "it was made with other settings"
+    for key in numbers:
+        if not is_finite_number(content.get(key)):
+            return None, f"{path.name} has no valid {key!r}"
+    for key in groups:
+        entries = content.get(key)
+        if not isinstance(entries, dict) or not all(
+            isinstance(entry, dict) and ("value" in entry or "error" in entry)
+            for entry in entries.values()
+        ):
+            return None, f"{path.name} has no valid {key!r}"
+    return content, ""
+
+
+def is_finite_number(value: Any) -> bool:
+    """Whether ``value`` is an int or float (not a bool) and finite."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def read_study(directory: str | Path) -> dict[str, Any]:
+    """The content of ``directory/study.json``.
+
+    Raises:
+        StudyError: no such file, or not a study file.
+    """
+    directory = Path(directory).expanduser()
+    path = directory / STUDY_FILE
+    if not directory.is_dir():
+        raise StudyError(f"study directory {directory} does not exist.")
+    if not path.is_file():
+        raise StudyError(
+            f"{directory} is not a study directory: it has no {STUDY_FILE}. Give the --output "
+            "directory of a `minsharp study …` command."
+        )
+    content = read_tagged_json(path, tag=STUDY_FORMAT, version=FORMAT_VERSION, error=StudyError)
+    runs = content.get("runs")
+    if not isinstance(runs, list) or not all(
+        isinstance(run, str) and run and Path(run).name == run for run in runs
+    ):
+        raise StudyError(f"{path}: 'runs' must be a list of run ids; got {runs!r}.")
+    return content
+
+
+@dataclass
+class StudyRecords:
+    """A study directory as read back: its ``study.json`` and the usable run results."""
+
+    directory: Path
+    study: dict[str, Any]
+    config: Any
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Finished runs by run id, in the planned order."""
+    unfinished: dict[str, str] = field(default_factory=dict)
+    """Planned runs without a usable result, with the reason."""
+
+
+def read_records(directory: str | Path, kind: StudyKind) -> StudyRecords:
+    """The study of kind ``kind`` in ``directory``: its config and every finished run's result.
+
+    Raises:
+        StudyError: not a study directory, a study of another kind, or an unreadable
+            ``study.json``.
+    """
+    directory = Path(directory).expanduser()
+    study = read_study(directory)
+    stored_kind = study.get("kind", kind.name)
+    if stored_kind != kind.name:
+        raise StudyError(f"{directory} holds a {stored_kind!r} study, not a {kind.name!r} one.")
+    try:
+        config = kind.stored_config(study.get("config", {}))
+    except MinsharpError as error:
+        raise StudyError(f"{directory / STUDY_FILE}: {error}") from None
+    records = StudyRecords(directory, study, config)
+    for run in study.get("runs", []):
+        result, reason = read_result(
+            directory / RUNS_DIR / run / RESULT_FILE,
+            numbers=kind.result_numbers,
+            groups=kind.measure_groups,
+        )
+        if result is None:
+            records.unfinished[run] = reason
+        else:
+            records.results[run] = result
+    return records
+
+
+def existing_study(directory: Path, *, force: bool) -> dict[str, Any] | None:
+    """The stored ``study.json`` of the directory ``directory``, ``None`` for a new or empty one.
+
+    Raises:
+        StudyError: ``directory`` is not empty but holds no study (unless ``force``), or its
+            ``study.json`` is unreadable (unless ``force``).
+    """
+    if not directory.is_dir():
+        return None
+    if not (directory / STUDY_FILE).exists():
+        if any(item.name != claims.LOCK_FILE for item in directory.iterdir()) and not force:
+            raise StudyError(
+                f"{directory} exists, is not empty and is not a study directory (no "
+                f"{STUDY_FILE}); give a new or empty directory with --output (or --force to "
+                "use it anyway)."
+            )
+        return None
+    try:
+        return read_study(directory)
+    except StudyError as error:
+        if force:
+            return None
+        raise StudyError(f"{error} Use --force to start the study there afresh.") from None
+
+
+def check_same_config(
+    directory: Path, previous: Mapping[str, Any], config: GridConfig, kind: StudyKind
+) -> None:
+    """Refuse to resume a study made with another kind or configuration, naming differences.
+
+    Raises:
+        StudyError: the kinds or the configurations differ.
+    """
+    stored = previous.get("config")
+    if previous.get("kind") != kind.name:
+        raise StudyError(
+            f"{directory} holds a {previous.get('kind')!r} study, not {kind.name!r}; give "
+            "another --output."
+        )
+    current = jsonable(config.to_dict())
+    if stored == current:
+        return
+    try:
+        # Same settings written differently (e.g. by an older minsharp): compare as configs.
+        if isinstance(stored, Mapping) and kind.stored_config(stored).to_dict() == config.to_dict():
+            return
+    except MinsharpError:
+        pass
+    found = differences(stored if isinstance(stored, Mapping) else {}, current)
+    raise StudyError(
+        f"{directory / STUDY_FILE} was written for another study configuration ("
+        + "; ".join(found[:6])
+        + (f"; and {len(found) - 6} more" if len(found) > 6 else "")
+        + "). To resume it, run with the same preset, config file and overrides; for a new "
+        "study give another --output; or pass --force to overwrite it (runs whose settings "
+        "changed are then redone)."
+    )
+
+
+def data_identity(info: Mapping[str, Any]) -> dict[str, Any]:
+    """What identifies a study's data: data set, split kind, sizes, seed, files' SHA-256."""
+    return {
+        "dataset": info.get("dataset"),
+        "split_kind": info.get("split_kind"),
+        "sizes": info.get("sizes"),
+        "seed": info.get("seed"),
+        "input_shape": info.get("input_shape"),
+        "files": sorted(
+            (entry.get("name"), entry.get("sha256")) for entry in info.get("files", []) or []
+        ),
+    }
+
+
+def check_same_data(directory: Path, previous: Mapping[str, Any], info: Mapping[str, Any]) -> None:
+    """Refuse to resume a study whose data differ from those it was made with.
+
+    Raises:
+        StudyError: other files or another split, naming the differences.
+    """
+    stored = jsonable(data_identity(previous.get("data", {}) or {}))
+    current = jsonable(data_identity(info))
+    if stored == current:
+        return
+    found = differences(stored, current)
+    raise StudyError(
+        f"the data differ from those {directory / STUDY_FILE} was made with ("
+        + "; ".join(found[:4])
+        + "): other files or another split. Point --data-dir at the same files, give another "
+        "--output, or pass --force to redo the study with these data."
+    )
+
+
+def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``key: stored → current`` for each top-level key that differs."""
+    return [
+        f"{key}: {_short(stored.get(key))} there, {_short(current.get(key))} here"
+        for key in sorted(set(stored) | set(current))
+        if stored.get(key) != current.get(key)
+    ]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 80 else text[:77] + "…"
+
+
+def measure_entries(
+    result: Mapping[str, Any], groups: Sequence[str] = ("measures",)
+) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """``(label, entry)`` of every measure entry of a result, group by group.
+
+    The label is the measure's name, followed by its group in parentheses outside the group
+    ``"measures"`` (e.g. ``"hessian_trace (rescaled_measures)"``).
+    """
+    for group in groups:
+        for name, entry in (result.get(group) or {}).items():
+            if isinstance(entry, Mapping):
+                yield (name if group == "measures" else f"{name} ({group})"), entry
+
+
+def measure_errors(
+    run: str, result: Mapping[str, Any], groups: Sequence[str] = ("measures",)
+) -> list[tuple[str, str, str]]:
+    """``(run, measure, message)`` of every failed measure of a result (:func:`measure_entries`)."""
+    return [
+        (run, label, str(entry.get("message")))
+        for label, entry in measure_entries(result, groups)
+        if "error" in entry
+    ]
