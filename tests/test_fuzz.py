@@ -77,7 +77,9 @@ from minsharp.data import (
     input_batches,
     load_dataset,
     load_digits,
+    load_examples,
     load_mnist_split,
+    parse_data_spec,
 )
 from minsharp.io import (
     jsonable,
@@ -125,7 +127,7 @@ PUBLIC_MODULES = (
     minsharp.curvature,
     minsharp.models,
     minsharp.training,
-    minsharp.symmetry.layerwise,
+    minsharp.symmetry,
     minsharp.io,
 )
 
@@ -1193,6 +1195,22 @@ cases(
     ("dtype-a-string", lambda f: load_dataset("digits", dtype="float32"), "dtype", DataError),
     ("missing-root", lambda f: load_dataset("mnist", root=f["absent"]), "absent", DataError),
     ("damaged-files", lambda f: load_dataset("mnist", root=f["mnist-magic"]), "magic number"),
+)
+cases(
+    parse_data_spec,
+    ("unknown-data-set", lambda f: parse_data_spec("svhn"), "unknown data set 'svhn'", DataError),
+    ("empty-folder", lambda f: parse_data_spec("mnist:"), "the folder is empty", DataError),
+    ("file-without-path", lambda f: parse_data_spec("file:"), "file:PATH", DataError),
+    ("folder-for-digits", lambda f: parse_data_spec("digits:/tmp"), "digits is bundled"),
+)
+cases(
+    load_examples,
+    ("unknown-form", lambda f: load_examples("cifar", None, None), "cifar10:DIR", DataError),
+    ("examples-0", lambda f: load_examples("digits", None, 0), "--examples must be positive"),
+    ("missing-file", lambda f: load_examples(f"file:{f['absent']}", None, None), "absent"),
+    ("split-of-a-file", lambda f: load_examples(f"file:{f['absent']}", "test", 1), "--split"),
+    ("missing-cifar", lambda f: load_examples(f"cifar10:{f['absent']}", None, None), "absent"),
+    ("damaged-mnist", lambda f: load_examples(f"mnist:{f['mnist-magic']}", None, 1), "magic"),
 )
 cases(
     load_digits,
