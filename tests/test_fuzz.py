@@ -1373,7 +1373,11 @@ CLI_CASES: list[CliCase] = [
             ("measure", "--model", "no_such_module_xyz:build", "--random-init", "--data", "digits"),
             "cannot import module",
         ),
-        ("bad-data-spec", (*RANDOM, "--data", "cifar"), "expected digits, mnist:DIR or file:PATH"),
+        (
+            "bad-data-spec",
+            (*RANDOM, "--data", "cifar"),
+            "digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR or file:PATH",
+        ),
         ("mnist-without-directory", (*RANDOM, "--data", "mnist:"), "expected digits"),
         ("missing-mnist-directory", (*RANDOM, "--data", "mnist:{absent}"), "does not exist"),
         ("damaged-mnist", (*RANDOM, "--data", "mnist:{mnist-truncated}"), "truncated"),
