@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from tests.idx import write_idx
 
 import minsharp
-from minsharp.cli.main import main, parse_value
+from minsharp.cli.main import main
+from minsharp.cli.measure import parse_value
 from minsharp.data import load_digits, load_mnist_split
 from minsharp.io import write_json_atomic
 from minsharp.models import build_model
@@ -438,6 +439,50 @@ def test_a_malicious_pickle_is_refused_and_not_executed(capsys, tmp_path, contai
         assert marker.exists()
 
 
+def test_cifar10_directory_with_small_cnn(capsys, tmp_path):
+    """cifar10:DIR reads test_batch.bin (the default split) through the one data-spec parser."""
+    from minsharp.data import cifar, load_examples
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=5, dtype=np.uint8)
+    folder = tmp_path / "cifar" / cifar.FOLDER
+    folder.mkdir(parents=True)
+    records = np.concatenate([labels[:, None], images.reshape(5, -1)], axis=1)
+    (folder / cifar.TEST_BATCH).write_bytes(records.tobytes())
+    output = tmp_path / "out.json"
+    code, out, err = run(
+        capsys,
+        *("--model", "small_cnn", "--random-init", "--seed", "1"),
+        *("--data", f"cifar10:{tmp_path / 'cifar'}", "--examples", "4"),
+        *("--measures", "hessian_trace", "--output", str(output)),
+    )
+    assert code == 0, err
+    assert "(test split): 4 examples of shape (3, 32, 32)" in out
+    report = json.loads(output.read_text())
+    assert report["data"]["source"] == "cifar10"
+    assert report["data"]["split"] == "test"
+    data = load_examples(f"cifar10:{tmp_path / 'cifar'}", None, 4)
+    expected_first = cifar.to_tensor(images[:1])
+    assert torch.equal(data.inputs[:1], expected_first)
+    assert data.labels.tolist() == labels[:4].astype(np.int64).tolist()
+    torch.manual_seed(1)
+    model = build_model("small_cnn", (3, 32, 32), 10)
+    expected = direct("hessian_trace", model, (data.inputs, data.labels))
+    assert report["measures"][0]["value"] == pytest.approx(expected, rel=1e-10)
+    err = fails(
+        capsys,
+        "--model",
+        "small_cnn",
+        "--random-init",
+        "--data",
+        f"cifar10:{tmp_path / 'cifar'}",
+        "--split",
+        "train",
+    )
+    assert "CIFAR-10 train batch files data_batch_1.bin" in err
+
+
 def test_bad_data(capsys, tmp_path):
     base = ("--model", "small_mlp", "--random-init")
     err = fails(capsys, *base, "--data", f"file:{tmp_path / 'absent.npz'}")
@@ -457,7 +502,8 @@ def test_bad_data(capsys, tmp_path):
     err = fails(capsys, *base, "--data", f"mnist:{tmp_path / 'nowhere'}")
     assert "does not exist" in err
     err = fails(capsys, *base, "--data", "cifar")
-    assert "expected digits, mnist:DIR or file:PATH" in err
+    assert "unknown data set 'cifar'; known: digits, mnist, fashion-mnist, cifar10" in err
+    assert "digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR or file:PATH" in err
     err = fails(capsys, *base, "--data", "digits", "--examples", "100000")
     assert "has only 1348 examples" in err
 

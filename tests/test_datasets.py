@@ -482,3 +482,48 @@ def test_cifar_extraction_of_a_damaged_archive(tmp_path) -> None:
         tar.add(tmp_path / "source" / "test_batch.bin", arcname="cifar-10-batches-bin/x.bin")
     with pytest.raises(DataError, match=r"lacks data_batch_1\.bin"):
         cifar.extract(archive, tmp_path / "out")
+
+
+# --- the one data-spec parser ------------------------------------------------------------------
+
+
+def test_data_spec_forms(tmp_path) -> None:
+    from minsharp.data import parse_data_spec
+
+    assert parse_data_spec("digits").dataset == "digits"
+    assert parse_data_spec("digits").location is None
+    assert parse_data_spec(f"CIFAR-10:{tmp_path}").dataset == "cifar10"
+    assert parse_data_spec(f"file:{tmp_path}/x.pt").location == tmp_path / "x.pt"
+    assert parse_data_spec("mnist").location is None
+    for bad, message in (
+        ("svhn", "unknown data set 'svhn'; known: digits, mnist"),
+        ("mnist:", "the folder is empty"),
+        ("digits:/tmp", "digits is bundled"),
+        ("file:", "file:PATH"),
+    ):
+        with pytest.raises(DataError, match=message):
+            parse_data_spec(bad)
+
+
+def test_load_dataset_reads_a_spec_with_its_folder(tmp_path) -> None:
+    write_idx_set(tmp_path, *tiny_idx(6, seed=0), split="test")
+    by_spec = load_dataset(f"mnist:{tmp_path}", train_size=3, seed=1)
+    by_root = load_dataset("mnist", root=tmp_path, train_size=3, seed=1)
+    assert torch.equal(by_spec.train_inputs, by_root.train_inputs)
+    assert by_spec.info == by_root.info
+    with pytest.raises(DataError, match="give the folder once"):
+        load_dataset(f"mnist:{tmp_path}", root=tmp_path)
+    with pytest.raises(DataError, match="read_labelled_file"):
+        load_dataset(f"file:{tmp_path}/x.pt")
+
+
+def test_former_cli_names_resolve_from_their_new_homes() -> None:
+    import minsharp.cli
+    from minsharp.cli import loading, measure
+    from minsharp.data import sources
+
+    assert minsharp.cli.make_model is loading.make_model
+    assert minsharp.cli.parse_value is measure.parse_value
+    assert minsharp.cli.load_data is sources.load_examples
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        minsharp.cli.nothing  # noqa: B018

@@ -77,7 +77,9 @@ from minsharp.data import (
     input_batches,
     load_dataset,
     load_digits,
+    load_examples,
     load_mnist_split,
+    parse_data_spec,
 )
 from minsharp.io import (
     jsonable,
@@ -1196,6 +1198,22 @@ cases(
     ("damaged-files", lambda f: load_dataset("mnist", root=f["mnist-magic"]), "magic number"),
 )
 cases(
+    parse_data_spec,
+    ("unknown-data-set", lambda f: parse_data_spec("svhn"), "unknown data set 'svhn'", DataError),
+    ("empty-folder", lambda f: parse_data_spec("mnist:"), "the folder is empty", DataError),
+    ("file-without-path", lambda f: parse_data_spec("file:"), "file:PATH", DataError),
+    ("folder-for-digits", lambda f: parse_data_spec("digits:/tmp"), "digits is bundled"),
+)
+cases(
+    load_examples,
+    ("unknown-form", lambda f: load_examples("cifar", None, None), "cifar10:DIR", DataError),
+    ("examples-0", lambda f: load_examples("digits", None, 0), "--examples must be positive"),
+    ("missing-file", lambda f: load_examples(f"file:{f['absent']}", None, None), "absent"),
+    ("split-of-a-file", lambda f: load_examples(f"file:{f['absent']}", "test", 1), "--split"),
+    ("missing-cifar", lambda f: load_examples(f"cifar10:{f['absent']}", None, None), "absent"),
+    ("damaged-mnist", lambda f: load_examples(f"mnist:{f['mnist-magic']}", None, 1), "magic"),
+)
+cases(
     load_digits,
     ("test-fraction-0", lambda f: load_digits(test_fraction=0.0), "test_fraction", DataError),
     ("test-fraction-above-1", lambda f: load_digits(test_fraction=1.5), "test_fraction"),
@@ -1356,7 +1374,11 @@ CLI_CASES: list[CliCase] = [
             ("measure", "--model", "no_such_module_xyz:build", "--random-init", "--data", "digits"),
             "cannot import module",
         ),
-        ("bad-data-spec", (*RANDOM, "--data", "cifar"), "expected digits, mnist:DIR or file:PATH"),
+        (
+            "bad-data-spec",
+            (*RANDOM, "--data", "cifar"),
+            "digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR or file:PATH",
+        ),
         ("mnist-without-directory", (*RANDOM, "--data", "mnist:"), "expected digits"),
         ("missing-mnist-directory", (*RANDOM, "--data", "mnist:{absent}"), "does not exist"),
         ("damaged-mnist", (*RANDOM, "--data", "mnist:{mnist-truncated}"), "truncated"),

@@ -18,7 +18,7 @@ import pickle
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -223,14 +223,8 @@ def load_weights(model: nn.Module, path: str | Path, *, model_name: str) -> None
         f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
         for key in reshaped
     ]
-    if missing or unexpected or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"missing keys {_listing(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys {_listing(unexpected)}")
-        if mismatched:
-            problems.append(f"shape mismatches {_listing(mismatched)}")
+    problems = difference_phrases(missing, unexpected, mismatched)
+    if problems:
         raise ModelError(
             f"weights file {path} does not fit model {model_name}: {'; '.join(problems)}."
             f"{_prefix_hint(missing, unexpected)} Check that --model, its options and the "
@@ -262,6 +256,20 @@ def state_differences(
     unexpected = [key for key in state if key not in expected]
     reshaped = [key for key in expected if key in state and state[key].shape != expected[key].shape]
     return missing, unexpected, reshaped
+
+
+def difference_phrases(
+    missing: list[str],
+    unexpected: list[str],
+    mismatched: list[str],
+    *,
+    phrases: tuple[str, str, str] = ("missing keys", "unexpected keys", "shape mismatches"),
+    listing: Callable[[list[str]], str] | None = None,
+) -> list[str]:
+    """One phrase per non-empty kind of state-dict difference: ``"missing keys ['a', …]"``."""
+    show = listing or _listing
+    kinds = zip(phrases, (missing, unexpected, mismatched), strict=True)
+    return [f"{phrase} {show(items)}" for phrase, items in kinds if items]
 
 
 def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:

@@ -273,6 +273,12 @@ ZOO: dict[str, ZooEntry] = {
 }
 
 
+def did_you_mean(name: str) -> str:
+    """`` Did you mean a, b?`` naming the zoo models closest to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, ZOO, n=3)
+    return f" Did you mean {', '.join(close)}?" if close else ""
+
+
 def build_model(
     name: str, input_shape: Sequence[int], num_classes: int, **options: Any
 ) -> nn.Module:
@@ -303,9 +309,9 @@ def build_model(
         )
     """
     if name not in ZOO:
-        close = difflib.get_close_matches(name, ZOO, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ModelError(f"unknown model {name!r}.{hint} Known models: {', '.join(ZOO)}.")
+        raise ModelError(
+            f"unknown model {name!r}.{did_you_mean(name)} Known models: {', '.join(ZOO)}."
+        )
     entry = ZOO[name]
     unknown = sorted(set(options) - set(entry.options))
     if unknown:

@@ -217,3 +217,30 @@ def to_tensor(images: np.ndarray, *, dtype: torch.dtype = torch.float32) -> Tens
     mean = torch.tensor(MEAN, dtype=dtype).view(1, 3, 1, 1)
     std = torch.tensor(STD, dtype=dtype).view(1, 3, 1, 1)
     return pixels.sub_(mean).div_(std)
+
+
+def read_split(batches: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+    """uint8 images and labels of one official split from the batch folder ``batches``.
+
+    ``"train"`` is the five training batches concatenated in order, ``"test"`` the test batch.
+
+    Returns:
+        ``(images, labels, paths)``: images (N, 3, 32, 32), labels (N,), the files read.
+
+    Raises:
+        DataError: a batch file of the split is missing (naming it), or is damaged
+            (see :func:`read_batch`).
+    """
+    names = list(TRAIN_BATCHES) if split == "train" else [TEST_BATCH]
+    missing = [name for name in names if not (batches / name).is_file()]
+    if missing:
+        raise DataError(
+            f"CIFAR-10 {split} batch files {', '.join(missing)} are missing from {batches}. "
+            f"Put the official batch files there, or pass the folder of {ARCHIVE} to a study "
+            "(--data-dir), which verifies and extracts it."
+        )
+    paths = [batches / name for name in names]
+    read = [read_batch(path) for path in paths]
+    images = np.concatenate([images for images, _ in read])
+    labels = np.concatenate([labels for _, labels in read])
+    return images, labels, paths

@@ -90,22 +90,8 @@ def corrupt_labels(
         >>> sorted(out.labels.tolist()) == sorted(y.tolist())  # permute keeps the class counts
         True
     """
-    number("ratio", ratio, at_least=0, at_most=1, error=DataError)
-    choice("rule", rule, RULES, error=DataError)
-    integer("num_classes", num_classes, minimum=1, error=DataError)
-    integer("seed", seed, error=DataError)
-    if not isinstance(labels, Tensor) or labels.dim() != 1:
-        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-        raise DataError(f"labels must be a 1-D tensor of class indices; got {shape}.")
-    check_labels(labels, labels.shape[0], "corrupt_labels")
-    original = labels.detach().to("cpu", torch.long)
+    original = _checked_labels(labels, ratio, rule, num_classes, seed)
     n = original.numel()
-    if n and (int(original.min()) < 0 or int(original.max()) >= num_classes):
-        raise DataError(
-            f"labels must lie in 0..{num_classes - 1} (num_classes = {num_classes}); found "
-            f"{int(original.min())}..{int(original.max())}."
-        )
-
     generator = torch.Generator().manual_seed(seed)
     count = corruption_count(float(ratio), n)
     chosen = torch.randperm(n, generator=generator)[:count]
@@ -116,6 +102,33 @@ def corrupt_labels(
         corrupted[chosen] = torch.randint(num_classes, (count,), generator=generator)
     indices = torch.sort(chosen).values
     changed = int((corrupted != original).sum())
+    record = _record(rule, ratio, seed, n, num_classes, count, changed)
+    return CorruptedLabels(corrupted.to(device=labels.device), indices, record)
+
+
+def _checked_labels(labels: Tensor, ratio: float, rule: str, num_classes: int, seed: int) -> Tensor:
+    """The labels as int64 on the CPU, after checking every argument of corrupt_labels."""
+    number("ratio", ratio, at_least=0, at_most=1, error=DataError)
+    choice("rule", rule, RULES, error=DataError)
+    integer("num_classes", num_classes, minimum=1, error=DataError)
+    integer("seed", seed, error=DataError)
+    if not isinstance(labels, Tensor) or labels.dim() != 1:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise DataError(f"labels must be a 1-D tensor of class indices; got {shape}.")
+    check_labels(labels, labels.shape[0], "corrupt_labels")
+    original = labels.detach().to("cpu", torch.long)
+    if original.numel() and (int(original.min()) < 0 or int(original.max()) >= num_classes):
+        raise DataError(
+            f"labels must lie in 0..{num_classes - 1} (num_classes = {num_classes}); found "
+            f"{int(original.min())}..{int(original.max())}."
+        )
+    return original
+
+
+def _record(
+    rule: str, ratio: float, seed: int, n: int, num_classes: int, count: int, changed: int
+) -> dict[str, Any]:
+    """The JSON-able record of a corruption, with its one-sentence description."""
     description = (
         f"{count} of {n} training labels (ratio {ratio}) "
         + (
@@ -125,7 +138,7 @@ def corrupt_labels(
         )
         + f" (seed {seed}); {changed} labels actually changed"
     )
-    record = {
+    return {
         "rule": rule,
         "ratio": float(ratio),
         "seed": seed,
@@ -137,4 +150,3 @@ def corrupt_labels(
         "changed_fraction": changed / n if n else 0.0,
         "description": description,
     }
-    return CorruptedLabels(corrupted.to(device=labels.device), indices, record)

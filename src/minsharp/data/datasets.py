@@ -1,4 +1,4 @@
-"""The data sets of the randomized-label study behind one call, :func:`load_dataset`.
+"""The data sets of the studies as train/test pairs behind one call, :func:`load_dataset`.
 
 ============== ===================================== ========================================
 name           inputs                                normalisation
@@ -12,7 +12,8 @@ cifar10        (N, 3, 32, 32), 50 000 + 10 000        (x/255 − mean_c)/std_c p
 All have 10 classes. The MNIST normalisation is the Minimum Sharpness paper's (Ibayashi,
 Hamaguchi, Imaizumi 2021; theory §6). CIFAR-10 uses the per-channel mean and standard deviation
 of its 50 000 training images, :data:`minsharp.data.cifar.MEAN` and
-:data:`~minsharp.data.cifar.STD`.
+:data:`~minsharp.data.cifar.STD`. Names are read by the one data-spec parser,
+:func:`minsharp.data.sources.parse_data_spec`.
 
 Where the files live: ``root`` if given, else the cache folder :func:`default_data_root`,
 ``$MINSHARP_DATA/<name>`` when ``MINSHARP_DATA`` is set, otherwise
@@ -20,14 +21,22 @@ Where the files live: ``root`` if given, else the cache folder :func:`default_da
 missing official files there (see :mod:`minsharp.data.download`); files already present are
 used as they are and their hashes recorded.
 
-When only one of the two official file sets is present (our offline machines hold only
-MNIST's test files), its examples are split, seeded, into disjoint train and test parts, and
-``Splits.info["split"]`` says so in plain words.
+Splitting and subsampling draw from ``torch.Generator().manual_seed(seed)``:
+
+* both official file sets present: the official split; ``train_size``/``test_size`` pick
+  a uniform random subset (without replacement) of each part;
+* only one file set present (our offline machines hold only MNIST's ``t10k-*`` files): a
+  random permutation π of its n examples; train = π[:a], test = π[a:a + b], disjoint, where
+  a = ``train_size`` and b = ``test_size``; a missing one is n minus the other, and with
+  neither, a = round(0.8·n) (:data:`SINGLE_SET_TRAIN_FRACTION`), b = n − a;
+  ``Splits.info["split"]`` says so in plain words;
+* digits: :func:`~minsharp.data.load_digits`' seeded 75 %/25 % split, then subsets.
+
+Selected examples keep the files' order.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,34 +47,33 @@ from torch import Tensor
 
 from minsharp.data import cifar
 from minsharp.data.digits import load_digits
-from minsharp.data.download import RESOURCES, download_dataset, file_md5, official_md5
-from minsharp.data.mnist import SPLIT_FILES, idx_images_to_tensor, locate_idx_file, read_idx_split
+from minsharp.data.file_sets import Pool, read_cifar_pools, read_idx_pools
+from minsharp.data.mnist import SPLIT_FILES, idx_images_to_tensor
+from minsharp.data.sources import (
+    DATA_ENV,
+    DATASETS,
+    TITLES,
+    canonical_name,
+    default_data_root,
+    parse_data_spec,
+)
 from minsharp.errors import DataError
-from minsharp.io import sha256_file
 from minsharp.options import integer
 
-#: Names accepted by :func:`load_dataset`.
-DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10")
+__all__ = [
+    "DATASETS",
+    "DATA_ENV",
+    "SINGLE_SET_TRAIN_FRACTION",
+    "Splits",
+    "canonical_name",
+    "default_data_root",
+    "load_dataset",
+]
 
 #: Share of the examples that go to the training part when a single file set is split and
 #: neither ``train_size`` nor ``test_size`` is given.
 SINGLE_SET_TRAIN_FRACTION = 0.8
 
-#: Environment variable naming the parent folder of the data caches.
-DATA_ENV = "MINSHARP_DATA"
-
-_TITLES = {
-    "digits": "digits",
-    "mnist": "MNIST",
-    "fashion-mnist": "Fashion-MNIST",
-    "cifar10": "CIFAR-10",
-}
-_ALIASES = {
-    "fashion_mnist": "fashion-mnist",
-    "fashionmnist": "fashion-mnist",
-    "cifar-10": "cifar10",
-    "cifar_10": "cifar10",
-}
 _CLASSES = {
     "digits": tuple(str(digit) for digit in range(10)),
     "mnist": tuple(str(digit) for digit in range(10)),
@@ -138,32 +146,6 @@ class Splits:
         return tuple(self.train_inputs.shape[1:])
 
 
-def canonical_name(name: str) -> str:
-    """``name`` as listed in :data:`DATASETS` (case, ``_`` and common spellings forgiven).
-
-    Raises:
-        DataError: an unknown data set.
-    """
-    key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in DATASETS:
-        raise DataError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}.")
-    return key
-
-
-def default_data_root(name: str) -> Path:
-    """The cache folder of data set ``name``.
-
-    ``$MINSHARP_DATA/<name>`` when ``MINSHARP_DATA`` is set, else
-    ``$XDG_CACHE_HOME/minsharp/<name>``, with ``XDG_CACHE_HOME`` defaulting to ``~/.cache``.
-    """
-    key = canonical_name(name)
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser() / key
-    cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(cache).expanduser() / "minsharp" / key
-
-
 def load_dataset(
     name: str,
     *,
@@ -176,30 +158,19 @@ def load_dataset(
 ) -> Splits:
     """Load a data set as a train/test pair, optionally subsampled, with a record of it.
 
-    Splitting and subsampling draw from ``torch.Generator().manual_seed(seed)``:
-
-    * both official file sets present: the official split; ``train_size``/``test_size`` pick
-      a uniform random subset (without replacement) of each part;
-    * only one file set present (e.g. MNIST's ``t10k-*`` files): a random permutation π of
-      its n examples; train = π[:a], test = π[a:a + b], disjoint, where a = ``train_size``
-      and b = ``test_size``; a missing one is n minus the other, and with neither,
-      a = round(0.8·n) (:data:`SINGLE_SET_TRAIN_FRACTION`), b = n − a;
-    * digits: :func:`~minsharp.data.load_digits`' seeded 75 %/25 % split, then subsets.
-
-    Selected examples keep the files' order.
+    How the parts are drawn is described in the module text.
 
     Args:
-        name: one of :data:`DATASETS` (``"digits"`` needs no files).
+        name: one of :data:`DATASETS` (``"digits"`` needs no files), or a data spec
+            ``NAME:DIR`` naming the folder instead of ``root``.
         root: folder holding the data set's files; default :func:`default_data_root`. MNIST
             and Fashion-MNIST: the official IDX files (``.gz`` or raw). CIFAR-10: the
             batch files, in ``root/cifar-10-batches-bin/`` or ``root`` itself, or the
             archive ``cifar-10-binary.tar.gz`` (verified by its official MD5, then extracted
             safely). Ignored for digits.
         download: fetch the missing official files into ``root`` first (network).
-        train_size: examples in the training part (default: all of the training files; when
-            a single file set is split, as described above).
-        test_size: examples in the test part (default: all of the test files; when a single
-            file set is split, as described above).
+        train_size: examples in the training part (default: all of the training files).
+        test_size: examples in the test part (default: all of the test files).
         seed: seeds the split and the subsets only; the same seed gives the same examples.
         dtype: floating dtype of the inputs (labels are int64).
 
@@ -211,71 +182,107 @@ def load_dataset(
             them and how to download them), damaged files (naming the file), or a failed
             download.
     """
-    key = canonical_name(name)
-    sizes = {"train_size": train_size, "test_size": test_size}
-    for label, value in sizes.items():
-        if value is not None:
-            integer(label, value, minimum=1, why="or None for the default", error=DataError)
-    integer("seed", seed, error=DataError)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise DataError(f"dtype must be a floating dtype such as torch.float32; got {dtype!r}.")
+    key, folder, source_kind = _locate(name, root)
+    _check_request(train_size, test_size, seed, dtype)
     generator = torch.Generator().manual_seed(seed)
-
     if key == "digits":
         return _load_digits(train_size, test_size, seed, dtype, generator)
-
-    folder = Path(root).expanduser() if root is not None else default_data_root(key)
-    source_kind = "directory" if root is not None else "cache"
     if key == "cifar10":
-        pools, files, downloaded = _cifar_pools(folder, download=download)
+        pools, files, downloaded = read_cifar_pools(folder, download=download)
     else:
-        pools, files, downloaded = _idx_pools(key, folder, download=download)
-
-    train_idx, test_idx, split_kind, split_text = _plan(
-        key, folder, pools, train_size, test_size, seed, generator
-    )
-    train_pool = pools["train"] if split_kind != "from-test-files" else pools["test"]
-    test_pool = pools["test"] if split_kind != "from-train-files" else pools["train"]
-    assert train_pool is not None and test_pool is not None
-    convert = cifar.to_tensor if key == "cifar10" else idx_images_to_tensor
-    train_inputs = convert(train_pool[0][train_idx], dtype=dtype)
-    test_inputs = convert(test_pool[0][test_idx], dtype=dtype)
-    train_labels = torch.from_numpy(train_pool[1][train_idx].astype(np.int64))
-    test_labels = torch.from_numpy(test_pool[1][test_idx].astype(np.int64))
-
-    matches = [entry["matches_official"] for entry in files if entry["official_md5"]]
-    normalisation = _CIFAR_NORMALISATION if key == "cifar10" else _IDX_NORMALISATION
-    constants = (
-        {"scale": 255, "mean": list(cifar.MEAN), "std": list(cifar.STD)}
-        if key == "cifar10"
-        else {"scale": 255, "mean": [0.5], "std": [0.5]}
-    )
-    available = {part: (len(pool[1]) if pool is not None else None) for part, pool in pools.items()}
-    used = len(train_labels) + len(test_labels)
-    if split_kind == "official":
-        subsampled = used < sum(count or 0 for count in available.values())
-    else:
-        subsampled = used < (available["test" if split_kind == "from-test-files" else "train"] or 0)
+        pools, files, downloaded = read_idx_pools(key, folder, download=download)
+    plan = _plan(key, folder, pools, train_size, test_size, seed, generator)
+    train_inputs, train_labels, test_inputs, test_labels = _draw(key, pools, plan, dtype)
     info = _record(
         key,
         source=str(folder.resolve()),
         source_kind=source_kind,
         downloaded=[path.name for path in downloaded],
         files=files,
-        files_match_official=all(matches) if matches else None,
-        normalisation=normalisation,
-        normalisation_constants=constants,
-        split=split_text,
-        split_kind=split_kind,
-        sizes={"train": len(train_labels), "test": len(test_labels)},
-        available=available,
-        subsampled=subsampled,
+        **_provenance(key, files, pools, plan, (len(train_labels), len(test_labels))),
         train_size=train_size,
         test_size=test_size,
         seed=seed,
         input_shape=list(train_inputs.shape[1:]),
     )
     return Splits(train_inputs, train_labels, test_inputs, test_labels, 10, info)
+
+
+def _locate(name: str, root: str | Path | None) -> tuple[str, Path, str]:
+    """The data set of ``name``, its folder, and whether that was given or the cache."""
+    source = parse_data_spec(name)
+    if source.dataset == "file":
+        raise DataError(
+            f"load_dataset reads the named data sets ({', '.join(DATASETS)}), not {name!r}; "
+            "read a file of tensors with minsharp.io.read_labelled_file."
+        )
+    if source.location is not None and root is not None:
+        raise DataError(f"load_dataset({name!r}, root={str(root)!r}): give the folder once.")
+    given = source.location if source.location is not None else root
+    if given is not None:
+        return source.dataset, Path(given).expanduser(), "directory"
+    if source.dataset == "digits":
+        return "digits", Path(), "bundled"
+    return source.dataset, default_data_root(source.dataset), "cache"
+
+
+def _check_request(
+    train_size: int | None, test_size: int | None, seed: int, dtype: torch.dtype
+) -> None:
+    for label, value in (("train_size", train_size), ("test_size", test_size)):
+        if value is not None:
+            integer(label, value, minimum=1, why="or None for the default", error=DataError)
+    integer("seed", seed, error=DataError)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise DataError(f"dtype must be a floating dtype such as torch.float32; got {dtype!r}.")
+
+
+def _draw(
+    key: str, pools: dict[str, Pool | None], plan: _SplitPlan, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The planned examples: train inputs and labels, test inputs and labels."""
+    train_pool = pools["train"] if plan.kind != "from-test-files" else pools["test"]
+    test_pool = pools["test"] if plan.kind != "from-train-files" else pools["train"]
+    assert train_pool is not None and test_pool is not None
+    convert = cifar.to_tensor if key == "cifar10" else idx_images_to_tensor
+    return (
+        convert(train_pool[0][plan.train], dtype=dtype),
+        torch.from_numpy(train_pool[1][plan.train].astype(np.int64)),
+        convert(test_pool[0][plan.test], dtype=dtype),
+        torch.from_numpy(test_pool[1][plan.test].astype(np.int64)),
+    )
+
+
+def _provenance(
+    key: str,
+    files: list[dict[str, Any]],
+    pools: dict[str, Pool | None],
+    plan: _SplitPlan,
+    sizes: tuple[int, int],
+) -> dict[str, Any]:
+    """The ``info`` fields saying how the files were read and which examples were used."""
+    matches = [entry["matches_official"] for entry in files if entry["official_md5"]]
+    available = {part: (len(pool[1]) if pool is not None else None) for part, pool in pools.items()}
+    used = sum(sizes)
+    if plan.kind == "official":
+        subsampled = used < sum(count or 0 for count in available.values())
+    else:
+        subsampled = used < (available["test" if plan.kind == "from-test-files" else "train"] or 0)
+    cifar10 = key == "cifar10"
+    return {
+        "files_match_official": all(matches) if matches else None,
+        "normalisation": _CIFAR_NORMALISATION if cifar10 else _IDX_NORMALISATION,
+        "normalisation_constants": (
+            {"scale": 255, "mean": list(cifar.MEAN), "std": list(cifar.STD)}
+            if cifar10
+            else {"scale": 255, "mean": [0.5], "std": [0.5]}
+        ),
+        "split": plan.text,
+        "split_kind": plan.kind,
+        "sizes": {"train": sizes[0], "test": sizes[1]},
+        "available": available,
+        "subsampled": subsampled,
+    }
 
 
 # --- digits --------------------------------------------------------------------------------
@@ -325,125 +332,6 @@ def _load_digits(
     )
 
 
-# --- files ---------------------------------------------------------------------------------
-
-_Pool = tuple[np.ndarray, np.ndarray]
-
-
-def _file_entry(dataset: str, path: Path) -> dict[str, Any]:
-    """Name, path, size and hashes of one data file, and whether it is the official file."""
-    expected = official_md5(dataset, path.name)
-    actual = file_md5(path) if expected else None
-    return {
-        "name": path.name,
-        "path": str(path.resolve()),
-        "bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
-        "md5": actual,
-        "official_md5": expected,
-        "matches_official": (actual == expected) if expected else None,
-    }
-
-
-def _download_hint(key: str, folder: Path) -> str:
-    bases = dict.fromkeys(resource.urls[0].rsplit("/", 1)[0] + "/" for resource in RESOURCES[key])
-    urls = ", ".join(bases) + (" or its mirrors" if len(RESOURCES[key][0].urls) > 1 else "")
-    return (
-        f"Either download them: load_dataset({key!r}, download=True) in Python or --download "
-        f"on the command line (into {folder}; from {urls}, checked against the official MD5s), "
-        "or put the official files in a folder yourself and pass it as root= / --data-dir "
-        f"(or set {DATA_ENV} to a folder holding one subfolder per data set)."
-    )
-
-
-def _idx_pools(
-    key: str, folder: Path, *, download: bool
-) -> tuple[dict[str, _Pool | None], list[dict[str, Any]], list[Path]]:
-    """The uint8 images and labels of each IDX split present in ``folder``."""
-    title = _TITLES[key]
-
-    def present(split: str) -> bool:
-        return any(locate_idx_file(folder, name) is not None for name in SPLIT_FILES[split])
-
-    downloaded: list[Path] = []
-    if download and not (present("train") and present("test")):
-        downloaded = download_dataset(key, folder)
-    if not (present("train") or present("test")):
-        state = "does not exist" if not folder.is_dir() else "holds none of its files"
-        names = ", ".join(f"{name}[.gz]" for pair in SPLIT_FILES.values() for name in pair)
-        raise DataError(
-            f"{title} data not found: {folder} {state}. Expected the official IDX files "
-            f"{names}; the two test files (t10k-*) alone are enough, they are then split into "
-            f"train and test parts. {_download_hint(key, folder)}"
-        )
-    pools: dict[str, _Pool | None] = {"train": None, "test": None}
-    files = []
-    for split in ("train", "test"):
-        if present(split):
-            images, labels, paths = read_idx_split(folder, split, dataset=title)
-            pools[split] = (images, labels)
-            files += [_file_entry(key, path) for path in paths]
-    return pools, files, downloaded
-
-
-def _cifar_pools(
-    folder: Path, *, download: bool
-) -> tuple[dict[str, _Pool | None], list[dict[str, Any]], list[Path]]:
-    """The uint8 images and labels of the CIFAR-10 batches under ``folder``."""
-    archive = folder / cifar.ARCHIVE
-    batches = cifar.batch_folder(folder)
-    complete = batches is not None and all(
-        (batches / name).is_file() for name in (*cifar.TRAIN_BATCHES, cifar.TEST_BATCH)
-    )
-    downloaded: list[Path] = []
-    if not complete and (batches is None or download or archive.is_file()):
-        if not archive.is_file():
-            if not download:
-                state = "does not exist" if not folder.is_dir() else "holds none of its files"
-                raise DataError(
-                    f"CIFAR-10 data not found: {folder} {state}. Expected the binary version: "
-                    f"the archive {cifar.ARCHIVE}, or its batch files "
-                    f"{', '.join((*cifar.TRAIN_BATCHES, cifar.TEST_BATCH))} in {folder} or "
-                    f"{folder / cifar.FOLDER} (test_batch.bin alone is enough: it is then "
-                    f"split into train and test parts). {_download_hint('cifar10', folder)}"
-                )
-            downloaded = download_dataset("cifar10", folder)
-        else:
-            expected = official_md5("cifar10", cifar.ARCHIVE)
-            actual = file_md5(archive)
-            if actual != expected:
-                raise DataError(
-                    f"checksum mismatch for {archive}: expected MD5 {expected} (the official "
-                    f"{cifar.ARCHIVE}), got {actual}. Delete it and run again with --download, "
-                    "or download it yourself from https://www.cs.toronto.edu/~kriz/ and pass "
-                    "its folder with --data-dir; or extract the official batch files into "
-                    f"{folder / cifar.FOLDER} yourself."
-                )
-        batches = cifar.extract(archive, folder)
-    assert batches is not None
-    files = [_file_entry("cifar10", archive)] if archive.is_file() else []
-    pools: dict[str, _Pool | None] = {"train": None, "test": None}
-    train_present = [name for name in cifar.TRAIN_BATCHES if (batches / name).is_file()]
-    if train_present and len(train_present) < len(cifar.TRAIN_BATCHES):
-        missing = sorted(set(cifar.TRAIN_BATCHES) - set(train_present))
-        raise DataError(
-            f"CIFAR-10 training batches {', '.join(missing)} are missing from {batches} (found "
-            f"{', '.join(train_present)}). Put all five there, or none to split "
-            f"{cifar.TEST_BATCH} into train and test parts. {_download_hint('cifar10', folder)}"
-        )
-    for part, names in (("train", train_present), ("test", [cifar.TEST_BATCH])):
-        read = [cifar.read_batch(batches / name) for name in names if (batches / name).is_file()]
-        if read:
-            pools[part] = (
-                np.concatenate([images for images, _ in read]),
-                np.concatenate([labels for _, labels in read]),
-            )
-            files += [_file_entry("cifar10", batches / name) for name in names]
-    if pools["train"] is None and pools["test"] is None:  # pragma: no cover - batch_folder
-        raise DataError(f"no CIFAR-10 batch files in {batches}.")
-    return pools, files, downloaded
-
-
 # --- splitting and subsets -----------------------------------------------------------------
 
 
@@ -475,57 +363,75 @@ def _subset_text(
     return f"; seeded random subset (seed {seed}): {' and '.join(parts)}" if parts else ""
 
 
+@dataclass(frozen=True)
+class _SplitPlan:
+    """Indices into the train and test pools, the split's kind, and its description."""
+
+    train: np.ndarray
+    test: np.ndarray
+    kind: str
+    text: str
+
+
 def _plan(
     key: str,
     folder: Path,
-    pools: dict[str, _Pool | None],
+    pools: dict[str, Pool | None],
     train_size: int | None,
     test_size: int | None,
     seed: int,
     generator: torch.Generator,
-) -> tuple[np.ndarray, np.ndarray, str, str]:
-    """Indices into the train and test pools, the split's kind, and its description."""
-    title = _TITLES[key]
+) -> _SplitPlan:
+    """Which examples of the pools make the two parts (see the module text)."""
+    title = TITLES[key]
     counts = {part: (len(pool[1]) if pool is not None else None) for part, pool in pools.items()}
-    if pools["train"] is not None and pools["test"] is not None:
-        train_idx = _subset(
-            counts["train"] or 0, train_size, "train_size", f"{title} training files", generator
-        )
-        test_idx = _subset(
-            counts["test"] or 0, test_size, "test_size", f"{title} test files", generator
-        )
-        text = (
-            f"official train/test split ({_count(counts['train'] or 0)} training and "
-            f"{_count(counts['test'] or 0)} test examples)"
-            + _subset_text(train_size, test_size, counts, seed)
-        )
-        return train_idx, test_idx, "official", text
+    if pools["train"] is None or pools["test"] is None:
+        return _single_set_plan(key, folder, counts, train_size, test_size, seed, generator)
+    train_idx = _subset(
+        counts["train"] or 0, train_size, "train_size", f"{title} training files", generator
+    )
+    test_idx = _subset(
+        counts["test"] or 0, test_size, "test_size", f"{title} test files", generator
+    )
+    text = (
+        f"official train/test split ({_count(counts['train'] or 0)} training and "
+        f"{_count(counts['test'] or 0)} test examples)"
+        + _subset_text(train_size, test_size, counts, seed)
+    )
+    return _SplitPlan(train_idx, test_idx, "official", text)
 
-    part = "test" if pools["test"] is not None else "train"
-    other = "train" if part == "test" else "test"
-    other_files = "training files" if other == "train" else "test files"
+
+def _single_set_plan(
+    key: str,
+    folder: Path,
+    counts: dict[str, int | None],
+    train_size: int | None,
+    test_size: int | None,
+    seed: int,
+    generator: torch.Generator,
+) -> _SplitPlan:
+    """Disjoint train and test parts drawn from the one file set present."""
+    part = "test" if counts["test"] is not None else "train"
+    other_files = "training files" if part == "test" else "test files"
     n = counts[part] or 0
-    if key == "cifar10":
-        names = [cifar.TEST_BATCH] if part == "test" else list(cifar.TRAIN_BATCHES)
-    else:
-        names = list(SPLIT_FILES[part])
     if train_size is None and test_size is None:
         train_size = round(SINGLE_SET_TRAIN_FRACTION * n)
-        test_size = n - train_size
-    elif test_size is None:
+    if test_size is None:
         test_size = n - (train_size or 0)
-    elif train_size is None:
+    if train_size is None:
         train_size = n - test_size
     if train_size < 1 or test_size < 1 or train_size + test_size > n:
         raise DataError(
-            f"cannot split the {_count(n)} examples of the {title} {part} files into "
+            f"cannot split the {_count(n)} examples of the {TITLES[key]} {part} files into "
             f"{train_size} train and {test_size} test examples: the two parts are disjoint, so "
             f"train_size + test_size must be at most {_count(n)} and each at least 1 (the "
             f"{other_files} are not in {folder}, so only the {part} files are split)."
         )
     order = torch.randperm(n, generator=generator).numpy()
-    train_idx = np.sort(order[:train_size])
-    test_idx = np.sort(order[train_size : train_size + test_size])
+    if key == "cifar10":
+        names = [cifar.TEST_BATCH] if part == "test" else list(cifar.TRAIN_BATCHES)
+    else:
+        names = list(SPLIT_FILES[part])
     text = (
         f"split from the {part} files only ({', '.join(names)}; the {other_files} are not in "
         f"{folder}): a seeded random permutation (seed {seed}) of their {_count(n)} examples, "
@@ -534,12 +440,14 @@ def _plan(
     )
     if train_size + test_size < n:
         text += f"; {_count(n - train_size - test_size)} examples unused"
-    return train_idx, test_idx, f"from-{part}-files", text
+    train_idx = np.sort(order[:train_size])
+    test_idx = np.sort(order[train_size : train_size + test_size])
+    return _SplitPlan(train_idx, test_idx, f"from-{part}-files", text)
 
 
 def _record(key: str, **fields: Any) -> dict[str, Any]:
     """The JSON-able ``info`` of a :class:`Splits`, with its one-paragraph summary."""
-    title = _TITLES[key]
+    title = TITLES[key]
     sizes = fields["sizes"]
     summary = (
         f"{title} from {fields['source']}: {fields['split']}. "

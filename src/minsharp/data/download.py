@@ -266,23 +266,34 @@ def download_file(
             return destination
         except _ChecksumMismatch as failure:
             mismatch = failure.actual
-            failures.append(
-                f"{url}: MD5 {failure.actual}, expected {resource.md5} (the official checksum)"
-            )
-        except _Incomplete as failure:
-            failures.append(f"{url}: {failure}")
-        except (OSError, http.client.HTTPException, ValueError) as failure:
-            if isinstance(failure, urllib.error.HTTPError):
-                failures.append(f"{url}: HTTP {failure.code} {failure.reason}")
-            else:
-                reason = getattr(failure, "reason", None) or failure
-                failures.append(f"{url}: {type(failure).__name__}: {reason}")
+            failures.append(_attempt_failure(url, failure, resource.md5))
+        except (_Incomplete, OSError, http.client.HTTPException, ValueError) as failure:
+            failures.append(_attempt_failure(url, failure, resource.md5))
+    raise DataError(_no_download_message(resource, folder, failures, mismatch))
+
+
+def _attempt_failure(url: str, failure: Exception, md5: str) -> str:
+    """One line saying why fetching ``url`` failed."""
+    if isinstance(failure, _ChecksumMismatch):
+        return f"{url}: MD5 {failure.actual}, expected {md5} (the official checksum)"
+    if isinstance(failure, _Incomplete):
+        return f"{url}: {failure}"
+    if isinstance(failure, urllib.error.HTTPError):
+        return f"{url}: HTTP {failure.code} {failure.reason}"
+    reason = getattr(failure, "reason", None) or failure
+    return f"{url}: {type(failure).__name__}: {reason}"
+
+
+def _no_download_message(
+    resource: Resource, folder: Path, failures: list[str], mismatch: str | None
+) -> str:
+    """What failed for every URL of ``resource``, and how to fetch the file by hand."""
     what = (
         f"checksum mismatch for {resource.filename}: expected MD5 {resource.md5}, got {mismatch}"
         if mismatch is not None
         else f"could not download {resource.filename} (network failure)"
     )
-    raise DataError(
+    return (
         f"{what}. Nothing was written to {folder}. Tried:\n  "
         + "\n  ".join(failures)
         + f"\nTo fix it by hand: download {resource.urls[0]} yourself (or from "

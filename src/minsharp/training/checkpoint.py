@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from minsharp.errors import MinsharpError, ModelError
 from minsharp.io import (
+    difference_phrases,
     load_weights,
     read_tagged_json,
     sha256_file,
@@ -74,14 +75,7 @@ def save_checkpoint(
     directory = Path(directory)
     spec = _normalised_spec(model_spec, where="model_spec")
     state = {name: value.detach() for name, value in model.state_dict().items()}
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        rebuilt = _build(spec, where="model_spec").state_dict()
-    differences = _state_differences(state, rebuilt)
-    if differences:
-        raise ModelError(
-            f"model_spec {spec} does not rebuild the model being saved: {differences}. Give the "
-            "zoo name, input shape, class count and options the model was built with."
-        )
+    _check_rebuilds(spec, state)
     floating = [value.dtype for value in state.values() if value.is_floating_point()]
     dtype = str(floating[0]).removeprefix("torch.") if floating else "float32"
     tensors = {name: value.cpu().contiguous() for name, value in state.items()}
@@ -105,6 +99,18 @@ def save_checkpoint(
             "record": dict(record),
         },
     )
+
+
+def _check_rebuilds(spec: dict[str, Any], state: Mapping[str, Tensor]) -> None:
+    """Raise unless ``spec`` rebuilds (on the meta device, no generator touched) ``state``'s net."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        rebuilt = _build(spec, where="model_spec").state_dict()
+    differences = _state_differences(state, rebuilt)
+    if differences:
+        raise ModelError(
+            f"model_spec {spec} does not rebuild the model being saved: {differences}. Give the "
+            "zoo name, input shape, class count and options the model was built with."
+        )
 
 
 def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -212,13 +218,14 @@ def _build(spec: dict[str, Any], *, where: str) -> nn.Module:
 
 def _state_differences(state: Mapping[str, Tensor], rebuilt: Mapping[str, Tensor]) -> str:
     """Keys and shapes in which two state dicts differ, or ``""``."""
-    problems = []
     missing, extra, reshaped = state_differences(state, rebuilt)
     shapes = [f"{key} {tuple(state[key].shape)} vs {tuple(rebuilt[key].shape)}" for key in reshaped]
-    if missing:
-        problems.append(f"the rebuilt network has keys the model lacks {missing[:5]}")
-    if extra:
-        problems.append(f"the model has keys the rebuilt network lacks {extra[:5]}")
-    if shapes:
-        problems.append(f"shapes differ (model vs rebuilt) {shapes[:5]}")
+    phrases = (
+        "the rebuilt network has keys the model lacks",
+        "the model has keys the rebuilt network lacks",
+        "shapes differ (model vs rebuilt)",
+    )
+    problems = difference_phrases(
+        missing, extra, shapes, phrases=phrases, listing=lambda items: str(items[:5])
+    )
     return "; ".join(problems)

@@ -194,37 +194,61 @@ def train_classifier(
     Each epoch visits the training set in an order drawn by ``torch.randperm`` from a
     generator seeded with ``config.seed``, in minibatches of ``config.batch_size``; step t
     (counted over all epochs from 0) uses the learning rate ``lr / (1 + lr_decay·t)``
-    (theory §6). After each epoch the accuracy on the whole training set (and on ``test``) is
-    measured in eval mode without gradients; training stops once it reaches
-    ``config.target_train_accuracy``. The model is left in eval mode.
-
-    With ``config.bn_sharpness_weight = λ > 0``, each step's gradient is
-    ``(1 − λ)·∇L(w) + λ·∇L(w + t v)``, ``t ~ U(0, config.bn_sharpness_delta)`` drawn from a
-    generator of its own (so the minibatch order is the same as without the penalty), ``v``
-    the BN-sharpness direction held fixed
-    (:class:`minsharp.training.bn_penalty.BNSharpnessPenalty`);
-    weight decay and momentum apply to it as to a plain gradient.
+    (theory §6); with ``config.bn_sharpness_weight > 0`` the penalised gradient of the module
+    text (its radius drawn from a generator of its own, so the order stays the same). After
+    each epoch the accuracy on the training set (and ``test``) is measured in eval mode;
+    training stops once it reaches ``config.target_train_accuracy``. Ends in eval mode.
 
     Args:
-        model: the network, already initialised; its parameters are updated in place.
+        model: the network, already initialised, updated in place.
         inputs: training inputs ``(N, …)`` on the model's device.
         labels: class indices ``(N,)``.
         config: the optimiser, schedule, epochs, seed and early-stopping target.
         test: optional ``(inputs, labels)`` evaluated after each epoch.
-        progress: show a progress bar over epochs (on stderr) with the loss and accuracies.
+        progress: show a progress bar over epochs (on stderr).
         description: the progress bar's label.
 
     Returns:
         The per-epoch history.
 
     Raises:
-        DataError: inputs and labels that do not pair up, no examples, non-finite inputs, or
-            labels that are not class indices of the model's outputs.
-        ModelError: the model is not a module or cannot take the inputs; the training loss
-            or the logits became non-finite (the run diverged); lower ``lr``; or the penalty
-            is asked of a network without batch-norm.
+        DataError: inputs and labels that do not pair up, empty or non-finite, or labels
+            that are not class indices of the model's outputs.
+        ModelError: the model is not a module or cannot take the inputs; the run diverged
+            (non-finite loss or logits: lower ``lr``); the penalty without batch-norm.
         MinsharpError: ``config`` is not a :class:`TrainingConfig`.
     """
+    _check_training(model, inputs, labels, config, test)
+    epoch_runner = _EpochRunner(model, inputs, labels, config)
+    history = TrainingHistory()
+    bar = tqdm(
+        range(config.epochs), desc=description, unit="epoch", disable=not progress, leave=False
+    )
+    with bar, torch.random.fork_rng(devices=epoch_runner.cuda_devices):
+        torch.manual_seed(config.seed)
+        for epoch in bar:
+            start = time.perf_counter()
+            seen = epoch_runner.run_epoch()
+            history.step_seconds.append(time.perf_counter() - start)
+            _evaluate_epoch(history, epoch_runner, test, epoch, seen)
+            history.seconds.append(time.perf_counter() - start)
+            history.epochs_run = epoch + 1
+            if progress:
+                bar.set_postfix(_progress_fields(history, test is not None), refresh=False)
+            if _target_reached(history, config):
+                break
+    model.eval()
+    return history
+
+
+def _check_training(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    config: TrainingConfig,
+    test: tuple[Tensor, Tensor] | None,
+) -> None:
+    """The checks of :func:`train_classifier`'s arguments, before any training."""
     nn_module("model", model)
     _check_config(config)
     _check_data(inputs, labels, "training")
@@ -236,96 +260,124 @@ def train_classifier(
             )
         _check_data(*test, "test")
         _check_fit(model, *test, "test")
-    count = len(labels)
-    generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
-    history = TrainingHistory()
-    penalty = (
-        BNSharpnessPenalty(
-            model,
-            inputs[:PROBE_EXAMPLES],
-            weight=config.bn_sharpness_weight,
-            delta=config.bn_sharpness_delta,
-            seed=config.seed,
+
+
+class _EpochRunner:
+    """The optimiser, the minibatch order and the step count of one training run."""
+
+    def __init__(
+        self, model: nn.Module, inputs: Tensor, labels: Tensor, config: TrainingConfig
+    ) -> None:
+        self.model, self.inputs, self.labels, self.config = model, inputs, labels, config
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
         )
-        if config.bn_sharpness_weight > 0 and config.epochs > 0
-        else None
-    )
-    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    step = 0
-    bar = tqdm(
-        range(config.epochs), desc=description, unit="epoch", disable=not progress, leave=False
-    )
-    with bar, torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(config.seed)
-        for epoch in bar:
-            start = time.perf_counter()
-            model.train()
-            order = torch.randperm(count, generator=generator).to(labels.device)
-            total_loss = torch.zeros((), dtype=torch.float64, device=labels.device)
-            correct = torch.zeros((), dtype=torch.int64, device=labels.device)
-            rate = config.lr
-            for begin in range(0, count, config.batch_size):
-                batch = order[begin : begin + config.batch_size]
-                rate = learning_rate(config, step)
-                for group in optimizer.param_groups:
-                    group["lr"] = rate
-                targets = labels[batch]
-                optimizer.zero_grad(set_to_none=True)
-                if penalty is None:
-                    logits = model(inputs[batch])
-                    loss = F.cross_entropy(logits, targets)
-                    loss.backward()
-                else:
-                    taken = penalty.gradient(model, inputs[batch], targets)
-                    logits, loss = taken.logits, taken.loss
-                optimizer.step()
-                step += 1
-                with torch.no_grad():
-                    total_loss += loss.detach().double() * len(batch)
-                    correct += (logits.argmax(1) == targets).sum()
-            mean_loss = float(total_loss) / count
-            history.step_seconds.append(time.perf_counter() - start)
-            history.steps.append(math.ceil(count / config.batch_size))
-            settings = f"(lr {config.lr}, batch size {config.batch_size})"
-            if not math.isfinite(mean_loss):
-                raise ModelError(
-                    f"training diverged: the mean loss of epoch {epoch + 1} is {mean_loss} "
-                    f"{settings}; lower the learning rate."
-                )
-            history.loss.append(mean_loss)
-            history.accuracy.append(int(correct) / count)
-            history.learning_rate.append(rate)
-            try:
-                history.train_accuracy.append(_eval_accuracy(model, inputs, labels))
-                if test is not None:
-                    history.test_accuracy.append(_eval_accuracy(model, *test))
-            except ModelError as error:  # the data fit the model before: its weights blew up
-                raise ModelError(
-                    f"training diverged: after epoch {epoch + 1}, {error} {settings}; lower the "
-                    "learning rate."
-                ) from None
-            history.seconds.append(time.perf_counter() - start)
-            history.epochs_run = epoch + 1
-            if progress:
-                shown = {
-                    "loss": f"{mean_loss:.4f}",
-                    "train": f"{history.train_accuracy[-1]:.3f}",
-                }
-                if test is not None:
-                    shown["test"] = f"{history.test_accuracy[-1]:.3f}"
-                bar.set_postfix(shown, refresh=False)
-            target = config.target_train_accuracy
-            if target is not None and history.train_accuracy[-1] >= target:
-                history.stopped_early = history.epochs_run < config.epochs
-                break
-    model.eval()
-    return history
+        self.penalty = (
+            BNSharpnessPenalty(
+                model,
+                inputs[:PROBE_EXAMPLES],
+                weight=config.bn_sharpness_weight,
+                delta=config.bn_sharpness_delta,
+                seed=config.seed,
+            )
+            if config.bn_sharpness_weight > 0 and config.epochs > 0
+            else None
+        )
+        self.step = 0
+        #: The CUDA devices whose generators training forks (dropout may draw from them).
+        self.cuda_devices = sorted(
+            {p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"}
+        )
+
+    def run_epoch(self) -> tuple[float, float, float]:
+        """One pass over the training set in train mode.
+
+        Returns:
+            The mean loss and the accuracy of the minibatches as they were seen, and the
+            learning rate of the last step.
+        """
+        model, labels, config = self.model, self.labels, self.config
+        count = len(labels)
+        model.train()
+        order = torch.randperm(count, generator=self.generator).to(labels.device)
+        total_loss = torch.zeros((), dtype=torch.float64, device=labels.device)
+        correct = torch.zeros((), dtype=torch.int64, device=labels.device)
+        rate = config.lr
+        for begin in range(0, count, config.batch_size):
+            batch = order[begin : begin + config.batch_size]
+            rate = learning_rate(config, self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = rate
+            targets = labels[batch]
+            logits, loss = self._gradient(self.inputs[batch], targets)
+            self.optimizer.step()
+            self.step += 1
+            with torch.no_grad():
+                total_loss += loss.detach().double() * len(batch)
+                correct += (logits.argmax(1) == targets).sum()
+        return float(total_loss) / count, int(correct) / count, rate
+
+    def _gradient(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Fill the parameters' gradients for one minibatch; its logits and loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.penalty is None:
+            logits = self.model(inputs)
+            loss = F.cross_entropy(logits, targets)
+            loss.backward()
+            return logits, loss
+        taken = self.penalty.gradient(self.model, inputs, targets)
+        return taken.logits, taken.loss
+
+
+def _evaluate_epoch(
+    history: TrainingHistory,
+    runner: _EpochRunner,
+    test: tuple[Tensor, Tensor] | None,
+    epoch: int,
+    seen: tuple[float, float, float],
+) -> None:
+    """Record an epoch's loss, accuracies and rate; raise if the run diverged."""
+    config = runner.config
+    mean_loss, seen_accuracy, rate = seen
+    history.steps.append(math.ceil(len(runner.labels) / config.batch_size))
+    settings = f"(lr {config.lr}, batch size {config.batch_size})"
+    if not math.isfinite(mean_loss):
+        raise ModelError(
+            f"training diverged: the mean loss of epoch {epoch + 1} is {mean_loss} "
+            f"{settings}; lower the learning rate."
+        )
+    history.loss.append(mean_loss)
+    history.accuracy.append(seen_accuracy)
+    history.learning_rate.append(rate)
+    try:
+        history.train_accuracy.append(_eval_accuracy(runner.model, runner.inputs, runner.labels))
+        if test is not None:
+            history.test_accuracy.append(_eval_accuracy(runner.model, *test))
+    except ModelError as error:  # the data fit the model before: its weights blew up
+        raise ModelError(
+            f"training diverged: after epoch {epoch + 1}, {error} {settings}; lower the "
+            "learning rate."
+        ) from None
+
+
+def _target_reached(history: TrainingHistory, config: TrainingConfig) -> bool:
+    """Whether the last epoch reached the target accuracy (noting an early stop)."""
+    target = config.target_train_accuracy
+    if target is None or history.train_accuracy[-1] < target:
+        return False
+    history.stopped_early = history.epochs_run < config.epochs
+    return True
+
+
+def _progress_fields(history: TrainingHistory, with_test: bool) -> dict[str, str]:
+    shown = {"loss": f"{history.loss[-1]:.4f}", "train": f"{history.train_accuracy[-1]:.3f}"}
+    if with_test:
+        shown["test"] = f"{history.test_accuracy[-1]:.3f}"
+    return shown
 
 
 def _check_config(config: Any) -> None:
