@@ -150,7 +150,7 @@ class _Propagation(fx.Interpreter):
                 self.context.group.pin(label)
             self.labels[node] = None
         else:
-            arguments = [self._argument(arg) for arg in node.args]
+            arguments = [self._argument(arg) for arg in (*node.args, *node.kwargs.values())]
             self.labels[node] = rule(self.context, str(node.target), arguments, value, module)
         return value
 
@@ -236,7 +236,7 @@ def _add(
     operands = [a for a in arguments[:2] if isinstance(a, tuple)]
     scalars = [a for a in arguments[:2] if not isinstance(a, tuple)]
     same = len(operands) == 2 and operands[0][0].shape == operands[1][0].shape == value.shape
-    if not same or any(s != 0 for s in scalars):
+    if not same or len(arguments) > 2 or any(s != 0 for s in scalars):
         return _pin(context, name, arguments, value, module)
     first, second = operands[0][1], operands[1][1]
     if first is None or second is None or first.axis != second.axis:
