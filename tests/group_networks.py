@@ -68,8 +68,13 @@ class Branchy(nn.Module):
 def bn_mlp(trained: bool) -> nn.Module:
     """Linear-BN-ReLU ×2 then Linear; ``trained`` draws buffers and affine parameters."""
     model = nn.Sequential(
-        nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(),
-        nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 3),
+        nn.Linear(4, 5),
+        nn.BatchNorm1d(5),
+        nn.ReLU(),
+        nn.Linear(5, 4),
+        nn.BatchNorm1d(4),
+        nn.ReLU(),
+        nn.Linear(4, 3),
     )
     if trained:
         with torch.no_grad():
@@ -85,10 +90,15 @@ def bn_mlp(trained: bool) -> nn.Module:
 def grouped_cnn() -> nn.Module:
     """Grouped then depthwise convolutions, max-pooled, flattened into a Linear."""
     return nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.LeakyReLU(0.1),
-        nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(6 * 2 * 2, 3),
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1, groups=2),
+        nn.LeakyReLU(0.1),
+        nn.Conv2d(6, 6, 3, padding=1, groups=6),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 3),
     )
 
 
@@ -133,7 +143,9 @@ def brute_diagonal(model: nn.Module, inputs: Tensor, ggn: bool = False) -> dict[
 
 
 def scipy_minimum(
-    diagonal: dict[str, Tensor], edges: dict[str, tuple[np.ndarray, np.ndarray]], classes: np.ndarray
+    diagonal: dict[str, Tensor],
+    edges: dict[str, tuple[np.ndarray, np.ndarray]],
+    classes: np.ndarray,
 ) -> float:
     """``min_u Σ_p h_p e^{−2(u[dst] − u[src])} + rest`` by BFGS, entry by entry (no coalescing).
 
@@ -162,7 +174,11 @@ def scipy_minimum(
         return float(w.sum()), grad[1:]
 
     result = scipy.optimize.minimize(
-        objective, np.zeros(size - 1), jac=True, method="BFGS", options={"gtol": 1e-13, "maxiter": 5000}
+        objective,
+        np.zeros(size - 1),
+        jac=True,
+        method="BFGS",
+        options={"gtol": 1e-13, "maxiter": 5000},
     )
     return result.fun + constant
 

@@ -48,9 +48,10 @@ def test_grouped_conv_reads_only_its_group():
     group = discover(grouped_cnn().double().eval(), torch.randn(2, 2, 4, 4, dtype=torch.float64))
     first_in, _ = group.units["0"]
     _, src = group.edges["2.weight"]  # 4 → 6 channels in 2 groups
-    assert src[:, :, 0, 0].tolist() == [[first_in + 0, first_in + 1]] * 3 + [
-        [first_in + 2, first_in + 3]
-    ] * 3
+    assert (
+        src[:, :, 0, 0].tolist()
+        == [[first_in + 0, first_in + 1]] * 3 + [[first_in + 2, first_in + 3]] * 3
+    )
     first_mid, _ = group.units["2"]
     _, src = group.edges["4.weight"]  # depthwise
     assert src[:, 0, 0, 0].tolist() == list(range(first_mid, first_mid + 6))
@@ -61,12 +62,16 @@ def test_flatten_gives_each_channel_its_block():
     group = discover(model, inputs)
     first, _ = group.units["stem"]
     _, src = group.edges["head.weight"]
-    assert [group.find(int(u)) for u in src[0]] == [group.find(first + c) for c in range(3) for _ in range(4)]
+    assert [group.find(int(u)) for u in src[0]] == [
+        group.find(first + c) for c in range(3) for _ in range(4)
+    ]
 
 
 @pytest.mark.parametrize("activation", [nn.Hardtanh, nn.GELU, nn.Tanh])
 def test_not_positively_homogeneous_activations_pin(activation):
-    model = nn.Sequential(nn.Linear(3, 4), activation(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
+    model = nn.Sequential(
+        nn.Linear(3, 4), activation(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)
+    )
     group = discover(model.double(), torch.randn(2, 3, dtype=torch.float64))
     assert _free(group, "0") == [False] * 4
     assert _free(group, "2") == [True] * 5
