@@ -4,14 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
-import minsharp
-from minsharp.curvature import hessian_trace
-from minsharp.errors import MinsharpError
-from minsharp.measures.neuron_sharpness import group_minimum_sharpness
-from minsharp.symmetry.graph import discover
-from minsharp.symmetry.group import random_log_scales, rescaled_copy
 from tests.chains import chain_case
 from tests.group_networks import (
     CASES,
@@ -21,6 +13,14 @@ from tests.group_networks import (
     scipy_minimum,
     transformer,
 )
+from torch import nn
+
+import minsharp
+from minsharp.curvature import hessian_trace
+from minsharp.errors import MinsharpError
+from minsharp.measures.neuron_sharpness import group_minimum_sharpness
+from minsharp.symmetry.graph import discover
+from minsharp.symmetry.group import random_log_scales, rescaled_copy
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_diagonal
 from minsharp.curvature.guard import PROBE_EXAMPLES
 from minsharp.curvature.layers import check_measurable, model_dtype_device
-from minsharp.curvature.results import Curvature
+from minsharp.curvature.results import Curvature, CurvatureDiagonal
 from minsharp.data.batches import input_batches
 from minsharp.options import choice
 from minsharp.solvers.balance import Balance, balance
@@ -113,7 +113,8 @@ def group_minimum_sharpness(
         data: as for :func:`minsharp.hessian_diagonal`.
         symmetry: ``"neuron"`` (per-unit scales) or ``"layer"``.
         curvature: ``"hessian"`` (refuses networks not piecewise linear) or ``"ggn"``.
-        batch_size, progress: as for :func:`minsharp.hessian_diagonal`.
+        batch_size: examples per pass of the diagonal; memory grows linearly with it.
+        progress: show a progress bar over batches.
         seed: the random group element that checks the discovered group on a probe batch.
     """
     start = time.perf_counter()
@@ -135,6 +136,17 @@ def group_minimum_sharpness(
         batch_size=batch_size,
         progress=progress,
     )
+    return _solved(group, diagonal, probe, symmetry, start)
+
+
+def _solved(
+    group: SymmetryGroup,
+    diagonal: CurvatureDiagonal,
+    probe: Tensor,
+    symmetry: Symmetry,
+    start: float,
+) -> GroupMinimumSharpness:
+    """Balance the edge weights of ``diagonal`` and package the result."""
     solve_start = time.perf_counter()
     edges = edge_weights(group, diagonal)
     solution = balance(edges.num_nodes, edges.dst, edges.src, edges.weight)
@@ -144,7 +156,7 @@ def group_minimum_sharpness(
         value=solution.value + edges.constant,
         trace=diagonal.total,
         symmetry=symmetry,
-        curvature=curvature,
+        curvature=diagonal.curvature,
         certificate=GroupCertificate(
             solution.attained,
             solution.max_relative_imbalance,

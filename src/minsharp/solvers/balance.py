@@ -121,7 +121,14 @@ def _in_out(
     )
 
 
-def _imbalance(u, dst, src, weight, num_nodes, free) -> float:  # noqa: ANN001
+def _imbalance(
+    u: np.ndarray,
+    dst: np.ndarray,
+    src: np.ndarray,
+    weight: np.ndarray,
+    num_nodes: int,
+    free: np.ndarray,
+) -> float:
     incoming, outgoing = _in_out(u, dst, src, weight, num_nodes)
     total = (incoming + outgoing)[free]
     if free.size == 0:
@@ -129,7 +136,9 @@ def _imbalance(u, dst, src, weight, num_nodes, free) -> float:  # noqa: ANN001
     return float(np.max(np.abs(incoming - outgoing)[free] / np.where(total > 0, total, 1.0)))
 
 
-def _colour_classes(free: np.ndarray, dst: np.ndarray, src: np.ndarray, num_nodes: int):  # noqa: ANN202
+def _colour_classes(
+    free: np.ndarray, dst: np.ndarray, src: np.ndarray, num_nodes: int
+) -> list[np.ndarray]:
     """Greedy colouring: nodes of one class share no edge, so their Osborne steps commute."""
     graph = sp.coo_matrix((np.ones(dst.size), (dst, src)), shape=(num_nodes, num_nodes))
     graph = (graph + graph.T).tocsr()
@@ -140,7 +149,14 @@ def _colour_classes(free: np.ndarray, dst: np.ndarray, src: np.ndarray, num_node
     return [np.flatnonzero(colour == c) for c in range(colour.max() + 1)]
 
 
-def _osborne(u, free, dst, src, weight, num_nodes) -> int:  # noqa: ANN001
+def _osborne(
+    u: np.ndarray,
+    free: np.ndarray,
+    dst: np.ndarray,
+    src: np.ndarray,
+    weight: np.ndarray,
+    num_nodes: int,
+) -> int:
     if free.size == 0:
         return 0
     classes = _colour_classes(free, dst, src, num_nodes)
@@ -153,7 +169,15 @@ def _osborne(u, free, dst, src, weight, num_nodes) -> int:  # noqa: ANN001
     return MAX_SWEEPS
 
 
-def _newton(u, free, dst, src, weight, num_nodes, tolerance) -> int:  # noqa: ANN001
+def _newton(
+    u: np.ndarray,
+    free: np.ndarray,
+    dst: np.ndarray,
+    src: np.ndarray,
+    weight: np.ndarray,
+    num_nodes: int,
+    tolerance: float,
+) -> int:
     position = np.full(num_nodes, -1)
     position[free] = np.arange(free.size)
     for step in range(MAX_NEWTON):
@@ -175,7 +199,9 @@ def _newton(u, free, dst, src, weight, num_nodes, tolerance) -> int:  # noqa: AN
     return MAX_NEWTON
 
 
-def _laplacian(position, dst, src, weight, size) -> sp.csc_matrix:  # noqa: ANN001
+def _laplacian(
+    position: np.ndarray, dst: np.ndarray, src: np.ndarray, weight: np.ndarray, size: int
+) -> sp.csc_matrix:
     """∇²F restricted to the free nodes: the weighted graph Laplacian of the edges."""
     i, j = position[dst], position[src]
     rows = [i, j, i, j]

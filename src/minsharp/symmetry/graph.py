@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from minsharp.errors import MinsharpError, ModelError
+from minsharp.errors import ModelError
 
 GROUND = 0
 
@@ -145,7 +145,7 @@ class _Propagation(fx.Interpreter):
         fx.node.map_arg((node.args, node.kwargs), lambda arg: labels.append(self.labels.get(arg)))
         module = self.context.modules[node.target] if node.op == "call_module" else None
         rule = _rule_for(node, module, self.context)
-        if node.op == "placeholder" or not isinstance(value, Tensor) and rule is not _query:
+        if node.op == "placeholder" or (not isinstance(value, Tensor) and rule is not _query):
             for label in labels:
                 self.context.group.pin(label)
             self.labels[node] = None
@@ -283,7 +283,7 @@ def _cat(
 def _linear(
     context: _Context, name: str, arguments: list[Any], value: Tensor, module: nn.Linear
 ) -> Label:
-    """y = W h + b over the last axis: W[i, j] goes from input unit j to new unit i."""
+    """Y = W h + b over the last axis: W[i, j] goes from input unit j to new unit i."""
     tensor, label = arguments[0]
     inputs = _input_ids(context, label, tensor.dim() - 1, module.in_features)
     outputs = context.group.new_units(name, module.out_features)
@@ -301,7 +301,7 @@ def _conv(
     module: nn.modules.conv._ConvNd,
 ) -> Label:
     """A (grouped) convolution: output channel o reads only its group's input channels."""
-    tensor, label = arguments[0]
+    label = arguments[0][1]
     inputs = _input_ids(context, label, 1, module.in_channels)
     outputs = context.group.new_units(name, module.out_channels)
     per_group_in = module.in_channels // module.groups
