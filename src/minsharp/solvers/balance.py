@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
-from scipy.sparse.linalg import spsolve
+from scipy.sparse.linalg import LinearOperator, cg
 
 TOLERANCE = 1e-10
 MAX_SWEEPS = 5
@@ -187,7 +187,7 @@ def _newton(
         incoming, outgoing = _in_out(u, dst, src, weight, num_nodes)
         gradient = (-2.0 * (incoming - outgoing))[free]
         hessian = _laplacian(position, dst, src, 4.0 * rescaled, free.size)
-        direction = spsolve(hessian, -gradient)
+        direction = _newton_direction(hessian, gradient)
         value, t = rescaled.sum(), 1.0
         while t > 1e-12:
             trial = u.copy()
@@ -212,3 +212,18 @@ def _laplacian(
     c = np.concatenate([a[m] for a, m in zip(cols, mask, strict=True)])
     v = np.concatenate([a[m] for a, m in zip(values, mask, strict=True)])
     return sp.csc_matrix((v, (r, c)), shape=(size, size))
+
+
+def _newton_direction(hessian: sp.csc_matrix, gradient: np.ndarray) -> np.ndarray:
+    """``−∇²F⁻¹ ∇F`` by Jacobi-preconditioned conjugate gradients (sparse, no fill-in)."""
+    inverse_diagonal = 1.0 / hessian.diagonal()
+    preconditioner = LinearOperator(hessian.shape, matvec=lambda v: inverse_diagonal * v)
+    direction, _ = cg(
+        hessian.tocsr(),
+        -gradient,
+        rtol=1e-13,
+        atol=0.0,
+        M=preconditioner,
+        maxiter=10 * gradient.size,
+    )
+    return direction
