@@ -1,0 +1,111 @@
+"""Acting with the full rescaling group (theory §7): on parameters, and on their curvature.
+
+A group element with log-scales u multiplies each parameter entry by ``e^{c_p(u)}``,
+``c_p(u) = u_dst − u_src``; its exact Hessian (or GGN) diagonal entry moves as
+``h_p → h_p e^{−2 c_p(u)}``. So the rescaled trace is
+``Σ_edges a_e e^{−2(u_dst − u_src)} + constant`` with a_e the diagonal summed over the
+parameter entries on edge e (:func:`edge_weights`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from minsharp.errors import NotAChainError
+from minsharp.symmetry.graph import SymmetryGroup
+
+
+@dataclass(frozen=True)
+class EdgeWeights:
+    """The objective's edges between tie classes (node 0: ground), and what never moves."""
+
+    num_nodes: int
+    dst: np.ndarray
+    src: np.ndarray
+    weight: np.ndarray
+    constant: float
+    """Diagonal mass on no edge (pinned-to-pinned entries, parameters outside the group)."""
+    node_of: np.ndarray
+    """Unit id → node index."""
+
+
+def edge_weights(group: SymmetryGroup, diagonal: Mapping[str, Tensor]) -> EdgeWeights:
+    """``a_e = Σ_{p on e} h_p`` per edge between tie classes, from a per-parameter diagonal."""
+    representatives = group.representatives()
+    classes, node_of = np.unique(representatives, return_inverse=True)  # ground (0) first
+    num_nodes = classes.size
+    keys, masses, constant = [], [], 0.0
+    for name, entries in diagonal.items():
+        h = entries.detach().to("cpu", torch.float64).numpy()
+        if name not in group.edges:
+            constant += float(h.sum())
+            continue
+        dst, src = group.edges[name]
+        shape = np.broadcast_shapes(dst.shape, src.shape)
+        summed = tuple(d for d in range(h.ndim) if d >= len(shape) or shape[d] == 1)
+        h = h.sum(axis=summed, keepdims=True).reshape(shape) if summed else h
+        pair = (
+            node_of[np.broadcast_to(dst, shape)] * num_nodes + node_of[np.broadcast_to(src, shape)]
+        )
+        keys.append(pair.ravel())
+        masses.append(h.ravel())
+    if not keys:
+        return EdgeWeights(
+            num_nodes, *(np.zeros(0, dtype=np.int64),) * 2, np.zeros(0), constant, node_of
+        )
+    unique, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    weight = np.bincount(inverse, np.concatenate(masses))
+    dst, src = unique // num_nodes, unique % num_nodes
+    loop = dst == src
+    constant += float(weight[loop].sum())
+    return EdgeWeights(num_nodes, dst[~loop], src[~loop], weight[~loop], constant, node_of)
+
+
+def rescaled_copy(model: nn.Module, group: SymmetryGroup, log_scales: np.ndarray) -> nn.Module:
+    """A deep copy of ``model`` with each edge parameter times ``e^{u[dst] − u[src]}``.
+
+    ``log_scales`` holds one u per unit id (ground and pinned units 0; tied units equal).
+    """
+    twin = copy.deepcopy(model)
+    parameters = dict(twin.named_parameters())
+    with torch.no_grad():
+        for name, (dst, src) in group.edges.items():
+            parameter = parameters[name]
+            exponent = log_scales[dst] - log_scales[src]
+            factor = torch.from_numpy(np.exp(exponent)).to(parameter.dtype)
+            parameter.mul_(factor.to(parameter.device))
+    return twin
+
+
+def verify_same_function(original: nn.Module, twin: nn.Module, probe: Tensor) -> float:
+    """Relative logit gap ``max|f_twin − f| / max|f|`` on ``probe``; raises when it is large.
+
+    The tolerance is 1e-10 in float64 and 1e-4 in lower precision (rounding of the scales).
+    """
+    with torch.no_grad():
+        expected, got = original(probe), twin(probe)
+    gap = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-300))
+    tolerance = 1e-10 if expected.dtype == torch.float64 else 1e-4
+    if not gap <= tolerance:
+        raise NotAChainError(
+            f"rescaling the discovered units changed the logits (relative gap {gap:.2e} > "
+            f"{tolerance:g}): some operation in the forward does not commute with positive "
+            "per-unit scales and is not recognised as such. Report the model's forward to "
+            "minsharp, or use symmetry='layer'."
+        )
+    return gap
+
+
+def random_log_scales(group: SymmetryGroup, seed: int, spread: float = 0.5) -> np.ndarray:
+    """Random u per unit id, equal within tie classes and 0 on the ground."""
+    representatives = group.representatives()
+    generator = np.random.default_rng(seed)
+    by_class = generator.normal(0.0, spread, len(group.parent))
+    by_class[0] = 0.0
+    return by_class[representatives]

@@ -1,0 +1,60 @@
+"""The balancing solver against closed forms and scipy, and its unattained infima."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.optimize
+
+from minsharp.solvers.balance import balance
+
+
+def _scipy(num_nodes: int, dst: np.ndarray, src: np.ndarray, weight: np.ndarray) -> float:
+    def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
+        u = np.concatenate([[0.0], x])
+        w = weight * np.exp(-2 * (u[dst] - u[src]))
+        grad = -2 * np.bincount(dst, w, num_nodes) + 2 * np.bincount(src, w, num_nodes)
+        return float(w.sum()), grad[1:]
+
+    options = {"gtol": 1e-13, "maxiter": 5000}
+    return scipy.optimize.minimize(
+        objective, np.zeros(num_nodes - 1), jac=True, method="BFGS", options=options
+    ).fun
+
+
+def test_two_terms_closed_form():
+    # a e^{−2u} + b e^{2u} has minimum 2√(ab) at e^{4u} = a/b.
+    result = balance(2, np.array([1, 0]), np.array([0, 1]), np.array([9.0, 4.0]))
+    assert result.value == pytest.approx(12.0, rel=1e-14)
+    assert result.log_scales[1] == pytest.approx(0.25 * np.log(9 / 4), rel=1e-12)
+    assert result.attained and result.max_relative_imbalance <= 1e-10
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_strongly_connected_graphs_match_scipy(seed):
+    rng = np.random.default_rng(seed)
+    num_nodes = 12
+    dst, src = np.meshgrid(np.arange(num_nodes), np.arange(num_nodes), indexing="ij")
+    keep = (dst != src) & (rng.random(dst.shape) < 0.4)
+    keep[np.arange(num_nodes), np.roll(np.arange(num_nodes), 1)] = True  # a Hamilton cycle
+    dst, src = dst[keep], src[keep]
+    weight = rng.lognormal(0, 2, dst.size)
+    result = balance(num_nodes, dst, src, weight)
+    assert result.attained
+    assert result.max_relative_imbalance <= 1e-10
+    assert result.value == pytest.approx(_scipy(num_nodes, dst, src, weight), rel=1e-8)
+
+
+def test_edge_on_no_cycle_is_driven_to_zero():
+    # 0 → 1 → 2 → 0 is a cycle; 3 has only an outgoing edge (to 1): u_3 → −∞.
+    dst, src = np.array([1, 2, 0, 1]), np.array([0, 1, 2, 3])
+    weight = np.array([1.0, 2.0, 3.0, 5.0])
+    result = balance(4, dst, src, weight)
+    assert not result.attained
+    assert result.cut_edges.tolist() == [3]
+    assert result.value == pytest.approx(3 * 6 ** (1 / 3), rel=1e-12)
+
+
+def test_zero_weights_and_isolated_nodes_are_ignored():
+    result = balance(3, np.array([1, 0, 2]), np.array([0, 1, 0]), np.array([1.0, 1.0, 0.0]))
+    assert result.attained and result.value == pytest.approx(2.0, rel=1e-14)
