@@ -33,7 +33,7 @@ from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_diagonal
 from minsharp.curvature.layers import find_layers
 from minsharp.curvature.rules import WEIGHT_LAYERS
 from minsharp.errors import MinsharpError, ModelError
-from minsharp.measures.registry import Evaluation, register
+from minsharp.measures.result import Evaluation
 from minsharp.solvers.normalized import (
     NORMALIZED_MAX_ITERATIONS,
     NORMALIZED_TOLERANCE,
@@ -123,13 +123,6 @@ def layer_normalized_sharpness(
     )
 
 
-@register(
-    "normalized_sharpness",
-    invariances={"layer", "neuron", "batchnorm"},
-    summary="Σ_l min over row/column scales σ, σ' of Σ h σ²σ'² + W²/(σ²σ'²), exact diag H "
-    "(arXiv version)",
-    reference=REFERENCE + "; arXiv version of the objective",
-)
 def normalized_sharpness(
     model: nn.Module,
     data: Any,
@@ -163,13 +156,6 @@ def normalized_sharpness(
     return _evaluate(model, data, "arxiv", batch_size, progress, tolerance, max_iterations)
 
 
-@register(
-    "normalized_sharpness_icml",
-    invariances={"layer", "neuron", "batchnorm"},
-    summary="Σ_l min over column scales s of √(Σ_i (Σ_j h s_j)(Σ_j W²/s_j)), exact diag H "
-    "(ICML version)",
-    reference=REFERENCE + "; ICML version of the objective, as coded by Ibayashi et al. 2021",
-)
 def normalized_sharpness_icml(
     model: nn.Module,
     data: Any,

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE
 from minsharp.errors import MinsharpError
-from minsharp.measures.registry import Evaluation, register
+from minsharp.measures.result import Evaluation
 from minsharp.objective import DatasetObjective, Parameters
 from minsharp.options import boolean, choice, integer, number
 from minsharp.tensors import standard_error
@@ -176,13 +176,6 @@ def worst_case_perturbation(
     return best
 
 
-@register(
-    "epsilon_sharpness",
-    invariances=set(),
-    requires={"labels"},
-    summary="100·(max over the box |ε_i| ≤ ε(|θ_i|+1) of L(θ+ε) − L(θ)) / (1 + L(θ))",
-    reference="Keskar, Mudigere, Nocedal, Smelyanskiy & Tang 2017 (ICLR)",
-)
 def epsilon_sharpness(
     model: nn.Module,
     data: Any,
@@ -241,13 +234,6 @@ def epsilon_sharpness(
     )
 
 
-@register(
-    "adaptive_sharpness",
-    invariances={"layer", "neuron", "batchnorm"},
-    requires={"labels"},
-    summary="max over ‖ε ⊘ |θ|‖_p ≤ ρ of L(θ+ε) − L(θ) (worst case, ℓ∞ or ℓ2)",
-    reference="Kwon et al. 2021 (ASAM); Andriushchenko et al. 2023 (ICML)",
-)
 def adaptive_sharpness(
     model: nn.Module,
     data: Any,
@@ -373,14 +359,6 @@ def _worst_case_evaluation(
     )
 
 
-@register(
-    "adaptive_sharpness_average",
-    invariances={"layer", "neuron", "batchnorm"},
-    requires={"labels"},
-    summary="E over η ~ N(0, ρ² I) of L(θ + |θ| ⊙ η) − L(θ), Monte Carlo",
-    reference="Andriushchenko et al. 2023 (ICML); Kwon et al. 2021",
-    stochastic=True,
-)
 def adaptive_sharpness_average(
     model: nn.Module,
     data: Any,
@@ -447,14 +425,6 @@ def adaptive_sharpness_average(
     )
 
 
-@register(
-    "pac_bayes_flatness",
-    invariances=set(),
-    requires={"labels"},
-    summary="1/σ² for the largest Gaussian σ with |E metric(θ+u) − metric(θ)| ≤ target",
-    reference="Jiang, Neyshabur, Mobahi, Krishnan & Bengio 2020; Dziugaite & Roy 2017",
-    stochastic=True,
-)
 def pac_bayes_flatness(
     model: nn.Module,
     data: Any,
