@@ -32,6 +32,7 @@ from minsharp.measures.result import (
     check_declaration,
 )
 from minsharp.measures.table import MEASURES
+from minsharp.options import nn_module
 
 __all__ = [
     "REQUIREMENTS",
@@ -162,9 +163,7 @@ def measure(name: str, model: nn.Module, data: Any, **options: Any) -> MeasureRe
     )
 
 
-def measure_function(
-    name: str, function_name: str | None = None
-) -> Callable[..., MeasureResult]:
+def measure_function(name: str, function_name: str | None = None) -> Callable[..., MeasureResult]:
     """The public function of measure ``name``: :func:`measure` with the name bound.
 
     Named ``function_name`` (default: the measure's name); it carries the compute function's
@@ -181,6 +180,7 @@ def measure_function(
         return_annotation=MeasureResult
     )
     public.__name__ = public.__qualname__ = function_name or name
+    public.__module__ = "minsharp.measures"
     return public
 
 
@@ -200,6 +200,7 @@ def check_model_requirements(name: str, model: nn.Module) -> None:
 
 def has_batchnorm(model: nn.Module) -> bool:
     """Whether ``model`` contains a batch-norm layer."""
+    nn_module("model", model)
     return any(isinstance(m, BATCHNORM) for m in model.modules())
 
 
