@@ -12,6 +12,7 @@ import difflib
 import functools
 import inspect
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -48,6 +49,9 @@ __all__ = [
     "register",
     "spec",
 ]
+
+#: An ``Example:`` section of a docstring, up to the next section or the end.
+_EXAMPLE = re.compile(r"\n\s*Examples?:\n.*?(?=\n\s*(?:Args|Returns|Raises):\n|\Z)", re.S)
 
 _REGISTRY: dict[str, MeasureSpec] = {row.name: row for row in MEASURES}
 
@@ -140,7 +144,7 @@ def measure(name: str, model: nn.Module, data: Any, **options: Any) -> MeasureRe
         )
     check_measurable(model)
     check_model_requirements(name, model)
-    _check_data_requirements(chosen, data)
+    _check_data_requirements(chosen, data, {**defaults, **options})
     start = time.perf_counter()
     with autograd_enabled():
         evaluation = chosen.compute(model, data, **options)
@@ -181,6 +185,8 @@ def measure_function(name: str, function_name: str | None = None) -> Callable[..
     )
     public.__name__ = public.__qualname__ = function_name or name
     public.__module__ = "minsharp.measures"
+    # Examples call the compute function by its module's names: doctested there, once.
+    public.__doc__ = _EXAMPLE.sub("\n", compute.__doc__ or "")
     return public
 
 
@@ -204,8 +210,13 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, BATCHNORM) for m in model.modules())
 
 
-def _check_data_requirements(chosen: MeasureSpec, data: Any) -> None:
-    """Refuse inputs without labels for a measure that requires them."""
+def _check_data_requirements(chosen: MeasureSpec, data: Any, options: Mapping[str, Any]) -> None:
+    """Refuse inputs without labels for a measure that requires them.
+
+    ``labels="model"`` (Fisher–Rao) draws the labels from the model, so none are required.
+    """
+    if options.get("labels") == "model":
+        return
     inputs_only = isinstance(data, Tensor) or (isinstance(data, tuple) and len(data) == 1)
     if "labels" in chosen.requires and inputs_only:
         raise DataError(
