@@ -17,6 +17,7 @@ from minsharp.measures import (
     fisher_rao,
     minimum_sharpness,
     normalized_sharpness,
+    pac_bayes,
     perturbation,
     quotient_flatness,
     relative_flatness,
@@ -126,7 +127,7 @@ MEASURES: tuple[MeasureSpec, ...] = (
         summary="1/σ² for the largest Gaussian σ with |E metric(θ+u) − metric(θ)| ≤ target",
         reference="Jiang, Neyshabur, Mobahi, Krishnan & Bengio 2020; Dziugaite & Roy 2017",
         stochastic=True,
-        compute=perturbation.pac_bayes_flatness,
+        compute=pac_bayes.pac_bayes_flatness,
     ),
     MeasureSpec(
         name="quotient_flatness",
