@@ -92,7 +92,16 @@ from minsharp.io import (
     write_json_atomic,
     write_text_atomic,
 )
-from minsharp.measures import available, register, registry, solve_scales, spec
+from minsharp.measures import (
+    available,
+    check_model_requirements,
+    has_batchnorm,
+    measure_function,
+    register,
+    registry,
+    solve_scales,
+    spec,
+)
 from minsharp.models import (
     build_model,
     count_parameters,
@@ -136,6 +145,13 @@ PUBLIC_MODULES = (
 EXEMPT = {
     qualified(available): "takes no arguments",
     qualified(jsonable): "total by design: every value has a JSON form (its str() at worst)",
+    **{
+        qualified(getattr(minsharp.measures, name)): f"measure({name!r}) bound to its name: the "
+        f"cases of 'measure {name}' are its cases"
+        for name in minsharp.measures.__all__
+        if name in available() or name == "exact_hessian_trace"
+        if name != "minimum_sharpness"
+    },
 }
 
 
@@ -698,6 +714,21 @@ cases(
         ModelError,
     ),
 )
+
+cases(
+    check_model_requirements,
+    ("unknown-measure", lambda f: check_model_requirements("nope", plain()), "unknown measure"),
+    (
+        "no-batchnorm",
+        lambda f: check_model_requirements("bn_sharpness", plain()),
+        "needs a network with batch-norm",
+        ModelError,
+    ),
+)
+cases(
+    has_batchnorm, ("model-a-string", lambda f: has_batchnorm("mlp"), "torch.nn.Module", ModelError)
+)
+cases(measure_function, ("unknown-measure", lambda f: measure_function("nope"), "unknown measure"))
 
 cases(
     minimum_sharpness,

@@ -320,3 +320,37 @@ def test_model_without_weights_is_refused() -> None:
     model[0].weight.requires_grad_(False)
     with pytest.raises(minsharp.ModelError, match="at least one Linear or conv weight"):
         measure("normalized_sharpness", model, torch.randn(4, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        torch.nn.Linear(3, 4),
+        torch.nn.Conv2d(4, 6, 3, groups=2),
+        torch.nn.Conv1d(2, 2, 3, groups=2, bias=False),
+        torch.nn.BatchNorm2d(5),
+    ],
+)
+def test_each_rule_maps_its_weight_to_units_and_back(module: torch.nn.Module) -> None:
+    from minsharp.curvature.rules import units_to_weight, weight_units
+
+    weight = module.weight.detach()
+    units = weight_units(module, weight)
+    assert units.dim() == 3
+    outputs = weight.shape[0]
+    inputs = weight.shape[1] * getattr(module, "groups", 1) if weight.dim() > 1 else 1
+    assert units.shape[:2] == (outputs, inputs)
+    assert torch.equal(units_to_weight(module, units), weight)
+
+
+def test_a_layer_type_without_a_rule_is_refused_not_misread() -> None:
+    from minsharp.curvature.rules import weight_units
+    from minsharp.errors import UnsupportedModuleError
+
+    transposed = torch.nn.ConvTranspose2d(2, 4, 3)  # weight (C_in, C_out, k, k)
+    with pytest.raises(UnsupportedModuleError, match=r"ConvTranspose2d.*Supported modules"):
+        weight_units(transposed, transposed.weight)
+    model = torch.nn.Sequential(transposed, torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    model(torch.randn(1, 2, 4, 4))
+    with pytest.raises(UnsupportedModuleError, match="ConvTranspose2d"):
+        measure("normalized_sharpness", model.eval(), torch.randn(2, 2, 4, 4))

@@ -35,3 +35,13 @@ def batchnorm_rows(module: BatchNormNd, cotangents: Tensor) -> Tensor:
     """Cotangents (K, N, C, *spatial) of the output as rows ``δ`` (K, N, G = C, 1, S)."""
     K, N, C = cotangents.shape[:3]
     return cotangents.reshape(K, N, C, 1, -1)
+
+
+def batchnorm_units(module: BatchNormNd, tensor: Tensor) -> Tensor:
+    """The affine weight γ ``(C,)`` as (C output units × 1 input unit × 1 position)."""
+    return tensor.reshape(-1, 1, 1)
+
+
+def batchnorm_weight(module: BatchNormNd, units: Tensor) -> Tensor:
+    """The inverse of :func:`batchnorm_units`."""
+    return units.reshape(-1)

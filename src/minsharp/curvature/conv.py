@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -46,3 +47,38 @@ def _volume(kernel_size: tuple[int, ...]) -> int:
     for size in kernel_size:
         volume *= size
     return volume
+
+
+def conv_units(module: ConvNd, tensor: Tensor) -> Tensor:
+    """A weight-shaped tensor as (C_out output units × C_in input units × kernel positions).
+
+    The weight ``(C_out, C_in / G, *kernel)`` of a grouped convolution only connects group
+    ``g``'s outputs to group ``g``'s inputs: its blocks are placed block-diagonally, zero
+    elsewhere, so that column ``j`` is input channel ``j``.
+    """
+    return grouped_units(tensor, module.groups)
+
+
+def conv_weight(module: ConvNd, units: Tensor) -> Tensor:
+    """The inverse of :func:`conv_units`: the diagonal blocks, shaped like the weight."""
+    groups = module.groups
+    rows, columns = units.shape[0] // groups, units.shape[1] // groups
+    blocks = [
+        units[g * rows : (g + 1) * rows, g * columns : (g + 1) * columns] for g in range(groups)
+    ]
+    return torch.cat(blocks).reshape(module.weight.shape)
+
+
+def grouped_units(tensor: Tensor, groups: int) -> Tensor:
+    """:func:`conv_units` for a tensor ``(C_out, C_in / groups, *kernel)`` and ``groups``."""
+    rows, columns = tensor.shape[:2]
+    per_position = tensor.reshape(rows, columns, -1)
+    if groups == 1:
+        return per_position
+    return torch.stack(
+        [
+            torch.block_diag(*per_position[..., k].chunk(groups))
+            for k in range(per_position.shape[-1])
+        ],
+        dim=-1,
+    )

@@ -16,9 +16,15 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from minsharp.curvature.batchnorm import batchnorm_patches, batchnorm_rows
-from minsharp.curvature.conv import conv_patches, conv_rows
-from minsharp.curvature.linear import linear_patches, linear_rows
+from minsharp.curvature.batchnorm import (
+    batchnorm_patches,
+    batchnorm_rows,
+    batchnorm_units,
+    batchnorm_weight,
+)
+from minsharp.curvature.conv import conv_patches, conv_rows, conv_units, conv_weight
+from minsharp.curvature.linear import linear_patches, linear_rows, linear_units, linear_weight
+from minsharp.errors import UnsupportedModuleError
 
 
 @dataclass(frozen=True)
@@ -27,11 +33,16 @@ class LayerRule:
 
     patches: Callable[[nn.Module, Tensor], Tensor]
     rows: Callable[[nn.Module, Tensor], Tensor]
+    units: Callable[[nn.Module, Tensor], Tensor]
+    """A weight-shaped tensor as (output units × input units × positions): the one place
+    that knows the module's weight layout."""
+    weight: Callable[[nn.Module, Tensor], Tensor]
+    """The inverse of ``units``."""
 
 
-_LINEAR = LayerRule(patches=linear_patches, rows=linear_rows)
-_CONV = LayerRule(patches=conv_patches, rows=conv_rows)
-_BATCHNORM = LayerRule(patches=batchnorm_patches, rows=batchnorm_rows)
+_LINEAR = LayerRule(linear_patches, linear_rows, linear_units, linear_weight)
+_CONV = LayerRule(conv_patches, conv_rows, conv_units, conv_weight)
+_BATCHNORM = LayerRule(batchnorm_patches, batchnorm_rows, batchnorm_units, batchnorm_weight)
 
 #: The layers of a network's chain: their weights carry the layer and neuron symmetries.
 WEIGHT_LAYERS: dict[type[nn.Module], LayerRule] = {
@@ -52,3 +63,36 @@ RULES: dict[type[nn.Module], LayerRule] = {
 def supported_types() -> str:
     """Names of the supported module types, for error messages."""
     return ", ".join(f"nn.{cls.__name__}" for cls in RULES)
+
+
+def weight_units(module: nn.Module, tensor: Tensor) -> Tensor:
+    """``tensor``, shaped like ``module.weight``, as (output units × input units × positions).
+
+    A Linear weight ``(out, in)`` has one position; a convolution's ``(C_out, C_in / G,
+    *kernel)`` becomes ``(C_out, C_in, kernel volume)`` with its groups block-diagonal; a
+    batch-norm γ ``(C,)`` is ``(C, 1, 1)``. Raises :class:`UnsupportedModuleError` for any
+    other module type (``nn.ConvTranspose2d`` stores ``(C_in, C_out / G, *kernel)``, so
+    reading it as a convolution would be silently wrong).
+
+    Example:
+        >>> import torch
+        >>> conv = torch.nn.Conv1d(2, 4, 3, groups=2)
+        >>> weight_units(conv, conv.weight).shape
+        torch.Size([4, 2, 3])
+    """
+    return _rule_of(module).units(module, tensor)
+
+
+def units_to_weight(module: nn.Module, units: Tensor) -> Tensor:
+    """The inverse of :func:`weight_units`: a tensor shaped like ``module.weight``."""
+    return _rule_of(module).weight(module, units)
+
+
+def _rule_of(module: nn.Module) -> LayerRule:
+    rule = RULES.get(type(module))
+    if rule is None:
+        raise UnsupportedModuleError(
+            f"{type(module).__name__}: minsharp does not know how its weight maps to output "
+            f"and input units. Supported modules: {supported_types()} (exact type)."
+        )
+    return rule

@@ -1,31 +1,43 @@
-"""Sharpness measures behind one interface: :func:`measure` by name, :func:`available` lists.
+"""Sharpness measures behind one interface.
 
-Importing this package registers every measure; each module holds one measure family.
+Every measure is a row of the table :data:`minsharp.measures.table.MEASURES` and a public
+function of this package returning one :class:`MeasureResult`; :func:`measure` computes one
+by its registered name and :func:`available` lists the names. The function of the registry
+name ``hessian_trace`` is :func:`exact_hessian_trace`, because ``minsharp.hessian_trace`` is
+the curvature engine's (returning per-parameter traces, a ``CurvatureTrace``).
 """
 
-from minsharp.measures import bn_sharpness as bn_sharpness
-from minsharp.measures import curvature_baselines as curvature_baselines
-from minsharp.measures import fisher_rao as fisher_rao
-from minsharp.measures import normalized_sharpness as normalized_sharpness
-from minsharp.measures import perturbation as perturbation
-from minsharp.measures import quotient_flatness as quotient_flatness
-from minsharp.measures import relative_flatness as relative_flatness
-from minsharp.measures.minimum_sharpness import (
-    MinimumSharpness,
-    ScaleSolution,
-    minimum_sharpness,
-    solve_scales,
-)
+from minsharp.measures.minimum_sharpness import ScaleSolution, solve_scales
 from minsharp.measures.registry import (
     SYMMETRIES,
-    Evaluation,
-    MeasureResult,
     MeasureSpec,
     available,
+    check_model_requirements,
+    has_batchnorm,
     measure,
+    measure_function,
     register,
     spec,
 )
+from minsharp.measures.result import Evaluation, MeasureResult
+
+adaptive_sharpness = measure_function("adaptive_sharpness")
+adaptive_sharpness_average = measure_function("adaptive_sharpness_average")
+bn_sharpness = measure_function("bn_sharpness")
+epsilon_sharpness = measure_function("epsilon_sharpness")
+exact_hessian_trace = measure_function("hessian_trace", "exact_hessian_trace")
+fisher_rao = measure_function("fisher_rao")
+hutchinson_trace = measure_function("hutchinson_trace")
+minimum_sharpness = measure_function("minimum_sharpness")
+normalized_sharpness = measure_function("normalized_sharpness")
+normalized_sharpness_icml = measure_function("normalized_sharpness_icml")
+pac_bayes_flatness = measure_function("pac_bayes_flatness")
+quotient_flatness = measure_function("quotient_flatness")
+relative_flatness = measure_function("relative_flatness")
+top_eigenvalue = measure_function("top_eigenvalue")
+
+#: The former result type of :func:`minimum_sharpness`, now the one :class:`MeasureResult`.
+MinimumSharpness = MeasureResult
 
 __all__ = [
     "SYMMETRIES",
@@ -34,10 +46,26 @@ __all__ = [
     "MeasureSpec",
     "MinimumSharpness",
     "ScaleSolution",
+    "adaptive_sharpness",
+    "adaptive_sharpness_average",
     "available",
+    "bn_sharpness",
+    "check_model_requirements",
+    "epsilon_sharpness",
+    "exact_hessian_trace",
+    "fisher_rao",
+    "has_batchnorm",
+    "hutchinson_trace",
     "measure",
+    "measure_function",
     "minimum_sharpness",
+    "normalized_sharpness",
+    "normalized_sharpness_icml",
+    "pac_bayes_flatness",
+    "quotient_flatness",
     "register",
+    "relative_flatness",
     "solve_scales",
     "spec",
+    "top_eigenvalue",
 ]

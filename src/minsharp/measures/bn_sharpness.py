@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, autograd_enabled, run_forward
 from minsharp.curvature.layers import BATCHNORM, preserved_buffers
 from minsharp.curvature.rules import WEIGHT_LAYERS
-from minsharp.measures.registry import Evaluation, register
+from minsharp.measures.result import Evaluation
 from minsharp.objective import DatasetObjective
 from minsharp.options import integer, number
 
@@ -56,13 +56,6 @@ DEFAULT_NODES = 8
 MAX_NODES = 64
 
 
-@register(
-    "bn_sharpness",
-    invariances={"layer", "batchnorm"},
-    requires={"labels", "batchnorm"},
-    summary="(1/δ)∫_0^δ [L(θ+tv) − L(θ)] dt along v_k = ‖w_k‖ g_k/‖g_k‖ per block (reconstructed)",
-    reference="Yi, Zhang, Chen, Ma & Liu, IJCAI 2019 (reconstructed, theory §5)",
-)
 def bn_sharpness(
     model: nn.Module,
     data: Any,

@@ -17,19 +17,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_trace
-from minsharp.measures.registry import Evaluation, register
+from minsharp.measures.result import Evaluation
 from minsharp.objective import DatasetObjective, flatten, unflatten
 from minsharp.options import integer
 from minsharp.solvers.lanczos import EIGEN_MAX_ITERATIONS, EIGEN_TOLERANCE, largest_eigenvalue
 from minsharp.tensors import standard_error
 
 
-@register(
-    "hessian_trace",
-    invariances=set(),
-    summary="Tr H, exact: sum of the per-layer traces of the curvature engine",
-    reference="Ibayashi, Hamaguchi & Imaizumi 2021 (exact per-layer formula)",
-)
 def exact_hessian_trace(
     model: nn.Module,
     data: Any,
@@ -50,13 +44,6 @@ def exact_hessian_trace(
     )
 
 
-@register(
-    "top_eigenvalue",
-    invariances=set(),
-    summary="λ_max(H), the largest Hessian eigenvalue, by Lanczos on Hessian-vector products",
-    reference="Keskar et al. 2017; Dinh, Pascanu, Bengio & Bengio 2017 (not rescaling-invariant)",
-    requires={"labels"},
-)
 def top_eigenvalue(
     model: nn.Module,
     data: Any,
@@ -180,14 +167,6 @@ def hessian_top_eigenvalue(
     )
 
 
-@register(
-    "hutchinson_trace",
-    invariances=set(),
-    summary="Tr H estimated by Hutchinson's E[vᵀHv] over Rademacher probes v, with its error",
-    reference="Hutchinson 1989; Avron & Toledo 2011",
-    requires={"labels"},
-    stochastic=True,
-)
 def hutchinson_trace(
     model: nn.Module,
     data: Any,

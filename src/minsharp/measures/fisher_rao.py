@@ -34,19 +34,12 @@ from minsharp.curvature.engine import (
 from minsharp.curvature.layers import check_measurable, model_dtype_device, preserved_buffers
 from minsharp.data.batches import check_label_range, input_batches, labelled_batches
 from minsharp.errors import MinsharpError
-from minsharp.measures.registry import Evaluation, register
+from minsharp.measures.result import Evaluation
 from minsharp.options import choice
 
 Labels = Literal["true", "model"]
 
 
-@register(
-    "fisher_rao",
-    invariances={"layer", "neuron", "batchnorm"},
-    requires={"labels"},
-    summary="Fisher–Rao norm E[(θᵀ∇ℓ)²], exact, by one forward-mode JVP along θ",
-    reference="Liang, Poggio, Rakhlin & Stokes 2019",
-)
 def fisher_rao_norm(
     model: nn.Module,
     data: Any,

@@ -15,24 +15,23 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_trace
 from minsharp.curvature.guard import PROBE_EXAMPLES
-from minsharp.curvature.layers import check_measurable, model_dtype_device
+from minsharp.curvature.layers import model_dtype_device
 from minsharp.data.batches import input_batches
 from minsharp.errors import MinsharpError, ModelError
-from minsharp.measures.registry import Evaluation, register
+from minsharp.measures.result import Evaluation
 from minsharp.options import integer
 from minsharp.solvers.exp_sum import minimize_exp_sum
-from minsharp.symmetry.layerwise import chain_layers, rescaled_copy, verify_same_function
+from minsharp.symmetry.layerwise import compare_logits, forward_order, scaled_copy
 
 #: Spread of the random log-scales used to check that the model is a chain.
 CHECK_LOG_SCALE = 0.5
@@ -48,51 +47,14 @@ class Certificate:
     iterations: int
 
 
-@dataclass(frozen=True)
-class MinimumSharpness:
-    """Result of :func:`minimum_sharpness`."""
-
-    value: float
-    """``min_α Tr H(T_α θ)``; the infimum when ``attained`` is False."""
-    alphas: dict[str, float] | None
-    """Optimal α_l per layer (forward order); None when the infimum is not attained."""
-    weight_traces: dict[str, float]
-    """``T^W_l = Tr H`` of each layer's weight at the given parameters."""
-    bias_traces: dict[str, float]
-    """``T^b_l`` of each layer's bias at the given parameters (0 for layers without bias)."""
-    attained: bool
-    """False when a vanishing trace makes the infimum reachable only as some α_l → 0 or ∞."""
-    certificate: Certificate
-    num_examples: int
-    seconds: float
-
-    @property
-    def trace(self) -> float:
-        """``Tr H`` at the given parameters, before rescaling."""
-        return sum(self.weight_traces.values()) + sum(self.bias_traces.values())
-
-    def optimal_traces(self) -> dict[str, tuple[float, float]]:
-        """Per layer ``(T^W_l / α_l², T^b_l / (Π_{m≤l} α_m)²)`` at the optimal rescaling."""
-        if self.alphas is None:
-            raise ValueError("the infimum is not attained, so there is no optimal rescaling.")
-        traces, cumulative = {}, 1.0
-        for name, alpha in self.alphas.items():
-            cumulative *= alpha
-            traces[name] = (
-                self.weight_traces[name] / alpha**2,
-                self.bias_traces[name] / cumulative**2,
-            )
-        return traces
-
-
-def minimum_sharpness(
+def minimum_sharpness_evaluation(
     model: nn.Module,
     data: Any,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
     seed: int = 0,
-) -> MinimumSharpness:
+) -> Evaluation:
     """Minimum Sharpness ``MS(θ) = min_α Tr H(T_α θ)`` (Ibayashi, Hamaguchi & Imaizumi 2021).
 
     The minimum of the Hessian trace of the mean cross-entropy over all layer-wise
@@ -103,26 +65,20 @@ def minimum_sharpness(
 
     Before the trace is computed, the first examples of ``data`` check that a random
     rescaling leaves the logits unchanged (:class:`~minsharp.errors.NotAChainError`
-    otherwise). Arguments as for :func:`minsharp.hessian_trace`; ``seed`` fixes the random
-    rescaling of that check.
+    otherwise): the measure's ``chain`` requirement. Arguments as for
+    :func:`minsharp.hessian_trace`; ``seed`` fixes the random rescaling of that check.
+
+    ``per_layer`` holds each layer's trace ``T^W_l/α_l² + T^b_l/(Π_{m≤l}α_m)²`` at the optimal
+    rescaling (absent when the infimum is not attained); ``certificate`` how the minimisation
+    over α ended (``method``, ``relative_gradient_norm``, ``iterations``, ``attained``);
+    ``details`` the optimal ``alphas`` per layer (None when not attained), the
+    ``weight_traces`` ``T^W_l`` and ``bias_traces`` ``T^b_l`` as given and their sum ``trace``.
     """
-    start = time.perf_counter()
-    check_measurable(model)
     integer("seed", seed)
     dtype, device = model_dtype_device(model)
     batches = input_batches(data, batch_size, device, dtype)
     first = next(batches)
-    probe = first[:PROBE_EXAMPLES]
-    order = chain_layers(model, probe)
-    modules = dict(model.named_modules())
-    frozen = [name or "(root)" for name in order if not modules[name].weight.requires_grad]
-    if frozen:
-        raise ModelError(
-            f"layers with frozen weights: {', '.join(frozen)}. Minimum Sharpness rescales "
-            "every layer of the chain, so all their weights must require grad."
-        )
-    twin = rescaled_copy(model, order, _random_alphas(len(order), seed))
-    verify_same_function(model, twin, probe, order)
+    order = _checked_chain(model, first[:PROBE_EXAMPLES], seed)
     traces = hessian_trace(
         model, itertools.chain([first], batches), batch_size=batch_size, progress=progress
     )
@@ -130,58 +86,50 @@ def minimum_sharpness(
     weight = {name: layers[name]["weight"] for name in order}
     bias = {name: layers[name].get("bias", 0.0) for name in order}
     solution = solve_scales(list(weight.values()), list(bias.values()))
-    return MinimumSharpness(
-        value=solution.value,
-        alphas=dict(zip(order, solution.alphas, strict=True)) if solution.alphas else None,
-        weight_traces=weight,
-        bias_traces=bias,
-        attained=solution.alphas is not None,
-        certificate=solution.certificate,
-        num_examples=traces.num_examples,
-        seconds=time.perf_counter() - start,
-    )
-
-
-@register(
-    "minimum_sharpness",
-    invariances={"layer"},
-    requires={"chain"},
-    summary="min over layer rescalings α of Tr H (exact per-layer traces, Newton over α)",
-    reference="Ibayashi, Hamaguchi & Imaizumi 2021",
-)
-def _registered(
-    model: nn.Module,
-    data: Any,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: bool = False,
-    seed: int = 0,
-) -> Evaluation:
-    """``MS(θ) = min_α Tr H(T_α θ)`` through the registry (see :func:`minimum_sharpness`).
-
-    ``per_layer`` holds each layer's trace ``T^W_l/α_l² + T^b_l/(Π_{m≤l}α_m)²`` at the optimal
-    rescaling (absent when the infimum is not attained); ``details`` the optimal α and the
-    traces as given.
-    """
-    result = minimum_sharpness(model, data, batch_size=batch_size, progress=progress, seed=seed)
-    optimal = result.optimal_traces() if result.alphas is not None else None
+    alphas = dict(zip(order, solution.alphas, strict=True)) if solution.alphas else None
     return Evaluation(
-        value=result.value,
-        num_examples=result.num_examples,
-        per_layer={name: sum(pair) for name, pair in optimal.items()} if optimal else None,
+        value=solution.value,
+        num_examples=traces.num_examples,
+        per_layer=_optimal_traces(alphas, weight, bias) if alphas else None,
         certificate={
-            "method": result.certificate.method,
-            "relative_gradient_norm": result.certificate.relative_gradient_norm,
-            "iterations": result.certificate.iterations,
-            "attained": result.attained,
+            "method": solution.certificate.method,
+            "relative_gradient_norm": solution.certificate.relative_gradient_norm,
+            "iterations": solution.certificate.iterations,
+            "attained": alphas is not None,
         },
         details={
-            "alphas": result.alphas,
-            "weight_traces": result.weight_traces,
-            "bias_traces": result.bias_traces,
-            "trace": result.trace,
+            "alphas": alphas,
+            "weight_traces": weight,
+            "bias_traces": bias,
+            "trace": sum(weight.values()) + sum(bias.values()),
         },
     )
+
+
+def _checked_chain(model: nn.Module, probe: Tensor, seed: int) -> list[str]:
+    """The chain's layers in forward order, after a random rescaling kept the logits."""
+    order, logits = forward_order(model, probe)
+    modules = dict(model.named_modules())
+    frozen = [name or "(root)" for name in order if not modules[name].weight.requires_grad]
+    if frozen:
+        raise ModelError(
+            f"layers with frozen weights: {', '.join(frozen)}. Minimum Sharpness rescales "
+            "every layer of the chain, so all their weights must require grad."
+        )
+    twin = scaled_copy(model, order, _random_alphas(len(order), seed))
+    compare_logits(model, logits, twin, probe, order)
+    return order
+
+
+def _optimal_traces(
+    alphas: dict[str, float], weight: dict[str, float], bias: dict[str, float]
+) -> dict[str, float]:
+    """Per layer ``T^W_l / α_l² + T^b_l / (Π_{m≤l} α_m)²`` at the optimal rescaling."""
+    traces, cumulative = {}, 1.0
+    for name, alpha in alphas.items():
+        cumulative *= alpha
+        traces[name] = weight[name] / alpha**2 + bias[name] / cumulative**2
+    return traces
 
 
 @dataclass(frozen=True)

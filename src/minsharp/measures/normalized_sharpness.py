@@ -29,11 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from minsharp.curvature.conv import grouped_units
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_diagonal
 from minsharp.curvature.layers import find_layers
 from minsharp.curvature.rules import WEIGHT_LAYERS
 from minsharp.errors import MinsharpError, ModelError
-from minsharp.measures.registry import Evaluation, register
+from minsharp.measures.result import Evaluation
 from minsharp.solvers.normalized import (
     NORMALIZED_MAX_ITERATIONS,
     NORMALIZED_TOLERANCE,
@@ -83,15 +84,13 @@ def layer_matrices(
         )
     if weight.dim() < 2:
         raise MinsharpError(f"a weight matrix needs at least 2 dimensions; got {weight.dim()}.")
-    h = diag_hessian.detach().to("cpu", torch.float64)
-    w2 = weight.detach().to("cpu", torch.float64).square()
-    rows, columns = weight.shape[:2]
-    h, w2 = h.reshape(rows, columns, -1).sum(-1), w2.reshape(rows, columns, -1).sum(-1)
-    if groups == 1:
-        return h, w2
-    if groups < 1 or rows % groups:
-        raise MinsharpError(f"groups={groups} does not divide the {rows} output channels.")
-    return torch.block_diag(*h.chunk(groups)), torch.block_diag(*w2.chunk(groups))
+    if groups < 1 or weight.shape[0] % groups:
+        raise MinsharpError(
+            f"groups={groups} does not divide the {weight.shape[0]} output channels."
+        )
+    h = grouped_units(diag_hessian.detach().to("cpu", torch.float64), groups).sum(-1)
+    w2 = grouped_units(weight.detach().to("cpu", torch.float64).square(), groups).sum(-1)
+    return h, w2
 
 
 def layer_normalized_sharpness(
@@ -123,13 +122,6 @@ def layer_normalized_sharpness(
     )
 
 
-@register(
-    "normalized_sharpness",
-    invariances={"layer", "neuron", "batchnorm"},
-    summary="Σ_l min over row/column scales σ, σ' of Σ h σ²σ'² + W²/(σ²σ'²), exact diag H "
-    "(arXiv version)",
-    reference=REFERENCE + "; arXiv version of the objective",
-)
 def normalized_sharpness(
     model: nn.Module,
     data: Any,
@@ -163,13 +155,6 @@ def normalized_sharpness(
     return _evaluate(model, data, "arxiv", batch_size, progress, tolerance, max_iterations)
 
 
-@register(
-    "normalized_sharpness_icml",
-    invariances={"layer", "neuron", "batchnorm"},
-    summary="Σ_l min over column scales s of √(Σ_i (Σ_j h s_j)(Σ_j W²/s_j)), exact diag H "
-    "(ICML version)",
-    reference=REFERENCE + "; ICML version of the objective, as coded by Ibayashi et al. 2021",
-)
 def normalized_sharpness_icml(
     model: nn.Module,
     data: Any,

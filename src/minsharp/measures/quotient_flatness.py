@@ -21,18 +21,11 @@ from torch import nn
 
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE
 from minsharp.measures.curvature_baselines import hessian_top_eigenvalue
-from minsharp.measures.registry import Evaluation, register
+from minsharp.measures.result import Evaluation
 from minsharp.objective import DatasetObjective
 from minsharp.solvers.lanczos import EIGEN_MAX_ITERATIONS, EIGEN_TOLERANCE
 
 
-@register(
-    "quotient_flatness",
-    invariances={"layer"},
-    requires={"labels"},
-    summary="λ_max(D H D), D = blockdiag(‖P‖_F I) over parameter tensors; Lanczos on the full H",
-    reference="Rangamani, Nguyen, Kumar, Phan, Chin & Tran 2019",
-)
 def quotient_flatness(
     model: nn.Module,
     data: Any,

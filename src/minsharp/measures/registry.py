@@ -1,110 +1,59 @@
-"""One registry and one calling convention for every sharpness measure.
+"""One calling convention for every sharpness measure: look up, validate once, compute.
 
-Each measure is a function ``compute(model, data, **options) -> Evaluation`` registered with
-:func:`register`, which records what the measure claims: the function-preserving
-reparametrisations it is invariant to (:data:`SYMMETRIES`) and what it needs from the model
-and data. :func:`measure` looks a measure up by name, checks the options against the
-function's signature, times the call and returns a :class:`MeasureResult`.
-
-The claims are not decoration: ``tests/test_registry.py`` walks the registry and proves, on
-random networks, every declared invariance and that each undeclared one moves the value.
+:func:`measure` looks a measure up by name in the table (:mod:`minsharp.measures.table`),
+validates the model, the options and the measure's requirements once, times the call of its
+compute function on the validated model and returns a :class:`MeasureResult`. The public
+measure functions (``minsharp.measures.fisher_rao`` …) are :func:`measure` bound to a name.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from minsharp.curvature.engine import autograd_enabled
 from minsharp.curvature.layers import BATCHNORM, check_measurable
-from minsharp.errors import MinsharpError, ModelError
+from minsharp.errors import DataError, MinsharpError, ModelError
+from minsharp.measures.result import (
+    REQUIREMENTS,
+    SYMMETRIES,
+    Evaluation,
+    MeasureResult,
+    MeasureSpec,
+    Requirement,
+    Symmetry,
+    check_declaration,
+)
+from minsharp.measures.table import MEASURES
+from minsharp.options import nn_module
 
-Symmetry = Literal["layer", "neuron", "batchnorm"]
-#: The function-preserving reparametrisations a measure may be invariant to:
-#:
-#: * ``layer`` — the α-scale transformation ``W_l → α_l W_l, b_l → (Π_{m≤l} α_m) b_l``,
-#:   ``Π α_l = 1``, of a chain of positively homogeneous layers (theory §2);
-#: * ``neuron`` — unit ``i`` between consecutive layers: row ``i`` of ``W_l`` and ``b_l[i]``
-#:   times ``s > 0``, column ``i`` of ``W_{l+1}`` divided by ``s``;
-#: * ``batchnorm`` — row ``k`` of a weight feeding a batch-norm (and its bias entry) times
-#:   ``c_k > 0``, with the batch-norm's running mean times ``c_k`` and variance times ``c_k²``.
-SYMMETRIES: tuple[Symmetry, ...] = ("layer", "neuron", "batchnorm")
+__all__ = [
+    "REQUIREMENTS",
+    "SYMMETRIES",
+    "Evaluation",
+    "MeasureResult",
+    "MeasureSpec",
+    "available",
+    "check_model_requirements",
+    "has_batchnorm",
+    "measure",
+    "measure_function",
+    "register",
+    "spec",
+]
 
-Requirement = Literal["labels", "batchnorm", "chain"]
-#: What a measure may require: labels in the data, batch-norm layers, a chain network.
-REQUIREMENTS: tuple[Requirement, ...] = ("labels", "batchnorm", "chain")
+#: An ``Example:`` section of a docstring, up to the next section or the end.
+_EXAMPLE = re.compile(r"\n\s*Examples?:\n.*?(?=\n\s*(?:Args|Returns|Raises):\n|\Z)", re.S)
 
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What a measure's ``compute`` function returns."""
-
-    value: float
-    num_examples: int
-    per_layer: dict[str, float] | None = None
-    """The value's share per layer (module name), for measures that sum over layers."""
-    certificate: dict[str, Any] | None = None
-    """For solver-based measures: how the optimisation ended and its optimality residual."""
-    details: dict[str, Any] = field(default_factory=dict)
-    """Further numbers a user may want (standard errors, optimal scales…)."""
-    resolved: dict[str, Any] = field(default_factory=dict)
-    """Options whose value the measure settled itself, by name: a ``None`` default that stands
-    for "chosen from the other options or the model" (a radius per norm, the last layer),
-    with the value actually used. :func:`measure` records these in place of the defaults."""
-
-
-@dataclass(frozen=True)
-class MeasureResult:
-    """Result of :func:`measure`: the value with everything needed to interpret it."""
-
-    name: str
-    value: float
-    per_layer: dict[str, float] | None
-    options: dict[str, Any]
-    """Every option the measure ran with, defaults included, and those it settled itself
-    (see :attr:`Evaluation.resolved`) at the value it used."""
-    seconds: float
-    num_examples: int
-    certificate: dict[str, Any] | None
-    details: dict[str, Any]
-    invariances: tuple[Symmetry, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dictionary of the result."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class MeasureSpec:
-    """A registered measure and its declared properties."""
-
-    name: str
-    compute: Callable[..., Evaluation]
-    invariances: frozenset[Symmetry]
-    requires: frozenset[Requirement]
-    summary: str
-    reference: str
-    stochastic: bool
-    """Whether the value is a Monte-Carlo estimate (reproducible through its ``seed``)."""
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        """The options of ``compute`` and their default values."""
-        return {
-            name: parameter.default
-            for name, parameter in inspect.signature(self.compute).parameters.items()
-            if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-        }
-
-
-_REGISTRY: dict[str, MeasureSpec] = {}
+_REGISTRY: dict[str, MeasureSpec] = {row.name: row for row in MEASURES}
 
 
 def register(
@@ -116,30 +65,19 @@ def register(
     requires: set[Requirement] | None = None,
     stochastic: bool = False,
 ) -> Callable[[Callable[..., Evaluation]], Callable[..., Evaluation]]:
-    """Decorator adding ``compute(model, data, *, options…)`` to the registry as ``name``.
+    """Decorator adding a measure of one's own, ``compute(model, data, *, options…)``, as ``name``.
+
+    minsharp's own measures are rows of :data:`minsharp.measures.table.MEASURES`; this adds
+    a user's measure at run time, declared as those rows are.
 
     Raises:
         MinsharpError: a name that is not a non-empty string or is taken, unknown
             symmetries or requirements, or a ``compute`` that is not callable.
     """
-    if not isinstance(name, str) or not name:
-        raise MinsharpError(f"a measure's name must be a non-empty string; got {name!r}.")
-    unknown = set(invariances) - set(SYMMETRIES)
-    if unknown:
-        raise MinsharpError(f"unknown symmetries {sorted(unknown)}; known: {SYMMETRIES}.")
-    unknown = set(requires or ()) - set(REQUIREMENTS)
-    if unknown:
-        raise MinsharpError(f"unknown requirements {sorted(unknown)}; known: {REQUIREMENTS}.")
+    check_declaration(name, invariances, requires)
 
     def add(compute: Callable[..., Evaluation]) -> Callable[..., Evaluation]:
-        if not callable(compute):
-            raise MinsharpError(
-                f"register({name!r}) decorates the function computing the measure; got a "
-                f"{type(compute).__name__}."
-            )
-        if name in _REGISTRY:
-            raise MinsharpError(f"a measure named {name!r} is already registered.")
-        _REGISTRY[name] = MeasureSpec(
+        row = MeasureSpec(
             name=name,
             compute=compute,
             invariances=frozenset(invariances),
@@ -148,6 +86,9 @@ def register(
             reference=reference,
             stochastic=stochastic,
         )
+        if name in _REGISTRY:
+            raise MinsharpError(f"a measure named {name!r} is already registered.")
+        _REGISTRY[name] = row
         return compute
 
     return add
@@ -178,9 +119,11 @@ def measure(name: str, model: nn.Module, data: Any, **options: Any) -> MeasureRe
     """Compute the registered measure ``name`` of ``model`` on ``data``.
 
     ``options`` are the measure's keyword options (see ``spec(name).defaults``); an unknown
-    option raises :class:`MinsharpError` listing the accepted ones. The result records every
-    option used (a ``None`` default the measure resolved, at the value it resolved to), the
-    wall time, the declared invariances and, for solver-based measures, the convergence
+    option raises :class:`MinsharpError` listing the accepted ones. The model (a module in
+    eval mode with finite weights) and the measure's requirements (labels, batch-norm
+    layers) are checked here, once; the compute function trusts them. The result records
+    every option used (a ``None`` default the measure resolved, at the value it resolved to),
+    the wall time, the declared invariances and, for solver-based measures, the convergence
     certificate.
 
     Example:
@@ -201,6 +144,7 @@ def measure(name: str, model: nn.Module, data: Any, **options: Any) -> MeasureRe
         )
     check_measurable(model)
     check_model_requirements(name, model)
+    _check_data_requirements(chosen, data, {**defaults, **options})
     start = time.perf_counter()
     with autograd_enabled():
         evaluation = chosen.compute(model, data, **options)
@@ -223,18 +167,62 @@ def measure(name: str, model: nn.Module, data: Any, **options: Any) -> MeasureRe
     )
 
 
+def measure_function(name: str, function_name: str | None = None) -> Callable[..., MeasureResult]:
+    """The public function of measure ``name``: :func:`measure` with the name bound.
+
+    Named ``function_name`` (default: the measure's name); it carries the compute function's
+    docstring and keyword options, and returns the :class:`MeasureResult` :func:`measure`
+    does.
+    """
+    compute = spec(name).compute
+
+    @functools.wraps(compute)
+    def public(model: nn.Module, data: Any, **options: Any) -> MeasureResult:
+        return measure(name, model, data, **options)
+
+    public.__signature__ = inspect.signature(compute).replace(  # type: ignore[attr-defined]
+        return_annotation=MeasureResult
+    )
+    public.__name__ = public.__qualname__ = function_name or name
+    public.__module__ = "minsharp.measures"
+    # Examples call the compute function by its module's names: doctested there, once.
+    public.__doc__ = _EXAMPLE.sub("\n", compute.__doc__ or "")
+    return public
+
+
 def check_model_requirements(name: str, model: nn.Module) -> None:
-    """Raise :class:`ModelError` if ``model`` lacks what measure ``name`` requires of it."""
+    """Raise :class:`ModelError` if ``model`` lacks what measure ``name`` requires of it.
+
+    ``batchnorm`` is checked here; ``chain`` needs a forward pass, so Minimum Sharpness checks
+    it on its first examples (:class:`~minsharp.errors.NotAChainError`).
+    """
     if "batchnorm" in spec(name).requires and not has_batchnorm(model):
         raise ModelError(
             f"measure {name!r} needs a network with batch-norm layers (it rescales the "
-            "weights feeding each normalised unit), and this model has none."
+            "weights feeding each normalised unit), and this model has none. Add batch-norm "
+            "layers or choose a measure without the 'batchnorm' requirement."
         )
 
 
 def has_batchnorm(model: nn.Module) -> bool:
     """Whether ``model`` contains a batch-norm layer."""
+    nn_module("model", model)
     return any(isinstance(m, BATCHNORM) for m in model.modules())
+
+
+def _check_data_requirements(chosen: MeasureSpec, data: Any, options: Mapping[str, Any]) -> None:
+    """Refuse inputs without labels for a measure that requires them.
+
+    ``labels="model"`` (Fisher–Rao) draws the labels from the model, so none are required.
+    """
+    if options.get("labels") == "model":
+        return
+    inputs_only = isinstance(data, Tensor) or (isinstance(data, tuple) and len(data) == 1)
+    if "labels" in chosen.requires and inputs_only:
+        raise DataError(
+            f"data: measure {chosen.name!r} requires labels (it depends on the labels), but "
+            "only inputs were given; pass (X, y) or an iterable/DataLoader of (X, y) batches."
+        )
 
 
 def _describe(defaults: Mapping[str, Any]) -> str:

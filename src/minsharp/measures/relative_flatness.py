@@ -52,16 +52,10 @@ from minsharp.curvature.results import Curvature
 from minsharp.curvature.rules import RULES
 from minsharp.data.batches import input_batches
 from minsharp.errors import MinsharpError, ModelError
-from minsharp.measures.registry import Evaluation, register
+from minsharp.measures.result import Evaluation
 from minsharp.options import choice
 
 
-@register(
-    "relative_flatness",
-    invariances={"layer", "batchnorm"},
-    summary="κ_Tr(W) = Σ_{s,s'} ⟨w_s, w_s'⟩ Tr H_{s,s'} of one Linear layer (default: the last)",
-    reference="Petzka, Kamp, Adilova, Sminchisescu & Boley 2021",
-)
 def relative_flatness(
     model: nn.Module,
     data: Any,

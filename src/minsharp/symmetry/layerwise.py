@@ -29,6 +29,8 @@ from minsharp.tensors import check_examples
 PRODUCT_TOLERANCE = 1e-6
 
 
+__all__ = ["chain_layers", "rescale", "rescaled_copy", "verify_same_function"]
+
 def chain_layers(model: nn.Module, inputs: Tensor) -> list[str]:
     """Names of the Linear/Conv modules of ``model`` in the order one forward pass calls them.
 
@@ -38,6 +40,11 @@ def chain_layers(model: nn.Module, inputs: Tensor) -> list[str]:
     """
     nn_module("model", model)
     check_examples(inputs)
+    return forward_order(model, inputs)[0]
+
+
+def forward_order(model: nn.Module, inputs: Tensor) -> tuple[list[str], Tensor]:
+    """:func:`chain_layers` of a checked model and inputs, with the logits of that one pass."""
     order: list[str] = []
     names = {module: name for name, module in model.named_modules()}
 
@@ -54,13 +61,13 @@ def chain_layers(model: nn.Module, inputs: Tensor) -> list[str]:
     handles = [module.register_forward_hook(record) for module in hooked]
     try:
         with preserved_buffers(model), torch.no_grad():
-            run_forward(model, inputs)
+            logits = run_forward(model, inputs)
     finally:
         for handle in handles:
             handle.remove()
     if not order:
         raise NotAChainError("model has no Linear or Conv layer to rescale.")
-    return order
+    return order, logits
 
 
 def rescale(
@@ -122,12 +129,16 @@ def rescaled_copy(model: nn.Module, order: Sequence[str], alphas: Sequence[float
             f"order names {unknown}, which are not Linear/Conv modules of the model with a "
             f"weight; its layers are: {listed or 'none'}. Take the order from chain_layers."
         )
-    factors = _checked_alphas(alphas, len(order))
+    return scaled_copy(model, order, _checked_alphas(alphas, len(order)))
+
+
+def scaled_copy(model: nn.Module, order: Sequence[str], alphas: Sequence[float]) -> nn.Module:
+    """:func:`rescaled_copy` for an order and factors already checked."""
     twin = copy.deepcopy(model)
     modules = dict(twin.named_modules())
     cumulative = 1.0
     with torch.no_grad():
-        for name, alpha in zip(order, factors, strict=True):
+        for name, alpha in zip(order, alphas, strict=True):
             cumulative *= alpha
             modules[name].weight.mul_(alpha)
             if modules[name].bias is not None:
@@ -147,8 +158,16 @@ def verify_same_function(
     nn_module("model", model)
     nn_module("rescaled", rescaled)
     check_examples(inputs)
-    with preserved_buffers(model), preserved_buffers(rescaled), torch.no_grad():
+    with preserved_buffers(model), torch.no_grad():
         expected = run_forward(model, inputs)
+    return compare_logits(model, expected, rescaled, inputs, order)
+
+
+def compare_logits(
+    model: nn.Module, expected: Tensor, rescaled: nn.Module, inputs: Tensor, order: Sequence[str]
+) -> float:
+    """:func:`verify_same_function` given the model's logits ``expected`` on checked inputs."""
+    with preserved_buffers(rescaled), torch.no_grad():
         got = run_forward(rescaled, inputs)
     if got.shape != expected.shape:
         raise NotAChainError(
