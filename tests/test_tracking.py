@@ -129,7 +129,7 @@ def test_the_lightning_callback_logs_to_the_trainers_loggers(tmp_path):
 
     x, y = _data()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
-    callback = SharpnessCallback(x, every=2, csv_path=tmp_path / "own.csv")
+    callback = SharpnessCallback(SharpnessTracker(x, every=2, csv_path=tmp_path / "own.csv"))
     trainer = lightning.Trainer(
         max_steps=6,
         logger=CSVLogger(tmp_path),
@@ -168,3 +168,10 @@ def test_the_overhead_benchmark_runs_in_its_quick_mode(tmp_path):
     assert completed.returncode == 0, completed.stderr
     text = output.read_text()
     assert "QUICK MODE" in text and "| tracked every |" in text and "- machine: " in text
+
+
+def test_the_callback_wants_a_tracker():
+    from minsharp.training.lightning_callback import SharpnessCallback
+
+    with pytest.raises(MinsharpError, match="takes a SharpnessTracker"):
+        SharpnessCallback(_data()[0])

@@ -31,6 +31,7 @@ PRODUCT_TOLERANCE = 1e-6
 
 __all__ = ["chain_layers", "rescale", "rescaled_copy", "verify_same_function"]
 
+
 def chain_layers(model: nn.Module, inputs: Tensor) -> list[str]:
     """Names of the Linear/Conv modules of ``model`` in the order one forward pass calls them.
 

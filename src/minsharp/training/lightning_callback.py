@@ -1,21 +1,20 @@
 """A PyTorch Lightning callback tracking exact sharpness during training (optional extra).
 
 ``pip install "minsharp[lightning]"`` brings Lightning. :class:`SharpnessCallback` measures
-the trained network every ``every`` optimiser steps on a fixed probe set with a
+the trained network every optimiser steps on a fixed probe set with a
 :class:`~minsharp.training.tracking.SharpnessTracker` and sends the values to every logger of
 the trainer (``sharpness/<measure>``), and optionally to a CSV file of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from minsharp.errors import MinsharpError
-from minsharp.training.tracking import DEFAULT_MEASURES, SharpnessTracker
+from minsharp.training.tracking import SharpnessTracker
 
 try:
     from lightning.pytorch import Callback, LightningModule, Trainer
@@ -32,35 +31,31 @@ METRIC_PREFIX = "sharpness/"
 class SharpnessCallback(Callback):
     """Log exact sharpness measures every ``every`` optimiser steps of a Lightning run.
 
-    The values are those of :class:`~minsharp.training.tracking.SharpnessTracker` (by
-    default the exact Hessian trace, theory §1, and Minimum Sharpness, theory §2, Ibayashi,
-    Hamaguchi & Imaizumi 2021) on the fixed ``probe`` data, taken after the optimiser step
-    whose ``trainer.global_step`` is a multiple of ``every``.
+    The values are those of ``tracker``, a
+    :class:`~minsharp.training.tracking.SharpnessTracker` (by default the exact Hessian trace,
+    theory §1, and Minimum Sharpness, theory §2, Ibayashi, Hamaguchi & Imaizumi 2021, on its
+    fixed probe data), taken after each optimiser step whose ``trainer.global_step`` is a
+    multiple of the tracker's ``every``.
 
     Args:
-        probe: the examples measured each time (a tensor X, a tuple (X, y), or batches).
-        every: measure when ``trainer.global_step % every == 0``.
-        measures: names of registered measures.
-        options: per measure, its keyword options.
-        csv_path: also append each row to this CSV file.
+        tracker: what to measure, on which probe, how often, and where to write rows.
         network: picks the network to measure out of the LightningModule (default: the
             module itself, whose ``forward`` must return logits).
     """
 
     def __init__(
         self,
-        probe: Any,
+        tracker: SharpnessTracker,
         *,
-        every: int = 100,
-        measures: Sequence[str] = DEFAULT_MEASURES,
-        options: Mapping[str, Mapping[str, Any]] | None = None,
-        csv_path: str | Path | None = None,
         network: Callable[[LightningModule], nn.Module] | None = None,
     ) -> None:
         super().__init__()
-        self.tracker = SharpnessTracker(
-            probe, every=every, measures=measures, options=options, csv_path=csv_path
-        )
+        if not isinstance(tracker, SharpnessTracker):
+            raise MinsharpError(
+                "SharpnessCallback takes a SharpnessTracker (what to measure, how often); got "
+                f"a {type(tracker).__name__}. Build one: SharpnessTracker(probe, every=100)."
+            )
+        self.tracker = tracker
         self.network = network
 
     def on_train_batch_end(
