@@ -1,7 +1,7 @@
 """A PyTorch Lightning callback tracking exact sharpness during training (optional extra).
 
 ``pip install "minsharp[lightning]"`` brings Lightning. :class:`SharpnessCallback` measures
-the trained network every optimiser steps on a fixed probe set with a
+the trained network every n optimiser steps on a fixed probe set with a
 :class:`~minsharp.training.tracking.SharpnessTracker` and sends the values to every logger of
 the trainer (``sharpness/<measure>``), and optionally to a CSV file of its own.
 """
