@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 import minsharp
 from minsharp.curvature import budget, cotangents, engine
+from minsharp.models import resnet20
 
 #: Class counts much larger than the widths of the tiny networks below.
 MANY_CLASSES = [2, 17, 60]
@@ -220,3 +221,25 @@ def test_the_default_batch_takes_small_data_whole() -> None:
     assert budget.even_split(1000, 600) == 500
     assert budget.even_split(1001, 500) == 334
     assert budget.even_split(10, 256) == 10
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_resnet20_against_the_jacobian_reference(batchnorm: bool) -> None:
+    """Residual sums, projection shortcuts, eval-mode batch-norm, average pooling.
+
+    The network is piecewise linear in each parameter, so the Hessian diagonal is the
+    Gauss–Newton diagonal, which ``brute_force_ggn_diagonal`` forms from full Jacobians.
+    """
+    torch.manual_seed(5)
+    model = resnet20(2, 3, batchnorm=batchnorm).double()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):  # running statistics away from 0 and 1
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.uniform_(module.bias, -0.2, 0.2)
+    model.eval()
+    inputs = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    expected = minsharp.brute_force_ggn_diagonal(model, inputs)
+    assert_diagonals_close(minsharp.hessian_diagonal(model, inputs), expected, 1e-9, "diagonal")
+    assert_traces_close(minsharp.hessian_trace(model, inputs), traces_of(expected), 1e-9, "trace")
