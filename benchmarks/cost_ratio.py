@@ -188,6 +188,7 @@ def measure(network: Network, images: Tensor, settings: Settings) -> tuple[list[
         memory = {}
         results = {}
         for name, function in functions.items():
+            function()  # warm-up: one-time initialisation is not the call's memory
             results[name], memory[name], _ = common.peak_memory_mib(function)
         timings, rounds = common.timed_rounds(
             functions,
@@ -302,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         "`DiagGGNExact` on the mean cross-entropy, whole data as one batch unless its factors "
         "would exceed 1 GiB (K = 1000: batches of 2^28 / K² examples); set-up outside the "
         "timed calls",
-        f"timing: one call of each (which gives its peak memory) as warm-up, then rounds of the "
+        f"timing: two calls of each (a warm-up, then one that gives its peak memory), then "
+        f"rounds of the "
         f"four in rotating order until {settings.repeats} rounds are kept or "
         f"{settings.budget_s:g} s have passed; a round during which other processes kept more "
         f"than {settings.max_other_cores} cores busy is discarded; ratios are of medians, "

@@ -21,8 +21,9 @@ from torch.autograd.graph import GradientEdge
 
 #: Below this many elements (one class's cotangents at the start and at every edge), a
 #: backward pass is dominated by its fixed cost, and several classes share one vectorised
-#: pass; above it each class gets its own plain pass.
-CHUNK_ELEMENTS = 1 << 18
+#: pass; above it each class gets its own plain pass (SmallMLP, N = 1000, K = 10: plain
+#: passes 1.2× faster than vectorised ones of 4 classes, one thread).
+CHUNK_ELEMENTS = 1 << 16
 
 
 def class_cotangents(probabilities: Tensor, classes: slice) -> Tensor:
