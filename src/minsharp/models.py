@@ -27,7 +27,6 @@ __all__ = [
     "lenet",
     "mlp",
     "paper_mlp",
-    "resnet20",
     "small_cnn",
     "small_mlp",
 ]
