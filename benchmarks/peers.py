@@ -173,16 +173,14 @@ def flat(model: nn.Module, values: dict[str, Tensor]) -> Tensor:
 
 def ours_diagonal(model: nn.Module) -> Method:
     def run(data: list[tuple[Tensor, Tensor]]) -> Tensor:
-        size = data[0][0].shape[0]
-        return flat(model, minsharp.hessian_diagonal(model, data, batch_size=size).by_parameter)
+        return flat(model, minsharp.hessian_diagonal(model, data).by_parameter)
 
     return run
 
 
 def ours_trace(model: nn.Module) -> Method:
     def run(data: list[tuple[Tensor, Tensor]]) -> Tensor:
-        size = data[0][0].shape[0]
-        return torch.tensor(minsharp.hessian_trace(model, data, batch_size=size).total)
+        return torch.tensor(minsharp.hessian_trace(model, data).total)
 
     return run
 
@@ -636,9 +634,7 @@ def hutchinson_table(settings: Settings, images: Tensor, available: dict[str, st
         inputs = images[:examples]
         labels = torch.randint(0, classes, (examples,), generator=torch.Generator().manual_seed(1))
         exact_timing = common.timed_calls(
-            lambda model=model, inputs=inputs: minsharp.hessian_trace(
-                model, inputs, batch_size=examples
-            ),
+            lambda model=model, inputs=inputs: minsharp.hessian_trace(model, inputs),
             repeats=settings.repeats,
             max_other_cores=settings.max_other_cores,
         )
@@ -780,7 +776,8 @@ def main(argv: list[str] | None = None) -> int:
         "normalised to [−1, 1]; labels random in 0..K−1 (the Hessian does not depend on them)",
         "every method gets the same list of batches of B examples: B = min(N, "
         f"{settings.max_batch}, 2^28 / (K · max(K, A))), A the largest layer output of one "
-        "example, so that the peers' (K, B, K) and (K, B, A) factors stay ≤ 1 GiB; "
+        "example, so that the peers' (K, B, K) and (K, B, A) factors stay ≤ 1 GiB; ours "
+        "gets the same list with default options (it may split a batch, never merge two); "
         "peers return the GGN (Fisher) diagonal, which equals the Hessian diagonal on these "
         "networks (ReLU, max-pooling: piecewise linear): 'max rel. diff to ours' checks it "
         "(largest entrywise difference over the largest entry; the traces relative)",

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         f"rounds per point (3 to {settings.max_repeats} kept); a round during which other "
         f"processes kept more than {settings.max_other_cores} cores busy is discarded; medians "
         "over kept rounds",
-        "ours: batch_size = N (one batch), the engine's default chunking of classes",
+        "ours: default options (the engine sizes its batches from its memory budget)",
         common.MEMORY_METHOD,
     ]
     body = common.markdown_table(HEADER, rows)

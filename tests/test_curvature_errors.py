@@ -285,7 +285,7 @@ def test_malformed_data(data: object, match: str) -> None:
     check_rejected(_mlp(), data, DataError, match)
 
 
-@pytest.mark.parametrize("batch_size", [0, -3, 2.5, None])
+@pytest.mark.parametrize("batch_size", [0, -3, 2.5, "8"])
 def test_bad_batch_size(batch_size: object) -> None:
     check_rejected(
         _mlp(), _X(5, 3), DataError, "batch_size must be a positive integer", batch_size=batch_size

@@ -2,8 +2,9 @@
 
 The engine pushes the K centred cotangents back either from the logits, or, when the logits
 are the output of a Linear layer (the head), from the head's input with the head's own sums in
-closed form (``engine.head_unit_squares`` / ``engine.head_cotangents``); and it pushes them a
-chunk of classes at a time (``engine.CHUNK_ELEMENTS``). Every combination must agree with the
+closed form (``cotangents.head_unit_squares`` / ``cotangents.head_cotangents``); it pushes
+them a chunk of classes at a time (``cotangents.CHUNK_ELEMENTS``), in batches the memory
+budget sizes (``budget``). Every combination must agree with the
 brute-force diagonal, also with many classes (K large against the widths, where the head
 shortcut matters), and with each other to rounding.
 """
@@ -22,7 +23,8 @@ from tests.test_curvature_exact import (
 from torch import Tensor, nn
 
 import minsharp
-from minsharp.curvature import engine
+from minsharp.curvature import budget, cotangents, engine
+from minsharp.models import resnet20
 
 #: Class counts much larger than the widths of the tiny networks below.
 MANY_CLASSES = [2, 17, 60]
@@ -132,7 +134,7 @@ def test_every_chunk_size_gives_the_same_result(
     case = build(4)  # type: ignore[operator]
     diagonal = minsharp.hessian_diagonal(case.model, case.inputs)
     trace = minsharp.hessian_trace(case.model, case.inputs)
-    monkeypatch.setattr(engine, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(cotangents, "CHUNK_ELEMENTS", chunk)
     assert_diagonals_close(
         minsharp.hessian_diagonal(case.model, case.inputs), diagonal, 1e-12, f"chunk {chunk}"
     )
@@ -146,12 +148,98 @@ def test_head_formulas_in_closed_form() -> None:
     torch.manual_seed(3)
     probabilities = torch.randn(4, 9, dtype=torch.float64).softmax(1)
     weight = torch.randn(9, 5, dtype=torch.float64)
-    explicit = torch.stack(list(engine.class_cotangents(probabilities)))  # (K, N, K)
+    explicit = cotangents.class_cotangents(probabilities, slice(0, 9))  # (K, N, K)
     torch.testing.assert_close(
-        engine.head_unit_squares(probabilities)[:, 0], explicit.square().sum(0), rtol=1e-14, atol=0
+        cotangents.head_unit_squares(probabilities)[:, 0],
+        explicit.square().sum(0),
+        rtol=1e-14,
+        atol=0,
     )
-    pulled = torch.stack(list(engine.head_cotangents(weight, probabilities)))
-    torch.testing.assert_close(pulled, explicit @ weight, rtol=1e-12, atol=1e-15)
+    pulled = cotangents.head_cotangents(weight, probabilities)
+    torch.testing.assert_close(pulled(slice(0, 9)), explicit @ weight, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(pulled(slice(3, 5)), pulled(slice(0, 9))[3:5], rtol=0, atol=0)
+    torch.testing.assert_close(
+        cotangents.class_cotangents(probabilities, slice(3, 5)), explicit[3:5], rtol=0, atol=0
+    )
     outer = torch.einsum("knc,knd->ncd", explicit, explicit)
     expected = torch.diag_embed(probabilities) - probabilities[:, :, None] * probabilities[:, None]
     torch.testing.assert_close(outer, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("diagonal", [True, False])
+@pytest.mark.parametrize("build", [mlp, conv2d], ids=["mlp", "conv2d"])
+def test_batches_sized_by_the_memory_budget(
+    diagonal: bool, build: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``batch_size=None`` splits the data as the budget says; the sums do not change.
+
+    A budget of a few examples' worth forces even batches of 1–3 examples (and, from the
+    tensor budget alone, of one), against the brute-force diagonal.
+    """
+    case = build(0)  # type: ignore[operator]  # 6 and 4 examples
+    layers = engine.find_layers(case.model)
+    with engine.autograd_enabled():
+        need = budget.footprint(
+            case.model,
+            layers,
+            case.inputs[:3],
+            diagonal=diagonal,
+            forward=lambda inputs: engine.run_forward(case.model, inputs),
+        )
+    itemsize = case.inputs.element_size()
+    expected = minsharp.brute_force_hessian_diagonal(case.model, case.inputs, case.labels)
+    compute = minsharp.hessian_diagonal if diagonal else minsharp.hessian_trace
+    seen: list[int] = []
+    original = engine._batch_sums
+    monkeypatch.setattr(
+        engine, "_batch_sums", lambda *args: seen.append(args[2].shape[0]) or original(*args)
+    )
+    for examples in (1, 2, 3):
+        seen.clear()
+        monkeypatch.setattr(budget, "MEMORY_BUDGET", examples * itemsize * need.elements)
+        result = compute(case.model, case.inputs)
+        assert max(seen) == budget.even_split(case.inputs.shape[0], examples), seen
+        assert max(seen) - min(seen) <= 1, seen
+        assert sum(seen) == case.inputs.shape[0]
+        check = assert_diagonals_close if diagonal else assert_traces_close
+        check(result, expected if diagonal else traces_of(expected), FLOAT64_RTOL, "budget")
+    monkeypatch.setattr(budget, "MEMORY_BUDGET", 1 << 40)
+    monkeypatch.setattr(budget, "TENSOR_BUDGET", itemsize * need.widest)
+    seen.clear()
+    compute(case.model, case.inputs)
+    assert set(seen) == {1}
+
+
+def test_the_default_batch_takes_small_data_whole() -> None:
+    """A few thousand MLP examples fit the budget: one batch, not batches of 256."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    layers = engine.find_layers(model)
+    with engine.autograd_enabled():
+        size = engine._auto_batch_size(model, layers, torch.randn(8, 20), True)
+    assert size > 5000
+    assert budget.even_split(1000, 600) == 500
+    assert budget.even_split(1001, 500) == 334
+    assert budget.even_split(10, 256) == 10
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_resnet20_against_the_jacobian_reference(batchnorm: bool) -> None:
+    """Residual sums, projection shortcuts, eval-mode batch-norm, average pooling.
+
+    The network is piecewise linear in each parameter, so the Hessian diagonal is the
+    Gauss–Newton diagonal, which ``brute_force_ggn_diagonal`` forms from full Jacobians.
+    """
+    torch.manual_seed(5)
+    model = resnet20(2, 3, batchnorm=batchnorm).double()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):  # running statistics away from 0 and 1
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.uniform_(module.bias, -0.2, 0.2)
+    model.eval()
+    inputs = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    expected = minsharp.brute_force_ggn_diagonal(model, inputs)
+    assert_diagonals_close(minsharp.hessian_diagonal(model, inputs), expected, 1e-9, "diagonal")
+    assert_traces_close(minsharp.hessian_trace(model, inputs), traces_of(expected), 1e-9, "trace")

@@ -7,6 +7,7 @@ from torch.nn.modules import module as module_internals
 
 import minsharp
 from minsharp.curvature.guard import known_piecewise_linear
+from minsharp.models import resnet20
 
 
 def _chain() -> nn.Sequential:
@@ -61,3 +62,51 @@ def test_a_repeated_instance_is_refused_as_weight_sharing():
     model = nn.Sequential(layer, nn.ReLU(), layer, nn.ReLU(), nn.Linear(3, 2))
     with pytest.raises(minsharp.ModelError, match=r"ran twice|more than once"):
         minsharp.hessian_trace(model, torch.randn(4, 3))
+
+
+class _Residual(nn.Module):
+    """A residual block whose forward joins known modules; ``mode`` bends it when asked."""
+
+    def __init__(self, mode: str = "plain") -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 2)
+        self.mode = mode
+
+    def forward(self, x):
+        y = torch.relu(self.fc(x)) + x
+        if self.mode == "product":
+            y = y * y
+        elif self.mode == "functional":
+            y = y + torch.nn.functional.linear(x, self.fc.weight)
+        elif self.mode == "smooth":
+            y = torch.tanh(y)
+        return self.head(y.flatten(1))
+
+
+def test_a_traced_forward_of_known_pieces_is_recognised():
+    """torch.fx sees a ResNet's residual sums, ReLUs and flattening: no probe needed."""
+    assert known_piecewise_linear(_Residual())
+    assert known_piecewise_linear(resnet20(1, 3).eval())
+
+
+@pytest.mark.parametrize("mode", ["product", "functional", "smooth"])
+def test_a_traced_forward_with_anything_else_goes_to_the_probe(mode):
+    torch.manual_seed(0)
+    model = _Residual(mode).double()
+    assert not known_piecewise_linear(model)
+    inputs = torch.randn(5, 3, dtype=torch.float64)
+    if mode == "functional":
+        with pytest.raises(minsharp.ModelError, match="more than once"):
+            minsharp.hessian_trace(model, inputs)
+    else:
+        with pytest.raises(minsharp.NotPiecewiseLinearError, match=r"fc\.weight"):
+            minsharp.hessian_trace(model, inputs)
+
+
+def test_a_forward_fx_cannot_trace_goes_to_the_probe():
+    class Branching(_Residual):
+        def forward(self, x):
+            return self.head(x) if x.sum() > 0 else self.head(-x)  # data-dependent
+
+    assert not known_piecewise_linear(Branching())

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from minsharp.errors import ModelError
-from minsharp.models import ZOO, build_model, count_parameters, lenet, small_cnn
+from minsharp.models import ZOO, build_model, count_parameters, lenet, resnet20, small_cnn
 
 
 def test_lenet_is_the_paper_network_on_mnist():
@@ -79,3 +79,18 @@ def test_build_model_errors_name_the_model_and_what_it_accepts():
         build_model("small_mlp", (4,), 10, bias="no")
     with pytest.raises(ModelError, match="num_classes must be a positive integer"):
         build_model("small_mlp", (4,), 0)
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_resnet20_is_the_cifar_network(batchnorm):
+    net = resnet20(3, 10, batchnorm=batchnorm)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    # 1 stem + 3 stages × 3 blocks × 2 convs + 2 projection shortcuts (1×1).
+    assert len(convs) == 21
+    assert sum(c.kernel_size == (1, 1) for c in convs) == 2
+    assert sorted({c.out_channels for c in convs}) == [16, 32, 64]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == (21 if batchnorm else 0)
+    assert all((c.bias is None) == batchnorm for c in convs)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert net.eval()(torch.zeros(1, 1 + 2, 9, 13)).shape == (1, 10)  # any image size
+    assert build_model("resnet20", (1, 28, 28), 4)(torch.zeros(2, 1, 28, 28)).shape == (2, 4)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from minsharp.errors import ModelError
 from minsharp.options import boolean, integer, nn_module
@@ -168,6 +168,86 @@ def lenet(
     )
 
 
+class BasicBlock(nn.Module):
+    """Two 3×3 convolutions and a residual sum: ``relu(f(x) + shortcut(x))`` (He et al. 2016).
+
+    The shortcut is the identity, or a strided 1×1 convolution (with its batch-norm) where
+    the block changes width or resolution: the projection shortcut, option B of the paper,
+    which keeps every operation a module with its own parameters.
+    """
+
+    def __init__(
+        self, channels_in: int, channels: int, stride: int, bias: bool, batchnorm: bool
+    ) -> None:
+        super().__init__()
+
+        def normalised(*layers: nn.Module) -> nn.Sequential:
+            extra = [nn.BatchNorm2d(channels)] if batchnorm else []
+            return nn.Sequential(*layers, *extra)
+
+        conv_bias = bias and not batchnorm  # a batch-norm's β makes a conv bias redundant
+        self.residual = nn.Sequential(
+            normalised(nn.Conv2d(channels_in, channels, 3, stride, 1, bias=conv_bias)),
+            nn.ReLU(),
+            normalised(nn.Conv2d(channels, channels, 3, 1, 1, bias=conv_bias)),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or channels_in != channels:
+            self.shortcut = normalised(nn.Conv2d(channels_in, channels, 1, stride, bias=conv_bias))
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``relu(residual(x) + shortcut(x))``."""
+        return self.relu(self.residual(x) + self.shortcut(x))
+
+
+def resnet20(
+    in_channels: int = 3,
+    num_classes: int = 10,
+    *,
+    bias: bool = True,
+    batchnorm: bool = True,
+) -> nn.Sequential:
+    """ResNet-20 of He et al. 2016 ("Deep residual learning", §4.2, the CIFAR network).
+
+    conv3×3 →16, then 3 stages of 3 :class:`BasicBlock` with 16, 32 and 64 channels (the
+    first block of stages 2 and 3 halves the resolution), global average pooling and a
+    linear layer 64 → ``num_classes``: 19 convolutions and the linear layer, for images of
+    any size with ``in_channels`` channels. With ``batchnorm`` (the paper's network) each
+    convolution is followed by ``nn.BatchNorm2d`` and has no bias; ``bias`` gives the
+    convolutions (without batch-norm) and the linear layer their biases.
+
+    Raises:
+        ModelError: a size that is not a positive integer, or a flag not a bool.
+
+    Example:
+        >>> import torch
+        >>> resnet20(3, 10)(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    _size("in_channels", in_channels)
+    _size("num_classes", num_classes)
+    _flags(bias=bias, batchnorm=batchnorm)
+    stem: list[nn.Module] = [nn.Conv2d(in_channels, 16, 3, 1, 1, bias=bias and not batchnorm)]
+    if batchnorm:
+        stem.append(nn.BatchNorm2d(16))
+    blocks: list[nn.Module] = []
+    channels_in = 16
+    for stage, channels in enumerate((16, 32, 64)):
+        for index in range(3):
+            stride = 2 if stage > 0 and index == 0 else 1
+            blocks.append(BasicBlock(channels_in, channels, stride, bias, batchnorm))
+            channels_in = channels
+    return nn.Sequential(
+        *stem,
+        nn.ReLU(),
+        *blocks,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, num_classes, bias=bias),
+    )
+
+
 def _sides(image_size: int | tuple[int, int]) -> tuple[int, int]:
     """``(height, width)`` of an image size given as one side or a pair, checked positive."""
     if isinstance(image_size, int) and not isinstance(image_size, bool):
@@ -269,6 +349,15 @@ ZOO: dict[str, ZooEntry] = {
         images=True,
         options={"bias": True},
         summary="LeNet: 3 conv5×5 (6, 16, 120 maps), linear 84, linear K (randomized labels)",
+    ),
+    "resnet20": ZooEntry(
+        build=lambda shape, classes, *, bias, batchnorm: resnet20(
+            shape[0], classes, bias=bias, batchnorm=batchnorm
+        ),
+        images=True,
+        options={"bias": True, "batchnorm": True},
+        summary="ResNet-20 (He et al. 2016, CIFAR layout): 3 stages × 3 basic blocks, 16/32/64 "
+        "channels, projection shortcuts; batchnorm=False drops the BatchNorm2d layers",
     ),
 }
 

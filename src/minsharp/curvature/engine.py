@@ -11,18 +11,20 @@ and since ``diag p − p pᵀ = Σ_k c_k c_kᵀ`` with centred cotangents ``c_k 
 One forward pass records, at each supported layer, its input patches and the autograd edge of
 its output. A Linear layer producing the logits gets its sums in closed form; the K
 cotangents are pushed back from there (or from the logits) to the other layers' outputs,
-never to the weights, a chunk of classes per backward pass (:func:`pull_back`); the layer
-rules then form the sums of squares from patches and cotangents
-(``minsharp.curvature.patches``). Beyond the (N, K) probabilities, the passes of
-:func:`hessian_trace` and :func:`hessian_diagonal` hold the cotangents of one chunk of
-classes at a time, so their memory grows with ``batch_size``, not with K
-(:func:`layer_cotangents`, which returns all K, holds them all).
+never to the weights, a chunk of classes at a time (``minsharp.curvature.cotangents``); the
+layer rules then form the sums of squares from patches and cotangents
+(``minsharp.curvature.patches``). How many examples a batch holds is the memory budget's
+choice (``minsharp.curvature.budget``) unless ``batch_size`` fixes it: beyond the (N, K)
+probabilities, a pass holds the cotangents of one chunk of classes at a time, so its memory
+is bounded whatever K (:func:`layer_cotangents`, which returns all K, holds them all).
 """
 
 from __future__ import annotations
 
+import functools
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +35,13 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 from tqdm.auto import tqdm
 
 from minsharp import distributed
-from minsharp.curvature import patches
+from minsharp.curvature import budget, patches
+from minsharp.curvature.cotangents import (
+    class_cotangents,
+    head_cotangents,
+    head_unit_squares,
+    pull_back,
+)
 from minsharp.curvature.guard import (
     PROBE_EXAMPLES,
     known_piecewise_linear,
@@ -48,6 +56,8 @@ from minsharp.errors import MinsharpError, ModelError, NotPiecewiseLinearError
 from minsharp.options import choice
 from minsharp.tensors import all_finite
 
+#: The batch size of the measures that take one (others, not the curvature engine, whose
+#: default ``batch_size=None`` picks the batch from the memory budget, ``budget.batch_size``).
 DEFAULT_BATCH_SIZE = 256
 #: The values of the ``curvature`` option: the exact Hessian, or the generalized Gauss–Newton.
 CURVATURES: tuple[Curvature, ...] = ("hessian", "ggn")
@@ -58,7 +68,7 @@ def hessian_trace(
     data: Any,
     *,
     curvature: Curvature = "hessian",
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> CurvatureTrace:
     """Exact trace of each parameter's diagonal Hessian block, ``Tr H_PP``.
@@ -78,7 +88,10 @@ def hessian_trace(
         curvature: ``"hessian"`` checks on a probe batch that the network is piecewise linear
             in each parameter and raises :class:`NotPiecewiseLinearError` otherwise;
             ``"ggn"`` returns the exact generalized Gauss–Newton traces for any network.
-        batch_size: examples per pass; memory grows linearly with it.
+        batch_size: examples per pass; memory grows linearly with it. ``None`` (the
+            default, and the fast choice) takes the largest batch that fits the memory budget
+            (:func:`minsharp.curvature.budget.batch_size`: 1 GiB in all, no single tensor
+            over 32 MiB), estimated from the layers' sizes on one example.
         progress: show a progress bar over batches.
 
     Example:
@@ -108,7 +121,7 @@ def hessian_diagonal(
     data: Any,
     *,
     curvature: Curvature = "hessian",
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> CurvatureDiagonal:
     """Exact diagonal of each parameter's Hessian block, ``diag H_PP``, shaped like P.
@@ -161,12 +174,17 @@ def _curvature_pass(
     model: nn.Module,
     data: Any,
     curvature: Curvature,
-    batch_size: int,
+    batch_size: int | None,
     progress: bool,
     *,
     diagonal: bool,
 ) -> tuple[dict[str, Tensor], int, float]:
-    """Sums over examples (not yet divided by N) of the per-parameter diagonals or traces."""
+    """Sums over examples (not yet divided by N) of the per-parameter diagonals or traces.
+
+    The data's own batches are split into even batches of at most B examples, B from the
+    memory budget unless ``batch_size`` fixes it (:func:`budget.batch_size`, sized on the
+    first batch).
+    """
     choice("curvature", curvature, CURVATURES)
     start = time.perf_counter()
     layers = find_layers(model)
@@ -186,21 +204,42 @@ def _curvature_pass(
             for name in layer.parameter_names
         }
         reaching: set[str] = set()
-        batches = input_batches(data, batch_size, device, dtype)
+        size = 0
+        # With batch_size=None the data's batches are taken whole here and split below.
+        batches = input_batches(
+            data, sys.maxsize if batch_size is None else batch_size, device, dtype
+        )
         bar = tqdm(batches, disable=not progress, desc="curvature", unit="batch")
-        for chunk, inputs in enumerate(bar):
-            if chunk == 0:
-                reaching = check_formula(model, layers, inputs[:PROBE_EXAMPLES], curvature)
-            num_examples += inputs.shape[0]
-            if not distributed.owns(chunk):
-                continue
-            for name, value in _batch_sums(model, layers, inputs, diagonal, reaching).items():
-                sums[name] += value
+        index = 0
+        for given in bar:
+            if index == 0:
+                probe = given[:PROBE_EXAMPLES]
+                reaching = check_formula(model, layers, probe, curvature)
+                size = batch_size or _auto_batch_size(model, layers, probe, diagonal)
+            for inputs in given.split(budget.even_split(given.shape[0], size)):
+                num_examples += inputs.shape[0]
+                if distributed.owns(index):
+                    found = _batch_sums(model, layers, inputs, diagonal, reaching)
+                    for name, value in found.items():
+                        sums[name] += value
+                index += 1
         return sums
 
     with preserved_buffers(model), autograd_enabled():
         sums = distributed.summed_over_ranks(local_sums)
     return sums, num_examples, time.perf_counter() - start
+
+
+def _auto_batch_size(model: nn.Module, layers: list[Layer], probe: Tensor, diagonal: bool) -> int:
+    """Examples per batch within the memory budget (:func:`budget.batch_size`)."""
+    need = budget.footprint(
+        model,
+        layers,
+        probe,
+        diagonal=diagonal,
+        forward=lambda inputs: run_forward(model, inputs),
+    )
+    return budget.batch_size(need, probe.element_size())
 
 
 @contextmanager
@@ -211,7 +250,11 @@ def autograd_enabled() -> Iterator[None]:
 
 
 def _batch_sums(
-    model: nn.Module, layers: list[Layer], inputs: Tensor, diagonal: bool, reaching: set[str]
+    model: nn.Module,
+    layers: list[Layer],
+    inputs: Tensor,
+    diagonal: bool,
+    reaching: set[str],
 ) -> dict[str, Tensor]:
     """Per-parameter sums over one batch; ``reaching``: layers whose output reaches the logits.
 
@@ -219,8 +262,8 @@ def _batch_sums(
     head), its sums in closed form (:func:`head_unit_squares`) and the K centred cotangents
     pulled back through it without the K × K block (:func:`head_cotangents`); otherwise the
     K centred cotangents of the logits (:func:`class_cotangents`). Either way they are pushed
-    back to the remaining layers' outputs one class at a time, and each layer accumulates its
-    sums of squares (:class:`patches.LayerSums`).
+    back to the remaining layers' outputs a chunk of classes at a time, and each layer
+    accumulates its sums of squares (:class:`patches.LayerSums`).
     """
     with _recording(layers, inputs.shape[0], diagonal) as calls:
         logits = run_forward(model, inputs)
@@ -243,29 +286,17 @@ def _batch_sums(
     head = _head(recorded, logits)
     if head is None:
         start, rest = logits, recorded
-        cotangents = class_cotangents(probabilities)
+        cotangents = functools.partial(class_cotangents, probabilities)
     else:
         head_layer, head_call = head
         with torch.no_grad():
             accumulators[head_layer.name].add_unit_squares(head_unit_squares(probabilities))
+            cotangents = head_cotangents(head_layer.module.weight.detach(), probabilities)
         start = head_call.source
         rest = [(layer, call) for layer, call in recorded if layer is not head_layer]
-        weight = head_layer.module.weight.detach()
-        cotangents = head_cotangents(weight, probabilities)
-    unused = set()
+    unused = {layer.name for layer, _ in rest}
     if rest and start.requires_grad:
-        edges = [call.edge for _, call in rest]
-        size = start.numel() + sum(call.output_size for _, call in rest)
-        for chunk in pull_back(start, edges, cotangents, K, size):
-            with torch.no_grad():
-                for (layer, _), cotangent in zip(rest, chunk, strict=True):
-                    if cotangent is None:
-                        unused.add(layer.name)
-                        continue
-                    rows = layer.rule.rows(layer.module, cotangent)
-                    accumulators[layer.name].add(rows)
-    else:
-        unused = {layer.name for layer, _ in rest}
+        unused = _pushed_back(start, rest, cotangents, K, accumulators)
     if unused & reaching:
         raise untraced_error(sorted(unused & reaching)[0])
     sums = {}
@@ -280,6 +311,30 @@ def _batch_sums(
         if layer.bias is not None and bias_sum is not None:
             sums[layer.bias] = bias_sum.reshape(-1) if diagonal else bias_sum
     return sums
+
+
+def _pushed_back(
+    start: Tensor,
+    rest: list[tuple[Layer, _Call]],
+    cotangents: Callable[[slice], Tensor],
+    count: int,
+    accumulators: dict[str, patches.LayerSums],
+) -> set[str]:
+    """Pull the cotangents of ``start`` back to the layers of ``rest`` into their sums.
+
+    Returns the names of the layers whose output the backward passes did not reach.
+    """
+    unused = set()
+    edges = [call.edge for _, call in rest]
+    size = start.numel() + sum(call.output_size for _, call in rest)
+    for pulled in pull_back(start, edges, cotangents, count, size):
+        with torch.no_grad():
+            for (layer, _), cotangent in zip(rest, pulled, strict=True):
+                if cotangent is None:
+                    unused.add(layer.name)
+                    continue
+                accumulators[layer.name].add(layer.rule.rows(layer.module, cotangent))
+    return unused
 
 
 def untraced_error(name: str) -> ModelError:
@@ -307,81 +362,6 @@ def _head(recorded: list[tuple[Layer, _Call]], logits: Tensor) -> tuple[Layer, _
         ):
             return layer, call
     return None
-
-
-def class_cotangents(probabilities: Tensor) -> Iterator[Tensor]:
-    """``c_k = √p_k (e_k − p)`` (N, K) for k = 1..K: ``Σ_k c_k c_kᵀ = diag p − p pᵀ``."""
-    roots = probabilities.sqrt()
-    for k in range(probabilities.shape[1]):
-        cotangent = probabilities * -roots[:, k : k + 1]
-        cotangent[:, k] += roots[:, k]
-        yield cotangent
-
-
-def head_unit_squares(probabilities: Tensor) -> Tensor:
-    """``Σ_k c_k^⊙2 = p ⊙ (1 − p)`` (N, 1, K): the diagonal of ``diag p − p pᵀ``.
-
-    The rows ``δ`` of a head layer (logits = W h + b) are the centred cotangents themselves,
-    so its sums need only these squares, not the K × K cotangents.
-    """
-    return (probabilities * (1 - probabilities)).unsqueeze(1)
-
-
-def head_cotangents(weight: Tensor, probabilities: Tensor) -> Iterator[Tensor]:
-    """``Wᵀ c_k = √p_k (W[k] − Wᵀ p)`` (N, H) for k = 1..K, pulled back through the head.
-
-    The centred cotangents of the logits pulled back through ``logits = W h + b`` at a cost
-    of N·H each, instead of N·K·H for ``c_k`` times ``W``: no K × K block is ever formed.
-    """
-    roots = probabilities.sqrt()
-    mean_row = probabilities @ weight  # (N, H): Wᵀ p_n for every example
-    for k in range(probabilities.shape[1]):
-        yield roots[:, k : k + 1] * (weight[k] - mean_row)
-
-
-#: Cotangents pushed back together hold at most about this many elements at the layers'
-#: outputs; below it one vectorised backward pass serves several classes.
-CHUNK_ELEMENTS = 1 << 18
-
-
-def pull_back(
-    output: Tensor, edges: list[GradientEdge], cotangents: Iterator[Tensor], count: int, size: int
-) -> Iterator[tuple[Tensor | None, ...]]:
-    """``count`` cotangents of ``output`` back-propagated to every edge, a chunk at a time.
-
-    Yields per chunk, for each edge, the stacked cotangents (k, *edge shape) of the chunk's
-    k classes, or None where the output does not depend on the edge. ``size`` is the number
-    of elements one cotangent occupies at ``output`` and the edges together: chunks hold up
-    to :data:`CHUNK_ELEMENTS` of them. A chunk of several classes is one vectorised backward
-    pass; large layers get one pass per class, which never holds K copies of the
-    activations' cotangents and needs no batching rule for the backward of every operation
-    (max-pooling and convolution have none: vectorised, they would run once per class and
-    then be stacked). The graph is kept until the last chunk.
-    """
-    step = max(1, min(count, CHUNK_ELEMENTS // max(size, 1)))
-    pending: list[Tensor] = []
-    done = 0
-    for cotangent in cotangents:
-        pending.append(cotangent)
-        if len(pending) < step and done + len(pending) < count:
-            continue
-        done += len(pending)
-        keep = done < count
-        if len(pending) == 1:
-            pulled = torch.autograd.grad(
-                output, edges, pending[0], retain_graph=keep, allow_unused=True
-            )
-            yield tuple(None if p is None else p.unsqueeze(0) for p in pulled)
-        else:
-            yield torch.autograd.grad(
-                output,
-                edges,
-                torch.stack(pending),
-                retain_graph=keep,
-                allow_unused=True,
-                is_grads_batched=True,
-            )
-        pending = []
 
 
 @contextmanager
@@ -553,7 +533,8 @@ def layer_cotangents(
     edges = [call.edge for _, call in recorded]
     K = logits.shape[1]
     size = logits.numel() + sum(call.output_size for _, call in recorded)
-    chunks = list(pull_back(logits, edges, class_cotangents(probabilities), K, size))
+    cotangents = functools.partial(class_cotangents, probabilities)
+    chunks = list(pull_back(logits, edges, cotangents, K, size))
     return [
         LayerCotangents(
             layer,

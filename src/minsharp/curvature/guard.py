@@ -17,10 +17,13 @@ parameter P:
 
 from __future__ import annotations
 
+import copy
+import operator
 from collections import Counter
 
 import torch
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
 from torch.nn.modules import module as module_internals
 
 from minsharp.curvature.rules import RULES
@@ -60,27 +63,92 @@ PIECEWISE_LINEAR_MODULES: tuple[type[nn.Module], ...] = (
 )
 
 
+#: Functions a traced forward may call between the modules and stay piecewise linear in
+#: every parameter: sums, ReLU, reshaping, indexing and concatenation (no products).
+PIECEWISE_LINEAR_FUNCTIONS = frozenset(
+    {operator.add, torch.add, torch.relu, F.relu, torch.flatten, torch.cat, operator.getitem}
+)
+#: Tensor methods of the same kind (``size`` reads a shape).
+PIECEWISE_LINEAR_METHODS = frozenset(
+    {"add", "relu", "flatten", "view", "reshape", "contiguous", "size"}
+)
+
+
 def known_piecewise_linear(model: nn.Module) -> bool:
     """Whether ``model`` is piecewise linear in each parameter by construction.
 
     True for a plain ``nn.Sequential`` (not a subclass: its forward is the composition) of
     supported layers and :data:`PIECEWISE_LINEAR_MODULES`, nested Sequentials allowed, each
-    module instance used once and no forward hooks that could change outputs. Then every
-    parameter enters the logits once, through a piecewise-linear map, and the probe is moot.
+    module instance used once; and for any model whose forward ``torch.fx`` traces into
+    calls of such modules, each layer called once, joined only by
+    :data:`PIECEWISE_LINEAR_FUNCTIONS` and :data:`PIECEWISE_LINEAR_METHODS` (residual sums,
+    ``torch.relu``, flattening: a ResNet). Never with forward hooks, which could change
+    outputs. Then every parameter enters the logits once, through a piecewise-linear map,
+    and the probe is moot: it costs one double-backward pass per parameter tensor.
     """
     if module_internals._global_forward_hooks or module_internals._global_forward_pre_hooks:
+        return False
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
         return False
     seen: set[int] = set()
 
     def known(module: nn.Module) -> bool:
-        if id(module) in seen or module._forward_hooks or module._forward_pre_hooks:
+        if id(module) in seen:
             return False
         seen.add(id(module))
         if type(module) is nn.Sequential:
             return all(known(child) for child in module)
-        return type(module) in RULES or type(module) in PIECEWISE_LINEAR_MODULES
+        return _known_module(module)
 
-    return type(model) is nn.Sequential and known(model)
+    if type(model) is nn.Sequential and known(model):
+        return True
+    return _traces_piecewise_linear(model)
+
+
+def _known_module(module: nn.Module) -> bool:
+    return type(module) in RULES or type(module) in PIECEWISE_LINEAR_MODULES
+
+
+class _Tracer(fx.Tracer):
+    """Keeps the known modules as calls and traces through every other one."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return _known_module(m) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _traces_piecewise_linear(model: nn.Module) -> bool:
+    """The ``torch.fx`` half of :func:`known_piecewise_linear`.
+
+    Tracing runs the forward on proxies, and a forward may assign to its module's
+    attributes: it traces a copy whose parameters and buffers are storage-less (``meta``)
+    tensors, so the user's model is never touched and nothing is copied but its structure.
+    """
+    memo: dict[int, object] = {id(b): b.detach().to("meta") for b in model.buffers()}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
+    try:
+        model = copy.deepcopy(model, memo)
+        graph = _Tracer().trace(model)
+    except Exception:  # any forward fx cannot trace (data-dependent code...): the probe decides
+        return False
+    called: Counter[str] = Counter()
+    inputs = 0
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            inputs += 1
+        elif node.op == "call_module":
+            if not _known_module(model.get_submodule(node.target)):
+                return False
+            called[node.target] += 1
+        elif node.op == "call_function":
+            if node.target not in PIECEWISE_LINEAR_FUNCTIONS:
+                return False
+        elif node.op == "call_method":
+            if node.target not in PIECEWISE_LINEAR_METHODS:
+                return False
+        elif node.op != "output":  # get_attr: a parameter or buffer used outside its module
+            return False
+    return inputs == 1 and all(count == 1 for count in called.values())
 
 
 def parameter_uses(logits: Tensor) -> Counter[int]:

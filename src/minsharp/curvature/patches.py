@@ -133,7 +133,11 @@ class LayerSums:
         """S = 1: ``Σ_n Σ_k δ_kn² ⊗ U_n^⊙2`` (diagonal) or ``Σ_n Σ_k ‖δ_kn‖² ‖U_n‖²`` (trace)."""
         weight_sum = None
         if self.weight:
-            if self.diagonal:
+            if self.diagonal and per_unit.shape[1] == 1:
+                # One group (every Linear layer): a plain (C, N) × (N, P) product, which runs
+                # about 1.2× faster than the batched product einsum makes of it.
+                weight_sum = (per_unit[:, 0].T @ self.captured[:, 0, :, 0]).unsqueeze(0)
+            elif self.diagonal:
                 weight_sum = torch.einsum("ngc,ngp->gcp", per_unit, self.captured[..., 0])
             else:
                 weight_sum = (per_unit.sum(2) * self.captured[:, :, 0, 0]).sum()
@@ -171,7 +175,7 @@ def _plus(total: Tensor | None, term: Tensor) -> Tensor:
 def _direct_trace(captured: Tensor, rows: Tensor) -> Tensor:
     """``Σ_kn ‖δ_kn U_nᵀ‖²`` by materialising ``δ_kn U_nᵀ``."""
     return sum(
-        (gradients.square().sum() for gradients in _per_cotangent_gradients(captured, rows)),
+        (gradients.square_().sum() for gradients in _per_cotangent_gradients(captured, rows)),
         start=rows.new_zeros(()),
     )
 
@@ -181,16 +185,26 @@ def _direct_diagonal(captured: Tensor, rows: Tensor) -> Tensor:
     G, C = rows.shape[2:4]
     total = rows.new_zeros(G, C, captured.shape[2])
     for gradients in _per_cotangent_gradients(captured, rows):
-        total += gradients.square().sum((0, 1))
+        total += gradients.square_().sum((0, 1))  # squared in place: no second temporary
     return total
 
 
 def _per_cotangent_gradients(captured: Tensor, rows: Tensor) -> Iterator[Tensor]:
-    """``δ_kn U_nᵀ`` (K, n, G, C, P) for slices of the batch small enough to hold in memory."""
+    """``δ_kn U_nᵀ`` (K, n, G, C, P) for slices of the batch small enough to hold in memory.
+
+    With one input per unit (P = 1: eval-mode batch-norm, one group per channel) each entry
+    is a dot product over the positions, formed by a product and a sum: as a batched matrix
+    product it would be K·N·G products of a 1 × S by an S × 1 matrix, which ran a ResNet-20's
+    diagonal several times slower than its convolutions.
+    """
     K, N, G, C = rows.shape[:4]
-    P = captured.shape[2]
-    step = max(1, DIRECT_FORM_ELEMENTS // (K * G * C * P))
+    P, S = captured.shape[2:]
+    single_input = P == 1
+    per_example = K * G * C * (S if single_input else P)
+    step = max(1, DIRECT_FORM_ELEMENTS // per_example)
     for start in range(0, N, step):
-        yield torch.einsum(
-            "kngcs,ngps->kngcp", rows[:, start : start + step], captured[start : start + step]
-        )
+        chunk, patches = rows[:, start : start + step], captured[start : start + step]
+        if single_input:
+            yield (chunk * patches.unsqueeze(0)).sum(-1, keepdim=True)
+        else:
+            yield torch.einsum("kngcs,ngps->kngcp", chunk, patches)
