@@ -52,12 +52,9 @@ from minsharp.training import TrainingConfig
 CLAIM_MEASURE = "quotient_flatness"
 INVARIANT_MEASURES = ("quotient_flatness", "minimum_sharpness", "normalized_sharpness")
 
-HELD, ON_AVERAGE, NOT_HELD, UNDECIDED = (
-    "held",
-    "held on average only",
-    "did not hold",
-    "undecided (no complete pair)",
-)
+HELD, NOT_HELD = reporting.HELD, reporting.NOT_HELD
+ON_AVERAGE = "held on average only"
+UNDECIDED = "undecided (no complete pair)"
 
 
 @dataclass(frozen=True)

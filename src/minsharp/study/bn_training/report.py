@@ -43,12 +43,9 @@ from minsharp.training import TrainingConfig
 #: Coverage of the paired interval.
 LEVEL = 0.95
 
-HELD, NOT_SIGNIFICANT, NOT_HELD, UNDECIDED = (
-    "held",
-    "not significant",
-    "did not hold",
-    "undecided (fewer than two pairs)",
-)
+HELD, NOT_HELD = reporting.HELD, reporting.NOT_HELD
+NOT_SIGNIFICANT = "not significant"
+UNDECIDED = "undecided (fewer than two pairs)"
 
 
 @dataclass(frozen=True)
@@ -290,7 +287,7 @@ def _verdict_markdown(found: list[Pairing], verdicts: list[str]) -> list[str]:
         held = all(p.verdict == HELD for p in decided)
         add(
             "**The paper's claim (the penalty improves test accuracy over plain SGD) "
-            + ("held" if held else "did not hold")
+            + (HELD if held else NOT_HELD)
             + f"** on this run, judged by the paired difference and its {LEVEL * 100:g} % "
             "Student-t interval:\n"
         )
