@@ -114,7 +114,10 @@ def write_report(
         columns=reporting.csv_columns(
             "ratio", measures, fit=["clean_train_accuracy"], seconds=["measure_seconds"]
         ),
-        markdown=_markdown(records, rows, table, resamples=resamples, seed=seed, level=level),
+        markdown=_markdown(
+            records,
+            _results_markdown(records, rows, table, resamples=resamples, seed=seed, level=level),
+        ),
         figures=report_figures(rows, measures, table),
     )
     summary = (
@@ -154,17 +157,8 @@ def format_table(table: Sequence[Mapping[str, Any]]) -> str:
 # --------------------------------------------------------------------------- markdown
 
 
-def _markdown(
-    records: StudyRecords,
-    rows: list[dict[str, Any]],
-    table: list[dict[str, Any]],
-    *,
-    resamples: int,
-    seed: int,
-    level: float,
-) -> str:
+def _markdown(records: StudyRecords, results: list[str]) -> str:
     config, study = records.config, records.study
-    percent = f"{level * 100:g} %"
     out: list[str] = []
     add = out.append
     add(f"# Randomized-label study — preset `{config.preset}`\n")
@@ -175,7 +169,7 @@ def _markdown(
         "accuracy (Ibayashi, Hamaguchi & Imaizumi 2021, Fig. 2; theory §6).\n"
     )
     add(reporting.written_markdown(records, by=f" by minsharp {versions().get('minsharp')}"))
-    out += _results_markdown(records, rows, table, percent, resamples=resamples, seed=seed)
+    out += results
     out += reporting.closing_markdown(
         records,
         groups=("measures",),
@@ -200,13 +194,14 @@ def _results_markdown(
     records: StudyRecords,
     rows: list[dict[str, Any]],
     table: list[dict[str, Any]],
-    percent: str,
     *,
     resamples: int,
     seed: int,
+    level: float,
 ) -> list[str]:
     """The results section: the correlation table, its figures and the values per ratio."""
     config = records.config
+    percent = f"{level * 100:g} %"
     out: list[str] = []
     add = out.append
     if table:
