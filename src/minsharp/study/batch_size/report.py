@@ -46,46 +46,15 @@ from minsharp.study.batch_size.study import (
 from minsharp.study.core import store
 from minsharp.study.core.store import StudyRecords
 from minsharp.study.report import markdown as reporting
-from minsharp.study.report.markdown import (
-    DIFFERS,
-    SGD_COLUMNS,
-    closing_markdown,
-    csv_columns,
-    examples_text,
-    files_markdown,
-    geometric_mean,
-    invariances_text,
-    measure_lines,
-    measure_value,
-    models_table,
-    options_text,
-    paper_table,
-    per_run_text,
-    run_row,
-    select,
-    setting_groups,
-    setting_text,
-    sgd_cells,
-    spread,
-    table_head,
-    timing_total,
-    training_rows,
-    verdict,
-    write_files,
-    written_markdown,
-)
 from minsharp.training import TrainingConfig
 
 #: The measure the paper's claim is about, and the other invariant ones reported with it.
 CLAIM_MEASURE = "quotient_flatness"
 INVARIANT_MEASURES = ("quotient_flatness", "minimum_sharpness", "normalized_sharpness")
 
-HELD, ON_AVERAGE, NOT_HELD, UNDECIDED = (
-    "held",
-    "held on average only",
-    "did not hold",
-    "undecided (no complete pair)",
-)
+HELD, NOT_HELD = reporting.HELD, reporting.NOT_HELD
+ON_AVERAGE = "held on average only"
+UNDECIDED = "undecided (no complete pair)"
 
 
 @dataclass(frozen=True)
@@ -125,7 +94,7 @@ class Comparison:
     @property
     def geometric_ratio(self) -> float:
         """Geometric mean of the ratios LB/SB (``nan`` without pairs)."""
-        return geometric_mean(list(self.ratios.values()))
+        return reporting.geometric_mean(list(self.ratios.values()))
 
     @property
     def larger(self) -> int:
@@ -161,7 +130,7 @@ def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
     rows = []
     for run, result in records.results.items():
         timings = result.get("timings", {}) or {}
-        row = run_row(run, result, "batch_size")
+        row = reporting.run_row(run, result, "batch_size")
         row.update(
             steps=result.get("steps"),
             reached_target=result.get("reached_target"),
@@ -173,8 +142,8 @@ def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
         )
         errors = []
         for name in records.config.measures:
-            original = measure_value(result["measures"].get(name))
-            rescaled = measure_value(result["rescaled_measures"].get(name))
+            original = reporting.measure_value(result["measures"].get(name))
+            rescaled = reporting.measure_value(result["rescaled_measures"].get(name))
             row[name] = original
             row[f"{name}_rescaled"] = rescaled
             row[f"{name}_change"] = rescaled / original - 1 if original != 0 else math.nan
@@ -195,7 +164,10 @@ def compare(
     found = []
     for model in config.models:
         small, large = (
-            {r["seed"]: r[quantity] for r in select(rows, model=model.name, batch_size=size)}
+            {
+                r["seed"]: r[quantity]
+                for r in reporting.select(rows, model=model.name, batch_size=size)
+            }
             for size in (min(config.batch_sizes), max(config.batch_sizes))
         )
         if small or large:
@@ -219,10 +191,10 @@ def write_report(directory: str | Path) -> Report:
     ]
     verdicts = _verdict_lines(comparisons, config)
     measures = [f"{m}{suffix}" for m in config.measures for suffix in ("", "_rescaled", "_change")]
-    path, csv_path, figures = write_files(
+    path, csv_path, figures = reporting.write_files(
         records.directory,
         rows=rows,
-        columns=csv_columns(
+        columns=reporting.csv_columns(
             "batch_size",
             measures,
             during=["steps", "reached_target", "function_deviation"],
@@ -256,8 +228,8 @@ def _verdict_lines(comparisons: Sequence[Comparison], config: BatchSizeConfig) -
             f"{comparison.model}, {comparison.quantity}: {comparison.verdict} — LB ({large}) "
             f"above SB ({small}) on {comparison.larger} of {len(comparison.differences)} seeds; "
             f"LB/SB geometric-mean ratio {comparison.geometric_ratio:.3g}{extent}; "
-            f"SB {spread(list(comparison.small.values())).text(3)}, "
-            f"LB {spread(list(comparison.large.values())).text(3)}."
+            f"SB {reporting.spread(list(comparison.small.values())).text(3)}, "
+            f"LB {reporting.spread(list(comparison.large.values())).text(3)}."
         )
     return lines
 
@@ -281,7 +253,7 @@ def _markdown(
         "and measured; a randomly α-rescaled copy of each network (the same function) is "
         "measured too, to show which measures are invariant.\n"
     )
-    add(written_markdown(records))
+    add(reporting.written_markdown(records))
     out += _verdict_markdown(rows, comparisons, verdicts, small, large)
     if rows:
         add("## Measures, small vs large batch\n")
@@ -298,13 +270,13 @@ def _markdown(
         add("## Which measures move under a layer rescaling\n")
         add(_rescaling_markdown(rows, config) + "\n")
         add("![relative change under rescaling](figures/rescaling.png)\n")
-    out += closing_markdown(
+    out += reporting.closing_markdown(
         records,
         groups=MEASURE_GROUPS,
         left_out="the comparisons for these runs",
         setup=_setup_markdown(records),
         paper=_paper_markdown(config, records.study.get("data", {}) or {}),
-        files=files_markdown(
+        files=reporting.files_markdown(
             records,
             csv="accuracies, epochs, steps, timings, each measure on the network, on its "
             "rescaled copy and the relative change",
@@ -355,7 +327,7 @@ def _accuracy_lead(comparisons: Sequence[Comparison], small: int, large: int) ->
             continue
         gaps = [0.0 - value for value in comparison.differences.values()]  # SB − LB
         lines.append(
-            f"{comparison.model}: test accuracy SB − LB = {spread(gaps).text(3)} "
+            f"{comparison.model}: test accuracy SB − LB = {reporting.spread(gaps).text(3)} "
             f"(SB higher on {sum(g > 0 for g in gaps)} of {len(gaps)} seeds)"
         )
     if not lines:
@@ -368,7 +340,7 @@ def _accuracy_lead(comparisons: Sequence[Comparison], small: int, large: int) ->
 
 def _measure_table(comparisons: Sequence[Comparison], config: BatchSizeConfig) -> str:
     small, large = min(config.batch_sizes), max(config.batch_sizes)
-    lines = table_head(
+    lines = reporting.table_head(
         "model", "measure", "invariant to", f"SB ({small})", f"LB ({large})", "LB/SB", "LB > SB"
     )
     for comparison in comparisons:
@@ -382,16 +354,16 @@ def _measure_table(comparisons: Sequence[Comparison], config: BatchSizeConfig) -
         )
         lines.append(
             f"| {comparison.model} | `{comparison.quantity}` | "
-            f"{invariances_text(comparison.quantity)} | "
-            f"{spread(list(comparison.small.values())).text(3)} | "
-            f"{spread(list(comparison.large.values())).text(3)} | {ratio} | "
+            f"{reporting.invariances_text(comparison.quantity)} | "
+            f"{reporting.spread(list(comparison.small.values())).text(3)} | "
+            f"{reporting.spread(list(comparison.large.values())).text(3)} | {ratio} | "
             f"{comparison.larger}/{len(comparison.differences)} |"
         )
     return "\n".join(lines)
 
 
 def _accuracy_table(rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig) -> str:
-    lines = table_head(
+    lines = reporting.table_head(
         "model",
         "batch",
         "runs",
@@ -403,9 +375,9 @@ def _accuracy_table(rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig) 
         "reached target",
     )
     sizes = sorted(config.batch_sizes)
-    for model, size, chosen in setting_groups(rows, config.models, "batch_size", sizes):
+    for model, size, chosen in reporting.setting_groups(rows, config.models, "batch_size", sizes):
         spreads = [
-            spread([r[key] for r in chosen]).text(3)
+            reporting.spread([r[key] for r in chosen]).text(3)
             for key in ("train_accuracy", "test_accuracy", "gap", "epochs_run", "steps")
         ]
         reached = sum(bool(r["reached_target"]) for r in chosen)
@@ -427,18 +399,18 @@ def _rescaling_markdown(rows: Sequence[Mapping[str, Any]], config: BatchSizeConf
             else ""
         ),
         "",
-        *table_head(
+        *reporting.table_head(
             "measure", "declared invariant to", "largest relative change", "median", "moves?"
         ),
     ]
     for name in config.measures:
         changes = relative_changes(rows, name)
         if not changes:
-            lines.append(f"| `{name}` | {invariances_text(name)} | — | — | — |")
+            lines.append(f"| `{name}` | {reporting.invariances_text(name)} | — | — | — |")
             continue
         largest = max(changes)
         lines.append(
-            f"| `{name}` | {invariances_text(name)} | {largest:.2g} | "
+            f"| `{name}` | {reporting.invariances_text(name)} | {largest:.2g} | "
             f"{float(np.median(changes)):.2g} | "
             + ("**yes**" if largest > MOVES else f"no (≤ {MOVES:g})")
             + " |"
@@ -461,9 +433,9 @@ def _setup_markdown(records: StudyRecords) -> str:
         "* **Models and training** (SGD with momentum; learning rate lr/(1 + decay·t); "
         "training stops at the target training accuracy or after the epochs):",
         "",
-        *models_table(
+        *reporting.models_table(
             records,
-            ["batch", "epochs (at most)", *SGD_COLUMNS, "target train accuracy"],
+            ["batch", "epochs (at most)", *reporting.SGD_COLUMNS, "target train accuracy"],
             (
                 (model, _training_cells(config.training_config(model, 0, size)))
                 for model in config.models
@@ -472,20 +444,22 @@ def _setup_markdown(records: StudyRecords) -> str:
         ),
         "",
         "* **Measures**, after training, on "
-        f"{examples_text(config.measure_examples, 'training examples')} with their labels:",
-        *measure_lines(records, per="network"),
-        f"* **Time**: {timing_total(records, 'training') / 60:.1f} min training, "
-        f"{timing_total(records, 'measures', 'rescaled_measures') / 60:.1f} min measuring "
+        f"{reporting.examples_text(config.measure_examples, 'training examples')} "
+        "with their labels:",
+        *reporting.measure_lines(records, per="network"),
+        f"* **Time**: {reporting.timing_total(records, 'training') / 60:.1f} min training, "
+        f"{reporting.timing_total(records, 'measures', 'rescaled_measures') / 60:.1f} "
+        "min measuring "
         f"(networks and copies) over the {len(records.results)} finished runs; "
-        f"{per_run_text(records)} s per run.",
+        f"{reporting.per_run_text(records)} s per run.",
     ]
     return "\n".join(lines)
 
 
 def _training_cells(training: TrainingConfig) -> list[Any]:
     """Batch size, epochs, SGD settings and target accuracy of a run's training."""
-    target = setting_text(training.target_train_accuracy)
-    return [training.batch_size, training.epochs, *sgd_cells(training), target]
+    target = reporting.setting_text(training.target_train_accuracy)
+    return [training.batch_size, training.epochs, *reporting.sgd_cells(training), target]
 
 
 #: The training settings compared with the ``paper`` preset's.
@@ -496,7 +470,7 @@ def _paper_markdown(config: BatchSizeConfig, data: Mapping[str, Any]) -> str:
     """The comparison with the paper: what theory §4 states, and what the preset assumes."""
     paper = paper_preset()
     rows = _paper_rows(config, data, paper)
-    differing = sum(row[3] == DIFFERS for row in rows)
+    differing = sum(row[3] == reporting.DIFFERS for row in rows)
     lead = (
         "theory §4 states the data, the networks and the measure; everything marked *assumed* "
         "is our choice for `--preset paper`, not the paper's statement. "
@@ -506,7 +480,7 @@ def _paper_markdown(config: BatchSizeConfig, data: Mapping[str, Any]) -> str:
             else f"{differing} of {len(rows)} settings differ from the `paper` preset:"
         )
     )
-    lines = [lead, "", *paper_table(rows, data, paper="paper preset")]
+    lines = [lead, "", *reporting.paper_table(rows, data, paper="paper preset")]
     lines += [
         "",
         "Rangamani et al. also report CIFAR-10 networks (AlexNet-like and VGG16 without "
@@ -528,13 +502,15 @@ def _paper_rows(
             "MNIST, 60 000 train / 10 000 test",
             f"{data.get('title', config.dataset)}, {sizes.get('train', '?')} train / "
             f"{sizes.get('test', '?')} test ({data.get('split_kind', '?')})",
-            verdict(config.dataset == "mnist" and official),
+            reporting.verdict(config.dataset == "mnist" and official),
         ),
         (
             "networks (theory §4)",
             "MLP 784-512×5-10 and LeNet, without biases",
-            ", ".join(f"`{m.zoo}`{options_text(m.options)}" for m in config.models),
-            verdict(networks == sorted((m.zoo, sorted(m.options.items())) for m in paper.models)),
+            ", ".join(f"`{m.zoo}`{reporting.options_text(m.options)}" for m in config.models),
+            reporting.verdict(
+                networks == sorted((m.zoo, sorted(m.options.items())) for m in paper.models)
+            ),
         ),
         (
             "measure (theory §4)",
@@ -545,19 +521,21 @@ def _paper_rows(
                 if config.measure_examples is None
                 else f"the first {config.measure_examples}"
             ),
-            verdict("quotient_flatness" in config.measures and config.measure_examples is None),
+            reporting.verdict(
+                "quotient_flatness" in config.measures and config.measure_examples is None
+            ),
         ),
         (
             "batch sizes (assumed: Keskar et al.)",
             " vs ".join(map(str, paper.batch_sizes)),
             " vs ".join(map(str, sorted(config.batch_sizes))),
-            verdict(sorted(config.batch_sizes) == sorted(paper.batch_sizes)),
+            reporting.verdict(sorted(config.batch_sizes) == sorted(paper.batch_sizes)),
         ),
         (
             "seeds (assumed)",
             str(len(paper.seeds)),
             str(len(config.seeds)),
-            verdict(len(config.seeds) == len(paper.seeds)),
+            reporting.verdict(len(config.seeds) == len(paper.seeds)),
         ),
     ]
     by_zoo = {model.zoo: model for model in paper.models}
@@ -567,6 +545,6 @@ def _paper_rows(
             theirs = paper.training_config(by_zoo[model.zoo], 0)
             rows += [
                 (f"{model.name}: {setting} (assumed)", *rest)
-                for setting, *rest in training_rows(ours, theirs, _TRAINING_KEYS)
+                for setting, *rest in reporting.training_rows(ours, theirs, _TRAINING_KEYS)
             ]
     return rows

@@ -37,46 +37,15 @@ from minsharp.study.core import store
 from minsharp.study.core.config import ModelPlan, ratio_label
 from minsharp.study.core.store import StudyRecords
 from minsharp.study.report import markdown as reporting
-from minsharp.study.report.markdown import (
-    SGD_COLUMNS,
-    as_float,
-    closing_markdown,
-    csv_columns,
-    examples_text,
-    files_markdown,
-    geometric_mean,
-    mean,
-    measure_lines,
-    measure_value,
-    models_table,
-    options_text,
-    paper_table,
-    per_run_text,
-    run_row,
-    select,
-    set_text,
-    setting_groups,
-    sgd_cells,
-    spread,
-    table_head,
-    timing_total,
-    training_rows,
-    verdict,
-    write_files,
-    written_markdown,
-)
 from minsharp.study.report.plots import MARKERS, log_scale_if_wide, new_figure
 from minsharp.training import TrainingConfig
 
 #: Coverage of the paired interval.
 LEVEL = 0.95
 
-HELD, NOT_SIGNIFICANT, NOT_HELD, UNDECIDED = (
-    "held",
-    "not significant",
-    "did not hold",
-    "undecided (fewer than two pairs)",
-)
+HELD, NOT_HELD = reporting.HELD, reporting.NOT_HELD
+NOT_SIGNIFICANT = "not significant"
+UNDECIDED = "undecided (fewer than two pairs)"
 
 
 @dataclass(frozen=True)
@@ -112,7 +81,7 @@ class Pairing:
         if len(self.differences) < 2:
             return UNDECIDED
         low, _ = self.interval()
-        average = mean(list(self.differences.values()))
+        average = reporting.mean(list(self.differences.values()))
         if average <= 0:
             return NOT_HELD
         return HELD if low > 0 else NOT_SIGNIFICANT
@@ -133,7 +102,7 @@ def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
     """
     rows = []
     for run, result in records.results.items():
-        row = run_row(run, result, "weight")
+        row = reporting.run_row(run, result, "weight")
         row.update(
             steps=result.get("steps"),
             seconds_per_step=result["seconds_per_step"],
@@ -143,7 +112,7 @@ def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
         for name in records.config.measures:
             for group, suffix in (("measures", ""), ("measures_before", "_before")):
                 entry = result[group].get(name) or {"error": "missing"}
-                row[name + suffix] = measure_value(entry)
+                row[name + suffix] = reporting.measure_value(entry)
                 if "error" in entry:
                     errors.append(name + suffix)
         row["errors"] = ";".join(errors)
@@ -155,9 +124,11 @@ def pairings(rows: Sequence[Mapping[str, Any]], config: BNSharpnessConfig) -> li
     """Each λ > 0 against λ = 0, per model, over the seeds where both runs finished."""
     found = []
     for model in config.models:
-        baseline = {r["seed"]: r for r in select(rows, model=model.name, weight=0.0)}
+        baseline = {r["seed"]: r for r in reporting.select(rows, model=model.name, weight=0.0)}
         for weight in sorted(w for w in config.weights if w > 0):
-            treated = {r["seed"]: r for r in select(rows, model=model.name, weight=weight)}
+            treated = {
+                r["seed"]: r for r in reporting.select(rows, model=model.name, weight=weight)
+            }
             seeds = sorted(set(baseline) & set(treated))
             if not seeds and not treated:
                 continue
@@ -183,7 +154,10 @@ def _ratios(
 ) -> dict[int, float]:
     found = {}
     for seed in seeds:
-        top, bottom = as_float(treated[seed].get(key)), as_float(baseline[seed].get(key))
+        top, bottom = (
+            reporting.as_float(treated[seed].get(key)),
+            reporting.as_float(baseline[seed].get(key)),
+        )
         if math.isfinite(top) and math.isfinite(bottom) and bottom > 0:
             found[seed] = top / bottom
     return found
@@ -201,10 +175,10 @@ def write_report(directory: str | Path) -> Report:
     found = pairings(rows, config)
     verdicts = [_verdict_line(pairing) for pairing in found if pairing.differences]
     measures = [name + suffix for name in config.measures for suffix in ("_before", "")]
-    path, csv_path, figures = write_files(
+    path, csv_path, figures = reporting.write_files(
         records.directory,
         rows=rows,
-        columns=csv_columns("weight", measures, during=["steps", "seconds_per_step"]),
+        columns=reporting.csv_columns("weight", measures, during=["steps", "seconds_per_step"]),
         markdown=_markdown(records, rows, found, verdicts),
         figures={
             "test_accuracy.png": lambda: _accuracy_figure(rows, config),
@@ -231,19 +205,20 @@ def _verdict_line(pairing: Pairing) -> str:
     )
     costs = list(pairing.cost_ratios.values())
     cost = (
-        f"; cost per step ×{geometric_mean(costs):.2f} ({min(costs):.2f}–{max(costs):.2f})"
+        f"; cost per step ×{reporting.geometric_mean(costs):.2f} "
+        f"({min(costs):.2f}–{max(costs):.2f})"
         if costs
         else ""
     )
     sharp = list(pairing.sharpness_ratios.values())
     sharpness = (
-        f"; BN-sharpness after training ×{geometric_mean(sharp):.3g} of plain SGD's"
+        f"; BN-sharpness after training ×{reporting.geometric_mean(sharp):.3g} of plain SGD's"
         if sharp
         else ""
     )
     return (
         f"{pairing.model}, λ = {pairing.weight:g}: {pairing.verdict} — test accuracy "
-        f"{mean(values) * 100:+.2f} points over plain SGD (paired over {len(values)} "
+        f"{reporting.mean(values) * 100:+.2f} points over plain SGD (paired over {len(values)} "
         f"seed{'' if len(values) == 1 else 's'}"
         f"{interval}; better on {better} of {len(values)}){cost}{sharpness}."
     )
@@ -267,7 +242,7 @@ def _markdown(
         "follows ĝ = (1 − λ)∇L(w) + λ∇L(w + t v), t ~ U(0, δ), v the BN-sharpness direction "
         "held fixed (`minsharp.training.bn_penalty`).\n"
     )
-    add(written_markdown(records))
+    add(reporting.written_markdown(records))
     out += _verdict_markdown(found, verdicts)
     if rows:
         add("## Results per penalty weight\n")
@@ -287,13 +262,13 @@ def _markdown(
         add("![BN-sharpness before and after training](figures/bn_sharpness.png)\n")
         add("### Extra cost per step\n")
         add(_cost_markdown(found, records) + "\n")
-    out += closing_markdown(
+    out += reporting.closing_markdown(
         records,
         groups=MEASURE_GROUPS,
         left_out="the comparisons for these runs",
         setup=_setup_markdown(records),
         paper=_paper_markdown(config, records.study.get("data", {}) or {}),
-        files=files_markdown(
+        files=reporting.files_markdown(
             records,
             csv="accuracies, time per step, each measure before and after training",
             result="training history per epoch with the time of the steps, every measure's "
@@ -312,7 +287,7 @@ def _verdict_markdown(found: list[Pairing], verdicts: list[str]) -> list[str]:
         held = all(p.verdict == HELD for p in decided)
         add(
             "**The paper's claim (the penalty improves test accuracy over plain SGD) "
-            + ("held" if held else "did not hold")
+            + (HELD if held else NOT_HELD)
             + f"** on this run, judged by the paired difference and its {LEVEL * 100:g} % "
             "Student-t interval:\n"
         )
@@ -323,7 +298,7 @@ def _verdict_markdown(found: list[Pairing], verdicts: list[str]) -> list[str]:
 
 
 def _results_table(rows: Sequence[Mapping[str, Any]], config: BNSharpnessConfig) -> str:
-    lines = table_head(
+    lines = reporting.table_head(
         "model",
         "λ",
         "runs",
@@ -334,14 +309,14 @@ def _results_table(rows: Sequence[Mapping[str, Any]], config: BNSharpnessConfig)
         "ms per step",
     )
     weights = sorted(config.weights)
-    for model, weight, chosen in setting_groups(rows, config.models, "weight", weights):
+    for model, weight, chosen in reporting.setting_groups(rows, config.models, "weight", weights):
         lines.append(
             f"| {model.name} | {weight:g} | {len(chosen)} | "
-            f"{spread([r['test_accuracy'] for r in chosen]).text(4)} | "
-            f"{spread([r['train_accuracy'] for r in chosen]).text(4)} | "
-            f"{spread([r['bn_sharpness_before'] for r in chosen]).text(3)} | "
-            f"{spread([r['bn_sharpness'] for r in chosen]).text(3)} | "
-            f"{spread([1000 * r['seconds_per_step'] for r in chosen]).text(3)} |"
+            f"{reporting.spread([r['test_accuracy'] for r in chosen]).text(4)} | "
+            f"{reporting.spread([r['train_accuracy'] for r in chosen]).text(4)} | "
+            f"{reporting.spread([r['bn_sharpness_before'] for r in chosen]).text(3)} | "
+            f"{reporting.spread([r['bn_sharpness'] for r in chosen]).text(3)} | "
+            f"{reporting.spread([1000 * r['seconds_per_step'] for r in chosen]).text(3)} |"
         )
     return "\n".join(lines)
 
@@ -354,7 +329,8 @@ def _cost_markdown(found: Sequence[Pairing], records: StudyRecords) -> str:
             continue
         lines.append(
             f"* {pairing.model}, λ = {pairing.weight:g}: a step costs "
-            f"×{geometric_mean(costs):.2f} the plain SGD step (geometric mean of the per-seed "
+            f"×{reporting.geometric_mean(costs):.2f} the plain SGD step "
+            "(geometric mean of the per-seed "
             f"ratios; range {min(costs):.2f}–{max(costs):.2f}, n = {len(costs)})."
         )
     sessions = records.study.get("sessions", []) or []
@@ -374,29 +350,30 @@ def _setup_markdown(records: StudyRecords) -> str:
         *reporting.data_lines(records),
         f"* **Seeds**: {', '.join(map(str, config.seeds))}; a seed initialises a network and "
         "orders its minibatches, the same for every λ.",
-        f"* **Penalty**: λ ∈ {set_text(config.weights)} (0: plain SGD), δ = {config.delta:g} "
+        f"* **Penalty**: λ ∈ {reporting.set_text(config.weights)} (0: plain SGD), "
+        f"δ = {config.delta:g} "
         "(each block moves by at most δ times its norm).",
         "* **Models and training** (SGD with momentum, weight decay, learning rate "
         "lr/(1 + decay·t), t = steps; the same epochs for every λ):",
         "",
-        *models_table(
+        *reporting.models_table(
             records,
-            ["epochs", "batch", *SGD_COLUMNS],
+            ["epochs", "batch", *reporting.SGD_COLUMNS],
             ((model, _training_cells(config.training_config(model, 0))) for model in config.models),
         ),
         "",
         "* **Measures**, before and after training, on "
-        f"{examples_text(config.measure_examples, 'training examples')}:",
-        *measure_lines(records),
-        f"* **Time**: {timing_total(records, 'training') / 60:.1f} min training over the "
-        f"{len(records.results)} finished runs; {per_run_text(records)} s per run.",
+        f"{reporting.examples_text(config.measure_examples, 'training examples')}:",
+        *reporting.measure_lines(records),
+        f"* **Time**: {reporting.timing_total(records, 'training') / 60:.1f} min training over the "
+        f"{len(records.results)} finished runs; {reporting.per_run_text(records)} s per run.",
     ]
     return "\n".join(lines)
 
 
 def _training_cells(training: TrainingConfig) -> list[Any]:
     """Epochs, batch size and SGD settings of a model's training."""
-    return [training.epochs, training.batch_size, *sgd_cells(training)]
+    return [training.epochs, training.batch_size, *reporting.sgd_cells(training)]
 
 
 def _paper_markdown(config: BNSharpnessConfig, data: Mapping[str, Any]) -> str:
@@ -410,12 +387,14 @@ def _paper_markdown(config: BNSharpnessConfig, data: Mapping[str, Any]) -> str:
             f"{sizes.get('test', '?')}",
         ),
         ("networks", _networks(paper.models), _networks(config.models)),
-        ("λ", set_text(paper.weights), set_text(config.weights)),
+        ("λ", reporting.set_text(paper.weights), reporting.set_text(config.weights)),
         ("δ", f"{paper.delta:g}", f"{config.delta:g}"),
         ("seeds", str(len(paper.seeds)), str(len(config.seeds))),
     ]
-    rows = [(name, theirs, ours, verdict(theirs == ours)) for name, theirs, ours in settings]
-    rows += training_rows(
+    rows = [
+        (name, theirs, ours, reporting.verdict(theirs == ours)) for name, theirs, ours in settings
+    ]
+    rows += reporting.training_rows(
         config.training_config(config.models[0], 0),
         paper.training_config(paper.models[0], 0),
         ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_decay"),
@@ -427,13 +406,13 @@ def _paper_markdown(config: BNSharpnessConfig, data: Mapping[str, Any]) -> str:
         "is our reading: blocks, direction v, t ~ U(0, δ) with v held fixed, and the "
         "combined gradient (1 − λ)∇L(w) + λ∇L(w + t v) derived in `minsharp.training.bn_penalty`.",
         "",
-        *paper_table(rows, data, paper="paper preset (assumed)"),
+        *reporting.paper_table(rows, data, paper="paper preset (assumed)"),
     ]
     return "\n".join(lines)
 
 
 def _networks(models: Sequence[ModelPlan]) -> str:
-    return ", ".join(f"`{m.zoo}`{options_text(m.options)}" for m in models)
+    return ", ".join(f"`{m.zoo}`{reporting.options_text(m.options)}" for m in models)
 
 
 # --------------------------------------------------------------------------- figures
@@ -447,7 +426,7 @@ def _accuracy_figure(rows: Sequence[Mapping[str, Any]], config: BNSharpnessConfi
     for index, model in enumerate(config.models):
         paired = figure.add_subplot(len(config.models), 2, 2 * index + 1)
         curves = figure.add_subplot(len(config.models), 2, 2 * index + 2)
-        chosen = select(rows, model=model.name)
+        chosen = reporting.select(rows, model=model.name)
         _paired_panel(paired, chosen, config.seeds, weights)
         _curves_panel(curves, chosen, weights)
         paired.set_xticks(range(len(weights)), [f"λ = {w:g}" for w in weights], fontsize=8)
@@ -466,7 +445,7 @@ def _paired_panel(
 ) -> None:
     """Each seed's test accuracy per λ as a line, and the mean per λ as a diamond."""
     for seed in seeds:
-        points = sorted(select(rows, seed=seed), key=lambda r: r["weight"])
+        points = sorted(reporting.select(rows, seed=seed), key=lambda r: r["weight"])
         if points:
             axis.plot(
                 [weights.index(r["weight"]) for r in points],
@@ -478,15 +457,15 @@ def _paired_panel(
                 markersize=4,
             )
     for position, weight in enumerate(weights):
-        values = [r["test_accuracy"] for r in select(rows, weight=weight)]
+        values = [r["test_accuracy"] for r in reporting.select(rows, weight=weight)]
         if values:
-            axis.plot([position], [mean(values)], "D", color="black", markersize=7)
+            axis.plot([position], [reporting.mean(values)], "D", color="black", markersize=7)
 
 
 def _curves_panel(axis: Any, rows: Sequence[Mapping[str, Any]], weights: list[float]) -> None:
     """The mean test accuracy per epoch for each λ, with the range over seeds as a band."""
     for position, weight in enumerate(weights):
-        curves = [r["test_curve"] for r in select(rows, weight=weight) if r["test_curve"]]
+        curves = [r["test_curve"] for r in reporting.select(rows, weight=weight) if r["test_curve"]]
         if not curves:
             continue
         length = min(len(curve) for curve in curves)
@@ -502,7 +481,7 @@ def _sharpness_figure(rows: Sequence[Mapping[str, Any]], config: BNSharpnessConf
     axis = figure.add_subplot(1, 1, 1)
     labels, values = [], []
     weights = sorted(config.weights)
-    for model, weight, chosen in setting_groups(rows, config.models, "weight", weights):
+    for model, weight, chosen in reporting.setting_groups(rows, config.models, "weight", weights):
         position = len(labels)
         for offset, (key, colour, when) in enumerate(
             (("bn_sharpness_before", "tab:gray", "before"), ("bn_sharpness", "tab:blue", "after"))

@@ -34,33 +34,6 @@ from minsharp.study.randomized_labels.config import StudyConfig, paper_preset
 from minsharp.study.randomized_labels.figures import report_figures
 from minsharp.study.randomized_labels.study import RANDOMIZED_LABELS
 from minsharp.study.report import markdown as reporting
-from minsharp.study.report.markdown import (
-    DIFFERS,
-    INCLUDES,
-    SGD_COLUMNS,
-    closing_markdown,
-    csv_columns,
-    examples_text,
-    files_markdown,
-    invariances_text,
-    mean,
-    measure_lines,
-    measure_value,
-    models_table,
-    number_text,
-    options_text,
-    paper_table,
-    run_row,
-    set_text,
-    sgd_cells,
-    table_head,
-    timing_total,
-    training_rows,
-    uses_labels,
-    verdict,
-    write_files,
-    written_markdown,
-)
 from minsharp.study.report.statistics import correlation_table, kendall_tau_b
 from minsharp.training import TrainingConfig
 
@@ -95,14 +68,14 @@ def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
     """
     rows = []
     for run, result in records.results.items():
-        row = run_row(run, result, "ratio")
+        row = reporting.run_row(run, result, "ratio")
         row["clean_train_accuracy"] = result.get("clean_train_accuracy")
         row["measure_seconds"] = (result.get("timings") or {}).get("measures")
         entries = {
             name: result["measures"].get(name) or {"error": "missing"}
             for name in records.config.measures
         }
-        row.update({name: measure_value(entry) for name, entry in entries.items()})
+        row.update({name: reporting.measure_value(entry) for name, entry in entries.items()})
         row["errors"] = ";".join(name for name, entry in entries.items() if "error" in entry)
         rows.append(row)
     return rows
@@ -135,13 +108,16 @@ def write_report(
         if rows
         else []
     )
-    path, csv_path, figures = write_files(
+    path, csv_path, figures = reporting.write_files(
         records.directory,
         rows=rows,
-        columns=csv_columns(
+        columns=reporting.csv_columns(
             "ratio", measures, fit=["clean_train_accuracy"], seconds=["measure_seconds"]
         ),
-        markdown=_markdown(records, rows, table, resamples=resamples, seed=seed, level=level),
+        markdown=_markdown(
+            records,
+            _results_markdown(records, rows, table, resamples=resamples, seed=seed, level=level),
+        ),
         figures=report_figures(rows, measures, table),
     )
     summary = (
@@ -181,17 +157,8 @@ def format_table(table: Sequence[Mapping[str, Any]]) -> str:
 # --------------------------------------------------------------------------- markdown
 
 
-def _markdown(
-    records: StudyRecords,
-    rows: list[dict[str, Any]],
-    table: list[dict[str, Any]],
-    *,
-    resamples: int,
-    seed: int,
-    level: float,
-) -> str:
+def _markdown(records: StudyRecords, results: list[str]) -> str:
     config, study = records.config, records.study
-    percent = f"{level * 100:g} %"
     out: list[str] = []
     add = out.append
     add(f"# Randomized-label study — preset `{config.preset}`\n")
@@ -201,15 +168,15 @@ def _markdown(
         "every measure is rank-correlated with the generalization gap, train accuracy − test "
         "accuracy (Ibayashi, Hamaguchi & Imaizumi 2021, Fig. 2; theory §6).\n"
     )
-    add(written_markdown(records, by=f" by minsharp {versions().get('minsharp')}"))
-    out += _results_markdown(records, rows, table, percent, resamples=resamples, seed=seed)
-    out += closing_markdown(
+    add(reporting.written_markdown(records, by=f" by minsharp {versions().get('minsharp')}"))
+    out += results
+    out += reporting.closing_markdown(
         records,
         groups=("measures",),
         left_out="the correlations for these runs",
         setup=_setup_markdown(records),
         paper=_paper_markdown(config, study.get("data", {}) or {}),
-        files=files_markdown(
+        files=reporting.files_markdown(
             records,
             csv="axes, accuracies, gap, timings, measure values; `errors` names the measures "
             "that failed on the run",
@@ -227,13 +194,14 @@ def _results_markdown(
     records: StudyRecords,
     rows: list[dict[str, Any]],
     table: list[dict[str, Any]],
-    percent: str,
     *,
     resamples: int,
     seed: int,
+    level: float,
 ) -> list[str]:
     """The results section: the correlation table, its figures and the values per ratio."""
     config = records.config
+    percent = f"{level * 100:g} %"
     out: list[str] = []
     add = out.append
     if table:
@@ -279,7 +247,9 @@ def _results_lead(records: StudyRecords, rows: list[dict[str, Any]]) -> str:
     rising = []
     if len(ratios) > 1:
         for name in records.config.measures:
-            means = [mean([r[name] for r in rows if r["ratio"] == ratio]) for ratio in ratios]
+            means = [
+                reporting.mean([r[name] for r in rows if r["ratio"] == ratio]) for ratio in ratios
+            ]
             if all(math.isfinite(value) for value in means):
                 rising.append(f"{name} {kendall_tau_b(ratios, means):+.2f}")
     if rising:
@@ -291,7 +261,7 @@ def _results_lead(records: StudyRecords, rows: list[dict[str, Any]]) -> str:
 
 
 def _correlation_markdown(table: list[dict[str, Any]], percent: str) -> str:
-    lines = table_head(
+    lines = reporting.table_head(
         "measure",
         "invariant to",
         "n",
@@ -302,7 +272,7 @@ def _correlation_markdown(table: list[dict[str, Any]], percent: str) -> str:
     )
     for row in table:
         lines.append(
-            f"| `{row['measure']}` | {invariances_text(row['measure'])} | {row['n']} | "
+            f"| `{row['measure']}` | {reporting.invariances_text(row['measure'])} | {row['n']} | "
             f"{_with_interval(row['kendall_tau_b'], row['kendall_tau_b_ci'])} | "
             f"{_with_interval(row['spearman_rho'], row['spearman_rho_ci'])} | "
             + " | ".join(_fixed(row["granulated"].get(axis, math.nan)) for axis in AXES)
@@ -313,7 +283,7 @@ def _correlation_markdown(table: list[dict[str, Any]], percent: str) -> str:
 
 def _per_ratio_markdown(rows: list[dict[str, Any]], config: StudyConfig) -> str:
     measures = list(config.measures)
-    lines = table_head(
+    lines = reporting.table_head(
         "r", "runs", "train acc", "test acc", "gap", *(f"`{name}`" for name in measures)
     )
     for ratio in sorted({row["ratio"] for row in rows}):
@@ -321,10 +291,10 @@ def _per_ratio_markdown(rows: list[dict[str, Any]], config: StudyConfig) -> str:
         cells = [
             f"{ratio:g}",
             str(len(chosen)),
-            f"{mean([r['train_accuracy'] for r in chosen]):.3f}",
-            f"{mean([r['test_accuracy'] for r in chosen]):.3f}",
-            f"{mean([r['gap'] for r in chosen]):.3f}",
-        ] + [number_text(mean([r[name] for r in chosen])) for name in measures]
+            f"{reporting.mean([r['train_accuracy'] for r in chosen]):.3f}",
+            f"{reporting.mean([r['test_accuracy'] for r in chosen]):.3f}",
+            f"{reporting.mean([r['gap'] for r in chosen]):.3f}",
+        ] + [reporting.number_text(reporting.mean([r[name] for r in chosen])) for name in measures]
         lines.append("| " + " | ".join(cells) + " |")
     return "Means over seeds and models.\n\n" + "\n".join(lines)
 
@@ -340,20 +310,21 @@ def _setup_markdown(records: StudyRecords) -> str:
     lines = [
         *reporting.data_lines(records),
         f"* **Label corruption**: {rule}; test labels clean. Ratios r ∈ "
-        f"{set_text(config.ratios)}; each trial's corruption is seeded by its seed and ratio "
+        f"{reporting.set_text(config.ratios)}; each trial's corruption is seeded by its seed "
+        "and ratio "
         "(shared by its models).",
         f"* **Seeds (trials)**: {', '.join(map(str, config.seeds))}; a run's seed initialises "
         "the network and orders its minibatches.",
         "* **Models and training** (SGD with momentum, weight decay, learning rate "
         "lr/(1 + decay·t), t = minibatch steps):",
         "",
-        *models_table(
+        *reporting.models_table(
             records,
-            ["epochs", "batch", *SGD_COLUMNS, "early stop"],
+            ["epochs", "batch", *reporting.SGD_COLUMNS, "early stop"],
             ((model, _training_cells(config.training_config(model, 0))) for model in config.models),
         ),
     ]
-    labelled = [name for name in config.measures if uses_labels(name)]
+    labelled = [name for name in config.measures if reporting.uses_labels(name)]
     unlabelled = [name for name in config.measures if name not in labelled]
     use = (
         f"; of these, {', '.join(f'`{n}`' for n in unlabelled)} depend on the inputs only"
@@ -363,11 +334,12 @@ def _setup_markdown(records: StudyRecords) -> str:
     lines += [
         "",
         f"* **Measures**, computed after training on "
-        f"{examples_text(config.measure_examples, 'training inputs')} **with the corrupted "
+        f"{reporting.examples_text(config.measure_examples, 'training inputs')} "
+        "**with the corrupted "
         f"labels**, the labels each network was trained on{use}:",
-        *measure_lines(records, per="run"),
-        f"* **Time**: {timing_total(records, 'training') / 60:.1f} min training and "
-        f"{timing_total(records, 'measures') / 60:.1f} min measuring over the "
+        *reporting.measure_lines(records, per="run"),
+        f"* **Time**: {reporting.timing_total(records, 'training') / 60:.1f} min training and "
+        f"{reporting.timing_total(records, 'measures') / 60:.1f} min measuring over the "
         f"{len(records.results)} finished runs.",
     ]
     return "\n".join(lines)
@@ -380,19 +352,19 @@ def _training_cells(training: TrainingConfig) -> list[Any]:
         if training.target_train_accuracy is not None
         else "no (all epochs)"
     )
-    return [training.epochs, training.batch_size, *sgd_cells(training), early]
+    return [training.epochs, training.batch_size, *reporting.sgd_cells(training), early]
 
 
 def _paper_markdown(config: StudyConfig, data: Mapping[str, Any]) -> str:
     rows = paper_differences(config, data)
-    differing = [row for row in rows if row[3] == DIFFERS]
+    differing = [row for row in rows if row[3] == reporting.DIFFERS]
     lead = (
         "This study follows the paper's protocol in every setting below."
         if not differing
         else f"{len(differing)} of {len(rows)} settings differ from the paper's protocol "
         "(theory §6; `--preset paper` reproduces it):"
     )
-    return "\n".join([lead, "", *paper_table(rows, data)])
+    return "\n".join([lead, "", *reporting.paper_table(rows, data)])
 
 
 #: The keys of the training settings compared with the paper's.
@@ -440,37 +412,41 @@ def _protocol_rows(
             f"{data.get('title', config.dataset)}, {sizes.get('train', '?')} train / "
             f"{sizes.get('test', '?')} test"
             + ("" if official else f" ({data.get('split_kind', 'split')}, see below)"),
-            verdict(config.dataset == "mnist" and official and not data.get("subsampled", True)),
+            reporting.verdict(
+                config.dataset == "mnist" and official and not data.get("subsampled", True)
+            ),
         ),
         (
             "normalisation",
             "(x/255 − 0.5)/0.5",
             str(data.get("normalisation", "?")).split(" for ")[0],
-            verdict(config.dataset in ("mnist", "fashion-mnist")),
+            reporting.verdict(config.dataset in ("mnist", "fashion-mnist")),
         ),
         (
             "label corruption",
             paper.corruption,
             config.corruption,
-            verdict(config.corruption == paper.corruption),
+            reporting.verdict(config.corruption == paper.corruption),
         ),
         (
             "ratios",
-            set_text(paper.ratios),
-            set_text(config.ratios),
-            verdict(list(config.ratios) == list(paper.ratios)),
+            reporting.set_text(paper.ratios),
+            reporting.set_text(config.ratios),
+            reporting.verdict(list(config.ratios) == list(paper.ratios)),
         ),
         (
             "trials per ratio",
             str(len(paper.seeds)),
             str(len(config.seeds)),
-            verdict(len(config.seeds) == len(paper.seeds)),
+            reporting.verdict(len(config.seeds) == len(paper.seeds)),
         ),
         (
             "models",
             ", ".join(f"{m.name} (`{m.zoo}`)" for m in paper.models),
-            ", ".join(f"{m.name} (`{m.zoo}`{options_text(m.options)})" for m in config.models),
-            verdict(
+            ", ".join(
+                f"{m.name} (`{m.zoo}`{reporting.options_text(m.options)})" for m in config.models
+            ),
+            reporting.verdict(
                 sorted((m.zoo, tuple(m.options.items())) for m in config.models)
                 == sorted((m.zoo, ()) for m in paper.models)
             ),
@@ -492,7 +468,7 @@ def _training_differences(
         suffix = "" if analogue.zoo == model.zoo else f" (vs the paper's `{analogue.zoo}`)"
         rows += [
             (f"{model.name}: {setting}{suffix}", theirs, ours, same)
-            for setting, theirs, ours, same in training_rows(
+            for setting, theirs, ours, same in reporting.training_rows(
                 config.training_config(model, 0), paper.training_config(analogue, 0), _TRAINING_KEYS
             )
         ]
@@ -508,16 +484,16 @@ def _measure_differences(config: StudyConfig) -> list[tuple[str, str, str, str]]
             on_all,
             on_all
             if config.measure_examples is None
-            else examples_text(config.measure_examples, "training inputs"),
-            verdict(config.measure_examples is None),
+            else reporting.examples_text(config.measure_examples, "training inputs"),
+            reporting.verdict(config.measure_examples is None),
         ),
         (
             "measures",
             "Minimum Sharpness, normalized sharpness",
             ", ".join(config.measures),
-            INCLUDES
+            reporting.INCLUDES
             if {"minimum_sharpness", "normalized_sharpness"} <= set(config.measures)
-            else DIFFERS,
+            else reporting.DIFFERS,
         ),
     ]
 

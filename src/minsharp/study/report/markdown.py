@@ -50,6 +50,9 @@ FIGURES_DIR = "figures"
 #: Longest tables of failures and warnings in a report.
 MAX_ROWS = 30
 
+#: The verdicts of a paper's claim that every kind gives (each adds its own others).
+HELD, NOT_HELD = "held", "did not hold"
+
 
 #: Verdicts of a setting compared with the paper's (:func:`paper_table`).
 SAME, DIFFERS, INCLUDES = "same", "differs", "includes the paper's"

@@ -59,10 +59,7 @@ def kendall_tau_b(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarr
         >>> kendall_tau_b([1, 2, 3, 4], [1, 3, 2, 4])
         0.6666666666666666
     """
-    first, second = _paired(x, y)
-    if np.isnan(first).any() or np.isnan(second).any():
-        return math.nan
-    return _tau_b(first, second)
+    return _of_numbers(_tau_b, x, y)
 
 
 def spearman_rho(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
@@ -86,10 +83,7 @@ def spearman_rho(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
         >>> spearman_rho([1, 2, 3, 4], [1, 3, 2, 4])
         0.8
     """
-    first, second = _paired(x, y)
-    if np.isnan(first).any() or np.isnan(second).any():
-        return math.nan
-    return _spearman(first, second)
+    return _of_numbers(_spearman, x, y)
 
 
 @dataclass(frozen=True)
@@ -358,6 +352,26 @@ def _paired(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
             f"and {second.shape}."
         )
     return first, second
+
+
+def _of_numbers(statistic: Callable[[np.ndarray, np.ndarray], float], x: Any, y: Any) -> float:
+    """``statistic`` of the paired samples ``x`` and ``y``; ``nan`` where either holds a ``nan``.
+
+    Args:
+        statistic: a rank statistic of two float64 vectors of equal length.
+        x: the first sample.
+        y: the second sample, paired with ``x``.
+
+    Returns:
+        The statistic, or ``nan``.
+
+    Raises:
+        DataError: the samples are not one-dimensional or differ in length.
+    """
+    first, second = _paired(x, y)
+    if np.isnan(first).any() or np.isnan(second).any():
+        return math.nan
+    return statistic(first, second)
 
 
 def _tau_b(x: np.ndarray, y: np.ndarray) -> float:
