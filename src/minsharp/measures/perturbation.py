@@ -299,6 +299,23 @@ def adaptive_sharpness(
         >>> before > 0 and abs(after - before) < 1e-9 * before
         True
     """
+    return _adaptive_worst_case(model, data, batch_size, progress, norm, rho, steps, step_size)
+
+
+def _adaptive_worst_case(
+    model: nn.Module,
+    data: Any,
+    batch_size: int,
+    progress: bool,
+    norm: Norm,
+    rho: float | None,
+    steps: int,
+    step_size: float,
+) -> Evaluation:
+    """:func:`adaptive_sharpness` once its options are read: ``s = |θ|``, radius ``ρ``.
+
+    ``rho=None`` resolves to the norm's default :data:`ADAPTIVE_RHO`, recorded in ``resolved``.
+    """
     norm = _checked_norm(norm)
     rho = number("rho", ADAPTIVE_RHO[norm] if rho is None else rho, above=0)
     evaluation = _worst_case_evaluation(
