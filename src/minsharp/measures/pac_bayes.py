@@ -3,10 +3,23 @@
 ``1/σ²`` for the largest Gaussian noise level σ whose expected rise of the error rate (or the
 loss) stays within ``target``; the noise shares the common random numbers of
 :func:`minsharp.measures.perturbation.standard_normal_draws`.
+
+The expectation is the mean over ``samples`` fixed draws ``z_j`` (the module's
+common-random-number recipe, from ``seed``) with ``u_j = Σ_σ^{1/2} z_j``, so the estimated
+deviation is a deterministic function of σ, continuous for the loss and close to
+monotone. σ is bracketed from 0.1 by factors of 2 (within [1e-8, 1e4]) and bisected in
+log-space until the bracket's ratio is below ``1 + tolerance``; the reported σ is the
+bracket's lower end, whose deviation is at most ``target`` while the upper end's exceeds
+it. As Jiang et al., the deviation is the absolute change: noise drives the error rate
+towards chance, which lowers it where it starts above chance (random labels, untrained
+networks). They bisected σ linearly on [0, 2] to a fixed depth, stopping early once the
+accuracy change was within 0.01 of 0.1; we bisect log σ to a relative width instead. Each
+evaluation costs ``samples`` forward passes over the data.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -60,19 +73,8 @@ def pac_bayes_flatness(
     ``σ² θ_i² + offset²`` (Jiang et al.'s magnitude-aware posterior, ``offset = 1e-3``).
     ``metric`` is the error rate (Jiang et al.'s choice, ``target = 0.1``) or the loss. Larger
     values mean sharper minima. Not invariant to rescalings (the isotropic noise is not; the
-    magnitude-aware noise nearly is, but its offset breaks it).
-
-    The expectation is the mean over ``samples`` fixed draws ``z_j`` (the module's
-    common-random-number recipe, from ``seed``) with ``u_j = Σ_σ^{1/2} z_j``, so the estimated
-    deviation is a deterministic function of σ, continuous for the loss and close to
-    monotone. σ is bracketed from 0.1 by factors of 2 (within [1e-8, 1e4]) and bisected in
-    log-space until the bracket's ratio is below ``1 + tolerance``; the reported σ is the
-    bracket's lower end, whose deviation is at most ``target`` while the upper end's exceeds
-    it. As Jiang et al., the deviation is the absolute change: noise drives the error rate
-    towards chance, which lowers it where it starts above chance (random labels, untrained
-    networks). They bisected σ linearly on [0, 2] to a fixed depth, stopping early once the
-    accuracy change was within 0.01 of 0.1; we bisect log σ to a relative width instead. Each
-    evaluation costs ``samples`` forward passes over the data.
+    magnitude-aware noise nearly is, but its offset breaks it). The estimate of the
+    expectation and the search for σ are described in the module docstring.
 
     Args:
         model: classifier in eval mode.
@@ -95,6 +97,26 @@ def pac_bayes_flatness(
         tried, 0.1·2¹⁶ ≈ 6554, stays within the target or the smallest, 0.1·2⁻²³ ≈ 1.2e-8,
         exceeds it; σ is then that limit).
     """
+    _check_options(metric, target, samples, tolerance, magnitude_aware, offset, seed)
+    objective = DatasetObjective(model, data, batch_size)
+    deviation = _NoiseDeviation(objective, metric, seed, samples, magnitude_aware, offset)
+    with tqdm(disable=not progress, desc="PAC-Bayes σ", unit="σ") as bar:
+        search = _bisect_log(functools.partial(deviation, bar=bar), target, tolerance)
+    if not search.bracketed:
+        _warn_unbracketed(metric, target, search)
+    return _pac_bayes_evaluation(search, objective.num_examples, metric, deviation.baseline)
+
+
+def _check_options(
+    metric: Metric,
+    target: float,
+    samples: int,
+    tolerance: float,
+    magnitude_aware: bool,
+    offset: float,
+    seed: int,
+) -> None:
+    """Validate :func:`pac_bayes_flatness`'s options (``ValueError`` / ``TypeError``)."""
     choice("metric", metric, ("error", "loss"))
     number("target", target, above=0)
     if metric == "error":
@@ -106,44 +128,66 @@ def pac_bayes_flatness(
     boolean("magnitude_aware", magnitude_aware)
     number("offset", offset, at_least=0)
     integer("seed", seed)
-    objective = DatasetObjective(model, data, batch_size)
-    evaluate: Callable[[Parameters | None], float] = (
-        objective.error_rate if metric == "error" else objective.loss
-    )
-    baseline = evaluate(None)
-    squares = {name: p.square() for name, p in objective.parameters.items()}
-    bar = tqdm(disable=not progress, desc="PAC-Bayes σ", unit="σ")
 
-    def deviation(sigma: float) -> tuple[float, float]:
+
+@dataclass
+class _NoiseDeviation:
+    """``σ ↦ (|mean_j metric(θ + u_j) − metric(θ)|, its standard error)``, ``u_j = Σ_σ^{1/2} z_j``.
+
+    The draws ``z_j`` are the common random numbers of :func:`standard_normal_draws`;
+    ``metric(θ)`` is evaluated once, on construction. Each call advances ``bar`` by one.
+    """
+
+    objective: DatasetObjective
+    metric: Metric
+    seed: int
+    samples: int
+    magnitude_aware: bool
+    offset: float
+
+    def __post_init__(self) -> None:
+        objective = self.objective
+        self.evaluate: Callable[[Parameters | None], float] = (
+            objective.error_rate if self.metric == "error" else objective.loss
+        )
+        self.baseline = self.evaluate(None)
+        self.squares = {name: p.square() for name, p in objective.parameters.items()}
+
+    def __call__(self, sigma: float, bar: Any) -> tuple[float, float]:
         values = []
-        for z in standard_normal_draws(objective.parameters, seed, samples):
-            if magnitude_aware:
+        for z in standard_normal_draws(self.objective.parameters, self.seed, self.samples):
+            if self.magnitude_aware:
                 noise = {
-                    name: (sigma**2 * squares[name] + offset**2).sqrt() * z[name] for name in z
+                    name: (sigma**2 * self.squares[name] + self.offset**2).sqrt() * z[name]
+                    for name in z
                 }
-                values.append(evaluate(objective.perturbed(noise)))
+                values.append(self.evaluate(self.objective.perturbed(noise)))
             else:
-                values.append(evaluate(objective.perturbed(z, sigma)))
+                values.append(self.evaluate(self.objective.perturbed(z, sigma)))
         bar.update()
         bar.set_postfix(sigma=f"{sigma:.3g}")
         spread = torch.tensor(values, dtype=torch.float64)
-        return abs(float(spread.mean()) - baseline), standard_error(spread)
+        return abs(float(spread.mean()) - self.baseline), standard_error(spread)
 
-    try:
-        search = _bisect_log(deviation, target, tolerance)
-    finally:
-        bar.close()
-    if not search.bracketed:
-        warnings.warn(
-            f"pac_bayes_flatness: no σ in the search range brings the {metric} deviation across "
-            f"the target {target} (stopped at σ = {search.lower:.3g}); the value only marks the "
-            "search limit (certificate['bracketed'] is False).",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+
+def _warn_unbracketed(metric: Metric, target: float, search: _Bracket) -> None:
+    """The ``RuntimeWarning`` of a σ search that left its range, at the measure's caller."""
+    warnings.warn(
+        f"pac_bayes_flatness: no σ in the search range brings the {metric} deviation across "
+        f"the target {target} (stopped at σ = {search.lower:.3g}); the value only marks the "
+        "search limit (certificate['bracketed'] is False).",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _pac_bayes_evaluation(
+    search: _Bracket, num_examples: int, metric: Metric, baseline: float
+) -> Evaluation:
+    """``1/σ²`` from the σ bracket, with its certificate and details."""
     return Evaluation(
         value=1 / search.lower**2,
-        num_examples=objective.num_examples,
+        num_examples=num_examples,
         certificate={
             "method": "bracketing by factors of 2, then bisection in log σ",
             "bracketed": search.bracketed,

@@ -21,6 +21,22 @@ is a standard normal tensor per trainable parameter, taken in ``named_parameters
 one ``torch.Generator`` (on the parameters' device) seeded with ``seed``, draw after draw. The
 same ``seed`` gives the same draws on every call, for every noise level and for any rescaled
 copy of the network (common random numbers).
+
+``adaptive_sharpness`` is solved by projected steepest ascent on η
+(:func:`worst_case_perturbation`, ``s = |θ|``): sign-gradient steps for ℓ∞,
+normalised-gradient steps for ℓ2, cosine-decaying from one radius, best iterate kept.
+Defaults follow Andriushchenko et al.'s study, which centred on adaptive ℓ∞ worst-case
+sharpness with 20 ascent steps: ``norm="inf"``, ``ρ = 0.002`` (their CIFAR-10 ResNet grid
+was 0.001–0.008), ``steps=20``; for ``norm="2"`` the default is ``ρ = 0.5`` (their grid
+0.25–2). Differences from their code: one perturbation for the whole data (their m-sharpness
+averaged the worst case over batches of m = 128), no logit normalisation, start at η = 0
+instead of a random point, and a cosine step schedule instead of Auto-PGD's momentum and
+step halving; their ℓ2 steps followed ``|θ| ⊙ ∇L / ‖∇L‖``, ours the steepest-ascent
+direction of the ball in η.
+
+To second order, the adaptive ℓ∞ value bounds :func:`adaptive_sharpness_average` at the same ρ
+from above: the box's corners are the Rademacher vectors, whose average loss rise matches
+the Gaussian one (same covariance ρ² I, zero mean).
 """
 
 from __future__ import annotations
@@ -248,20 +264,8 @@ def adaptive_sharpness(
     elementwise rescaling of θ that preserves the function: the measure is invariant to layer,
     neuron and batch-norm rescalings. Parameters equal to zero are not perturbed.
 
-    Solved by projected steepest ascent on η (:func:`worst_case_perturbation`, ``s = |θ|``):
-    sign-gradient steps for ℓ∞, normalised-gradient steps for ℓ2, cosine-decaying from one
-    radius, best iterate kept. Defaults follow Andriushchenko et al.'s study, which centred
-    on adaptive ℓ∞ worst-case sharpness with 20 ascent steps: ``norm="inf"``,
-    ``ρ = 0.002`` (their CIFAR-10 ResNet grid was 0.001–0.008), ``steps=20``; for ``norm="2"``
-    the default is ``ρ = 0.5`` (their grid 0.25–2). Differences from their code: one
-    perturbation for the whole data (their m-sharpness averaged the worst case over batches of
-    m = 128), no logit normalisation, start at η = 0 instead of a random point, and a
-    cosine step schedule instead of Auto-PGD's momentum and step halving; their ℓ2 steps
-    followed ``|θ| ⊙ ∇L / ‖∇L‖``, ours the steepest-ascent direction of the ball in η.
-
-    To second order, the ℓ∞ value bounds :func:`adaptive_sharpness_average` at the same ρ
-    from above: the box's corners are the Rademacher vectors, whose average loss rise matches
-    the Gaussian one (same covariance ρ² I, zero mean).
+    The solver, its defaults and how they differ from Andriushchenko et al.'s are in the
+    module docstring.
 
     Args:
         model: classifier in eval mode.
@@ -294,6 +298,23 @@ def adaptive_sharpness(
         >>> after = measure("adaptive_sharpness", net, data).value
         >>> before > 0 and abs(after - before) < 1e-9 * before
         True
+    """
+    return _adaptive_worst_case(model, data, batch_size, progress, norm, rho, steps, step_size)
+
+
+def _adaptive_worst_case(
+    model: nn.Module,
+    data: Any,
+    batch_size: int,
+    progress: bool,
+    norm: Norm,
+    rho: float | None,
+    steps: int,
+    step_size: float,
+) -> Evaluation:
+    """:func:`adaptive_sharpness` once its options are read: ``s = |θ|``, radius ``ρ``.
+
+    ``rho=None`` resolves to the norm's default :data:`ADAPTIVE_RHO`, recorded in ``resolved``.
     """
     norm = _checked_norm(norm)
     rho = number("rho", ADAPTIVE_RHO[norm] if rho is None else rho, above=0)

@@ -110,52 +110,83 @@ def relative_flatness(
         >>> abs(relative_flatness(net, x).value - expected.item()) < 1e-12
         True
     """
+    _check_options(layer, curvature)
+    check_measurable(model)
+    sums = _LocalSums(model, data, batch_size, progress, layer, curvature)
+    with preserved_buffers(model), autograd_enabled():
+        totals = distributed.summed_over_ranks(sums)
+    return sums.evaluation(totals)
+
+
+def _check_options(layer: str | None, curvature: Curvature) -> None:
+    """Validate :func:`relative_flatness`'s ``curvature`` and ``layer`` options."""
     choice("curvature", curvature, CURVATURES)
     if layer is not None and not isinstance(layer, str):
         raise MinsharpError(
             f"option layer must be the module name of an nn.Linear layer, or None for the "
             f"last one; got {layer!r}."
         )
-    check_measurable(model)
-    dtype, device = model_dtype_device(model)
-    accumulate = torch.float64 if device.type != "mps" else dtype
-    num_examples = 0
-    chosen: Layer | None = None
 
-    def local_sums() -> dict[str, Tensor]:
-        nonlocal num_examples, chosen
+
+class _LocalSums:
+    """This rank's ``Σ_n ‖h_n‖² Σ_k ‖Wᵀ g_nk‖²`` and ``Tr H_WW`` sums, for ``summed_over_ranks``.
+
+    The layer is chosen (and the formula checked) on the first batch's probe examples;
+    ``chosen`` and ``num_examples`` (every rank counts all examples) are set by the call.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        batch_size: int,
+        progress: bool,
+        layer: str | None,
+        curvature: Curvature,
+    ) -> None:
+        self.model, self.data, self.batch_size, self.progress = model, data, batch_size, progress
+        self.layer, self.curvature = layer, curvature
+        self.dtype, self.device = model_dtype_device(model)
+        self.accumulate = torch.float64 if self.device.type != "mps" else self.dtype
+        self.num_examples = 0
+        self.chosen: Layer | None = None
+
+    def evaluation(self, totals: dict[str, Tensor]) -> Evaluation:
+        """κ_Tr(W) from the sums over all ranks: ``totals["flatness"] / N``."""
+        assert self.chosen is not None  # input_batches raises on empty data
+        value = float(totals["flatness"]) / self.num_examples
+        return Evaluation(
+            value=value,
+            num_examples=self.num_examples,
+            per_layer={self.chosen.name: value},
+            details={
+                "layer": self.chosen.name,
+                "curvature": self.curvature,
+                "weight_trace": float(totals["weight_trace"]) / self.num_examples,
+            },
+            resolved={"layer": self.chosen.name},
+        )
+
+    def __call__(self) -> dict[str, Tensor]:
+        model, device, accumulate = self.model, self.device, self.accumulate
         flatness = torch.zeros((), dtype=accumulate, device=device)
         weight_trace = torch.zeros((), dtype=accumulate, device=device)
         reaching = False
-        batches = input_batches(data, batch_size, device, dtype)
-        bar = tqdm(batches, disable=not progress, desc="relative flatness")
+        batches = input_batches(self.data, self.batch_size, device, self.dtype)
+        bar = tqdm(batches, disable=not self.progress, desc="relative flatness")
         for chunk, inputs in enumerate(bar):
-            if chosen is None:
+            if self.chosen is None:
                 probe = inputs[:PROBE_EXAMPLES]
-                chosen = _linear_layer(model, layer, probe)
-                reaching = chosen.name in check_formula(model, [chosen], probe, curvature)
-            num_examples += inputs.shape[0]
+                self.chosen = _linear_layer(model, self.layer, probe)
+                reaching = self.chosen.name in check_formula(
+                    model, [self.chosen], probe, self.curvature
+                )
+            self.num_examples += inputs.shape[0]
             if distributed.owns(chunk):
-                flat, trace = _batch_sums(model, chosen, inputs, reaching)
+                flat, trace = _batch_sums(model, self.chosen, inputs, reaching)
                 flatness += flat.to(accumulate)
                 weight_trace += trace.to(accumulate)
         return {"flatness": flatness, "weight_trace": weight_trace}
-
-    with preserved_buffers(model), autograd_enabled():
-        sums = distributed.summed_over_ranks(local_sums)
-    assert chosen is not None  # input_batches raises on empty data
-    value = float(sums["flatness"]) / num_examples
-    return Evaluation(
-        value=value,
-        num_examples=num_examples,
-        per_layer={chosen.name: value},
-        details={
-            "layer": chosen.name,
-            "curvature": curvature,
-            "weight_trace": float(sums["weight_trace"]) / num_examples,
-        },
-        resolved={"layer": chosen.name},
-    )
 
 
 def _batch_sums(

@@ -73,15 +73,16 @@ def balance(
     cut = np.flatnonzero(keep)[~inside]
     dst, src, weight = dst[inside], src[inside], weight[inside]
     free = _free_nodes(num_nodes, labels, dst, src)
+    edges = _Edges(num_nodes, dst, src, weight)
     u = np.zeros(num_nodes)
-    sweeps = _osborne(u, free, dst, src, weight, num_nodes)
-    steps = _newton(u, free, dst, src, weight, num_nodes, tolerance)
+    sweeps = _osborne(u, free, edges)
+    steps = _newton(u, free, edges, tolerance)
     return Balance(
-        value=float(_rescaled(u, dst, src, weight).sum()),
+        value=float(edges.rescaled(u).sum()),
         log_scales=u,
         attained=cut.size == 0,
         cut_edges=cut,
-        max_relative_imbalance=_imbalance(u, dst, src, weight, num_nodes, free),
+        max_relative_imbalance=edges.imbalance(u, free),
         sweeps=sweeps,
         newton_steps=steps,
     )
@@ -106,34 +107,35 @@ def _free_nodes(num_nodes: int, labels: np.ndarray, dst: np.ndarray, src: np.nda
     return np.flatnonzero(free)
 
 
-def _rescaled(u: np.ndarray, dst: np.ndarray, src: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        return weight * np.exp(-2.0 * (u[dst] - u[src]))
+@dataclass(frozen=True)
+class _Edges:
+    """The kept edges ``src → dst`` with weights ``a_e`` on ``num_nodes`` nodes."""
 
+    num_nodes: int
+    dst: np.ndarray
+    src: np.ndarray
+    weight: np.ndarray
 
-def _in_out(
-    u: np.ndarray, dst: np.ndarray, src: np.ndarray, weight: np.ndarray, num_nodes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    rescaled = _rescaled(u, dst, src, weight)
-    return (
-        np.bincount(dst, rescaled, minlength=num_nodes),
-        np.bincount(src, rescaled, minlength=num_nodes),
-    )
+    def rescaled(self, u: np.ndarray) -> np.ndarray:
+        """``a_e e^{−2(u_dst − u_src)}`` per edge."""
+        with np.errstate(over="ignore"):
+            return self.weight * np.exp(-2.0 * (u[self.dst] - u[self.src]))
 
+    def in_out(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rescaled weight entering and leaving each node."""
+        rescaled = self.rescaled(u)
+        return (
+            np.bincount(self.dst, rescaled, minlength=self.num_nodes),
+            np.bincount(self.src, rescaled, minlength=self.num_nodes),
+        )
 
-def _imbalance(
-    u: np.ndarray,
-    dst: np.ndarray,
-    src: np.ndarray,
-    weight: np.ndarray,
-    num_nodes: int,
-    free: np.ndarray,
-) -> float:
-    incoming, outgoing = _in_out(u, dst, src, weight, num_nodes)
-    total = (incoming + outgoing)[free]
-    if free.size == 0:
-        return 0.0
-    return float(np.max(np.abs(incoming - outgoing)[free] / np.where(total > 0, total, 1.0)))
+    def imbalance(self, u: np.ndarray, free: np.ndarray) -> float:
+        """``max_free |in − out| / (in + out)``, 0 without free nodes."""
+        incoming, outgoing = self.in_out(u)
+        total = (incoming + outgoing)[free]
+        if free.size == 0:
+            return 0.0
+        return float(np.max(np.abs(incoming - outgoing)[free] / np.where(total > 0, total, 1.0)))
 
 
 def _colour_classes(
@@ -149,50 +151,35 @@ def _colour_classes(
     return [np.flatnonzero(colour == c) for c in range(colour.max() + 1)]
 
 
-def _osborne(
-    u: np.ndarray,
-    free: np.ndarray,
-    dst: np.ndarray,
-    src: np.ndarray,
-    weight: np.ndarray,
-    num_nodes: int,
-) -> int:
+def _osborne(u: np.ndarray, free: np.ndarray, edges: _Edges) -> int:
     if free.size == 0:
         return 0
-    classes = _colour_classes(free, dst, src, num_nodes)
+    classes = _colour_classes(free, edges.dst, edges.src, edges.num_nodes)
     for sweep in range(1, MAX_SWEEPS + 1):
         for nodes in classes:
-            incoming, outgoing = _in_out(u, dst, src, weight, num_nodes)
+            incoming, outgoing = edges.in_out(u)
             u[nodes] += 0.25 * np.log(incoming[nodes] / outgoing[nodes])
-        if _imbalance(u, dst, src, weight, num_nodes, free) < 1e-2:
+        if edges.imbalance(u, free) < 1e-2:
             return sweep
     return MAX_SWEEPS
 
 
-def _newton(
-    u: np.ndarray,
-    free: np.ndarray,
-    dst: np.ndarray,
-    src: np.ndarray,
-    weight: np.ndarray,
-    num_nodes: int,
-    tolerance: float,
-) -> int:
-    position = np.full(num_nodes, -1)
+def _newton(u: np.ndarray, free: np.ndarray, edges: _Edges, tolerance: float) -> int:
+    position = np.full(edges.num_nodes, -1)
     position[free] = np.arange(free.size)
     for step in range(MAX_NEWTON):
-        if free.size == 0 or _imbalance(u, dst, src, weight, num_nodes, free) <= tolerance:
+        if free.size == 0 or edges.imbalance(u, free) <= tolerance:
             return step
-        rescaled = _rescaled(u, dst, src, weight)
-        incoming, outgoing = _in_out(u, dst, src, weight, num_nodes)
+        rescaled = edges.rescaled(u)
+        incoming, outgoing = edges.in_out(u)
         gradient = (-2.0 * (incoming - outgoing))[free]
-        hessian = _laplacian(position, dst, src, 4.0 * rescaled, free.size)
+        hessian = _laplacian(position, edges.dst, edges.src, 4.0 * rescaled, free.size)
         direction = _newton_direction(hessian, gradient)
         value, t = rescaled.sum(), 1.0
         while t > 1e-12:
             trial = u.copy()
             trial[free] += t * direction
-            if _rescaled(trial, dst, src, weight).sum() <= value + 1e-4 * t * gradient @ direction:
+            if edges.rescaled(trial).sum() <= value + 1e-4 * t * gradient @ direction:
                 break
             t *= 0.5
         u[free] = trial[free]

@@ -3,6 +3,16 @@
 The full-Hessian measures (top eigenvalue, quotient-manifold flatness, theory §4) need
 ``λ_max``: :func:`largest_eigenvalue` runs Lanczos with full reorthogonalisation and certifies
 its answer by a measured residual.
+
+At the stopping residual ``‖A y − ρ y‖ ≤ tolerance · |ρ|`` of :func:`largest_eigenvalue`,
+some eigenvalue lies within the residual of ``ρ`` (within ``residual² / gap`` given a
+spectral gap). That it is the *largest* one rests on Lanczos finding the extreme
+eigenvalues first from a random start, which has a component along every eigenvector; the
+residual alone cannot rule out a larger eigenvalue whose eigenvector the start barely
+touches (a second ``seed`` confirms). This is the largest *algebraic* eigenvalue: for an
+indefinite operator (a Hessian away from a minimum) a more negative eigenvalue of larger
+magnitude is ignored. ``ρ ≤ λ_max`` always (up to rounding), so a non-converged answer is a
+lower bound.
 """
 
 from __future__ import annotations
@@ -63,14 +73,8 @@ def largest_eigenvalue(
 
         ``‖A y − ρ y‖ ≤ tolerance · |ρ|``.
 
-    Then some eigenvalue lies within the residual of ``ρ`` (within ``residual² / gap`` given a
-    spectral gap). That it is the *largest* one rests on Lanczos finding the extreme
-    eigenvalues first from a random start, which has a component along every eigenvector; the
-    residual alone cannot rule out a larger eigenvalue whose eigenvector the start barely
-    touches (a second ``seed`` confirms). This is the largest *algebraic* eigenvalue: for an
-    indefinite operator (a Hessian away from a minimum) a more negative eigenvalue of larger
-    magnitude is ignored. ``ρ ≤ λ_max`` always (up to rounding), so a non-converged answer is a
-    lower bound. Memory: ``(steps + 1) · dimension`` float64 numbers for the basis.
+    Why this is the largest eigenvalue, and what a non-converged answer means, is in the module
+    docstring. Memory: ``(steps + 1) · dimension`` float64 numbers for the basis.
 
     Args:
         matvec: ``v ↦ A v`` on float64 vectors of length ``dimension``; ``A`` must be symmetric.
@@ -94,45 +98,74 @@ def largest_eigenvalue(
         (3.0, True, True)
     """
     _check_eigen_options(dimension, tolerance, max_iterations, seed)
-    generator = torch.Generator().manual_seed(seed)
-    start = torch.randn(dimension, generator=generator, dtype=torch.float64).to(device)
-    basis = _Basis(start / start.norm(), max_iterations + 1)
-    diagonal: list[float] = []
-    off_diagonal: list[float] = []
-    matvecs, failed_checks, next_check = 0, 0, 0
-    best: Eigenpair | None = None
+    lanczos = _Lanczos(matvec, dimension, seed, device, max_iterations)
+    failed_checks, next_check = 0, 0
     for step in range(max_iterations):
-        current = basis.last()
-        product = _checked_product(matvec, current, dimension)
-        matvecs += 1
-        alpha = float(current @ product)
-        residual_vector = product - alpha * current
-        if off_diagonal:
-            residual_vector -= off_diagonal[-1] * basis.vector(step - 1)
-        residual_vector = basis.orthogonalise(residual_vector)
-        diagonal.append(alpha)
-        beta = float(residual_vector.norm())
-        theta, ritz = _top_ritz_pair(diagonal, off_diagonal)
-        scale = max(abs(t) for t in (*diagonal, *off_diagonal, beta)) or 1.0
-        invariant = beta <= _BREAKDOWN * scale or step + 1 == dimension
-        estimate = beta * abs(ritz[-1])
+        residual_vector, beta = lanczos.expand(step)
+        theta, ritz, invariant = lanczos.top_ritz_pair(step, beta)
         last = step + 1 == max_iterations
-        passed = estimate <= tolerance * abs(theta) and step >= next_check
+        passed = beta * abs(ritz[-1]) <= tolerance * abs(theta) and step >= next_check
         if invariant or last or passed:
-            pair = _verified_pair(matvec, basis.combine(ritz), dimension)
-            matvecs += 1
-            converged = invariant or pair[2] <= tolerance * abs(pair[0])
-            best = Eigenpair(*pair, matvecs=matvecs, converged=converged)
-            if converged or last:
-                break
+            best = lanczos.verified(ritz, invariant, tolerance)
+            if best.converged or last:
+                return best
             # The true residual sits on a rounding floor (float32 products) that the estimate
             # does not see: space the next checks out geometrically, 2, 4, 8… steps apart.
             failed_checks += 1
             next_check = step + 2**failed_checks
-        off_diagonal.append(beta)
-        basis.append(residual_vector / beta)
-    assert best is not None
-    return best
+        lanczos.accept(residual_vector, beta)
+    raise AssertionError("unreachable: the last step always returns")
+
+
+class _Lanczos:
+    """Lanczos state: the basis ``V_k``, the tridiagonal ``T_k`` and the products made."""
+
+    def __init__(
+        self,
+        matvec: Callable[[Tensor], Tensor],
+        dimension: int,
+        seed: int,
+        device: torch.device | str | None,
+        max_iterations: int,
+    ) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        start = torch.randn(dimension, generator=generator, dtype=torch.float64).to(device)
+        self.matvec, self.dimension = matvec, dimension
+        self.basis = _Basis(start / start.norm(), max_iterations + 1)
+        self.diagonal: list[float] = []
+        self.off_diagonal: list[float] = []
+        self.matvecs = 0
+
+    def expand(self, step: int) -> tuple[Tensor, float]:
+        """Step ``k``: ``α_k = v_kᵀ A v_k`` onto T's diagonal; the new direction and ``β_k``."""
+        current = self.basis.last()
+        product = _checked_product(self.matvec, current, self.dimension)
+        self.matvecs += 1
+        alpha = float(current @ product)
+        residual_vector = product - alpha * current
+        if self.off_diagonal:
+            residual_vector -= self.off_diagonal[-1] * self.basis.vector(step - 1)
+        residual_vector = self.basis.orthogonalise(residual_vector)
+        self.diagonal.append(alpha)
+        return residual_vector, float(residual_vector.norm())
+
+    def top_ritz_pair(self, step: int, beta: float) -> tuple[float, np.ndarray, bool]:
+        """``(θ, s)`` of ``T_k``'s largest eigenvalue, and whether the Krylov space is invariant."""
+        theta, ritz = _top_ritz_pair(self.diagonal, self.off_diagonal)
+        scale = max(abs(t) for t in (*self.diagonal, *self.off_diagonal, beta)) or 1.0
+        return theta, ritz, beta <= _BREAKDOWN * scale or step + 1 == self.dimension
+
+    def verified(self, ritz: np.ndarray, invariant: bool, tolerance: float) -> Eigenpair:
+        """The Ritz pair ``y = V_k s`` with its residual measured by one more product."""
+        pair = _verified_pair(self.matvec, self.basis.combine(ritz), self.dimension)
+        self.matvecs += 1
+        converged = invariant or pair[2] <= tolerance * abs(pair[0])
+        return Eigenpair(*pair, matvecs=self.matvecs, converged=converged)
+
+    def accept(self, residual_vector: Tensor, beta: float) -> None:
+        """Append ``β_k`` to T and ``v_{k+1} = r / β_k`` to the basis."""
+        self.off_diagonal.append(beta)
+        self.basis.append(residual_vector / beta)
 
 
 def _check_eigen_options(dimension: int, tolerance: float, max_iterations: int, seed: int) -> None:

@@ -6,6 +6,37 @@ Normalized sharpness minimises, per layer, over column log-scales ``b``, the con
 limit (exactly, by strongly connected components of the support), then runs Newton's method
 with conjugate-gradient steps (Hessian–vector products in O(m·n)) to a relative KKT residual
 of 1e-12.
+
+Method. In log-scales ``b = log s`` the reduced objective ``F(b) = Σ_i φ(A_i B_i)``
+(``φ(u) = 2√u`` arXiv; ``φ(u) = u`` ICML, value ``√min F``) is convex, with one flat
+direction ``b + c·1`` per block. With ``P = h diag(e^b)`` and ``Q = W² diag(e^{−b})``:
+
+* arXiv, ``α_i = √(B_i/A_i)`` (the optimal ``σ_i²``), ``M = diag(α) P + diag(1/α) Q``,
+  ``t_i = √(A_i B_i)``: ``∇F = Pᵀα − Qᵀ(1/α)``, ``∇²F = diag(Mᵀ1) − ½ Mᵀ diag(1/t) M``;
+* ICML: ``∇F = PᵀB − QᵀA``, ``∇²F = diag(PᵀB + QᵀA) − PᵀQ − QᵀP`` (the Laplacian of the
+  graph with weights ``C_jk e^{b_j − b_k}``, ``C = hᵀ W²``).
+
+Each Hessian–vector product costs four products with ``h`` or ``W²``, O(m·n); nothing
+m × n is formed per iteration. After :data:`WARM_START_SWEEPS` closed-form sweeps
+(alternating ``σ_i² = √(B_i/A_i)`` and the same for ``s_j``; damped balancing for ICML),
+Newton's method runs on ``b``: each step solves ``∇²F d = −∇F`` by conjugate gradients
+preconditioned with the Hessian's dominating diagonal ``PᵀB + QᵀA`` (resp. ``Mᵀ1``), to
+the relative residual ``min(0.1, ‖∇F‖/F)`` (the system is singular only along ``1``, to
+which ``∇F`` is orthogonal), then a backtracking (Armijo) line search keeps F decreasing.
+It stops once the dimensionless relative KKT residual ``‖∇_b F‖₂ / F ≤ tolerance``
+(``∇_b F`` is in units of F; the ratio is unchanged by rescaling ``h``, ``W²``, their
+rows or their columns; for ICML it refers to ``F = Σ A_i B_i``, before the root, and for
+arXiv the σ-part of the joint gradient vanishes by construction).
+
+Zero entries. Rows and columns form a bipartite graph with an edge ``row i → column j``
+where ``h_ij > 0`` and ``column j → row i`` where ``W_ij > 0``. A term is bounded away
+from zero iff its edges lie in one strongly connected component; terms between
+components can be driven to zero together (scales going to 0 or ∞ along the order of the
+components) without changing the rest. They are pruned exactly, the value is the
+infimum (``attained`` False if a positive term was pruned), and each component is an
+independent problem whose minimum is attained. This covers all-zero rows and columns of
+``h`` (dead ReLU units, always-zero inputs), pruned iteratively. The arXiv values of the
+blocks add up; ICML adds ``F`` before the root.
 """
 
 from __future__ import annotations
@@ -104,36 +135,7 @@ def minimize_normalized_sharpness(
     with ``A_i(s) = Σ_j h_ij s_j`` and ``B_i(s) = Σ_j W_ij² / s_j``. Both are invariant to
     ``h_ij → h_ij / (r_i c_j)²``, ``W_ij² → W_ij² (r_i c_j)²``.
 
-    Method. In log-scales ``b = log s`` the reduced objective ``F(b) = Σ_i φ(A_i B_i)``
-    (``φ(u) = 2√u`` arXiv; ``φ(u) = u`` ICML, value ``√min F``) is convex, with one flat
-    direction ``b + c·1`` per block. With ``P = h diag(e^b)`` and ``Q = W² diag(e^{−b})``:
-
-    * arXiv, ``α_i = √(B_i/A_i)`` (the optimal ``σ_i²``), ``M = diag(α) P + diag(1/α) Q``,
-      ``t_i = √(A_i B_i)``: ``∇F = Pᵀα − Qᵀ(1/α)``, ``∇²F = diag(Mᵀ1) − ½ Mᵀ diag(1/t) M``;
-    * ICML: ``∇F = PᵀB − QᵀA``, ``∇²F = diag(PᵀB + QᵀA) − PᵀQ − QᵀP`` (the Laplacian of the
-      graph with weights ``C_jk e^{b_j − b_k}``, ``C = hᵀ W²``).
-
-    Each Hessian–vector product costs four products with ``h`` or ``W²``, O(m·n); nothing
-    m × n is formed per iteration. After :data:`WARM_START_SWEEPS` closed-form sweeps
-    (alternating ``σ_i² = √(B_i/A_i)`` and the same for ``s_j``; damped balancing for ICML),
-    Newton's method runs on ``b``: each step solves ``∇²F d = −∇F`` by conjugate gradients
-    preconditioned with the Hessian's dominating diagonal ``PᵀB + QᵀA`` (resp. ``Mᵀ1``), to
-    the relative residual ``min(0.1, ‖∇F‖/F)`` (the system is singular only along ``1``, to
-    which ``∇F`` is orthogonal), then a backtracking (Armijo) line search keeps F decreasing.
-    It stops once the dimensionless relative KKT residual ``‖∇_b F‖₂ / F ≤ tolerance``
-    (``∇_b F`` is in units of F; the ratio is unchanged by rescaling ``h``, ``W²``, their
-    rows or their columns; for ICML it refers to ``F = Σ A_i B_i``, before the root, and for
-    arXiv the σ-part of the joint gradient vanishes by construction).
-
-    Zero entries. Rows and columns form a bipartite graph with an edge ``row i → column j``
-    where ``h_ij > 0`` and ``column j → row i`` where ``W_ij > 0``. A term is bounded away
-    from zero iff its edges lie in one strongly connected component; terms between
-    components can be driven to zero together (scales going to 0 or ∞ along the order of the
-    components) without changing the rest. They are pruned exactly, the value is the
-    infimum (``attained`` False if a positive term was pruned), and each component is an
-    independent problem whose minimum is attained. This covers all-zero rows and columns of
-    ``h`` (dead ReLU units, always-zero inputs), pruned iteratively. The arXiv values of the
-    blocks add up; ICML adds ``F`` before the root.
+    The method and the pruning of zero entries are described in the module docstring.
 
     Args:
         diag_hessian: ``h``, (m, n), finite and non-negative.
@@ -158,14 +160,57 @@ def minimize_normalized_sharpness(
         (10.0, True, True)
     """
     h, w2 = _validated_layer(diag_hessian, weight_squared, objective, tolerance, max_iterations)
-    m, n = h.shape
-    row_logs = torch.full((m,), math.nan, dtype=torch.float64)
-    column_logs = torch.full((n,), math.nan, dtype=torch.float64)
     blocks = _support_blocks(h, w2)
     attained = _terms(h, w2, objective) == sum(_terms(b.h, b.w2, objective) for b in blocks)
     # Global scale: NS(c_h h, c_w W²) = √(c_h c_w) NS(h, W²) for both objectives.
     h_scale = float(h.max()) if h.numel() else 1.0
     w_scale = float(w2.max()) if w2.numel() else 1.0
+    solved = _solve_blocks(h.shape, blocks, objective, h_scale, w_scale, tolerance, max_iterations)
+    relative_kkt = math.sqrt(solved.squared_gradient) / solved.total if solved.total > 0 else 0.0
+    scale = math.sqrt(h_scale * w_scale)
+    total = solved.total
+    return NormalizedSharpnessSolution(
+        value=total * scale if objective == "arxiv" else math.sqrt(total) * scale,
+        objective=objective,
+        attained=attained,
+        relative_kkt=relative_kkt,
+        converged=relative_kkt <= tolerance,
+        iterations=solved.iterations,
+        hessian_products=solved.products,
+        warm_start_sweeps=WARM_START_SWEEPS,
+        blocks=len(blocks),
+        pruned_rows=h.shape[0] - sum(len(block.rows) for block in blocks),
+        pruned_columns=h.shape[1] - sum(len(block.columns) for block in blocks),
+        row_log_scales=solved.row_logs.numpy() if objective == "arxiv" else None,
+        column_log_scales=solved.column_logs.numpy(),
+    )
+
+
+@dataclass(frozen=True)
+class _SolvedBlocks:
+    """The blocks' solutions combined: ``F``'s sum and the log-scales of the unscaled layer."""
+
+    total: float
+    squared_gradient: float
+    iterations: int
+    products: int
+    row_logs: Tensor
+    column_logs: Tensor
+
+
+def _solve_blocks(
+    shape: tuple[int, ...],
+    blocks: list[_Block],
+    objective: NormalizedObjective,
+    h_scale: float,
+    w_scale: float,
+    tolerance: float,
+    max_iterations: int,
+) -> _SolvedBlocks:
+    """Solve each block of ``h / h_scale``, ``W² / w_scale``; sum F, ‖∇F‖², steps, products."""
+    m, n = shape
+    row_logs = torch.full((m,), math.nan, dtype=torch.float64)
+    column_logs = torch.full((n,), math.nan, dtype=torch.float64)
     total, squared_gradient, iterations, products = 0.0, 0.0, 0, 0
     for block in blocks:
         block_h, block_w = block.h / h_scale, block.w2 / w_scale
@@ -180,26 +225,7 @@ def minimize_normalized_sharpness(
         squared_gradient += result.gradient_norm**2
         iterations += result.newton_steps
         products += result.hessian_products
-    relative_kkt = math.sqrt(squared_gradient) / total if total > 0 else 0.0
-    scale = math.sqrt(h_scale * w_scale)
-    value = total * scale if objective == "arxiv" else math.sqrt(total) * scale
-    rows_in_blocks = sum(len(block.rows) for block in blocks)
-    columns_in_blocks = sum(len(block.columns) for block in blocks)
-    return NormalizedSharpnessSolution(
-        value=value,
-        objective=objective,
-        attained=attained,
-        relative_kkt=relative_kkt,
-        converged=relative_kkt <= tolerance,
-        iterations=iterations,
-        hessian_products=products,
-        warm_start_sweeps=WARM_START_SWEEPS,
-        blocks=len(blocks),
-        pruned_rows=m - rows_in_blocks,
-        pruned_columns=n - columns_in_blocks,
-        row_log_scales=row_logs.numpy() if objective == "arxiv" else None,
-        column_log_scales=column_logs.numpy(),
-    )
+    return _SolvedBlocks(total, squared_gradient, iterations, products, row_logs, column_logs)
 
 
 def check_normalized_options(objective: str, tolerance: float, max_iterations: int) -> None:

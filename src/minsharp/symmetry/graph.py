@@ -55,6 +55,10 @@ class SymmetryGroup:
         self.units[name] = (start, count)
         return np.arange(start, start + count)
 
+    def from_ground(self, parameter: str, units: np.ndarray) -> None:
+        """Parameter ``parameter`` (a bias or an affine factor) feeds ``units`` from the ground."""
+        self.edges[parameter] = (units, np.zeros_like(units))
+
     def find(self, unit: int) -> int:
         """The representative of ``unit``'s tie class (the ground's is 0)."""
         root = unit
@@ -289,7 +293,7 @@ def _linear(
     outputs = context.group.new_units(name, module.out_features)
     context.group.edges[f"{name}.weight"] = (outputs[:, None], inputs[None, :])
     if module.bias is not None:
-        context.group.edges[f"{name}.bias"] = (outputs, np.zeros_like(outputs))
+        context.group.from_ground(f"{name}.bias", outputs)
     return Label(value.dim() - 1, outputs)
 
 
@@ -313,7 +317,7 @@ def _conv(
         sources.reshape(*sources.shape, *trailing),
     )
     if module.bias is not None:
-        context.group.edges[f"{name}.bias"] = (outputs, np.zeros_like(outputs))
+        context.group.from_ground(f"{name}.bias", outputs)
     return Label(1, outputs)
 
 
@@ -330,7 +334,7 @@ def _batchnorm(
         return None
     outputs = context.group.new_units(name, module.num_features)
     for local in ("weight", "bias"):
-        context.group.edges[f"{name}.{local}"] = (outputs, np.zeros_like(outputs))
+        context.group.from_ground(f"{name}.{local}", outputs)
     return Label(1, outputs)
 
 
