@@ -23,9 +23,6 @@ test: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest src tests
 
-# The cost ratio twice: with glibc's defaults, and with freed memory kept (no page faults anew).
-TUNED_MALLOC := MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=4294967295 MALLOC_TOP_PAD_=268435456
-
 # Optional peers for benchmarks/peers.py (BackPACK, ASDL, nngeometry, PyHessian, curvlinops)
 # and matplotlib. BackPACK, curvlinops and nngeometry go in with --no-deps: they declare
 # torchvision, which would replace the pinned CPU torch; their real dependencies are in the
@@ -47,7 +44,6 @@ bench: bench-setup
 	$(BIN)/python benchmarks/peers.py $(BENCH)
 	$(BIN)/python benchmarks/scaling.py $(BENCH)
 	$(BIN)/python benchmarks/cost_ratio.py $(BENCH)
-	$(TUNED_MALLOC) $(BIN)/python benchmarks/cost_ratio.py $(BENCH) --output benchmarks/results/cost_ratio_tuned_allocator.md
 	$(BIN)/python benchmarks/solvers.py $(BENCH)
 	$(BIN)/python benchmarks/normalized_sharpness_solver.py $(BENCH)
 	$(BIN)/python benchmarks/tracking_overhead.py $(BENCH)

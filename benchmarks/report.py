@@ -30,7 +30,6 @@ SECTIONS = {
     "peers.md": "Peers side by side: BackPACK, ASDL, nngeometry, PyHessian, curvlinops",
     "scaling.md": "Scaling with N, width, depth and K",
     "cost_ratio.md": "Cost ratio to one training step and BackPACK, default options",
-    "cost_ratio_tuned_allocator.md": "Cost ratio to one training step, freed memory kept",
     "solvers.md": "Solvers: Minimum Sharpness",
     "normalized_sharpness_solver.md": "Solvers: normalized sharpness",
     "tracking_overhead.md": "Tracking sharpness during training: overhead",

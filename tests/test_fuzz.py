@@ -108,6 +108,7 @@ from minsharp.models import (
     lenet,
     mlp,
     paper_mlp,
+    resnet20,
     small_cnn,
     small_mlp,
 )
@@ -931,6 +932,13 @@ for _factory in (small_cnn, lenet):
         ("no-classes", lambda f, g=_factory: g(1, 28, 0), "num_classes", ModelError),
         ("bias-a-string", lambda f, g=_factory: g(1, 28, 10, bias="no"), "bias", ModelError),
     )
+cases(
+    resnet20,
+    ("no-channels", lambda f: resnet20(0), "in_channels", ModelError),
+    ("float-classes", lambda f: resnet20(3, 2.5), "num_classes", ModelError),
+    ("bias-a-string", lambda f: resnet20(3, 10, bias="no"), "bias", ModelError),
+    ("batchnorm-an-int", lambda f: resnet20(3, 10, batchnorm=1), "batchnorm", ModelError),
+)
 cases(
     count_parameters,
     ("model-a-dict", lambda f: count_parameters({"w": X}), "torch.nn.Module", ModelError),

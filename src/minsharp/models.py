@@ -27,6 +27,7 @@ __all__ = [
     "lenet",
     "mlp",
     "paper_mlp",
+    "resnet20",
     "small_cnn",
     "small_mlp",
 ]
