@@ -18,9 +18,10 @@ def idx_bytes(array: np.ndarray, *, magic: int | None = None) -> bytes:
 
 def write_idx(path: Path, array: np.ndarray, *, magic: int | None = None, cut: int = 0) -> Path:
     """Write ``array`` as an IDX file, optionally with another magic or ``cut`` bytes missing
-    at the end; gzip it when ``path`` ends in ``.gz``."""
+    at the end; gzip it when ``path`` ends in ``.gz``, with a fixed mtime so that the same
+    content gives the same bytes (and MD5) whenever it is written."""
     content = idx_bytes(array, magic=magic)
     if cut:
         content = content[:-cut]
-    path.write_bytes(gzip.compress(content) if path.suffix == ".gz" else content)
+    path.write_bytes(gzip.compress(content, mtime=0) if path.suffix == ".gz" else content)
     return path
