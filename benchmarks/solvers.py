@@ -34,8 +34,8 @@ from torch import Tensor, nn
 
 import common
 import minsharp
-from minsharp.measures.minimum_sharpness import ScaleSolution, solve_scales
 from minsharp.models import lenet, mlp, paper_mlp, small_cnn, small_mlp
+from minsharp.solvers.chain import ScaleSolution, solve_scales
 from minsharp.symmetry.layerwise import chain_layers
 from minsharp.training import TrainingConfig
 

@@ -4,8 +4,9 @@ The three symmetries of ``minsharp.measures.SYMMETRIES``, applied to copies of f
 ``nn.Sequential`` networks of Linear/Conv layers, batch-norm, ReLU and pooling:
 
 * :func:`rescale_layers` — ``W_l → α_l W_l``, ``b_l → c_l b_l`` with ``c_l`` the activation's
-  accumulated scale; a batch-norm absorbs the scale (its running statistics follow it), and
-  the last layer's α brings the scale back to 1;
+  accumulated scale; the layer feeding a batch-norm brings the scale back to 1 (its fixed
+  running statistics pin it) and the batch-norm's γ, β start a new one; the last layer's α
+  brings the scale back to 1 (a group element of theory §7 for any batch-norm ε);
 * :func:`rescale_neurons` — at every junction of two layers with only ReLU/pooling (and a
   flatten) between them, unit ``i`` scaled by ``s_i`` on its way in and ``1/s_i`` out;
 * :func:`rescale_batchnorm_inputs` — row ``k`` of each weight feeding a batch-norm (and its
@@ -56,19 +57,23 @@ def rescale_layers(model: nn.Sequential, seed: int) -> nn.Sequential:
     """The layer (α-scale) symmetry, generalised through batch-norm; see the module doc."""
     generator = torch.Generator().manual_seed(seed)
     twin = copy.deepcopy(model)
-    layers = [m for m in twin if isinstance(m, PARAMETRISED)]
+    modules = list(twin)
+    layers = [m for m in modules if isinstance(m, PARAMETRISED)]
     scale = 1.0
     with torch.no_grad():
-        for module in twin:
+        for module, following in itertools.zip_longest(modules, modules[1:]):
             if isinstance(module, PARAMETRISED):
-                alpha = 1 / scale if module is layers[-1] else float(_factors(1, generator))
+                # The logits, and a layer feeding a batch-norm (fixed statistics), end at 1.
+                pinned = module is layers[-1] or isinstance(following, BATCHNORM)
+                alpha = 1 / scale if pinned else float(_factors(1, generator))
                 module.weight.mul_(alpha)
                 scale *= alpha
                 if module.bias is not None:
                     module.bias.mul_(scale)
             elif isinstance(module, BATCHNORM):
-                _scale_batchnorm_statistics(module, torch.full_like(module.running_mean, scale))
-                scale = 1.0
+                scale = float(_factors(1, generator))
+                module.weight.mul_(scale)
+                module.bias.mul_(scale)
     return _checked(model, twin)
 
 

@@ -42,8 +42,8 @@ def with_dropout():
     return nn.Sequential(nn.Linear(64, 6), nn.ReLU(), nn.Dropout(0.5), nn.Linear(6, 10))
 
 
-class Residual(nn.Module):
-    """Not a chain: Minimum Sharpness refuses it, the Hessian trace does not."""
+class Branchy(nn.Module):
+    """Untraceable (it branches on a value): Minimum Sharpness refuses it, the trace does not."""
 
     def __init__(self):
         super().__init__()
@@ -51,7 +51,8 @@ class Residual(nn.Module):
         self.last = nn.Linear(64, 10)
 
     def forward(self, x):
-        return self.last(x + torch.relu(self.first(x)))
+        hidden = torch.relu(self.first(x))
+        return self.last(hidden if hidden.sum() > 0 else -hidden)
 
 
 def not_a_module():
@@ -151,7 +152,7 @@ def test_zoo_model_with_safetensors_weights_writes_json_equal_to_the_api(
         assert entry["num_examples"] == EXAMPLES
         assert entry["invariances"] == list(expected.invariances)
         assert entry["options"] == expected.options
-    assert results["minimum_sharpness"]["certificate"]["method"] in ("newton", "closed form")
+    assert results["minimum_sharpness"]["certificate"]["method"] == "osborne+newton"
     assert report["model"] == {
         "spec": "small_mlp",
         "source": "zoo",
@@ -303,7 +304,7 @@ def test_keep_going_records_the_failure_and_exits_2(capsys, tmp_path, factories)
     output = tmp_path / "out.json"
     code, out, err = run(
         capsys,
-        *("--model", f"{factories}:Residual", "--random-init", "--data", "digits"),
+        *("--model", f"{factories}:Branchy", "--random-init", "--data", "digits"),
         *("--examples", "10", "--measures", BOTH, "--keep-going", "--output", str(output)),
     )
     assert code == 2
@@ -311,7 +312,7 @@ def test_keep_going_records_the_failure_and_exits_2(capsys, tmp_path, factories)
     report = json.loads(output.read_text())
     assert [entry["name"] for entry in report["measures"]] == ["hessian_trace"]
     assert report["failures"][0]["name"] == "minimum_sharpness"
-    assert report["failures"][0]["error"] == "NotAChainError"
+    assert report["failures"][0]["error"] == "ModelError"
     assert "FAILED" in out
 
 
@@ -319,7 +320,7 @@ def test_a_failing_measure_stops_the_command_and_writes_nothing(capsys, tmp_path
     output = tmp_path / "out.json"
     err = fails(
         capsys,
-        *("--model", f"{factories}:Residual", "--random-init", "--data", "digits"),
+        *("--model", f"{factories}:Branchy", "--random-init", "--data", "digits"),
         *("--examples", "10", "--measures", BOTH, "--output", str(output)),
     )
     assert "measure 'minimum_sharpness' failed" in err

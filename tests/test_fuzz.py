@@ -60,6 +60,7 @@ from minsharp import (
     MinsharpError,
     ModelError,
     NotAChainError,
+    NotPiecewiseLinearError,
     brute_force_ggn_diagonal,
     brute_force_hessian_diagonal,
     chain_layers,
@@ -198,6 +199,28 @@ class Residual(nn.Module):
 def residual() -> nn.Module:
     torch.manual_seed(0)
     return Residual().double().eval()
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.fc(x)
+        return y if y.sum() > 0 else -y
+
+
+def branchy() -> nn.Module:
+    torch.manual_seed(0)
+    return Branchy().double().eval()
+
+
+def tanh_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, CLASSES)).double().eval()
 
 
 def spoiled(inputs: Tensor, value: float) -> Tensor:
@@ -739,7 +762,13 @@ cases(
     ("no-examples", lambda f: minimum_sharpness(plain(), X[:0]), "no examples", DataError),
     ("batch-size-negative", lambda f: minimum_sharpness(plain(), X, batch_size=-1), "batch_size"),
     ("nan-weights", lambda f: minimum_sharpness(with_weight(plain(), math.nan), X), "0.weight"),
-    ("not-a-chain", lambda f: minimum_sharpness(residual(), X), "not a chain", NotAChainError),
+    ("untraceable", lambda f: minimum_sharpness(branchy(), X), "cannot trace", ModelError),
+    (
+        "tanh-without-ggn",
+        lambda f: minimum_sharpness(tanh_net(), X),
+        "curvature='ggn'",
+        NotPiecewiseLinearError,
+    ),
 )
 cases(
     solve_scales,
@@ -825,6 +854,7 @@ BAD_OPTIONS: dict[str, Any] = {
     "labels": "none",
     "layer": "nope",
     "curvature": "exact",
+    "symmetry": "unit",
     "delta": 2.0,
     "nodes": 0,
     "metric": "accuracy",
@@ -877,8 +907,8 @@ def measure_cases(name: str) -> None:
             ("labels-of-another-length", run(data=(X, Y[:5])), "labels of shape (5,)", DataError),
             ("labels-missing", run(data=X), "labels", DataError),
         ]
-    if name == "minimum_sharpness":
-        table.append(("not-a-chain", run(model=residual), "not a chain", NotAChainError))
+    if name in ("minimum_sharpness", "neuron_minimum_sharpness"):
+        table.append(("untraceable", run(model=branchy), "cannot trace", ModelError))
     for option in spec(name).defaults.keys() - UNCHECKED_OPTIONS:
         if option in BAD_OPTIONS:
             value = BAD_OPTIONS[option]

@@ -28,11 +28,20 @@ def test_result_records_options_time_and_invariances() -> None:
     result = minsharp.measure("minimum_sharpness", model, data, batch_size=5)
     direct = minsharp.minimum_sharpness(model, data)
     assert result.value == pytest.approx(direct.value, rel=1e-12)
-    assert result.options == {"batch_size": 5, "progress": False, "seed": 0}
+    assert result.options == {
+        "symmetry": "layer",
+        "curvature": "hessian",
+        "batch_size": 5,
+        "progress": False,
+        "seed": 0,
+    }
     assert result.seconds > 0
     assert result.num_examples == 12
     assert result.invariances == ("layer",)
-    assert result.certificate["relative_gradient_norm"] < 1e-10
+    assert result.certificate["max_relative_imbalance"] <= 1e-10
+    neuron = minsharp.measure("minimum_sharpness", model, data, symmetry="neuron")
+    assert neuron.invariances == ("layer", "neuron")
+    assert neuron.value <= result.value * (1 + 1e-12)
     assert sum(result.per_layer.values()) == pytest.approx(result.value, rel=1e-12)
     json.dumps(result.to_dict())
 

@@ -39,7 +39,7 @@ def test_invariant_to_layer_rescaling_while_the_trace_moves(seed):
 def test_value_is_the_trace_at_the_optimum_and_a_minimum(seed):
     model, inputs = chain_case(seed)
     result = minsharp.minimum_sharpness(model, inputs)
-    assert result.certificate["relative_gradient_norm"] < 1e-12
+    assert result.certificate["max_relative_imbalance"] <= 1e-10
     assert result.value <= result.trace * (1 + 1e-12)
     alphas = list(result.alphas.values())
     at_optimum = minsharp.hessian_trace(minsharp.rescale(model, alphas, inputs), inputs)
@@ -122,7 +122,7 @@ def test_no_bias_network_uses_the_closed_form_and_reports_per_layer_traces():
     result = minsharp.minimum_sharpness(model, inputs)
     layers = chain_layers(model, inputs)
     assert list(result.weight_traces) == layers == list(result.alphas)
-    assert result.certificate["method"] == "closed form"
+    assert result.certificate["max_relative_imbalance"] <= 1e-10
     assert all(value == 0.0 for value in result.bias_traces.values())
     traces = list(result.per_layer.values())  # no bias: T^W_l / α_l² per layer
     np.testing.assert_allclose(traces, traces[0], rtol=1e-12)  # equalised by the optimum
@@ -131,21 +131,29 @@ def test_no_bias_network_uses_the_closed_form_and_reports_per_layer_traces():
     )
 
 
-def test_non_chain_model_is_refused_untouched():
+def test_network_not_piecewise_linear_is_refused_untouched_unless_ggn():
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    inputs = torch.randn(6, 3, dtype=torch.float64)
     before = snapshot(model)
-    with pytest.raises(minsharp.NotAChainError, match="Minimum Sharpness is undefined"):
-        minsharp.minimum_sharpness(model, torch.randn(6, 3, dtype=torch.float64))
+    with pytest.raises(minsharp.NotPiecewiseLinearError, match="curvature='ggn'"):
+        minsharp.minimum_sharpness(model, inputs)
     assert_untouched(model, before)
+    result = minsharp.minimum_sharpness(model, inputs, curvature="ggn")
+    # tanh pins the hidden units and the logits are pinned: nothing moves, MS is the trace.
+    assert result.details["num_units"] == 0
+    ggn = minsharp.hessian_trace(model, inputs, curvature="ggn").total
+    assert result.value == pytest.approx(ggn, rel=1e-12)
 
 
-def test_frozen_layer_is_refused():
+def test_frozen_layer_is_rescaled_but_not_counted():
     model, inputs = chain_case(11)
     next(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))).weight.requires_grad_(
         False
     )
-    with pytest.raises(minsharp.ModelError, match="frozen weights"):
-        minsharp.minimum_sharpness(model, inputs)
+    result = minsharp.minimum_sharpness(model, inputs)
+    twin = result.rescaled(model)
+    assert minsharp.hessian_trace(twin, inputs).total == pytest.approx(result.value, rel=1e-8)
+    assert result.value <= result.trace * (1 + 1e-12)
 
 
 def test_generator_data_is_consumed_once_and_whole():

@@ -105,7 +105,7 @@ def hessian_trace(
         >>> abs(hessian_trace(layer, x).total - expected.item()) < 1e-12
         True
     """
-    sums, num_examples, seconds = _curvature_pass(
+    sums, num_examples, seconds, used = _curvature_pass(
         model, data, curvature, batch_size, progress, diagonal=False
     )
     return CurvatureTrace(
@@ -113,6 +113,7 @@ def hessian_trace(
         curvature=curvature,
         num_examples=num_examples,
         seconds=seconds,
+        batch_size=used,
     )
 
 
@@ -141,7 +142,7 @@ def hessian_diagonal(
         >>> torch.allclose(hessian_diagonal(layer, x)["weight"], expected)
         True
     """
-    sums, num_examples, seconds = _curvature_pass(
+    sums, num_examples, seconds, used = _curvature_pass(
         model, data, curvature, batch_size, progress, diagonal=True
     )
     parameters = dict(model.named_parameters())
@@ -153,6 +154,7 @@ def hessian_diagonal(
         curvature=curvature,
         num_examples=num_examples,
         seconds=seconds,
+        batch_size=used,
     )
 
 
@@ -178,8 +180,8 @@ def _curvature_pass(
     progress: bool,
     *,
     diagonal: bool,
-) -> tuple[dict[str, Tensor], int, float]:
-    """Sums over examples (not yet divided by N) of the per-parameter diagonals or traces.
+) -> tuple[dict[str, Tensor], int, float, int]:
+    """Per-parameter sums over examples (not yet divided by N), N, seconds and batch size.
 
     The data's own batches are split into even batches of at most B examples, B from the
     memory budget unless ``batch_size`` fixes it (:func:`budget.batch_size`, sized on the
@@ -192,10 +194,10 @@ def _curvature_pass(
     # Sums are kept in float64 so that long runs in float32 lose nothing to accumulation.
     accumulate = torch.float64 if device.type != "mps" else dtype
     parameters = dict(model.named_parameters())
-    num_examples = 0
+    num_examples = size = 0
 
     def local_sums() -> dict[str, Tensor]:
-        nonlocal num_examples
+        nonlocal num_examples, size
         sums = {
             name: torch.zeros(
                 parameters[name].shape if diagonal else (), dtype=accumulate, device=device
@@ -204,7 +206,6 @@ def _curvature_pass(
             for name in layer.parameter_names
         }
         reaching: set[str] = set()
-        size = 0
         # With batch_size=None the data's batches are taken whole here and split below.
         batches = input_batches(
             data, sys.maxsize if batch_size is None else batch_size, device, dtype
@@ -227,7 +228,7 @@ def _curvature_pass(
 
     with preserved_buffers(model), autograd_enabled():
         sums = distributed.summed_over_ranks(local_sums)
-    return sums, num_examples, time.perf_counter() - start
+    return sums, num_examples, time.perf_counter() - start, size
 
 
 def _auto_batch_size(model: nn.Module, layers: list[Layer], probe: Tensor, diagonal: bool) -> int:

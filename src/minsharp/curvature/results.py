@@ -22,6 +22,8 @@ class _PerParameter(Mapping[str, V], Generic[V]):
     """Number of examples N the mean loss ran over."""
     seconds: float
     """Wall time of the computation."""
+    batch_size: int = 0
+    """Examples per pass the engine used (chosen from the memory budget unless fixed)."""
 
     def __getitem__(self, name: str) -> V:
         return self.by_parameter[name]
@@ -62,6 +64,7 @@ class CurvatureDiagonal(_PerParameter[Tensor]):
             curvature=self.curvature,
             num_examples=self.num_examples,
             seconds=self.seconds,
+            batch_size=self.batch_size,
         )
 
     @property

@@ -7,7 +7,6 @@ name ``hessian_trace`` is :func:`exact_hessian_trace`, because ``minsharp.hessia
 the curvature engine's (returning per-parameter traces, a ``CurvatureTrace``).
 """
 
-from minsharp.measures.minimum_sharpness import ScaleSolution, solve_scales
 from minsharp.measures.registry import (
     SYMMETRIES,
     MeasureSpec,
@@ -20,6 +19,7 @@ from minsharp.measures.registry import (
     spec,
 )
 from minsharp.measures.result import Evaluation, MeasureResult
+from minsharp.solvers.chain import ScaleSolution, solve_scales
 
 adaptive_sharpness = measure_function("adaptive_sharpness")
 adaptive_sharpness_average = measure_function("adaptive_sharpness_average")
@@ -29,6 +29,7 @@ exact_hessian_trace = measure_function("hessian_trace", "exact_hessian_trace")
 fisher_rao = measure_function("fisher_rao")
 hutchinson_trace = measure_function("hutchinson_trace")
 minimum_sharpness = measure_function("minimum_sharpness")
+neuron_minimum_sharpness = measure_function("neuron_minimum_sharpness")
 normalized_sharpness = measure_function("normalized_sharpness")
 normalized_sharpness_icml = measure_function("normalized_sharpness_icml")
 pac_bayes_flatness = measure_function("pac_bayes_flatness")
@@ -59,6 +60,7 @@ __all__ = [
     "measure",
     "measure_function",
     "minimum_sharpness",
+    "neuron_minimum_sharpness",
     "normalized_sharpness",
     "normalized_sharpness_icml",
     "pac_bayes_flatness",

@@ -1,209 +1,278 @@
-"""Minimum Sharpness (Ibayashi, Hamaguchi & Imaizumi 2021), theory §2.
+"""Minimum Sharpness over the rescaling group of any traced network (theory §2, §7).
 
-``MS(θ) = min_α Tr H(T_α θ)`` over the α-scale transformations ``T_α`` of a chain network,
-which leave its function unchanged. The per-layer traces transform as
-``T^W_l → T^W_l / α_l²`` and ``T^b_l → T^b_l / (Π_{m≤l} α_m)²``, so with cumulative
-log-scales ``v_l = Σ_{m≤l} log α_m`` (``v_0 = v_L = 0``)
-
-    MS = min_v Σ_l T^W_l e^{−2(v_l − v_{l−1})} + Σ_l T^b_l e^{−2 v_l},
-
-a convex sum of exponentials solved by :func:`minsharp.solvers.exp_sum.minimize_exp_sum` (in closed
-form ``L (Π_l T^W_l)^{1/L}`` when no bias contributes).
+``MS_G(θ) = inf_u Tr H(g_u θ) = inf_u Σ_edges a_e e^{−2(u_dst − u_src)} + constant`` over the
+group elements g_u found in the model's graph (:func:`minsharp.symmetry.graph.discover`), with
+a_e sums of the exact Hessian (or GGN) diagonal (:func:`minsharp.symmetry.group.edge_weights`)
+and the infimum found by balancing (:func:`minsharp.solvers.balance.balance`).
+``symmetry="layer"`` ties all units of a module output, which on a chain is the paper's
+Minimum Sharpness (Ibayashi, Hamaguchi & Imaizumi 2021); ``"neuron"`` frees every unit.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import sys
+import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
-from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_trace
+from minsharp.curvature.engine import CURVATURES, hessian_diagonal, run_forward
 from minsharp.curvature.guard import PROBE_EXAMPLES
 from minsharp.curvature.layers import model_dtype_device
+from minsharp.curvature.results import Curvature, CurvatureDiagonal
 from minsharp.data.batches import input_batches
-from minsharp.errors import MinsharpError, ModelError
 from minsharp.measures.result import Evaluation
-from minsharp.options import integer
-from minsharp.solvers.exp_sum import minimize_exp_sum
-from minsharp.symmetry.layerwise import compare_logits, forward_order, scaled_copy
+from minsharp.options import choice, integer
+from minsharp.solvers.balance import Balance, balance
+from minsharp.symmetry.graph import SymmetryGroup, discover
+from minsharp.symmetry.group import (
+    EdgeWeights,
+    edge_weights,
+    random_log_scales,
+    rescaled_copy,
+    verify_same_function,
+)
 
-#: Spread of the random log-scales used to check that the model is a chain.
-CHECK_LOG_SCALE = 0.5
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """How the minimisation over α was solved, and how well."""
-
-    method: Literal["closed form", "newton"]
-    relative_gradient_norm: float
-    """``‖∇_v F‖ / F`` at the returned point (0 up to rounding at the optimum)."""
-    iterations: int
+Symmetry = Literal["layer", "neuron"]
+SYMMETRIES: tuple[Symmetry, ...] = ("layer", "neuron")
 
 
 def minimum_sharpness_evaluation(
     model: nn.Module,
     data: Any,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    symmetry: Symmetry = "layer",
+    curvature: Curvature = "hessian",
+    batch_size: int | None = None,
     progress: bool = False,
     seed: int = 0,
 ) -> Evaluation:
-    """Minimum Sharpness ``MS(θ) = min_α Tr H(T_α θ)`` (Ibayashi, Hamaguchi & Imaizumi 2021).
+    """Minimum Sharpness ``inf_u Tr H(g_u θ)`` over function-preserving rescalings g_u.
 
-    The minimum of the Hessian trace of the mean cross-entropy over all layer-wise
-    rescalings ``W_l → α_l W_l, b_l → (Π_{m≤l} α_m) b_l`` (``Π α_l = 1``) that leave a chain
-    ReLU network's function unchanged; invariant to those rescalings by construction. Without
-    biases ``MS = L (Π_l T^W_l)^{1/L}``; with biases the convex problem over log-scales is
-    solved by Newton's method to a relative gradient at rounding level (theory §2).
+    Ibayashi, Hamaguchi & Imaizumi 2021 define it on a chain with one scale α_l per layer
+    (theory §2); here the group is read from the model's graph (theory §7), so residual
+    additions, eval-mode batch-norm, concatenation and grouped convolutions are covered. A
+    group element multiplies the weight from unit j to unit i by ``e^{u_i − u_j}`` and bias
+    i by ``e^{u_i}``; the exact diagonal then moves as ``h_p → h_p e^{−2 c_p(u)}``, so
 
-    Before the trace is computed, the first examples of ``data`` check that a random
-    rescaling leaves the logits unchanged (:class:`~minsharp.errors.NotAChainError`
-    otherwise): the measure's ``chain`` requirement. Arguments as for
-    :func:`minsharp.hessian_trace`; ``seed`` fixes the random rescaling of that check.
+        MS = inf_u Σ_edges a_e e^{−2(u_dst − u_src)} + constant,
 
-    ``per_layer`` holds each layer's trace ``T^W_l/α_l² + T^b_l/(Π_{m≤l}α_m)²`` at the optimal
-    rescaling (absent when the infimum is not attained); ``certificate`` how the minimisation
-    over α ended (``method``, ``relative_gradient_norm``, ``iterations``, ``attained``);
-    ``details`` the optimal ``alphas`` per layer (None when not attained), the
-    ``weight_traces`` ``T^W_l`` and ``bias_traces`` ``T^b_l`` as given and their sum ``trace``.
+    a convex problem solved by Osborne balancing and Newton's method. Units added in a
+    residual sum share a scale; units feeding an operation that is not positively
+    homogeneous (tanh, GELU, LayerNorm, an eval batch-norm's input…), the inputs and the
+    logits are pinned.
+
+    Args:
+        model: the network in eval mode, returning logits (N, K).
+        data: as for :func:`minsharp.hessian_trace`.
+        symmetry: ``"layer"`` — one scale per module output (on a chain exactly the
+            paper's value) — or ``"neuron"``, one per unit (ours; never above ``"layer"``).
+        curvature: ``"hessian"`` (refuses networks that are not piecewise linear) or
+            ``"ggn"``: the minimum generalized Gauss–Newton trace, for any network.
+        batch_size: examples per pass of the diagonal; ``None`` picks it from the memory
+            budget as :func:`minsharp.hessian_diagonal` does.
+        progress: show a progress bar over batches.
+        seed: the random group element that checks the discovered group on a probe batch.
+
+    The result's ``certificate`` holds ``attained``, ``max_relative_imbalance``
+    ``max_v |In_v − Out_v| / (In_v + Out_v)`` at the returned scales, ``iterations`` and
+    ``method``; ``per_layer`` each module's trace at the optimum; ``details`` the optimal
+    ``scales`` per module (e^u per output unit), the units that ``runaway`` when the
+    infimum is not attained and why, ``alphas`` (chains with ``symmetry="layer"``: the
+    paper's α_l), the ``weight_traces``/``bias_traces`` and ``trace`` as given; and
+    ``result.rescaled(model)`` is the function-equivalent copy at the optimum, whose trace
+    is the value.
     """
+    start = time.perf_counter()
+    choice("symmetry", symmetry, SYMMETRIES)
+    choice("curvature", curvature, CURVATURES)
     integer("seed", seed)
     dtype, device = model_dtype_device(model)
-    batches = input_batches(data, batch_size, device, dtype)
+    # With batch_size=None the engine splits whole batches itself; the first gives the probe.
+    batches = input_batches(data, sys.maxsize if batch_size is None else batch_size, device, dtype)
     first = next(batches)
-    order = _checked_chain(model, first[:PROBE_EXAMPLES], seed)
-    traces = hessian_trace(
-        model, itertools.chain([first], batches), batch_size=batch_size, progress=progress
+    probe = first[:PROBE_EXAMPLES]
+    run_forward(model, probe)  # a bad input batch fails here, named, not inside the tracer
+    group = discover(model, probe)
+    if symmetry == "layer":
+        group.tie_layers()
+    check = rescaled_copy(model, group, random_log_scales(group, seed))
+    verify_same_function(model, check, probe)
+    diagonal = hessian_diagonal(
+        model,
+        itertools.chain([first], batches),
+        curvature=curvature,
+        batch_size=batch_size,
+        progress=progress,
     )
-    layers = traces.by_layer()
-    weight = {name: layers[name]["weight"] for name in order}
-    bias = {name: layers[name].get("bias", 0.0) for name in order}
-    solution = solve_scales(list(weight.values()), list(bias.values()))
-    alphas = dict(zip(order, solution.alphas, strict=True)) if solution.alphas else None
+    return _solved(group, diagonal, probe, symmetry, start)
+
+
+def neuron_minimum_sharpness(
+    model: nn.Module,
+    data: Any,
+    *,
+    curvature: Curvature = "hessian",
+    batch_size: int | None = None,
+    progress: bool = False,
+    seed: int = 0,
+) -> Evaluation:
+    """Minimum Sharpness over per-unit rescalings, ``inf_u Tr H(g_u θ)`` (theory §7; ours).
+
+    :func:`minimum_sharpness_evaluation` with ``symmetry="neuron"``: every unit (Linear
+    output feature, Conv output channel, eval batch-norm channel) has its own scale, so the
+    value is invariant to per-unit as well as layer-wise rescalings and never above the
+    layer-wise Minimum Sharpness of Ibayashi, Hamaguchi & Imaizumi 2021. Its own registry
+    name lets studies and the CLI list it beside the layer-wise value.
+    """
+    return minimum_sharpness_evaluation(
+        model,
+        data,
+        symmetry="neuron",
+        curvature=curvature,
+        batch_size=batch_size,
+        progress=progress,
+        seed=seed,
+    )
+
+
+def _solved(
+    group: SymmetryGroup,
+    diagonal: CurvatureDiagonal,
+    probe: Tensor,
+    symmetry: Symmetry,
+    start: float,
+) -> Evaluation:
+    """Balance the edge weights of ``diagonal`` and package the result."""
+    solve_start = time.perf_counter()
+    edges = edge_weights(group, diagonal)
+    solution = balance(edges.num_nodes, edges.dst, edges.src, edges.weight)
+    log_scales = solution.log_scales[edges.node_of]
+    solver_seconds = time.perf_counter() - solve_start
+    traces = diagonal.trace().by_layer()
+    attained = solution.attained
     return Evaluation(
-        value=solution.value,
-        num_examples=traces.num_examples,
-        per_layer=_optimal_traces(alphas, weight, bias) if alphas else None,
+        value=solution.value + edges.constant,
+        num_examples=diagonal.num_examples,
+        per_layer=_traces_at(group, diagonal, log_scales) if attained else None,
         certificate={
-            "method": solution.certificate.method,
-            "relative_gradient_norm": solution.certificate.relative_gradient_norm,
-            "iterations": solution.certificate.iterations,
-            "attained": alphas is not None,
+            "attained": attained,
+            "max_relative_imbalance": solution.max_relative_imbalance,
+            "iterations": solution.sweeps + solution.newton_steps,
+            "method": "osborne+newton",
         },
         details={
-            "alphas": alphas,
-            "weight_traces": weight,
-            "bias_traces": bias,
-            "trace": sum(weight.values()) + sum(bias.values()),
+            "symmetry": symmetry,
+            "curvature": diagonal.curvature,
+            "scales": _scales(group, log_scales) if attained else None,
+            "runaway": _runaway(group, edges, solution),
+            "alphas": _chain_alphas(group, log_scales) if attained else None,
+            "weight_traces": {name: t.get("weight", 0.0) for name, t in traces.items()},
+            "bias_traces": {name: t.get("bias", 0.0) for name, t in traces.items()},
+            "trace": diagonal.total,
+            "num_units": edges.num_nodes - 1,
+            "seconds": time.perf_counter() - start,
+            "solver_seconds": solver_seconds,
         },
+        resolved={"batch_size": diagonal.batch_size},
+        invariances=frozenset({"layer", "neuron"} if symmetry == "neuron" else {"layer"}),
+        rescale=_twin_maker(group, log_scales, probe, solution, edges) if attained else None,
     )
 
 
-def _checked_chain(model: nn.Module, probe: Tensor, seed: int) -> list[str]:
-    """The chain's layers in forward order, after a random rescaling kept the logits."""
-    order, logits = forward_order(model, probe)
-    modules = dict(model.named_modules())
-    frozen = [name or "(root)" for name in order if not modules[name].weight.requires_grad]
-    if frozen:
-        raise ModelError(
-            f"layers with frozen weights: {', '.join(frozen)}. Minimum Sharpness rescales "
-            "every layer of the chain, so all their weights must require grad."
-        )
-    twin = scaled_copy(model, order, _random_alphas(len(order), seed))
-    compare_logits(model, logits, twin, probe, order)
-    return order
+def _twin_maker(
+    group: SymmetryGroup,
+    log_scales: np.ndarray,
+    probe: Tensor,
+    solution: Balance,
+    edges: EdgeWeights,
+) -> Callable[[nn.Module], nn.Module]:
+    def rescaled(model: nn.Module) -> nn.Module:
+        """The copy of ``model`` at the optimal scales, checked on the probe batch."""
+        twin = rescaled_copy(model, group, log_scales)
+        verify_same_function(model, twin, probe)
+        return twin
+
+    return rescaled
 
 
-def _optimal_traces(
-    alphas: dict[str, float], weight: dict[str, float], bias: dict[str, float]
+def _traces_at(
+    group: SymmetryGroup, diagonal: CurvatureDiagonal, log_scales: np.ndarray
 ) -> dict[str, float]:
-    """Per layer ``T^W_l / α_l² + T^b_l / (Π_{m≤l} α_m)²`` at the optimal rescaling."""
-    traces, cumulative = {}, 1.0
-    for name, alpha in alphas.items():
-        cumulative *= alpha
-        traces[name] = weight[name] / alpha**2 + bias[name] / cumulative**2
+    """Each module's trace after the rescaling, ``Σ_p h_p e^{−2 c_p(u)}``."""
+    traces: dict[str, float] = {}
+    for name, entries in diagonal.items():
+        h = entries.detach().to("cpu").double().numpy()
+        if name in group.edges:
+            dst, src = group.edges[name]
+            h = h * np.exp(-2 * (log_scales[dst] - log_scales[src]))
+        module = name.rpartition(".")[0]
+        traces[module] = traces.get(module, 0.0) + float(h.sum())
     return traces
 
 
-@dataclass(frozen=True)
-class ScaleSolution:
-    """Result of :func:`solve_scales`."""
-
-    value: float
-    """``min_α Σ_l T^W_l/α_l² + T^b_l/(Π_{m≤l}α_m)²``, or its infimum."""
-    alphas: list[float] | None
-    """The minimising α_l, or None when the infimum is not attained."""
-    certificate: Certificate
+def _scales(group: SymmetryGroup, log_scales: np.ndarray) -> dict[str, list[float]]:
+    """Module name → the optimal factor e^u of each of its output units."""
+    return {
+        name: np.exp(log_scales[first : first + count]).tolist()
+        for name, (first, count) in group.units.items()
+    }
 
 
-def solve_scales(weight: Sequence[float], bias: Sequence[float]) -> ScaleSolution:
-    """Minimise the rescaled trace over α from per-layer traces (theory §2).
+def _chain_alphas(group: SymmetryGroup, log_scales: np.ndarray) -> dict[str, float] | None:
+    """The paper's α_l = e^{u_l − u_{l−1}} when the weighted modules form a chain, else None.
 
-    ``min_{α>0, Πα=1} Σ_l T^W_l / α_l² + T^b_l / (Π_{m≤l} α_m)²`` for traces ``weight =
-    [T^W_1..T^W_L]`` and ``bias = [T^b_1..T^b_L]`` (zeros for layers without bias). Closed
-    form ``L (Π T^W_l)^{1/L}`` when every bias trace is zero and every weight trace positive;
-    Newton in log-space otherwise. Zero traces may leave the infimum unattained: then
-    ``alphas`` is None and ``value`` the infimum.
-
-    Example:
-        >>> solution = solve_scales([1.0, 4.0], [0.0, 0.0])
-        >>> solution.value, [round(alpha**2, 12) for alpha in solution.alphas]
-        (4.0, [0.5, 2.0])
+    A chain here: every module's weight reads exactly the previous module's tie class (the
+    first reads the pinned input), and each module's units share one scale.
     """
-    try:
-        weight, bias = [float(t) for t in weight], [float(t) for t in bias]
-    except (TypeError, ValueError):
-        raise MinsharpError(
-            f"weight and bias must be sequences of traces (numbers); got {weight!r}, {bias!r}."
-        ) from None
-    if len(weight) != len(bias) or not weight:
-        raise MinsharpError("weight and bias need one trace per layer, at least one layer.")
-    if not all(math.isfinite(t) and t >= 0 for t in [*weight, *bias]):
-        raise MinsharpError(f"traces must be finite and non-negative; got {weight}, {bias}.")
-    L = len(weight)
-    if not any(bias) and all(t > 0 for t in weight):
-        log_mean = sum(math.log(t) for t in weight) / L
-        alphas = [math.exp(0.5 * (math.log(t) - log_mean)) for t in weight]
-        value = L * math.exp(log_mean)
-        rescaled = np.array([t / a**2 for t, a in zip(weight, alphas, strict=True)])
-        # ∂F/∂v_l = −2 (rescaled_l − rescaled_{l+1}) for the closed-form point.
-        gradient = -2 * (rescaled[:-1] - rescaled[1:])
-        certificate = Certificate("closed form", float(np.linalg.norm(gradient)) / value, 0)
-        return ScaleSolution(value, alphas, certificate)
-    term_weights, exponents = _exp_sum_terms(weight, bias)
-    result = minimize_exp_sum(term_weights, exponents)
-    certificate = Certificate("newton", result.relative_gradient_norm, result.iterations)
-    if not result.attained:
-        return ScaleSolution(result.value, None, certificate)
-    cumulative = np.concatenate([[0.0], result.x, [0.0]])
-    return ScaleSolution(result.value, np.exp(np.diff(cumulative)).tolist(), certificate)
+    representatives = group.representatives()
+    previous: set[int] | None = None  # the first module reads the input, raw unit 0
+    last = 0.0
+    alphas: dict[str, float] = {}
+    for name, (first, count) in group.units.items():
+        weight = group.edges.get(f"{name}.weight")
+        own = log_scales[first : first + count]
+        reads = None if weight is None else set(np.unique(weight[1]).tolist())
+        expected = {0} if previous is None else previous
+        if reads is None or {int(representatives[unit]) for unit in reads} != expected:
+            return None
+        if (previous is not None and reads == {0}) or np.ptp(own) > 0:
+            return None
+        alphas[name] = float(np.exp(own[0] - last))
+        previous = {int(unit) for unit in representatives[first : first + count]}
+        last = float(own[0])
+    return alphas
 
 
-def _exp_sum_terms(weight: Sequence[float], bias: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Terms of F over cumulative log-scales ``v_1..v_{L−1}`` (``v_0 = v_L = 0``)."""
-    L = len(weight)
-    weights, exponents = [], []
-    for layer in range(1, L + 1):
-        row = np.zeros(L + 1)  # coefficients of v_0..v_L; v_0 and v_L are fixed at 0
-        row[layer], row[layer - 1] = -2.0, 2.0
-        weights.append(weight[layer - 1])
-        exponents.append(row[1:L])
-        row = np.zeros(L + 1)
-        row[layer] = -2.0
-        weights.append(bias[layer - 1])
-        exponents.append(row[1:L])
-    return np.array(weights), np.array(exponents).reshape(2 * L, L - 1)
+def _unit_names(group: SymmetryGroup, edges: EdgeWeights) -> dict[int, str]:
+    """Node → the name of its first unit, ``"module[i]"``."""
+    names: dict[int, str] = {}
+    for module, (first, count) in group.units.items():
+        for index in range(count):
+            names.setdefault(int(edges.node_of[first + index]), f"{module}[{index}]")
+    return names
 
 
-def _random_alphas(num_layers: int, seed: int) -> list[float]:
-    generator = torch.Generator().manual_seed(seed)
-    logs = torch.randn(num_layers, generator=generator, dtype=torch.float64) * CHECK_LOG_SCALE
-    logs -= logs.mean()
-    return logs.exp().tolist()
+def _runaway(group: SymmetryGroup, edges: EdgeWeights, solution: Balance) -> dict[str, str]:
+    """The units on edges that lie on no directed cycle, and which side lacks curvature."""
+    if solution.attained:
+        return {}
+    incoming = np.bincount(edges.dst, edges.weight, minlength=edges.num_nodes)
+    outgoing = np.bincount(edges.src, edges.weight, minlength=edges.num_nodes)
+    names = _unit_names(group, edges)
+    runaway = {}
+    for edge in solution.cut_edges:
+        for node in (int(edges.dst[edge]), int(edges.src[edge])):
+            if node == 0:
+                continue
+            if incoming[node] == 0:
+                why = "its incoming parameters carry no curvature"
+            elif outgoing[node] == 0:
+                why = "its outgoing parameters carry no curvature"
+            else:
+                why = "it lies on no directed cycle of curvature-carrying edges"
+            runaway[names[node]] = why
+    return runaway

@@ -149,6 +149,7 @@ def measure(name: str, model: nn.Module, data: Any, **options: Any) -> MeasureRe
     with autograd_enabled():
         evaluation = chosen.compute(model, data, **options)
     seconds = time.perf_counter() - start
+    invariances = chosen.invariances if evaluation.invariances is None else evaluation.invariances
     if not math.isfinite(evaluation.value):
         raise ModelError(
             f"measure {name!r} came out non-finite ({evaluation.value}); the model's loss "
@@ -163,7 +164,8 @@ def measure(name: str, model: nn.Module, data: Any, **options: Any) -> MeasureRe
         num_examples=evaluation.num_examples,
         certificate=evaluation.certificate,
         details=evaluation.details,
-        invariances=tuple(s for s in SYMMETRIES if s in chosen.invariances),
+        invariances=tuple(s for s in SYMMETRIES if s in invariances),
+        rescale=evaluation.rescale,
     )
 
 
@@ -193,8 +195,7 @@ def measure_function(name: str, function_name: str | None = None) -> Callable[..
 def check_model_requirements(name: str, model: nn.Module) -> None:
     """Raise :class:`ModelError` if ``model`` lacks what measure ``name`` requires of it.
 
-    ``batchnorm`` is checked here; ``chain`` needs a forward pass, so Minimum Sharpness checks
-    it on its first examples (:class:`~minsharp.errors.NotAChainError`).
+    Only ``batchnorm`` is a requirement of the model; labels are checked with the data.
     """
     if "batchnorm" in spec(name).requires and not has_batchnorm(model):
         raise ModelError(

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
+
+from torch import nn
 
 from minsharp.errors import MinsharpError
 
@@ -17,16 +19,18 @@ Symmetry = Literal["layer", "neuron", "batchnorm"]
 #: The function-preserving reparametrisations a measure may be invariant to:
 #:
 #: * ``layer`` — the α-scale transformation ``W_l → α_l W_l, b_l → (Π_{m≤l} α_m) b_l``,
-#:   ``Π α_l = 1``, of a chain of positively homogeneous layers (theory §2);
+#:   ``Π α_l = 1``, of a chain of positively homogeneous layers (theory §2); through an
+#:   eval-mode batch-norm the layer feeding it keeps its scale and the batch-norm's γ, β
+#:   carry one (theory §7: its running statistics are fixed);
 #: * ``neuron`` — unit ``i`` between consecutive layers: row ``i`` of ``W_l`` and ``b_l[i]``
 #:   times ``s > 0``, column ``i`` of ``W_{l+1}`` divided by ``s``;
 #: * ``batchnorm`` — row ``k`` of a weight feeding a batch-norm (and its bias entry) times
 #:   ``c_k > 0``, with the batch-norm's running mean times ``c_k`` and variance times ``c_k²``.
 SYMMETRIES: tuple[Symmetry, ...] = ("layer", "neuron", "batchnorm")
 
-Requirement = Literal["labels", "batchnorm", "chain"]
-#: What a measure may require: labels in the data, batch-norm layers, a chain network.
-REQUIREMENTS: tuple[Requirement, ...] = ("labels", "batchnorm", "chain")
+Requirement = Literal["labels", "batchnorm"]
+#: What a measure may require: labels in the data, batch-norm layers.
+REQUIREMENTS: tuple[Requirement, ...] = ("labels", "batchnorm")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,11 @@ class Evaluation:
     """Options whose value the measure settled itself, by name: a ``None`` default that stands
     for "chosen from the other options or the model" (a radius per norm, the last layer),
     with the value actually used. :func:`measure` records these in place of the defaults."""
+    invariances: frozenset[Symmetry] | None = None
+    """The invariances of this value when its options change them (e.g. Minimum Sharpness
+    with ``symmetry="neuron"``); ``None``: those the measure's row declares."""
+    rescale: Callable[[nn.Module], nn.Module] | None = None
+    """For measures that minimise over rescalings: the model → its copy at the optimum."""
 
 
 #: Spellings of the former ``MinimumSharpness`` result, now read from the unified result.
@@ -76,10 +85,32 @@ class MeasureResult:
     certificate: dict[str, Any] | None
     details: dict[str, Any]
     invariances: tuple[Symmetry, ...]
+    rescale: Callable[[nn.Module], nn.Module] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dictionary of the result."""
-        return asdict(self)
+        result = asdict(replace(self, rescale=None))
+        del result["rescale"]
+        return result
+
+    def rescaled(self, model: nn.Module) -> nn.Module:
+        """The function-equivalent copy of ``model`` at the measure's optimal rescaling.
+
+        Its trace is :attr:`value` (for Minimum Sharpness: checked to give the same logits
+        on a probe batch). Only for measures that minimise over rescalings, when the
+        minimum is attained.
+        """
+        if self.rescale is None:
+            attained = (self.certificate or {}).get("attained")
+            why = (
+                f"the infimum is not attained (units that run off: {self.details.get('runaway')})"
+                if attained is False
+                else f"measure {self.name!r} does not minimise over rescalings"
+            )
+            raise MinsharpError(f"no rescaled copy: {why}.")
+        return self.rescale(model)
 
     def __getattr__(self, attribute: str) -> Any:
         # Only called for attributes the dataclass lacks: the former MinimumSharpness fields.

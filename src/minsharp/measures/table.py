@@ -71,10 +71,19 @@ MEASURES: tuple[MeasureSpec, ...] = (
     MeasureSpec(
         name="minimum_sharpness",
         invariances=frozenset({"layer"}),
-        requires=frozenset({"chain"}),
-        summary="min over layer rescalings α of Tr H (exact per-layer traces, Newton over α)",
-        reference="Ibayashi, Hamaguchi & Imaizumi 2021",
+        requires=frozenset(),
+        summary="min over rescalings of Tr H, one scale per module output (exact diag H, "
+        "balancing over the model's graph; symmetry='neuron': per unit)",
+        reference="Ibayashi, Hamaguchi & Imaizumi 2021; any graph and per-unit scales: ours",
         compute=minimum_sharpness.minimum_sharpness_evaluation,
+    ),
+    MeasureSpec(
+        name="neuron_minimum_sharpness",
+        invariances=frozenset({"layer", "neuron"}),
+        requires=frozenset(),
+        summary="min over per-unit rescalings of Tr H: minimum_sharpness with symmetry='neuron'",
+        reference="ours: Minimum Sharpness (Ibayashi et al. 2021) over the full group",
+        compute=minimum_sharpness.neuron_minimum_sharpness,
     ),
     MeasureSpec(
         name="normalized_sharpness",

@@ -104,21 +104,55 @@ Rule = Callable[[_Context, str, list[Any], Tensor, nn.Module | None], "Label | N
 def discover(model: nn.Module, probe: Tensor) -> SymmetryGroup:
     """The rescaling group of ``model``, found by running its fx graph on ``probe``.
 
-    Raises :class:`~minsharp.errors.ModelError` when the forward cannot be traced.
+    Submodules that torch.fx cannot trace are kept whole (leaves, which pin the units they
+    read, as unknown modules do). Raises :class:`~minsharp.errors.ModelError` when the
+    model's own forward cannot be traced.
     """
-    try:
-        traced = fx.symbolic_trace(model)
-    except Exception as error:  # fx raises TraceError, TypeError, NotImplementedError…
-        raise ModelError(
-            f"cannot trace {type(model).__name__} with torch.fx ({type(error).__name__}: "
-            f"{error}). The full rescaling group is read from the traced graph, so the forward "
-            "must not branch on tensor values (data-dependent control flow) or use untraceable "
-            "calls; move such code into a leaf module, or use symmetry='layer' on a chain "
-            "with minsharp.minimum_sharpness."
-        ) from error
+    traced = _traced(model)
     context = _Context(SymmetryGroup(), dict(model.named_modules()), _shared_modules(model, traced))
     _Propagation(traced, context).run(probe)
     return context.group
+
+
+class _LeafTracer(fx.Tracer):
+    """A tracer that keeps the named submodules whole."""
+
+    def __init__(self, leaves: set[str]) -> None:
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return qualified_name in self.leaves or super().is_leaf_module(module, qualified_name)
+
+
+def _traced(model: nn.Module) -> fx.GraphModule:
+    """``model``'s fx graph; untraceable submodules become leaves."""
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as error:  # fx raises TraceError, TypeError, NotImplementedError…
+        failure: Exception = error
+    leaves = {name for name, module in model.named_modules() if name and not _traceable(module)}
+    if leaves:
+        tracer = _LeafTracer(leaves)
+        try:
+            return fx.GraphModule(model, tracer.trace(model))
+        except Exception as error:
+            failure = error
+    raise ModelError(
+        f"cannot trace {type(model).__name__} with torch.fx ({type(failure).__name__}: "
+        f"{failure}). The rescaling group is read from the traced graph, so the model's own "
+        "forward must not branch on tensor values (data-dependent control flow) or make "
+        "untraceable calls. Move such code into a submodule of its own: minsharp keeps a "
+        "submodule it cannot trace whole and pins the units it reads."
+    ) from failure
+
+
+def _traceable(module: nn.Module) -> bool:
+    try:
+        fx.symbolic_trace(module)
+    except Exception:  # any tracing failure: the module is kept whole
+        return False
+    return True
 
 
 def _shared_modules(model: nn.Module, traced: fx.GraphModule) -> set[str]:

@@ -97,7 +97,7 @@ def verify_same_function(original: nn.Module, twin: nn.Module, probe: Tensor) ->
             f"rescaling the discovered units changed the logits (relative gap {gap:.2e} > "
             f"{tolerance:g}): some operation in the forward does not commute with positive "
             "per-unit scales and is not recognised as such. Report the model's forward to "
-            "minsharp, or use symmetry='layer'."
+            "minsharp; wrapping that operation in a submodule of its own pins its inputs."
         )
     return gap
 
