@@ -1,117 +1,173 @@
-"""Full-group (neuron-wise) Minimum Sharpness: solver cost and the neuron-vs-layer gap.
+"""Minimum Sharpness over the rescaling group: solver cost and the neuron-vs-layer gap.
 
-On the paper MLP 784-512-128-512-10 (MNIST test images, N examples, float32) at
-initialisation and after a brief SGD run, and on a small ResNet-style block net (no
-``resnet20`` in the model zoo on this branch): the balancing solver's time, iterations and
-imbalance, the layer- and neuron-wise values, and the cost of the whole neuron-wise measure
-relative to one ``hessian_diagonal`` pass (theory §7).
+For the paper MLP 784-512-128-512-10 (1152 free units) and ResNet-20 with batch-norm
+(He et al. 2016; MNIST images padded to 32×32 and repeated on 3 channels), each at
+initialisation and after a brief SGD run on later test images: layer- and neuron-wise
+Minimum Sharpness (theory §7) as the README calls them (``minsharp.minimum_sharpness(model,
+data, symmetry=…)``, default options), the balancing solver's iterations, imbalance and
+time, and the whole neuron-wise measure's time as a ratio to one ``hessian_diagonal`` pass on
+the same data, timed in interleaved rounds.
 
-    python benchmarks/balance.py [--examples 1000] [--output benchmarks/results/balance.md]
+    python benchmarks/balance.py [--examples 1000] [--resnet-examples 256] [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
-import platform
-import time
-from pathlib import Path
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minsharp.curvature import hessian_diagonal
-from minsharp.data import load_mnist_split
-from minsharp.measures.neuron_sharpness import group_minimum_sharpness
-from minsharp.models import paper_mlp
+import common
+import minsharp
+from minsharp.models import paper_mlp, resnet20
+from minsharp.training import TrainingConfig
 
-MNIST = Path("/work/shared/data/mnist")
+DEFAULT_OUTPUT = common.RESULTS_DIR / "balance.md"
+#: The paper MLP's target: the neuron-wise measure at most this many diagonal passes.
+TARGET_RATIO = 1.5
 
 
-class BlockNet(nn.Module):
-    """stem conv, two residual conv-BN blocks (16 channels), pooled, linear head."""
+@dataclass(frozen=True, kw_only=True)
+class Settings(common.BaseSettings):
+    """Sizes of the run; ``--quick`` shrinks everything to a smoke test."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(1, 16, 3, padding=1)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv2d(16, 16, 3, padding=1),
-                nn.BatchNorm2d(16),
-                nn.ReLU(),
-                nn.Conv2d(16, 16, 3, padding=1),
-                nn.BatchNorm2d(16),
+    examples: int = 1000
+    resnet_examples: int = 256
+    mlp_epochs: int = 8
+    resnet_epochs: int = 1
+    training_stop: int = 10000
+    """Training uses test images 5000 … training_stop − 1, never the measured ones."""
+    repeats: int = 3
+
+    @classmethod
+    def of(cls, quick: bool, examples: int, resnet_examples: int) -> Settings:
+        """The settings of a full run of these sizes, or of a ``--quick`` one."""
+        if quick:
+            return cls(
+                quick=True,
+                examples=64,
+                resnet_examples=8,
+                mlp_epochs=1,
+                resnet_epochs=1,
+                training_stop=5256,
+                repeats=1,
             )
-            for _ in range(2)
-        )
-        self.pool, self.head = nn.AdaptiveAvgPool2d(2), nn.Linear(16 * 4, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits of ``x`` (N, 1, 28, 28)."""
-        h = torch.relu(self.stem(x))
-        for block in self.blocks:
-            h = torch.relu(h + block(h))
-        return self.head(torch.flatten(self.pool(h), 1))
+        return cls(examples=examples, resnet_examples=resnet_examples)
 
 
-def brief_sgd(model: nn.Module, images: Tensor, labels: Tensor, steps: int) -> nn.Module:
-    """``steps`` SGD steps (lr 0.1, batch 128) on the given images."""
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
-    generator = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(steps):
-        batch = torch.randint(0, images.shape[0], (128,), generator=generator)
-        optimiser.zero_grad()
-        F.cross_entropy(model(images[batch]), labels[batch]).backward()
-        optimiser.step()
-    return model.eval()
+def as_resnet_input(images: Tensor) -> Tensor:
+    """(N, 1, 28, 28) → (N, 3, 32, 32): zero-padded by 2 and repeated on 3 channels."""
+    return F.pad(images, (2, 2, 2, 2)).expand(-1, 3, -1, -1).contiguous()
 
 
-def row(name: str, model: nn.Module, data: Tensor) -> str:
-    """One table row: diagonal time, neuron/layer values and solver figures."""
-    hessian_diagonal(model, data[:64])  # warm-up
-    start = time.perf_counter()
-    hessian_diagonal(model, data)
-    diagonal_seconds = time.perf_counter() - start
-    neuron = group_minimum_sharpness(model, data)
-    layer = group_minimum_sharpness(model, data, symmetry="layer")
-    gap = 1 - neuron.value / layer.value
-    c, ratio = neuron.certificate, neuron.seconds / diagonal_seconds
-    return (
-        f"| {name} | {neuron.num_units} | {layer.value:.6g} | {neuron.value:.6g} | {gap:.1%} "
-        f"| {c.iterations} | {c.max_relative_imbalance:.1e} | {neuron.solver_seconds:.3f} "
-        f"| {diagonal_seconds:.3f} | {neuron.seconds:.3f} | {ratio:.2f} |"
+def training(epochs: int) -> TrainingConfig:
+    """SGD as the studies train (momentum 0.9), batch 128, lr 0.05, for ``epochs``."""
+    return TrainingConfig(epochs=epochs, batch_size=128, lr=0.05, seed=0)
+
+
+def measured_row(name: str, model: nn.Module, data: Tensor, settings: Settings) -> list[object]:
+    """One table row: free units, both values, the gap, solver figures and the cost ratio."""
+    functions: dict[str, Callable[[], object]] = {
+        "diagonal": lambda: minsharp.hessian_diagonal(model, data),
+        "neuron": lambda: minsharp.minimum_sharpness(model, data, symmetry="neuron"),
+    }
+    timings, _ = common.timed_rounds(
+        functions,
+        repeats=settings.repeats,
+        max_rounds=4 * settings.repeats,
+        max_other_cores=settings.max_other_cores,
+        warmup=1,
     )
+    neuron = timings["neuron"].result
+    layer = minsharp.minimum_sharpness(model, data)
+    diagonal_s, measure_s = timings["diagonal"].median, timings["neuron"].median
+    certificate, details = neuron.certificate, neuron.details
+    return [
+        name,
+        data.shape[0],
+        details["num_units"],
+        f"{layer.value:.6g}",
+        f"{neuron.value:.6g}",
+        f"{1 - neuron.value / layer.value:.1%}",
+        certificate["iterations"],
+        f"{certificate['max_relative_imbalance']:.1e}",
+        f"{details['solver_seconds']:.3f}",
+        common.seconds(diagonal_s),
+        common.seconds(measure_s),
+        f"{measure_s / diagonal_s:.2f}",
+    ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/balance.md"))
-    options = parser.parse_args()
-    images, labels = load_mnist_split(MNIST, "test")
-    data = images[: options.examples].reshape(options.examples, -1)
-    torch.manual_seed(0)
-    rows = [row("paper MLP, init", paper_mlp().eval(), data)]
-    trained = brief_sgd(paper_mlp(), images.reshape(len(images), -1), labels, options.steps)
-    rows.append(row(f"paper MLP, {options.steps} SGD steps", trained, data))
-    torch.manual_seed(0)
-    block = brief_sgd(BlockNet(), images.reshape(-1, 1, 28, 28), labels, options.steps // 3)
-    rows.append(row("residual BN block net", block, data.reshape(-1, 1, 28, 28)[:256]))
-    header = (
-        f"# Full-group Minimum Sharpness (benchmarks/balance.py)\n\n"
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-        f"threads, torch {torch.__version__}, float32, N = {options.examples} MNIST test images "
-        "(256 for the block net). Default options (symmetry='neuron', curvature='hessian').\n"
-        "Times in seconds; 'ratio' = whole neuron-wise measure / one hessian_diagonal pass.\n\n"
-        "| network | free units | layer MS | neuron MS | gap | solver iterations "
-        "| max imbalance | solver s | diagonal s | measure s | ratio |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+def main() -> int:
+    parser = common.base_parser(__doc__, DEFAULT_OUTPUT)
+    parser.add_argument("--examples", type=int, default=1000, help="paper MLP examples")
+    parser.add_argument("--resnet-examples", type=int, default=256, help="ResNet-20 examples")
+    args = parser.parse_args()
+    settings = Settings.of(args.quick, args.examples, args.resnet_examples)
+    run = common.Run(args, settings.threads)
+    images, labels = common.mnist_test_images(args.mnist, 10000)
+    flat = images.reshape(len(images), -1)
+    mlp_data = flat[: settings.examples]
+    resnet_images = as_resnet_input(images)
+    resnet_data = resnet_images[: settings.resnet_examples]
+    rows = []
+    cases = [
+        ("paper MLP, init", lambda: paper_mlp(), mlp_data, 0, flat),
+        ("paper MLP, trained", lambda: paper_mlp(), mlp_data, settings.mlp_epochs, flat),
+        ("ResNet-20 + BN, init", lambda: resnet20(3, 10), resnet_data, 0, resnet_images),
+        (
+            "ResNet-20 + BN, trained",
+            lambda: resnet20(3, 10),
+            resnet_data,
+            settings.resnet_epochs,
+            resnet_images,
+        ),
+    ]
+    for name, build, data, epochs, training_images in cases:
+        model = common.untrained(build)
+        if epochs:
+            config = training(epochs)
+            common.train_on_test_images(
+                model, training_images, labels, slice(5000, settings.training_stop), config
+            )
+            steps = epochs * -(-(settings.training_stop - 5000) // config.batch_size)
+            name = f"{name} ({steps} SGD steps)"
+        rows.append(measured_row(name, model, data, settings))
+        common.print_row(rows[-1])
+    header = [
+        "network",
+        "N",
+        "free units",
+        "layer MS",
+        "neuron MS",
+        "gap",
+        "solver iterations",
+        "max imbalance",
+        "solver s",
+        "hessian_diagonal",
+        "neuron MS measure",
+        "ratio",
+    ]
+    notes = [
+        "data: the first N MNIST test images (ResNet-20: padded to 32×32, 3 channels); "
+        f"trained nets: SGD on test images 5000–{settings.training_stop - 1}, batch 128, "
+        "lr 0.05, momentum 0.9",
+        "ratio: the whole neuron-wise measure (probe, graph discovery, check, diagonal, "
+        f"solver) over one hessian_diagonal pass, medians of interleaved rounds; target for "
+        f"the paper MLP: ≤ {TARGET_RATIO}",
+        "gap: 1 − neuron/layer; the layer-wise value is the paper's Minimum Sharpness on the MLP",
+    ]
+    body = common.markdown_table(header, rows) + "\n"
+    return run.finish(
+        "Minimum Sharpness over the rescaling group (benchmarks/balance.py)",
+        "float32",
+        notes,
+        body,
     )
-    options.output.write_text(header + "\n".join(rows) + "\n")
-    print(options.output.read_text())
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
