@@ -25,6 +25,8 @@ from torch import Tensor, fx, nn
 from minsharp.errors import ModelError
 
 GROUND = 0
+_BatchNorm = nn.modules.batchnorm._BatchNorm
+_Encoder = nn.TransformerEncoderLayer
 
 
 @dataclass(frozen=True)
@@ -356,11 +358,7 @@ def _conv(
 
 
 def _batchnorm(
-    context: _Context,
-    name: str,
-    arguments: list[Any],
-    value: Tensor,
-    module: nn.modules.batchnorm._BatchNorm,
+    context: _Context, name: str, arguments: list[Any], value: Tensor, module: _BatchNorm
 ) -> Label | None:
     """Eval batch-norm: its fixed statistics pin its inputs; γ_c, β_c feed new unit c."""
     context.group.pin(arguments[0][1])
@@ -373,11 +371,7 @@ def _batchnorm(
 
 
 def _transformer(
-    context: _Context,
-    name: str,
-    arguments: list[Any],
-    value: Tensor,
-    module: nn.TransformerEncoderLayer,
+    context: _Context, name: str, arguments: list[Any], value: Tensor, module: _Encoder
 ) -> None:
     """Only the ReLU feed-forward hidden units are free; attention and LayerNorm pin."""
     _pin(context, name, arguments, value, module)
