@@ -45,6 +45,8 @@ bench: bench-setup
 	$(BIN)/python benchmarks/scaling.py $(BENCH)
 	$(BIN)/python benchmarks/cost_ratio.py $(BENCH)
 	$(BIN)/python benchmarks/solvers.py $(BENCH)
+	$(BIN)/python benchmarks/balance.py $(BENCH)
+	$(BIN)/python benchmarks/measure_costs.py $(BENCH)
 	$(BIN)/python benchmarks/normalized_sharpness_solver.py $(BENCH)
 	$(BIN)/python benchmarks/tracking_overhead.py $(BENCH)
 	$(BIN)/python benchmarks/report.py

@@ -31,6 +31,8 @@ SECTIONS = {
     "scaling.md": "Scaling with N, width, depth and K",
     "cost_ratio.md": "Cost ratio to one training step and BackPACK, default options",
     "solvers.md": "Solvers: Minimum Sharpness",
+    "balance.md": "Minimum Sharpness over the rescaling group: solver and neuron-wise gap",
+    "measure_costs.md": "Every measure at its defaults, in training steps",
     "normalized_sharpness_solver.md": "Solvers: normalized sharpness",
     "tracking_overhead.md": "Tracking sharpness during training: overhead",
 }

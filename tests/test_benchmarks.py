@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import minsharp
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
@@ -240,3 +242,22 @@ def test_report_assembles_the_results(tmp_path) -> None:
     assert "| 1 | 1 |" in summary  # peers: one PASS, one MISS
     missed = [line for line in summary.splitlines() if line.startswith("- ")]
     assert len(missed) == 1 and "SmallMLP" in missed[0] and "MISS" in missed[0]
+
+
+def test_balance_quick(tmp_path) -> None:
+    text = run_quick("balance.py", tmp_path / "balance.md")
+    header, rows = table(text, "network", "paper MLP", "ResNet-20")
+    assert len(rows) == 4
+    for row in rows:
+        assert float(row[header.index("max imbalance")]) <= 1e-10, row
+        layer, neuron = float(row[header.index("layer MS")]), float(row[header.index("neuron MS")])
+        assert neuron <= layer * (1 + 1e-6), row
+
+
+def test_measure_costs_quick(tmp_path) -> None:
+    text = run_quick("measure_costs.py", tmp_path / "costs.md")
+    header, rows = table(text, "measure", *minsharp.available())
+    assert {row[0] for row in rows} == set(minsharp.available())
+    steps = [row[header.index("training steps")] for row in rows if row[1] != "n/a"]
+    assert len(steps) >= len(rows) - 1 and all(float(cell) > 0 for cell in steps)
+    assert "bar: all measures together" in text

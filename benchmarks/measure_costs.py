@@ -1,0 +1,100 @@
+"""Every registered measure at its defaults, in training steps, on the paper MLP.
+
+The paper's MLP 784-512-128-512-10 (theory §6), trained briefly on MNIST test images
+5000–9999 (SGD, batch 128, lr 0.05, momentum 0.9), measured in eval mode, float32, on the
+first N = 1000 test images with their labels, each measure called as the README shows
+(``minsharp.measure(name, model, (X, y))``, default options). A training step is
+``zero_grad``, forward, mean cross-entropy and ``.backward()`` on the same N examples, the
+median of interleaved timings. The bar (issue 16): all measures together at most 350 steps.
+
+    python benchmarks/measure_costs.py [--quick] [--output benchmarks/results/measure_costs.md]
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import common
+import minsharp
+from minsharp.models import paper_mlp
+from minsharp.training import TrainingConfig
+
+DEFAULT_OUTPUT = common.RESULTS_DIR / "measure_costs.md"
+#: The bar: every measure at its defaults, in training steps, summed.
+BUDGET_STEPS = 350
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings(common.BaseSettings):
+    """Sizes of the run; ``--quick`` is a smoke test of the script."""
+
+    examples: int = 1000
+    epochs: int = 8
+    step_repeats: int = 7
+
+    @classmethod
+    def of(cls, quick: bool) -> Settings:
+        """A full run, or a ``--quick`` one."""
+        return cls(quick=True, examples=64, epochs=1, step_repeats=2) if quick else cls()
+
+
+def training_step(model: nn.Module, inputs: Tensor, labels: Tensor) -> None:
+    """One optimiser step's gradient work on ``inputs``: forward, loss, backward."""
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(inputs), labels).backward()
+
+
+def main() -> int:
+    parser = common.base_parser(__doc__, DEFAULT_OUTPUT)
+    args = parser.parse_args()
+    settings = Settings.of(args.quick)
+    run = common.Run(args, settings.threads)
+    images, labels = common.mnist_test_images(args.mnist, 10000)
+    flat = images.reshape(len(images), -1)
+    model = common.untrained(paper_mlp)
+    training = TrainingConfig(epochs=settings.epochs, batch_size=128, lr=0.05, seed=0)
+    stop = 5256 if settings.quick else 10000
+    common.train_on_test_images(model, flat, labels, slice(5000, stop), training)
+    inputs, targets = flat[: settings.examples], labels[: settings.examples]
+    step = common.timed_calls(
+        lambda: training_step(model, inputs, targets),
+        repeats=settings.step_repeats,
+        warmup=2,
+        max_other_cores=settings.max_other_cores,
+    ).median
+    model.eval()
+    rows, total = [], 0.0
+    for name in minsharp.available():
+        if "batchnorm" in minsharp.measures.spec(name).requires:
+            rows.append([name, "n/a", "n/a (needs batch-norm; the paper MLP has none)"])
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            seconds = common.time_once(lambda n=name: minsharp.measure(n, model, (inputs, targets)))
+        total += seconds / step
+        rows.append([name, common.seconds(seconds), f"{seconds / step:.1f}"])
+        common.print_row(rows[-1])
+    rows.append(["**all measures**", "", f"**{total:.0f}**"])
+    notes = [
+        f"N = {settings.examples} MNIST test images; training step (forward, loss, backward on "
+        f"the same N) median {common.seconds(step)}",
+        f"bar: all measures together ≤ {BUDGET_STEPS} steps — "
+        f"{common.verdict(total <= BUDGET_STEPS)}",
+        "each measure timed once, at its default options, after the others (warm caches)",
+    ]
+    body = common.markdown_table(["measure", "seconds", "training steps"], rows) + "\n"
+    return run.finish(
+        "Every measure at its defaults, in training steps (benchmarks/measure_costs.py)",
+        "float32",
+        notes,
+        body,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
