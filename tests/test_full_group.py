@@ -18,6 +18,7 @@ from torch import nn
 import minsharp
 from minsharp.curvature import hessian_trace
 from minsharp.errors import MinsharpError
+from minsharp.models import build_model
 from minsharp.solvers.chain import solve_scales
 from minsharp.symmetry.graph import discover
 from minsharp.symmetry.group import random_log_scales, rescaled_copy
@@ -178,3 +179,24 @@ def test_untraceable_submodule_is_kept_whole_and_pins_its_inputs():
     assert "branchy.fc" not in scales and len(scales["hidden"]) == 5
     twin = result.rescaled(model)
     assert hessian_trace(twin, inputs).total == pytest.approx(result.value, rel=1e-8)
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_resnet20_from_the_zoo_twin_trace_is_the_value(batchnorm):
+    torch.manual_seed(0)
+    model = build_model("resnet20", (3, 8, 8), 4, batchnorm=batchnorm).double().eval()
+    with torch.no_grad():  # trained-looking statistics: no accidental symmetry at β = μ = 0
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+    inputs = torch.randn(6, 3, 8, 8, dtype=torch.float64)
+    layer = minsharp.minimum_sharpness(model, inputs)
+    neuron = minsharp.minimum_sharpness(model, inputs, symmetry="neuron")
+    assert neuron.value <= layer.value * (1 + 1e-12)
+    for result in (layer, neuron):
+        assert result.certificate["max_relative_imbalance"] <= 1e-10
+        twin = result.rescaled(model)
+        assert hessian_trace(twin, inputs).total == pytest.approx(result.value, rel=1e-8)
