@@ -197,21 +197,22 @@ LENET_MEASURES: tuple[str, ...] = (*STUDY_MEASURES, "neuron_minimum_sharpness")
 
 
 def cpu_lenet_preset() -> StudyConfig:
-    """The ``cpu-lenet`` preset: the paper's LeNet on 1 000 MNIST images, 6 ratios × 2 seeds.
+    """The ``cpu-lenet`` preset: the paper's LeNet on 500 MNIST images, 5 ratios × 2 seeds.
 
-    Sized for about 45 minutes on 2 cores: LeNet costs about 8× the MLP per image, so fewer
-    images (1 000 to train on, 2 000 to test, 500 to measure) and 100 epochs of batch 64.
+    Sized for about 45 minutes on 2 cores: LeNet costs about 8× the MLP per image, so few
+    images (500 to train on and measure, 2 000 to test) and 150 epochs of batch 50. At this
+    scale LeNet does not fully memorise shuffled labels; the report gives the training
+    accuracies.
     """
     return StudyConfig(
         preset="cpu-lenet",
         dataset="mnist",
-        train_size=1000,
+        train_size=500,
         test_size=2000,
-        measure_examples=500,
-        ratios=_ratios(0.2),
+        ratios=_ratios(0.25),
         seeds=(0, 1),
         models=(ModelPlan("lenet", "lenet"),),
-        training=_small_training(epochs=100, batch_size=64),
+        training=_small_training(epochs=150, batch_size=50),
         measures=LENET_MEASURES,
         measure_options=copy.deepcopy(STUDY_MEASURE_OPTIONS),
     )

@@ -85,7 +85,7 @@ presets:
   demo   digits (bundled), 5 ratios x 3 seeds, MLP 64-128-128-10, 4 measures (~1-2 min)
   cpu    4000/2000 MNIST images, the paper's MLP 784-512-128-512-10, 11 ratios x 2 seeds,
          8 measures (about 25 min on 2 cores)
-  cpu-lenet  1000/2000 MNIST images, the paper's LeNet, 6 ratios x 2 seeds, the cpu measures
+  cpu-lenet  500/2000 MNIST images, the paper's LeNet, 5 ratios x 2 seeds, the cpu measures
          and neuron-wise Minimum Sharpness (about 45 min on 2 cores)
   paper  the paper's protocol: full MNIST, 11 ratios x 10 trials, MLP (lr 0.1, 3000 epochs)
          and LeNet (lr 0.01, 1000 epochs), batch 1024 (for a GPU machine)
