@@ -41,7 +41,6 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,11 +53,12 @@ from minsharp.study.core.config import (
     Presets,
     grid_setting_holders,
     raise_kind_problems,
+    sgd_training,
 )
-from minsharp.study.core.kind import Flag, StudyData, StudyKind
+from minsharp.study.core.kind import Flag, RunContext, StudyKind
 from minsharp.study.core.kind import RunPlan as GridRunPlan
 from minsharp.symmetry.layerwise import chain_layers, rescaled_copy, verify_same_function
-from minsharp.training import TrainingConfig, train_classifier
+from minsharp.training import TrainingConfig
 
 #: The kind of study this module runs (``study.json``'s ``kind``).
 KIND = "batch-size"
@@ -169,17 +169,14 @@ def validate(config: BatchSizeConfig) -> None:
 # --------------------------------------------------------------------------- presets
 
 
-def _training(**changes: Any) -> dict[str, Any]:
-    """SGD with momentum 0.9, no weight decay, constant rate (theory §4 states none of these)."""
-    return {
-        "epochs": 500,
-        "lr": 0.05,
-        "momentum": 0.9,
-        "weight_decay": 0.0,
-        "lr_decay": 0.0,
-        "target_train_accuracy": 0.999,
-        **changes,
-    }
+#: The presets' training besides :func:`~minsharp.study.core.config.sgd_training`'s SGD: no
+#: weight decay, a constant rate, until 99.9 % training accuracy (theory §4 states none).
+TRAINING: dict[str, Any] = {
+    "epochs": 500,
+    "weight_decay": 0.0,
+    "lr_decay": 0.0,
+    "target_train_accuracy": 0.999,
+}
 
 
 def _tolerances(tolerance: float) -> dict[str, dict[str, Any]]:
@@ -195,7 +192,7 @@ def demo_preset() -> BatchSizeConfig:
         batch_sizes=(16, 512),
         seeds=(0, 1, 2),
         models=(ModelPlan("mlp", "mlp", {"hidden": [64, 64], "bias": False}),),
-        training=_training(epochs=400, target_train_accuracy=1.0),
+        training=sgd_training(TRAINING, epochs=400, target_train_accuracy=1.0),
         measure_options=_tolerances(1e-4),
     )
 
@@ -210,7 +207,7 @@ def cpu_preset() -> BatchSizeConfig:
         batch_sizes=(64, 500),
         seeds=tuple(range(5)),
         models=_paper_models(),
-        training=_training(epochs=300, target_train_accuracy=0.995),
+        training=sgd_training(TRAINING, epochs=300, target_train_accuracy=0.995),
         measure_options=_tolerances(1e-3),
         measure_examples=500,
     )
@@ -224,7 +221,7 @@ def paper_preset() -> BatchSizeConfig:
         batch_sizes=(256, 6000),
         seeds=tuple(range(5)),
         models=_paper_models(),
-        training=_training(),
+        training=sgd_training(TRAINING),
         measure_options=_tolerances(1e-4),
     )
 
@@ -366,27 +363,13 @@ class BatchSize(StudyKind[BatchSizeConfig, RunPlan]):
         rescaling = {"spread": config.rescale_spread, "seed": plan.rescale_seed}
         return steps.run_fingerprint(KIND, config, plan, rescaling=rescaling)
 
-    def execute(
-        self,
-        config: BatchSizeConfig,
-        plan: RunPlan,
-        data: StudyData,
-        run_dir: Path,
-        record: dict[str, Any],
-        progress: bool = False,
-    ) -> None:
-        """Train, measure, rescale and measure again one run, filling ``record``."""
+    def execute(self, config: BatchSizeConfig, plan: RunPlan, run: RunContext) -> None:
+        """Train, measure, rescale and measure again one run, filling its record."""
         started = time.perf_counter()
+        data, record = run.data, run.record
         record.update(steps.run_settings(plan, data, config.dtype, batch_size=plan.batch_size))
-        model = steps.build_network(plan, data, record)
-        history = train_classifier(
-            model,
-            data.train_inputs,
-            data.train_labels,
-            plan.training,
-            progress=progress,
-            description=plan.run_id,
-        )
+        model = steps.build_network(plan, run)
+        history = steps.train(model, plan, run, data.train_labels)
         training_seconds = time.perf_counter() - started
         scores = steps.evaluate(model, data, data.train_labels)
         target = plan.training.target_train_accuracy
@@ -415,7 +398,7 @@ class BatchSize(StudyKind[BatchSizeConfig, RunPlan]):
                 twin, inputs, config.measures, options
             )
         rescaled_seconds = time.perf_counter() - began
-        steps.save_network(model, plan, data, run_dir, record, CHECKPOINT_KEYS)
+        steps.save_network(model, plan, run, CHECKPOINT_KEYS)
         record["timings"] = {
             "training": training_seconds,
             "measures": measure_seconds,

@@ -34,7 +34,6 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,10 +48,11 @@ from minsharp.study.core.config import (
     grid_setting_holders,
     raise_kind_problems,
     ratio_label,
+    sgd_training,
 )
-from minsharp.study.core.kind import Flag, StudyData, StudyKind
+from minsharp.study.core.kind import Flag, RunContext, StudyKind
 from minsharp.study.core.kind import RunPlan as GridRunPlan
-from minsharp.training import TrainingConfig, train_classifier
+from minsharp.training import TrainingConfig
 
 #: The kind of study this module runs (``study.json``'s ``kind``).
 KIND = "bn-sharpness"
@@ -180,18 +180,15 @@ def validate(config: BNSharpnessConfig) -> None:
 # --------------------------------------------------------------------------- presets
 
 
-def _training(**changes: Any) -> dict[str, Any]:
-    """SGD with momentum 0.9, weight decay 5e-4, batch 64, lr 0.05 decaying as 1/(1 + 1e-4 t)."""
-    return {
-        "epochs": 20,
-        "batch_size": 64,
-        "lr": 0.05,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "lr_decay": 1e-4,
-        "target_train_accuracy": None,
-        **changes,
-    }
+#: The presets' training besides :func:`~minsharp.study.core.config.sgd_training`'s SGD:
+#: batch 64, weight decay 5e-4, lr decaying as 1/(1 + 1e-4 t), all epochs.
+TRAINING: dict[str, Any] = {
+    "epochs": 20,
+    "batch_size": 64,
+    "weight_decay": 5e-4,
+    "lr_decay": 1e-4,
+    "target_train_accuracy": None,
+}
 
 
 def demo_preset() -> BNSharpnessConfig:
@@ -201,7 +198,7 @@ def demo_preset() -> BNSharpnessConfig:
         dataset="digits",
         seeds=tuple(range(5)),
         models=(ModelPlan("mlp_bn", "mlp", {"hidden": [64, 64], "batchnorm": True}),),
-        training=_training(epochs=30),
+        training=sgd_training(TRAINING, epochs=30),
     )
 
 
@@ -214,7 +211,7 @@ def cpu_preset() -> BNSharpnessConfig:
         test_size=4000,
         seeds=tuple(range(10)),
         models=(ModelPlan("cnn_bn", "small_cnn", {"batchnorm": True}),),
-        training=_training(epochs=15),
+        training=sgd_training(TRAINING, epochs=15),
         measure_examples=1000,
     )
 
@@ -226,7 +223,7 @@ def paper_preset() -> BNSharpnessConfig:
         dataset="cifar10",
         seeds=tuple(range(5)),
         models=(ModelPlan("cnn_bn", "small_cnn", {"batchnorm": True}),),
-        training=_training(epochs=100, batch_size=128),
+        training=sgd_training(TRAINING, epochs=100, batch_size=128),
         measure_examples=10000,
     )
 
@@ -337,21 +334,14 @@ class BNSharpness(StudyKind[BNSharpnessConfig, RunPlan]):
         """SHA-256 of every setting that decides a run's result (the penalty is in its training)."""
         return steps.run_fingerprint(KIND, config, plan)
 
-    def execute(
-        self,
-        config: BNSharpnessConfig,
-        plan: RunPlan,
-        data: StudyData,
-        run_dir: Path,
-        record: dict[str, Any],
-        progress: bool = False,
-    ) -> None:
-        """Measure at initialisation, train with penalty λ, measure again; fill ``record``."""
+    def execute(self, config: BNSharpnessConfig, plan: RunPlan, run: RunContext) -> None:
+        """Measure at initialisation, train with penalty λ, measure again; fill the record."""
         started = time.perf_counter()
+        data, record = run.data, run.record
         record.update(
             steps.run_settings(plan, data, config.dtype, weight=plan.weight, delta=config.delta)
         )
-        model = steps.build_network(plan, data, record)
+        model = steps.build_network(plan, run)
         inputs = steps.measured_examples(
             data.train_inputs, data.train_labels, config.measure_examples, record, MEASURED_ON
         )
@@ -360,15 +350,7 @@ class BNSharpness(StudyKind[BNSharpnessConfig, RunPlan]):
             calibrated_copy(model, data.train_inputs), inputs, config.measures, options
         )
         began = time.perf_counter()
-        history = train_classifier(
-            model,
-            data.train_inputs,
-            data.train_labels,
-            plan.training,
-            test=(data.test_inputs, data.test_labels),
-            progress=progress,
-            description=plan.run_id,
-        )
+        history = steps.train(model, plan, run, data.train_labels, test=True)
         training_seconds = time.perf_counter() - began
         scores = steps.evaluate(model, data, data.train_labels)
         count, step_seconds = sum(history.steps), sum(history.step_seconds)
@@ -381,7 +363,7 @@ class BNSharpness(StudyKind[BNSharpnessConfig, RunPlan]):
         record["measures"], after_seconds = steps.measure_all(
             model, inputs, config.measures, options
         )
-        steps.save_network(model, plan, data, run_dir, record, CHECKPOINT_KEYS)
+        steps.save_network(model, plan, run, CHECKPOINT_KEYS)
         record["timings"] = {
             "training": training_seconds,
             "measures": before_seconds + after_seconds,

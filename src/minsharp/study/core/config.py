@@ -310,6 +310,16 @@ def _is_int(value: Any) -> bool:
 # --------------------------------------------------------------------------- the presets
 
 
+def sgd_training(settings: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+    """A preset's training: SGD with lr 0.05 and momentum 0.9, a kind's ``settings``, ``changes``.
+
+    Example:
+        >>> sgd_training({"epochs": 20, "weight_decay": 0.0}, epochs=5)
+        {'lr': 0.05, 'momentum': 0.9, 'epochs': 5, 'weight_decay': 0.0}
+    """
+    return {"lr": 0.05, "momentum": 0.9, **settings, **changes}
+
+
 # --------------------------------------------------------------------------- config files
 
 

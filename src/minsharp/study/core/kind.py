@@ -77,6 +77,24 @@ class StudyData:
         return tuple(self.train_inputs.shape[1:])
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What one run is executed with besides its configuration and plan.
+
+    Attributes:
+        data: the study's data on the compute device.
+        directory: the run's directory (``DIR/runs/<run-id>``), where its checkpoint goes.
+        record: the run's result, which the kind fills (it already holds the format, the run
+            id and the fingerprint); the runner writes it.
+        progress: whether to show progress bars.
+    """
+
+    data: StudyData
+    directory: Path
+    record: dict[str, Any]
+    progress: bool = False
+
+
 ConfigT = TypeVar("ConfigT", bound=GridConfig)
 PlanT = TypeVar("PlanT", bound=RunPlan)
 
@@ -214,18 +232,10 @@ class StudyKind(ABC, Generic[ConfigT, PlanT]):
         """
 
     @abstractmethod
-    def execute(
-        self,
-        config: ConfigT,
-        plan: PlanT,
-        data: StudyData,
-        run_dir: Path,
-        record: dict[str, Any],
-        progress: bool,
-    ) -> None:
-        """Run ``plan`` and fill ``record`` (already holding format, run id and fingerprint).
+    def execute(self, config: ConfigT, plan: PlanT, run: RunContext) -> None:
+        """Run ``plan`` on ``run.data`` and fill ``run.record`` (:class:`RunContext`).
 
-        An exception marks the run failed, with what ``record`` holds by then; the record is
+        An exception marks the run failed, with what the record holds by then; the record is
         written by :func:`~minsharp.study.core.runner.execute_run`.
         """
 
