@@ -46,6 +46,7 @@ from minsharp.study.batch_size.study import (
 from minsharp.study.core import store
 from minsharp.study.core.store import StudyRecords
 from minsharp.study.report import markdown as reporting
+from minsharp.study.report import paired
 from minsharp.training import TrainingConfig
 
 #: The measure the paper's claim is about, and the other invariant ones reported with it.
@@ -206,8 +207,8 @@ def write_report(directory: str | Path) -> Report:
             "rescaling.png": lambda: rescaling_figure(rows, config),
         },
     )
-    summary = "Large vs small batch (paired by seed):\n\n" + (
-        "\n".join(verdicts) if verdicts else "No complete SB/LB pair yet."
+    summary = paired.summary(
+        "Large vs small batch (paired by seed)", verdicts, "No complete SB/LB pair yet."
     )
     return Report(path, csv_path, figures, records, summary, comparisons)
 
@@ -266,7 +267,8 @@ def _markdown(
         add("![measures against the batch size](figures/batch_size.png)\n")
         add("Each line is one seed (filled: the trained network; open: its rescaled copy).\n")
         add("## Accuracy\n")
-        add(_accuracy_table(rows, config) + "\n")
+        batches = ("batch_size", "batch", sorted(config.batch_sizes))
+        add(paired.settings_table(rows, config.models, batches, _ACCURACY_COLUMNS) + "\n")
         add("## Which measures move under a layer rescaling\n")
         add(_rescaling_markdown(rows, config) + "\n")
         add("![relative change under rescaling](figures/rescaling.png)\n")
@@ -362,28 +364,15 @@ def _measure_table(comparisons: Sequence[Comparison], config: BatchSizeConfig) -
     return "\n".join(lines)
 
 
-def _accuracy_table(rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig) -> str:
-    lines = reporting.table_head(
-        "model",
-        "batch",
-        "runs",
-        "train acc",
-        "test acc",
-        "gap (train − test)",
-        "epochs",
-        "steps",
-        "reached target",
-    )
-    sizes = sorted(config.batch_sizes)
-    for model, size, chosen in reporting.setting_groups(rows, config.models, "batch_size", sizes):
-        spreads = [
-            reporting.spread([r[key] for r in chosen]).text(3)
-            for key in ("train_accuracy", "test_accuracy", "gap", "epochs_run", "steps")
-        ]
-        reached = sum(bool(r["reached_target"]) for r in chosen)
-        cells = [model.name, size, len(chosen), *spreads, f"{reached}/{len(chosen)}"]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    return "\n".join(lines)
+#: The columns of the accuracy table.
+_ACCURACY_COLUMNS: tuple[paired.Column, ...] = (
+    ("train acc", paired.spread_cell("train_accuracy")),
+    ("test acc", paired.spread_cell("test_accuracy")),
+    ("gap (train − test)", paired.spread_cell("gap")),
+    ("epochs", paired.spread_cell("epochs_run")),
+    ("steps", paired.spread_cell("steps")),
+    ("reached target", paired.count_cell("reached_target")),
+)
 
 
 def _rescaling_markdown(rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig) -> str:

@@ -37,6 +37,7 @@ from minsharp.study.core import store
 from minsharp.study.core.config import ModelPlan, ratio_label
 from minsharp.study.core.store import StudyRecords
 from minsharp.study.report import markdown as reporting
+from minsharp.study.report import paired
 from minsharp.study.report.plots import MARKERS, log_scale_if_wide, new_figure
 from minsharp.training import TrainingConfig
 
@@ -185,8 +186,10 @@ def write_report(directory: str | Path) -> Report:
             "bn_sharpness.png": lambda: _sharpness_figure(rows, config),
         },
     )
-    summary = "BN-sharpness training vs plain SGD (paired by seed):\n\n" + (
-        "\n".join(verdicts) if verdicts else "No complete pair of runs yet."
+    summary = paired.summary(
+        "BN-sharpness training vs plain SGD (paired by seed)",
+        verdicts,
+        "No complete pair of runs yet.",
     )
     return Report(path, csv_path, figures, records, summary, found)
 
@@ -246,7 +249,8 @@ def _markdown(
     out += _verdict_markdown(found, verdicts)
     if rows:
         add("## Results per penalty weight\n")
-        add(_results_table(rows, config) + "\n")
+        weights = ("weight", "λ", sorted(config.weights))
+        add(paired.settings_table(rows, config.models, weights, _RESULT_COLUMNS) + "\n")
         add(
             "Mean ± sample standard deviation over seeds (range, count). BN-sharpness "
             f"(δ = {config.delta:g}) before training is taken at the initial weights with the "
@@ -297,28 +301,14 @@ def _verdict_markdown(found: list[Pairing], verdicts: list[str]) -> list[str]:
     return out
 
 
-def _results_table(rows: Sequence[Mapping[str, Any]], config: BNSharpnessConfig) -> str:
-    lines = reporting.table_head(
-        "model",
-        "λ",
-        "runs",
-        "test acc",
-        "train acc",
-        "BN-sharpness before",
-        "BN-sharpness after",
-        "ms per step",
-    )
-    weights = sorted(config.weights)
-    for model, weight, chosen in reporting.setting_groups(rows, config.models, "weight", weights):
-        lines.append(
-            f"| {model.name} | {weight:g} | {len(chosen)} | "
-            f"{reporting.spread([r['test_accuracy'] for r in chosen]).text(4)} | "
-            f"{reporting.spread([r['train_accuracy'] for r in chosen]).text(4)} | "
-            f"{reporting.spread([r['bn_sharpness_before'] for r in chosen]).text(3)} | "
-            f"{reporting.spread([r['bn_sharpness'] for r in chosen]).text(3)} | "
-            f"{reporting.spread([1000 * r['seconds_per_step'] for r in chosen]).text(3)} |"
-        )
-    return "\n".join(lines)
+#: The columns of the results table.
+_RESULT_COLUMNS: tuple[paired.Column, ...] = (
+    ("test acc", paired.spread_cell("test_accuracy", 4)),
+    ("train acc", paired.spread_cell("train_accuracy", 4)),
+    ("BN-sharpness before", paired.spread_cell("bn_sharpness_before")),
+    ("BN-sharpness after", paired.spread_cell("bn_sharpness")),
+    ("ms per step", paired.spread_cell("seconds_per_step", scale=1000)),
+)
 
 
 def _cost_markdown(found: Sequence[Pairing], records: StudyRecords) -> str:
