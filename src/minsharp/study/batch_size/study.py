@@ -328,6 +328,7 @@ class BatchSize(StudyKind[BatchSizeConfig, RunPlan]):
     """The batch-size study as a :class:`~minsharp.study.core.kind.StudyKind`."""
 
     name = KIND
+    run_plan = RunPlan
     presets = preset
     measured_on = MEASURED_ON
     result_numbers = RESULT_NUMBERS
@@ -352,11 +353,6 @@ class BatchSize(StudyKind[BatchSizeConfig, RunPlan]):
         "example:\n  minsharp study batch-size --preset cpu --data-dir ~/mnist --output runs/batch"
     )
     paper_note = "trains 20 networks on full MNIST, the large-batch ones for up to 500 epochs"
-
-    def plan(self, config: BatchSizeConfig, model: ModelPlan, seed: int, value: Any) -> RunPlan:
-        """The run of ``model`` with batch size ``value`` from ``seed``."""
-        training = config.training_config(model, seed, value)
-        return RunPlan(model=model, seed=seed, training=training, batch_size=value)
 
     def fingerprint(self, config: BatchSizeConfig, plan: RunPlan) -> str:
         """SHA-256 of every setting that decides a run's result, its rescaling's included."""

@@ -302,6 +302,7 @@ class BNSharpness(StudyKind[BNSharpnessConfig, RunPlan]):
     """The BN-sharpness training study as a :class:`~minsharp.study.core.kind.StudyKind`."""
 
     name = KIND
+    run_plan = RunPlan
     presets = preset
     measured_on = MEASURED_ON
     result_numbers = RESULT_NUMBERS
@@ -324,11 +325,6 @@ class BNSharpness(StudyKind[BNSharpnessConfig, RunPlan]):
         "example:\n  minsharp study bn-sharpness --preset cpu --data-dir ~/mnist --output runs/bn"
     )
     paper_note = "trains 10 networks for 100 epochs each on full CIFAR-10"
-
-    def plan(self, config: BNSharpnessConfig, model: ModelPlan, seed: int, value: Any) -> RunPlan:
-        """The run of ``model`` with penalty weight ``value`` from ``seed``."""
-        training = config.training_config(model, seed, value)
-        return RunPlan(model=model, seed=seed, training=training, weight=value)
 
     def fingerprint(self, config: BNSharpnessConfig, plan: RunPlan) -> str:
         """SHA-256 of every setting that decides a run's result (the penalty is in its training)."""

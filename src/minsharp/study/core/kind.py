@@ -169,13 +169,15 @@ class Flag:
 class StudyKind(ABC, Generic[ConfigT, PlanT]):
     """One kind of study: how its runs are planned, fingerprinted, executed, summarised, offered.
 
-    A kind is a subclass that sets the class attributes below and the four methods;
+    A kind is a subclass that sets the class attributes below and the methods :meth:`plan`
+    (unless the default fits), :meth:`fingerprint`, :meth:`execute` and :meth:`summarise`;
     :func:`minsharp.study.core.runner.run_study` does everything else the same way for every
     kind, and ``minsharp study <name>`` is built from what the kind declares
     (:mod:`minsharp.cli.study`).
 
     Attributes:
         name: the kind, as ``study.json`` records it and ``minsharp study <name>`` runs it.
+        run_plan: the class of its runs' plans (a :class:`RunPlan` with the kind's axis).
         presets: the kind's presets (:class:`~minsharp.study.core.config.Presets`).
         measured_on: what the measures are computed on, in words (``study.json``).
         result_numbers: keys a complete result holds as finite numbers.
@@ -193,6 +195,7 @@ class StudyKind(ABC, Generic[ConfigT, PlanT]):
     """
 
     name: ClassVar[str]
+    run_plan: ClassVar[type[Any]]
     presets: ClassVar[Presets[Any]]
     measured_on: ClassVar[str]
     result_numbers: ClassVar[tuple[str, ...]]
@@ -219,9 +222,15 @@ class StudyKind(ABC, Generic[ConfigT, PlanT]):
             for value in getattr(config, self.axis)
         ]
 
-    @abstractmethod
     def plan(self, config: ConfigT, model: ModelPlan, seed: int, value: Any) -> PlanT:
-        """The run of ``model`` from ``seed`` at ``value`` of the kind's axis."""
+        """The run of ``model`` from ``seed`` at ``value`` of the kind's axis.
+
+        By default, for a kind whose axis is a training setting (the batch size, the penalty
+        weight): a :attr:`run_plan` of the training ``config.training_config(model, seed,
+        value)``, with ``value`` as its last field.
+        """
+        training = config.training_config(model, seed, value)  # type: ignore[call-arg]
+        return self.run_plan(model, seed, training, value)
 
     @abstractmethod
     def fingerprint(self, config: ConfigT, plan: PlanT) -> str:

@@ -158,6 +158,7 @@ class RandomizedLabels(StudyKind[StudyConfig, RunPlan]):
     """The randomized-label study as a :class:`~minsharp.study.core.kind.StudyKind`."""
 
     name = KIND
+    run_plan = RunPlan
     presets = preset
     measured_on = MEASURED_ON
     result_numbers = RESULT_NUMBERS
