@@ -39,7 +39,6 @@ from minsharp.study.batch_size.figures import (
 )
 from minsharp.study.batch_size.study import (
     BATCH_SIZE,
-    MEASURE_GROUPS,
     BatchSizeConfig,
     paper_preset,
 )
@@ -150,7 +149,7 @@ def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
             row[f"{name}_change"] = rescaled / original - 1 if original != 0 else math.nan
             errors += [
                 f"{name} ({group})"
-                for group in MEASURE_GROUPS
+                for group in BATCH_SIZE.measure_groups
                 if "error" in (result[group].get(name) or {"error": "missing"})
             ]
         row["errors"] = ";".join(errors)
@@ -274,7 +273,7 @@ def _markdown(
         add("![relative change under rescaling](figures/rescaling.png)\n")
     out += reporting.closing_markdown(
         records,
-        groups=MEASURE_GROUPS,
+        groups=BATCH_SIZE.measure_groups,
         left_out="the comparisons for these runs",
         setup=_setup_markdown(records),
         paper=_paper_markdown(config, records.study.get("data", {}) or {}),

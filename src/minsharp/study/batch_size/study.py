@@ -37,6 +37,7 @@ training examples.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -60,12 +61,6 @@ from minsharp.study.core.kind import RunPlan as GridRunPlan
 from minsharp.symmetry.layerwise import chain_layers, rescaled_copy, verify_same_function
 from minsharp.training import TrainingConfig
 
-#: The kind of study this module runs (``study.json``'s ``kind``).
-KIND = "batch-size"
-
-#: What the measures are computed on, in words (recorded in every result).
-MEASURED_ON = "the training inputs with their labels, after the last epoch"
-
 #: The measures of the presets: the three scale-invariant ones and the two plain baselines.
 MEASURES: tuple[str, ...] = (
     "quotient_flatness",
@@ -74,12 +69,6 @@ MEASURES: tuple[str, ...] = (
     "hessian_trace",
     "top_eigenvalue",
 )
-
-#: Keys a complete result holds as finite numbers.
-RESULT_NUMBERS = ("train_accuracy", "test_accuracy", "gap", "batch_size", "seed")
-
-#: Keys of a result holding measure entries: the trained network and its rescaled copy.
-MEASURE_GROUPS = ("measures", "rescaled_measures")
 
 #: What a run's checkpoint records besides the weights: these entries of its result.
 CHECKPOINT_KEYS = (
@@ -115,11 +104,6 @@ class BatchSizeConfig(GridConfig):
         ("seeds", "seed", "seeds"),
     )
 
-    preset: str
-    dataset: str
-    train_size: int | None = None
-    test_size: int | None = None
-    data_seed: int = 0
     batch_sizes: tuple[int, ...]
     seeds: tuple[int, ...]
     models: tuple[ModelPlan, ...]
@@ -198,15 +182,13 @@ def demo_preset() -> BatchSizeConfig:
 
 
 def cpu_preset() -> BatchSizeConfig:
-    """``cpu``: 2 000 MNIST images, the bias-free MLP 5×512 and LeNet, 64 vs 500, 5 seeds."""
-    return BatchSizeConfig(
+    """``cpu``: the ``paper`` networks and seeds on 2 000/2 000 MNIST images, 64 vs 500."""
+    return dataclasses.replace(
+        paper_preset(),
         preset="cpu",
-        dataset="mnist",
         train_size=2000,
         test_size=2000,
         batch_sizes=(64, 500),
-        seeds=tuple(range(5)),
-        models=_paper_models(),
         training=sgd_training(TRAINING, epochs=300, target_train_accuracy=0.995),
         measure_options=_tolerances(1e-3),
         measure_examples=500,
@@ -214,23 +196,21 @@ def cpu_preset() -> BatchSizeConfig:
 
 
 def paper_preset() -> BatchSizeConfig:
-    """``paper``: full MNIST, MLP 5×512 and LeNet without biases, SB 256 vs LB 6 000, 5 seeds."""
+    """``paper``: full MNIST, MLP 5×512 and LeNet without biases, SB 256 vs LB 6 000, 5 seeds.
+
+    Theory §4's networks: MLP 784-512×5-10 and LeNet (lr 0.01), both without biases.
+    """
     return BatchSizeConfig(
         preset="paper",
         dataset="mnist",
         batch_sizes=(256, 6000),
         seeds=tuple(range(5)),
-        models=_paper_models(),
+        models=(
+            ModelPlan("mlp", "mlp", {"hidden": [512] * 5, "bias": False}),
+            ModelPlan("lenet", "lenet", {"bias": False}, training={"lr": 0.01}),
+        ),
         training=sgd_training(TRAINING),
         measure_options=_tolerances(1e-4),
-    )
-
-
-def _paper_models() -> tuple[ModelPlan, ...]:
-    """Theory §4's MNIST networks without biases: MLP 784-512×5-10 and LeNet (lr 0.01)."""
-    return (
-        ModelPlan("mlp", "mlp", {"hidden": [512] * 5, "bias": False}),
-        ModelPlan("lenet", "lenet", {"bias": False}, training={"lr": 0.01}),
     )
 
 
@@ -327,12 +307,13 @@ def rescaled_twin(
 class BatchSize(StudyKind[BatchSizeConfig, RunPlan]):
     """The batch-size study as a :class:`~minsharp.study.core.kind.StudyKind`."""
 
-    name = KIND
+    name = "batch-size"
     run_plan = RunPlan
     presets = preset
-    measured_on = MEASURED_ON
-    result_numbers = RESULT_NUMBERS
-    measure_groups = MEASURE_GROUPS
+    measured_on = "the training inputs with their labels, after the last epoch"
+    result_numbers = ("train_accuracy", "test_accuracy", "gap", "batch_size", "seed")
+    #: The trained network's measures, and its rescaled copy's.
+    measure_groups = ("measures", "rescaled_measures")
     axis = "batch_sizes"
     grid_training = ("batch_size",)
     flags = (
@@ -349,15 +330,12 @@ class BatchSize(StudyKind[BatchSizeConfig, RunPlan]):
     )
     help = "large- vs small-batch minima under invariant and plain measures"
     description = DESCRIPTION
-    epilog = (
-        "example:\n  minsharp study batch-size --preset cpu --data-dir ~/mnist --output runs/batch"
-    )
     paper_note = "trains 20 networks on full MNIST, the large-batch ones for up to 500 epochs"
 
     def fingerprint(self, config: BatchSizeConfig, plan: RunPlan) -> str:
         """SHA-256 of every setting that decides a run's result, its rescaling's included."""
         rescaling = {"spread": config.rescale_spread, "seed": plan.rescale_seed}
-        return steps.run_fingerprint(KIND, config, plan, rescaling=rescaling)
+        return steps.run_fingerprint(self.name, config, plan, rescaling=rescaling)
 
     def execute(self, config: BatchSizeConfig, plan: RunPlan, run: RunContext) -> None:
         """Train, measure, rescale and measure again one run, filling its record."""
@@ -375,7 +353,7 @@ class BatchSize(StudyKind[BatchSizeConfig, RunPlan]):
         }
         record.update(steps.training_outcome(history, scores, during=during))
         inputs = steps.measured_examples(
-            data.train_inputs, data.train_labels, config.measure_examples, record, MEASURED_ON
+            data.train_inputs, data.train_labels, config.measure_examples, record, self.measured_on
         )
         options = config.measure_settings()
         record["measures"], measure_seconds = steps.measure_all(
@@ -406,7 +384,7 @@ class BatchSize(StudyKind[BatchSizeConfig, RunPlan]):
         """One line about a complete run: accuracies, epochs and steps, timings, failed measures."""
         failed = {
             name
-            for group in MEASURE_GROUPS
+            for group in self.measure_groups
             for name, entry in result[group].items()
             if "error" in entry
         }

@@ -29,7 +29,6 @@ from scipy import stats
 
 from minsharp.study.bn_training.study import (
     BN_SHARPNESS,
-    MEASURE_GROUPS,
     BNSharpnessConfig,
     paper_preset,
 )
@@ -268,7 +267,7 @@ def _markdown(
         add(_cost_markdown(found, records) + "\n")
     out += reporting.closing_markdown(
         records,
-        groups=MEASURE_GROUPS,
+        groups=BN_SHARPNESS.measure_groups,
         left_out="the comparisons for these runs",
         setup=_setup_markdown(records),
         paper=_paper_markdown(config, records.study.get("data", {}) or {}),

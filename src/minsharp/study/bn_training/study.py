@@ -30,6 +30,7 @@ its report says so.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -53,21 +54,6 @@ from minsharp.study.core.config import (
 from minsharp.study.core.kind import Flag, RunContext, StudyKind
 from minsharp.study.core.kind import RunPlan as GridRunPlan
 from minsharp.training import TrainingConfig
-
-#: The kind of study this module runs (``study.json``'s ``kind``).
-KIND = "bn-sharpness"
-
-#: What the measures are computed on, in words (recorded in every result).
-MEASURED_ON = (
-    "the training inputs with their labels, in eval mode: before training on a copy whose "
-    "batch-norm running statistics are those of the training set, and after training"
-)
-
-#: Keys a complete result holds as finite numbers.
-RESULT_NUMBERS = ("train_accuracy", "test_accuracy", "weight", "seed", "seconds_per_step")
-
-#: Keys of a result holding measure entries: after and before training.
-MEASURE_GROUPS = ("measures", "measures_before")
 
 #: What a run's checkpoint records besides the weights: these entries of its result.
 CHECKPOINT_KEYS = ("run_id", "weight", "seed", "training", "train_accuracy", "test_accuracy")
@@ -102,11 +88,6 @@ class BNSharpnessConfig(GridConfig):
         ("seeds", "seed", "seeds"),
     )
 
-    preset: str
-    dataset: str
-    train_size: int | None = None
-    test_size: int | None = None
-    data_seed: int = 0
     weights: tuple[float, ...] = (0.0, 0.5)
     delta: float = DEFAULT_DELTA
     seeds: tuple[int, ...]
@@ -203,14 +184,14 @@ def demo_preset() -> BNSharpnessConfig:
 
 
 def cpu_preset() -> BNSharpnessConfig:
-    """``cpu``: 4 000/4 000 MNIST images, the small CNN with batch-norm, λ ∈ {0, 0.5}, 10 seeds."""
-    return BNSharpnessConfig(
+    """``cpu``: the ``paper`` preset's CNN on 4 000/4 000 MNIST images, 15 epochs, 10 seeds."""
+    return dataclasses.replace(
+        paper_preset(),
         preset="cpu",
         dataset="mnist",
         train_size=4000,
         test_size=4000,
         seeds=tuple(range(10)),
-        models=(ModelPlan("cnn_bn", "small_cnn", {"batchnorm": True}),),
         training=sgd_training(TRAINING, epochs=15),
         measure_examples=1000,
     )
@@ -301,12 +282,16 @@ def calibrated_copy(
 class BNSharpness(StudyKind[BNSharpnessConfig, RunPlan]):
     """The BN-sharpness training study as a :class:`~minsharp.study.core.kind.StudyKind`."""
 
-    name = KIND
+    name = "bn-sharpness"
     run_plan = RunPlan
     presets = preset
-    measured_on = MEASURED_ON
-    result_numbers = RESULT_NUMBERS
-    measure_groups = MEASURE_GROUPS
+    measured_on = (
+        "the training inputs with their labels, in eval mode: before training on a copy whose "
+        "batch-norm running statistics are those of the training set, and after training"
+    )
+    result_numbers = ("train_accuracy", "test_accuracy", "weight", "seed", "seconds_per_step")
+    #: The measures after training, and before.
+    measure_groups = ("measures", "measures_before")
     axis = "weights"
     grid_training = GRID_TRAINING
     flags = (
@@ -321,14 +306,11 @@ class BNSharpness(StudyKind[BNSharpnessConfig, RunPlan]):
     )
     help = "BN-sharpness training vs plain SGD"
     description = DESCRIPTION
-    epilog = (
-        "example:\n  minsharp study bn-sharpness --preset cpu --data-dir ~/mnist --output runs/bn"
-    )
     paper_note = "trains 10 networks for 100 epochs each on full CIFAR-10"
 
     def fingerprint(self, config: BNSharpnessConfig, plan: RunPlan) -> str:
         """SHA-256 of every setting that decides a run's result (the penalty is in its training)."""
-        return steps.run_fingerprint(KIND, config, plan)
+        return steps.run_fingerprint(self.name, config, plan)
 
     def execute(self, config: BNSharpnessConfig, plan: RunPlan, run: RunContext) -> None:
         """Measure at initialisation, train with penalty λ, measure again; fill the record."""
@@ -339,7 +321,7 @@ class BNSharpness(StudyKind[BNSharpnessConfig, RunPlan]):
         )
         model = steps.build_network(plan, run)
         inputs = steps.measured_examples(
-            data.train_inputs, data.train_labels, config.measure_examples, record, MEASURED_ON
+            data.train_inputs, data.train_labels, config.measure_examples, record, self.measured_on
         )
         options = config.measure_settings()
         record["measures_before"], before_seconds = steps.measure_all(

@@ -189,7 +189,7 @@ class StudyKind(ABC, Generic[ConfigT, PlanT]):
         flags: the override flags of the kind's own fields.
         help: the one line ``minsharp study --help`` shows.
         description: the ``minsharp study <name> --help`` text.
-        epilog: its examples.
+        epilog: its examples (by default, its ``cpu`` preset on MNIST files).
         paper_note: what the ``paper`` preset asks of a CPU, printed when run on one.
         directory_stem: the study directory without ``--output`` is ``<stem>-<preset>``.
     """
@@ -205,9 +205,16 @@ class StudyKind(ABC, Generic[ConfigT, PlanT]):
     flags: ClassVar[tuple[Flag, ...]] = ()
     help: ClassVar[str]
     description: ClassVar[str]
-    epilog: ClassVar[str]
     paper_note: ClassVar[str]
     directory_stem: ClassVar[str] = ""
+
+    @property
+    def epilog(self) -> str:
+        """The examples of ``minsharp study <name> --help`` (default: its ``cpu`` preset, MNIST)."""
+        return (
+            f"example:\n  minsharp study {self.name} --preset cpu --data-dir ~/mnist "
+            f"--output runs/{self.name}"
+        )
 
     def plan_runs(self, config: ConfigT) -> list[PlanT]:
         """The runs of ``config``'s grid: for each seed, each model, each value of :attr:`axis`.

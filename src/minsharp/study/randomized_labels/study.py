@@ -158,7 +158,6 @@ class RandomizedLabels(StudyKind[StudyConfig, RunPlan]):
     """The randomized-label study as a :class:`~minsharp.study.core.kind.StudyKind`."""
 
     name = KIND
-    run_plan = RunPlan
     presets = preset
     measured_on = MEASURED_ON
     result_numbers = RESULT_NUMBERS
@@ -175,7 +174,7 @@ class RandomizedLabels(StudyKind[StudyConfig, RunPlan]):
     )
     help = "train on partly shuffled labels, correlate measures with the gap"
     description = DESCRIPTION
-    epilog = EPILOG
+    epilog = EPILOG  # type: ignore[assignment]
     paper_note = "trains 220 networks for 1000-3000 epochs each on full MNIST"
     directory_stem = "minsharp-study"
 
