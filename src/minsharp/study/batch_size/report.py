@@ -178,6 +178,9 @@ def compare(
 def write_report(directory: str | Path) -> Report:
     """Write ``report.md``, the figures and ``runs.csv`` of the batch-size study in ``directory``.
 
+    Returns:
+        What was written, with SB against LB per model and quantity (``comparisons``).
+
     Raises:
         StudyError: not a batch-size study directory.
     """
@@ -200,7 +203,7 @@ def write_report(directory: str | Path) -> Report:
             during=["steps", "reached_target", "function_deviation"],
             seconds=["measure_seconds"],
         ),
-        markdown=_markdown(records, rows, comparisons, verdicts),
+        markdown=_markdown(records, rows, comparisons),
         figures={
             "batch_size.png": lambda: values_figure(rows, config),
             "rescaling.png": lambda: rescaling_figure(rows, config),
@@ -213,6 +216,14 @@ def write_report(directory: str | Path) -> Report:
 
 
 # --------------------------------------------------------------------------- markdown
+
+#: What ``runs.csv`` and each ``result.json`` hold, for the report's list of files.
+_FILES = (
+    "accuracies, epochs, steps, timings, each measure on the network, on its rescaled copy and "
+    "the relative change",
+    "training history, the rescaling's α per layer and the function check, every measure's "
+    "value, options, certificate and time",
+)
 
 
 def _verdict_lines(comparisons: Sequence[Comparison], config: BatchSizeConfig) -> list[str]:
@@ -234,12 +245,7 @@ def _verdict_lines(comparisons: Sequence[Comparison], config: BatchSizeConfig) -
     return lines
 
 
-def _markdown(
-    records: StudyRecords,
-    rows: list[dict[str, Any]],
-    comparisons: list[Comparison],
-    verdicts: list[str],
-) -> str:
+def _markdown(records: StudyRecords, rows: list[dict[str, Any]], compared: list[Comparison]) -> str:
     config: BatchSizeConfig = records.config
     small, large = min(config.batch_sizes), max(config.batch_sizes)
     out: list[str] = []
@@ -254,10 +260,10 @@ def _markdown(
         "measured too, to show which measures are invariant.\n"
     )
     add(reporting.written_markdown(records))
-    out += _verdict_markdown(rows, comparisons, verdicts, small, large)
+    out += _verdict_markdown(rows, compared, _verdict_lines(compared, config), small, large)
     if rows:
         add("## Measures, small vs large batch\n")
-        add(_measure_table(comparisons, config) + "\n")
+        add(_measure_table(compared, config) + "\n")
         add(
             "Values: mean ± sample standard deviation over seeds (range, count). LB/SB: the "
             "geometric mean of the per-seed ratios, with their range. The last column counts "
@@ -271,20 +277,7 @@ def _markdown(
         add("## Which measures move under a layer rescaling\n")
         add(_rescaling_markdown(rows, config) + "\n")
         add("![relative change under rescaling](figures/rescaling.png)\n")
-    out += reporting.closing_markdown(
-        records,
-        groups=BATCH_SIZE.measure_groups,
-        left_out="the comparisons for these runs",
-        setup=_setup_markdown(records),
-        paper=_paper_markdown(config, records.study.get("data", {}) or {}),
-        files=reporting.files_markdown(
-            records,
-            csv="accuracies, epochs, steps, timings, each measure on the network, on its "
-            "rescaled copy and the relative change",
-            result="training history, the rescaling's α per layer and the function check, "
-            "every measure's value, options, certificate and time",
-        ),
-    )
+    out += paired.closing(records, BATCH_SIZE, _setup_markdown, _paper_markdown, _FILES)
     return "\n".join(out)
 
 
@@ -415,9 +408,11 @@ def _rescaling_markdown(rows: Sequence[Mapping[str, Any]], config: BatchSizeConf
 def _setup_markdown(records: StudyRecords) -> str:
     config: BatchSizeConfig = records.config
     lines = [
-        *reporting.data_lines(records),
-        f"* **Seeds**: {', '.join(map(str, config.seeds))}; a seed initialises a network "
-        "(the same weights for every batch size) and orders its minibatches.",
+        *paired.setup_head(
+            records,
+            "a seed initialises a network (the same weights for every batch size) and orders "
+            "its minibatches.",
+        ),
         "* **Models and training** (SGD with momentum; learning rate lr/(1 + decay·t); "
         "training stops at the target training accuracy or after the epochs):",
         "",

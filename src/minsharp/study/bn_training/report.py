@@ -43,7 +43,6 @@ from minsharp.training import TrainingConfig
 #: Coverage of the paired interval.
 LEVEL = 0.95
 
-HELD, NOT_HELD = reporting.HELD, reporting.NOT_HELD
 NOT_SIGNIFICANT = "not significant"
 UNDECIDED = "undecided (fewer than two pairs)"
 
@@ -51,6 +50,9 @@ UNDECIDED = "undecided (fewer than two pairs)"
 @dataclass(frozen=True)
 class Pairing:
     """One λ > 0 against plain SGD (λ = 0) for one model, paired by seed.
+
+    The paper's claim is judged on the test-accuracy differences: their mean and its
+    Student-t interval (:attr:`verdict`).
 
     Attributes:
         model: the model's name.
@@ -77,14 +79,14 @@ class Pairing:
 
     @property
     def verdict(self) -> str:
-        """:data:`HELD`, :data:`NOT_SIGNIFICANT`, :data:`NOT_HELD` or :data:`UNDECIDED`."""
+        """``held``, :data:`NOT_SIGNIFICANT`, ``did not hold`` or :data:`UNDECIDED`."""
         if len(self.differences) < 2:
             return UNDECIDED
         low, _ = self.interval()
         average = reporting.mean(list(self.differences.values()))
         if average <= 0:
-            return NOT_HELD
-        return HELD if low > 0 else NOT_SIGNIFICANT
+            return reporting.NOT_HELD
+        return reporting.HELD if low > 0 else NOT_SIGNIFICANT
 
 
 @dataclass
@@ -166,6 +168,9 @@ def _ratios(
 def write_report(directory: str | Path) -> Report:
     """Write ``report.md``, the figures and ``runs.csv`` of the BN study in ``directory``.
 
+    Returns:
+        What was written, with each λ > 0 against plain SGD per model (``pairings``).
+
     Raises:
         StudyError: not a BN-sharpness study directory.
     """
@@ -173,13 +178,13 @@ def write_report(directory: str | Path) -> Report:
     config: BNSharpnessConfig = records.config
     rows = run_rows(records)
     found = pairings(rows, config)
-    verdicts = [_verdict_line(pairing) for pairing in found if pairing.differences]
+    verdicts = _verdict_lines(found)
     measures = [name + suffix for name in config.measures for suffix in ("_before", "")]
     path, csv_path, figures = reporting.write_files(
         records.directory,
         rows=rows,
         columns=reporting.csv_columns("weight", measures, during=["steps", "seconds_per_step"]),
-        markdown=_markdown(records, rows, found, verdicts),
+        markdown=_markdown(records, rows, found),
         figures={
             "test_accuracy.png": lambda: _accuracy_figure(rows, config),
             "bn_sharpness.png": lambda: _sharpness_figure(rows, config),
@@ -194,6 +199,13 @@ def write_report(directory: str | Path) -> Report:
 
 
 # --------------------------------------------------------------------------- markdown
+
+#: What ``runs.csv`` and each ``result.json`` hold, for the report's list of files.
+_FILES = (
+    "accuracies, time per step, each measure before and after training",
+    "training history per epoch with the time of the steps, every measure's value, options and "
+    "details",
+)
 
 
 def _verdict_line(pairing: Pairing) -> str:
@@ -226,12 +238,12 @@ def _verdict_line(pairing: Pairing) -> str:
     )
 
 
-def _markdown(
-    records: StudyRecords,
-    rows: list[dict[str, Any]],
-    found: list[Pairing],
-    verdicts: list[str],
-) -> str:
+def _verdict_lines(found: Sequence[Pairing]) -> list[str]:
+    """One plain sentence per pairing with pairs, on the paper's claim."""
+    return [_verdict_line(pairing) for pairing in found if pairing.differences]
+
+
+def _markdown(records: StudyRecords, rows: list[dict[str, Any]], found: list[Pairing]) -> str:
     config: BNSharpnessConfig = records.config
     out: list[str] = []
     add = out.append
@@ -245,7 +257,7 @@ def _markdown(
         "held fixed (`minsharp.training.bn_penalty`).\n"
     )
     add(reporting.written_markdown(records))
-    out += _verdict_markdown(found, verdicts)
+    out += _verdict_markdown(found, _verdict_lines(found))
     if rows:
         add("## Results per penalty weight\n")
         weights = ("weight", "λ", sorted(config.weights))
@@ -265,19 +277,7 @@ def _markdown(
         add("![BN-sharpness before and after training](figures/bn_sharpness.png)\n")
         add("### Extra cost per step\n")
         add(_cost_markdown(found, records) + "\n")
-    out += reporting.closing_markdown(
-        records,
-        groups=BN_SHARPNESS.measure_groups,
-        left_out="the comparisons for these runs",
-        setup=_setup_markdown(records),
-        paper=_paper_markdown(config, records.study.get("data", {}) or {}),
-        files=reporting.files_markdown(
-            records,
-            csv="accuracies, time per step, each measure before and after training",
-            result="training history per epoch with the time of the steps, every measure's "
-            "value, options and details",
-        ),
-    )
+    out += paired.closing(records, BN_SHARPNESS, _setup_markdown, _paper_markdown, _FILES)
     return "\n".join(out)
 
 
@@ -287,10 +287,10 @@ def _verdict_markdown(found: list[Pairing], verdicts: list[str]) -> list[str]:
     add = out.append
     decided = [p for p in found if p.verdict != UNDECIDED]
     if decided:
-        held = all(p.verdict == HELD for p in decided)
+        held = all(p.verdict == reporting.HELD for p in decided)
         add(
             "**The paper's claim (the penalty improves test accuracy over plain SGD) "
-            + (HELD if held else NOT_HELD)
+            + (reporting.HELD if held else reporting.NOT_HELD)
             + f"** on this run, judged by the paired difference and its {LEVEL * 100:g} % "
             "Student-t interval:\n"
         )
@@ -336,9 +336,10 @@ def _cost_markdown(found: Sequence[Pairing], records: StudyRecords) -> str:
 def _setup_markdown(records: StudyRecords) -> str:
     config: BNSharpnessConfig = records.config
     lines = [
-        *reporting.data_lines(records),
-        f"* **Seeds**: {', '.join(map(str, config.seeds))}; a seed initialises a network and "
-        "orders its minibatches, the same for every λ.",
+        *paired.setup_head(
+            records,
+            "a seed initialises a network and orders its minibatches, the same for every λ.",
+        ),
         f"* **Penalty**: λ ∈ {reporting.set_text(config.weights)} (0: plain SGD), "
         f"δ = {config.delta:g} "
         "(each block moves by at most δ times its norm).",
