@@ -177,7 +177,8 @@ class StudyKind(ABC, Generic[ConfigT, PlanT]):
 
     Attributes:
         name: the kind, as ``study.json`` records it and ``minsharp study <name>`` runs it.
-        run_plan: the class of its runs' plans (a :class:`RunPlan` with the kind's axis).
+        run_plan: the class of its runs' plans (a :class:`RunPlan` with the kind's axis), for
+            the default :meth:`plan`.
         presets: the kind's presets (:class:`~minsharp.study.core.config.Presets`).
         measured_on: what the measures are computed on, in words (``study.json``).
         result_numbers: keys a complete result holds as finite numbers.
