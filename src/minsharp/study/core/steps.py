@@ -1,11 +1,11 @@
 """The steps every run of every study kind shares, and the fingerprint of a run's settings.
 
-A kind's :meth:`~minsharp.study.core.kind.StudyKind.execute` is built from them:
+A kind's :meth:`~minsharp.study.core.kind.StudyKind.execute` is built from them, each given
+the run's :class:`~minsharp.study.core.kind.RunContext` where it needs one:
 :func:`run_settings` (what the record states first), :func:`build_network`, :func:`train`,
-:func:`evaluate`
-and :func:`training_outcome` (accuracies, gap, history), :func:`measured_examples` and
-:func:`measure_all`, :func:`save_network`; its fingerprint is :func:`run_fingerprint` with the
-kind's own settings.
+:func:`evaluate` and :func:`training_outcome` (accuracies, gap, history),
+:func:`measured_examples` and :func:`measure_all`, :func:`save_network`; its fingerprint is
+:func:`run_fingerprint` with the kind's own settings.
 """
 
 from __future__ import annotations
