@@ -8,6 +8,7 @@ from typing import Any
 
 from minsharp.cli.main import main
 from minsharp.study.core import runner as base
+from minsharp.study.core import steps
 from minsharp.study.core.kind import StudyKind
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -70,19 +71,19 @@ def finished_study(tmp_path_factory, kind: StudyKind, config) -> Path:
 
 
 class TrainingSpy:
-    """Replaces ``train_classifier`` in a study module and records every call.
+    """Replaces ``train_classifier`` of the study steps (every kind trains there), records calls.
 
     Keeps each call's training config and the network's weights before training; with
     ``fail_at``, that call raises ``error`` instead of training.
     """
 
-    def __init__(self, monkeypatch, module, *, fail_at: int | None = None, error=KeyboardInterrupt):
+    def __init__(self, monkeypatch, *, fail_at: int | None = None, error=KeyboardInterrupt):
         self.configs: list = []
         self.states: list[dict] = []
         self.fail_at = fail_at
         self.error = error
-        self.original = module.train_classifier
-        monkeypatch.setattr(module, "train_classifier", self)
+        self.original = steps.train_classifier
+        monkeypatch.setattr(steps, "train_classifier", self)
 
     def __call__(self, model, inputs, labels, config, **options):
         self.configs.append(config)

@@ -17,7 +17,6 @@ from tests.studies import PNG_MAGIC, TrainingSpy, command_round_trip, quiet
 from torch import nn
 from torch.func import functional_call
 
-import minsharp.study.bn_training.study as bn_study
 from minsharp.cli.main import main
 from minsharp.errors import MinsharpError, ModelError
 from minsharp.measures.bn_sharpness import batchnorm_rows
@@ -256,7 +255,7 @@ def test_resume_keeps_finished_runs_and_redoes_a_truncated_one(tmp_path, monkeyp
     base.run_study(BN_SHARPNESS, tiny(seeds=(0,)), tmp_path, echo=quiet)
     target = tmp_path / "runs" / "mlp_bn_l0.5_s0" / "result.json"
     target.write_text(target.read_text()[:100])
-    calls = TrainingSpy(monkeypatch, bn_study).configs
+    calls = TrainingSpy(monkeypatch).configs
     outcome = base.run_study(BN_SHARPNESS, tiny(seeds=(0,)), tmp_path, echo=quiet)
     assert outcome.reused == ["mlp_bn_l0_s0"] and outcome.trained == ["mlp_bn_l0.5_s0"]
     assert len(calls) == 1 and calls[0].bn_sharpness_weight == 0.5

@@ -68,8 +68,8 @@ def finished(tmp_path_factory) -> Path:
 
 
 def counting_training(monkeypatch, **options) -> TrainingSpy:
-    """Replaces ``train_classifier`` in the runner, counting (and optionally failing) calls."""
-    return TrainingSpy(monkeypatch, runner, **options)
+    """Replaces ``train_classifier`` of the study steps, counting (and optionally failing) calls."""
+    return TrainingSpy(monkeypatch, **options)
 
 
 # --------------------------------------------------------------------------- the runner

@@ -12,7 +12,6 @@ import torch
 from tests import studies
 from tests.studies import PNG_MAGIC, TrainingSpy, command_round_trip, quiet
 
-import minsharp.study.batch_size.study as batch_study
 from minsharp.cli.main import main
 from minsharp.errors import StudyError
 from minsharp.models import build_model
@@ -54,7 +53,7 @@ class Recorder(TrainingSpy):
     """Replaces the study's ``train_classifier``, keeping each network's initial weights."""
 
     def __init__(self, monkeypatch):
-        super().__init__(monkeypatch, batch_study)
+        super().__init__(monkeypatch)
 
     @property
     def calls(self) -> list[tuple[int, dict[str, torch.Tensor]]]:

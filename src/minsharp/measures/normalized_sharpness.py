@@ -34,7 +34,7 @@ from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_diagonal
 from minsharp.curvature.layers import find_layers
 from minsharp.curvature.rules import WEIGHT_LAYERS
 from minsharp.errors import MinsharpError, ModelError
-from minsharp.measures.result import Evaluation
+from minsharp.measures.result import Evaluation, options_of
 from minsharp.solvers.normalized import (
     NORMALIZED_MAX_ITERATIONS,
     NORMALIZED_TOLERANCE,
@@ -155,23 +155,16 @@ def normalized_sharpness(
     return _evaluate(model, data, "arxiv", batch_size, progress, tolerance, max_iterations)
 
 
-def normalized_sharpness_icml(
-    model: nn.Module,
-    data: Any,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: bool = False,
-    tolerance: float = NORMALIZED_TOLERANCE,
-    max_iterations: int = NORMALIZED_MAX_ITERATIONS,
-) -> Evaluation:
+@options_of(normalized_sharpness)
+def normalized_sharpness_icml(model: nn.Module, data: Any, **options: Any) -> Evaluation:
     """Normalized sharpness, ICML version: ``NS = Σ_l NS_l`` (Tsuzuku, Sato & Sugiyama 2020).
 
     ``NS_l = min_{s>0} √(Σ_i A_i(s) B_i(s))``, ``A_i = Σ_j h_ij s_j``, ``B_i = Σ_j W_ij²/s_j``
     over every Linear and conv weight with ``requires_grad`` (biases ignored), ``h = diag H``
     exact (theory §1, §3). The certificate's residual refers to ``F = Σ_i A_i B_i``, before the
-    square root. Arguments and result as for :func:`normalized_sharpness`.
+    square root. Options (the same) and result as for :func:`normalized_sharpness`.
     """
-    return _evaluate(model, data, "icml", batch_size, progress, tolerance, max_iterations)
+    return _evaluate(model, data, "icml", **options)
 
 
 def _evaluate(

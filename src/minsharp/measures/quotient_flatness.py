@@ -19,22 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from minsharp.curvature.engine import DEFAULT_BATCH_SIZE
-from minsharp.measures.curvature_baselines import hessian_top_eigenvalue
-from minsharp.measures.result import Evaluation
+from minsharp.measures.curvature_baselines import hessian_top_eigenvalue, top_eigenvalue
+from minsharp.measures.result import Evaluation, options_of
 from minsharp.objective import DatasetObjective
-from minsharp.solvers.lanczos import EIGEN_MAX_ITERATIONS, EIGEN_TOLERANCE
 
 
+@options_of(top_eigenvalue)
 def quotient_flatness(
-    model: nn.Module,
-    data: Any,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: bool = False,
-    tolerance: float = EIGEN_TOLERANCE,
-    max_iterations: int = EIGEN_MAX_ITERATIONS,
-    seed: int = 0,
+    model: nn.Module, data: Any, *, batch_size: int, **lanczos: Any
 ) -> Evaluation:
     """``Sharp(θ) = λ_max(D H D)``, ``D = blockdiag(‖P‖_F · I)`` (Rangamani et al. 2019).
 
@@ -56,14 +48,9 @@ def quotient_flatness(
     ``details`` gives the block norms ``‖P‖_F`` and each layer's share ``‖v_l‖²`` of the top
     eigenvector.
 
-    Args:
-        model: the classifier, in eval mode.
-        data: ``(X, y)`` or an iterable of ``(X, y)`` batches.
-        batch_size: examples per forward pass.
-        progress: show a progress bar over Hessian-vector products.
-        tolerance: relative Ritz residual to reach, in (0, 1).
-        max_iterations: largest number of Lanczos steps (Hessian-vector products).
-        seed: seed of the Lanczos start vector.
+    The options (``batch_size``, ``progress``, ``tolerance``, ``max_iterations``, ``seed``)
+    are those of :func:`~minsharp.measures.curvature_baselines.top_eigenvalue`, with the same
+    meaning.
     """
     objective = DatasetObjective(model, data, batch_size)
     norms = {name: float(p.double().norm()) for name, p in objective.parameters.items()}
@@ -73,12 +60,5 @@ def quotient_flatness(
             for name, p in objective.parameters.items()
         ]
     )
-    evaluation = hessian_top_eigenvalue(
-        objective,
-        scales=scales,
-        tolerance=tolerance,
-        max_iterations=max_iterations,
-        seed=seed,
-        progress=progress,
-    )
+    evaluation = hessian_top_eigenvalue(objective, scales=scales, **lanczos)
     return dataclasses.replace(evaluation, details={**evaluation.details, "block_norms": norms})

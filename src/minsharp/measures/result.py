@@ -6,10 +6,11 @@ Its declaration (:class:`MeasureSpec`), what its compute function returns
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec
 
 from torch import nn
 
@@ -31,6 +32,8 @@ SYMMETRIES: tuple[Symmetry, ...] = ("layer", "neuron", "batchnorm")
 Requirement = Literal["labels", "batchnorm"]
 #: What a measure may require: labels in the data, batch-norm layers.
 REQUIREMENTS: tuple[Requirement, ...] = ("labels", "batchnorm")
+
+Options = ParamSpec("Options")
 
 
 @dataclass(frozen=True)
@@ -177,3 +180,40 @@ def check_declaration(name: Any, invariances: Any, requires: Any) -> None:
     unknown = set(requires or ()) - set(REQUIREMENTS)
     if unknown:
         raise MinsharpError(f"unknown requirements {sorted(unknown)}; known: {REQUIREMENTS}.")
+
+
+def options_of(
+    declared: Callable[Options, Evaluation],
+) -> Callable[[Callable[..., Evaluation]], Callable[Options, Evaluation]]:
+    """Decorator: a compute function that takes exactly the options of ``declared``.
+
+    For two measures of one family with the same options (the two normalized sharpness
+    objectives; quotient flatness and the top eigenvalue): the options are declared,
+    defaulted and documented once, on ``declared``. The decorated function gets
+    ``declared``'s signature (what :func:`~minsharp.measures.measure`, the public function
+    and ``spec(name).defaults`` read) and is called with every option, defaults filled in.
+
+    Example:
+        >>> def plain(model, data, *, scale: float = 1.0) -> Evaluation:
+        ...     return Evaluation(value=scale, num_examples=0)
+        >>> @options_of(plain)
+        ... def doubled(model, data, *, scale: float) -> Evaluation:
+        ...     return Evaluation(value=2 * scale, num_examples=0)
+        >>> doubled(None, None).value, doubled(None, None, scale=3.0).value
+        (2.0, 6.0)
+        >>> inspect.signature(doubled).parameters["scale"].default
+        1.0
+    """
+    signature = inspect.signature(declared)
+
+    def declare(compute: Callable[..., Evaluation]) -> Callable[Options, Evaluation]:
+        @functools.wraps(compute)
+        def with_defaults(*args: Options.args, **kwargs: Options.kwargs) -> Evaluation:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return compute(*bound.args, **bound.kwargs)
+
+        with_defaults.__signature__ = signature  # type: ignore[attr-defined]
+        return with_defaults
+
+    return declare

@@ -39,13 +39,13 @@ from minsharp.study.batch_size.figures import (
 )
 from minsharp.study.batch_size.study import (
     BATCH_SIZE,
-    MEASURE_GROUPS,
     BatchSizeConfig,
     paper_preset,
 )
 from minsharp.study.core import store
 from minsharp.study.core.store import StudyRecords
 from minsharp.study.report import markdown as reporting
+from minsharp.study.report import paired
 from minsharp.training import TrainingConfig
 
 #: The measure the paper's claim is about, and the other invariant ones reported with it.
@@ -149,7 +149,7 @@ def run_rows(records: StudyRecords) -> list[dict[str, Any]]:
             row[f"{name}_change"] = rescaled / original - 1 if original != 0 else math.nan
             errors += [
                 f"{name} ({group})"
-                for group in MEASURE_GROUPS
+                for group in BATCH_SIZE.measure_groups
                 if "error" in (result[group].get(name) or {"error": "missing"})
             ]
         row["errors"] = ";".join(errors)
@@ -178,6 +178,9 @@ def compare(
 def write_report(directory: str | Path) -> Report:
     """Write ``report.md``, the figures and ``runs.csv`` of the batch-size study in ``directory``.
 
+    Returns:
+        What was written, with SB against LB per model and quantity (``comparisons``).
+
     Raises:
         StudyError: not a batch-size study directory.
     """
@@ -200,19 +203,27 @@ def write_report(directory: str | Path) -> Report:
             during=["steps", "reached_target", "function_deviation"],
             seconds=["measure_seconds"],
         ),
-        markdown=_markdown(records, rows, comparisons, verdicts),
+        markdown=_markdown(records, rows, comparisons),
         figures={
             "batch_size.png": lambda: values_figure(rows, config),
             "rescaling.png": lambda: rescaling_figure(rows, config),
         },
     )
-    summary = "Large vs small batch (paired by seed):\n\n" + (
-        "\n".join(verdicts) if verdicts else "No complete SB/LB pair yet."
+    summary = paired.summary(
+        "Large vs small batch (paired by seed)", verdicts, "No complete SB/LB pair yet."
     )
     return Report(path, csv_path, figures, records, summary, comparisons)
 
 
 # --------------------------------------------------------------------------- markdown
+
+#: What ``runs.csv`` and each ``result.json`` hold, for the report's list of files.
+_FILES = (
+    "accuracies, epochs, steps, timings, each measure on the network, on its rescaled copy and "
+    "the relative change",
+    "training history, the rescaling's α per layer and the function check, every measure's "
+    "value, options, certificate and time",
+)
 
 
 def _verdict_lines(comparisons: Sequence[Comparison], config: BatchSizeConfig) -> list[str]:
@@ -234,12 +245,7 @@ def _verdict_lines(comparisons: Sequence[Comparison], config: BatchSizeConfig) -
     return lines
 
 
-def _markdown(
-    records: StudyRecords,
-    rows: list[dict[str, Any]],
-    comparisons: list[Comparison],
-    verdicts: list[str],
-) -> str:
+def _markdown(records: StudyRecords, rows: list[dict[str, Any]], compared: list[Comparison]) -> str:
     config: BatchSizeConfig = records.config
     small, large = min(config.batch_sizes), max(config.batch_sizes)
     out: list[str] = []
@@ -254,10 +260,10 @@ def _markdown(
         "measured too, to show which measures are invariant.\n"
     )
     add(reporting.written_markdown(records))
-    out += _verdict_markdown(rows, comparisons, verdicts, small, large)
+    out += _verdict_markdown(rows, compared, _verdict_lines(compared, config), small, large)
     if rows:
         add("## Measures, small vs large batch\n")
-        add(_measure_table(comparisons, config) + "\n")
+        add(_measure_table(compared, config) + "\n")
         add(
             "Values: mean ± sample standard deviation over seeds (range, count). LB/SB: the "
             "geometric mean of the per-seed ratios, with their range. The last column counts "
@@ -266,24 +272,12 @@ def _markdown(
         add("![measures against the batch size](figures/batch_size.png)\n")
         add("Each line is one seed (filled: the trained network; open: its rescaled copy).\n")
         add("## Accuracy\n")
-        add(_accuracy_table(rows, config) + "\n")
+        batches = ("batch_size", "batch", sorted(config.batch_sizes))
+        add(paired.settings_table(rows, config.models, batches, _ACCURACY_COLUMNS) + "\n")
         add("## Which measures move under a layer rescaling\n")
         add(_rescaling_markdown(rows, config) + "\n")
         add("![relative change under rescaling](figures/rescaling.png)\n")
-    out += reporting.closing_markdown(
-        records,
-        groups=MEASURE_GROUPS,
-        left_out="the comparisons for these runs",
-        setup=_setup_markdown(records),
-        paper=_paper_markdown(config, records.study.get("data", {}) or {}),
-        files=reporting.files_markdown(
-            records,
-            csv="accuracies, epochs, steps, timings, each measure on the network, on its "
-            "rescaled copy and the relative change",
-            result="training history, the rescaling's α per layer and the function check, "
-            "every measure's value, options, certificate and time",
-        ),
-    )
+    out += paired.closing(records, BATCH_SIZE, _setup_markdown, _paper_markdown, _FILES)
     return "\n".join(out)
 
 
@@ -362,28 +356,15 @@ def _measure_table(comparisons: Sequence[Comparison], config: BatchSizeConfig) -
     return "\n".join(lines)
 
 
-def _accuracy_table(rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig) -> str:
-    lines = reporting.table_head(
-        "model",
-        "batch",
-        "runs",
-        "train acc",
-        "test acc",
-        "gap (train − test)",
-        "epochs",
-        "steps",
-        "reached target",
-    )
-    sizes = sorted(config.batch_sizes)
-    for model, size, chosen in reporting.setting_groups(rows, config.models, "batch_size", sizes):
-        spreads = [
-            reporting.spread([r[key] for r in chosen]).text(3)
-            for key in ("train_accuracy", "test_accuracy", "gap", "epochs_run", "steps")
-        ]
-        reached = sum(bool(r["reached_target"]) for r in chosen)
-        cells = [model.name, size, len(chosen), *spreads, f"{reached}/{len(chosen)}"]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    return "\n".join(lines)
+#: The columns of the accuracy table.
+_ACCURACY_COLUMNS: tuple[paired.Column, ...] = (
+    ("train acc", paired.spread_cell("train_accuracy")),
+    ("test acc", paired.spread_cell("test_accuracy")),
+    ("gap (train − test)", paired.spread_cell("gap")),
+    ("epochs", paired.spread_cell("epochs_run")),
+    ("steps", paired.spread_cell("steps")),
+    ("reached target", paired.count_cell("reached_target")),
+)
 
 
 def _rescaling_markdown(rows: Sequence[Mapping[str, Any]], config: BatchSizeConfig) -> str:
@@ -427,9 +408,11 @@ def _rescaling_markdown(rows: Sequence[Mapping[str, Any]], config: BatchSizeConf
 def _setup_markdown(records: StudyRecords) -> str:
     config: BatchSizeConfig = records.config
     lines = [
-        *reporting.data_lines(records),
-        f"* **Seeds**: {', '.join(map(str, config.seeds))}; a seed initialises a network "
-        "(the same weights for every batch size) and orders its minibatches.",
+        *paired.setup_head(
+            records,
+            "a seed initialises a network (the same weights for every batch size) and orders "
+            "its minibatches.",
+        ),
         "* **Models and training** (SGD with momentum; learning rate lr/(1 + decay·t); "
         "training stops at the target training accuracy or after the epochs):",
         "",

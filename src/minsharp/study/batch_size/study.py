@@ -37,11 +37,11 @@ training examples.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,17 +54,12 @@ from minsharp.study.core.config import (
     Presets,
     grid_setting_holders,
     raise_kind_problems,
+    sgd_training,
 )
-from minsharp.study.core.kind import Flag, StudyData, StudyKind
+from minsharp.study.core.kind import Flag, RunContext, StudyKind
 from minsharp.study.core.kind import RunPlan as GridRunPlan
 from minsharp.symmetry.layerwise import chain_layers, rescaled_copy, verify_same_function
-from minsharp.training import TrainingConfig, train_classifier
-
-#: The kind of study this module runs (``study.json``'s ``kind``).
-KIND = "batch-size"
-
-#: What the measures are computed on, in words (recorded in every result).
-MEASURED_ON = "the training inputs with their labels, after the last epoch"
+from minsharp.training import TrainingConfig
 
 #: The measures of the presets: the three scale-invariant ones and the two plain baselines.
 MEASURES: tuple[str, ...] = (
@@ -74,12 +69,6 @@ MEASURES: tuple[str, ...] = (
     "hessian_trace",
     "top_eigenvalue",
 )
-
-#: Keys a complete result holds as finite numbers.
-RESULT_NUMBERS = ("train_accuracy", "test_accuracy", "gap", "batch_size", "seed")
-
-#: Keys of a result holding measure entries: the trained network and its rescaled copy.
-MEASURE_GROUPS = ("measures", "rescaled_measures")
 
 #: What a run's checkpoint records besides the weights: these entries of its result.
 CHECKPOINT_KEYS = (
@@ -115,11 +104,6 @@ class BatchSizeConfig(GridConfig):
         ("seeds", "seed", "seeds"),
     )
 
-    preset: str
-    dataset: str
-    train_size: int | None = None
-    test_size: int | None = None
-    data_seed: int = 0
     batch_sizes: tuple[int, ...]
     seeds: tuple[int, ...]
     models: tuple[ModelPlan, ...]
@@ -169,17 +153,14 @@ def validate(config: BatchSizeConfig) -> None:
 # --------------------------------------------------------------------------- presets
 
 
-def _training(**changes: Any) -> dict[str, Any]:
-    """SGD with momentum 0.9, no weight decay, constant rate (theory §4 states none of these)."""
-    return {
-        "epochs": 500,
-        "lr": 0.05,
-        "momentum": 0.9,
-        "weight_decay": 0.0,
-        "lr_decay": 0.0,
-        "target_train_accuracy": 0.999,
-        **changes,
-    }
+#: The presets' training besides :func:`~minsharp.study.core.config.sgd_training`'s SGD: no
+#: weight decay, a constant rate, until 99.9 % training accuracy (theory §4 states none).
+TRAINING: dict[str, Any] = {
+    "epochs": 500,
+    "weight_decay": 0.0,
+    "lr_decay": 0.0,
+    "target_train_accuracy": 0.999,
+}
 
 
 def _tolerances(tolerance: float) -> dict[str, dict[str, Any]]:
@@ -195,45 +176,41 @@ def demo_preset() -> BatchSizeConfig:
         batch_sizes=(16, 512),
         seeds=(0, 1, 2),
         models=(ModelPlan("mlp", "mlp", {"hidden": [64, 64], "bias": False}),),
-        training=_training(epochs=400, target_train_accuracy=1.0),
+        training=sgd_training(TRAINING, epochs=400, target_train_accuracy=1.0),
         measure_options=_tolerances(1e-4),
     )
 
 
 def cpu_preset() -> BatchSizeConfig:
-    """``cpu``: 2 000 MNIST images, the bias-free MLP 5×512 and LeNet, 64 vs 500, 5 seeds."""
-    return BatchSizeConfig(
+    """``cpu``: the ``paper`` networks and seeds on 2 000/2 000 MNIST images, 64 vs 500."""
+    return dataclasses.replace(
+        paper_preset(),
         preset="cpu",
-        dataset="mnist",
         train_size=2000,
         test_size=2000,
         batch_sizes=(64, 500),
-        seeds=tuple(range(5)),
-        models=_paper_models(),
-        training=_training(epochs=300, target_train_accuracy=0.995),
+        training=sgd_training(TRAINING, epochs=300, target_train_accuracy=0.995),
         measure_options=_tolerances(1e-3),
         measure_examples=500,
     )
 
 
 def paper_preset() -> BatchSizeConfig:
-    """``paper``: full MNIST, MLP 5×512 and LeNet without biases, SB 256 vs LB 6 000, 5 seeds."""
+    """``paper``: full MNIST, MLP 5×512 and LeNet without biases, SB 256 vs LB 6 000, 5 seeds.
+
+    Theory §4's networks: MLP 784-512×5-10 and LeNet (lr 0.01), both without biases.
+    """
     return BatchSizeConfig(
         preset="paper",
         dataset="mnist",
         batch_sizes=(256, 6000),
         seeds=tuple(range(5)),
-        models=_paper_models(),
-        training=_training(),
+        models=(
+            ModelPlan("mlp", "mlp", {"hidden": [512] * 5, "bias": False}),
+            ModelPlan("lenet", "lenet", {"bias": False}, training={"lr": 0.01}),
+        ),
+        training=sgd_training(TRAINING),
         measure_options=_tolerances(1e-4),
-    )
-
-
-def _paper_models() -> tuple[ModelPlan, ...]:
-    """Theory §4's MNIST networks without biases: MLP 784-512×5-10 and LeNet (lr 0.01)."""
-    return (
-        ModelPlan("mlp", "mlp", {"hidden": [512] * 5, "bias": False}),
-        ModelPlan("lenet", "lenet", {"bias": False}, training={"lr": 0.01}),
     )
 
 
@@ -330,11 +307,13 @@ def rescaled_twin(
 class BatchSize(StudyKind[BatchSizeConfig, RunPlan]):
     """The batch-size study as a :class:`~minsharp.study.core.kind.StudyKind`."""
 
-    name = KIND
+    name = "batch-size"
+    run_plan = RunPlan
     presets = preset
-    measured_on = MEASURED_ON
-    result_numbers = RESULT_NUMBERS
-    measure_groups = MEASURE_GROUPS
+    measured_on = "the training inputs with their labels, after the last epoch"
+    result_numbers = ("train_accuracy", "test_accuracy", "gap", "batch_size", "seed")
+    #: The trained network's measures, and its rescaled copy's.
+    measure_groups = ("measures", "rescaled_measures")
     axis = "batch_sizes"
     grid_training = ("batch_size",)
     flags = (
@@ -351,42 +330,20 @@ class BatchSize(StudyKind[BatchSizeConfig, RunPlan]):
     )
     help = "large- vs small-batch minima under invariant and plain measures"
     description = DESCRIPTION
-    epilog = (
-        "example:\n  minsharp study batch-size --preset cpu --data-dir ~/mnist --output runs/batch"
-    )
     paper_note = "trains 20 networks on full MNIST, the large-batch ones for up to 500 epochs"
-
-    def plan(self, config: BatchSizeConfig, model: ModelPlan, seed: int, value: Any) -> RunPlan:
-        """The run of ``model`` with batch size ``value`` from ``seed``."""
-        training = config.training_config(model, seed, value)
-        return RunPlan(model=model, seed=seed, training=training, batch_size=value)
 
     def fingerprint(self, config: BatchSizeConfig, plan: RunPlan) -> str:
         """SHA-256 of every setting that decides a run's result, its rescaling's included."""
         rescaling = {"spread": config.rescale_spread, "seed": plan.rescale_seed}
-        return steps.run_fingerprint(KIND, config, plan, rescaling=rescaling)
+        return steps.run_fingerprint(self.name, config, plan, rescaling=rescaling)
 
-    def execute(
-        self,
-        config: BatchSizeConfig,
-        plan: RunPlan,
-        data: StudyData,
-        run_dir: Path,
-        record: dict[str, Any],
-        progress: bool = False,
-    ) -> None:
-        """Train, measure, rescale and measure again one run, filling ``record``."""
+    def execute(self, config: BatchSizeConfig, plan: RunPlan, run: RunContext) -> None:
+        """Train, measure, rescale and measure again one run, filling its record."""
         started = time.perf_counter()
+        data, record = run.data, run.record
         record.update(steps.run_settings(plan, data, config.dtype, batch_size=plan.batch_size))
-        model = steps.build_network(plan, data, record)
-        history = train_classifier(
-            model,
-            data.train_inputs,
-            data.train_labels,
-            plan.training,
-            progress=progress,
-            description=plan.run_id,
-        )
+        model = steps.build_network(plan, run)
+        history = steps.train(model, plan, run, data.train_labels)
         training_seconds = time.perf_counter() - started
         scores = steps.evaluate(model, data, data.train_labels)
         target = plan.training.target_train_accuracy
@@ -396,7 +353,7 @@ class BatchSize(StudyKind[BatchSizeConfig, RunPlan]):
         }
         record.update(steps.training_outcome(history, scores, during=during))
         inputs = steps.measured_examples(
-            data.train_inputs, data.train_labels, config.measure_examples, record, MEASURED_ON
+            data.train_inputs, data.train_labels, config.measure_examples, record, self.measured_on
         )
         options = config.measure_settings()
         record["measures"], measure_seconds = steps.measure_all(
@@ -415,7 +372,7 @@ class BatchSize(StudyKind[BatchSizeConfig, RunPlan]):
                 twin, inputs, config.measures, options
             )
         rescaled_seconds = time.perf_counter() - began
-        steps.save_network(model, plan, data, run_dir, record, CHECKPOINT_KEYS)
+        steps.save_network(model, plan, run, CHECKPOINT_KEYS)
         record["timings"] = {
             "training": training_seconds,
             "measures": measure_seconds,
@@ -427,7 +384,7 @@ class BatchSize(StudyKind[BatchSizeConfig, RunPlan]):
         """One line about a complete run: accuracies, epochs and steps, timings, failed measures."""
         failed = {
             name
-            for group in MEASURE_GROUPS
+            for group in self.measure_groups
             for name, entry in result[group].items()
             if "error" in entry
         }

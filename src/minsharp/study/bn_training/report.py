@@ -29,7 +29,6 @@ from scipy import stats
 
 from minsharp.study.bn_training.study import (
     BN_SHARPNESS,
-    MEASURE_GROUPS,
     BNSharpnessConfig,
     paper_preset,
 )
@@ -37,13 +36,13 @@ from minsharp.study.core import store
 from minsharp.study.core.config import ModelPlan, ratio_label
 from minsharp.study.core.store import StudyRecords
 from minsharp.study.report import markdown as reporting
+from minsharp.study.report import paired
 from minsharp.study.report.plots import MARKERS, log_scale_if_wide, new_figure
 from minsharp.training import TrainingConfig
 
 #: Coverage of the paired interval.
 LEVEL = 0.95
 
-HELD, NOT_HELD = reporting.HELD, reporting.NOT_HELD
 NOT_SIGNIFICANT = "not significant"
 UNDECIDED = "undecided (fewer than two pairs)"
 
@@ -51,6 +50,9 @@ UNDECIDED = "undecided (fewer than two pairs)"
 @dataclass(frozen=True)
 class Pairing:
     """One λ > 0 against plain SGD (λ = 0) for one model, paired by seed.
+
+    The paper's claim is judged on the test-accuracy differences: their mean and its
+    Student-t interval (:attr:`verdict`).
 
     Attributes:
         model: the model's name.
@@ -77,14 +79,14 @@ class Pairing:
 
     @property
     def verdict(self) -> str:
-        """:data:`HELD`, :data:`NOT_SIGNIFICANT`, :data:`NOT_HELD` or :data:`UNDECIDED`."""
+        """``held``, :data:`NOT_SIGNIFICANT`, ``did not hold`` or :data:`UNDECIDED`."""
         if len(self.differences) < 2:
             return UNDECIDED
         low, _ = self.interval()
         average = reporting.mean(list(self.differences.values()))
         if average <= 0:
-            return NOT_HELD
-        return HELD if low > 0 else NOT_SIGNIFICANT
+            return reporting.NOT_HELD
+        return reporting.HELD if low > 0 else NOT_SIGNIFICANT
 
 
 @dataclass
@@ -166,6 +168,9 @@ def _ratios(
 def write_report(directory: str | Path) -> Report:
     """Write ``report.md``, the figures and ``runs.csv`` of the BN study in ``directory``.
 
+    Returns:
+        What was written, with each λ > 0 against plain SGD per model (``pairings``).
+
     Raises:
         StudyError: not a BN-sharpness study directory.
     """
@@ -173,25 +178,34 @@ def write_report(directory: str | Path) -> Report:
     config: BNSharpnessConfig = records.config
     rows = run_rows(records)
     found = pairings(rows, config)
-    verdicts = [_verdict_line(pairing) for pairing in found if pairing.differences]
+    verdicts = _verdict_lines(found)
     measures = [name + suffix for name in config.measures for suffix in ("_before", "")]
     path, csv_path, figures = reporting.write_files(
         records.directory,
         rows=rows,
         columns=reporting.csv_columns("weight", measures, during=["steps", "seconds_per_step"]),
-        markdown=_markdown(records, rows, found, verdicts),
+        markdown=_markdown(records, rows, found),
         figures={
             "test_accuracy.png": lambda: _accuracy_figure(rows, config),
             "bn_sharpness.png": lambda: _sharpness_figure(rows, config),
         },
     )
-    summary = "BN-sharpness training vs plain SGD (paired by seed):\n\n" + (
-        "\n".join(verdicts) if verdicts else "No complete pair of runs yet."
+    summary = paired.summary(
+        "BN-sharpness training vs plain SGD (paired by seed)",
+        verdicts,
+        "No complete pair of runs yet.",
     )
     return Report(path, csv_path, figures, records, summary, found)
 
 
 # --------------------------------------------------------------------------- markdown
+
+#: What ``runs.csv`` and each ``result.json`` hold, for the report's list of files.
+_FILES = (
+    "accuracies, time per step, each measure before and after training",
+    "training history per epoch with the time of the steps, every measure's value, options and "
+    "details",
+)
 
 
 def _verdict_line(pairing: Pairing) -> str:
@@ -224,12 +238,12 @@ def _verdict_line(pairing: Pairing) -> str:
     )
 
 
-def _markdown(
-    records: StudyRecords,
-    rows: list[dict[str, Any]],
-    found: list[Pairing],
-    verdicts: list[str],
-) -> str:
+def _verdict_lines(found: Sequence[Pairing]) -> list[str]:
+    """One plain sentence per pairing with pairs, on the paper's claim."""
+    return [_verdict_line(pairing) for pairing in found if pairing.differences]
+
+
+def _markdown(records: StudyRecords, rows: list[dict[str, Any]], found: list[Pairing]) -> str:
     config: BNSharpnessConfig = records.config
     out: list[str] = []
     add = out.append
@@ -243,10 +257,11 @@ def _markdown(
         "held fixed (`minsharp.training.bn_penalty`).\n"
     )
     add(reporting.written_markdown(records))
-    out += _verdict_markdown(found, verdicts)
+    out += _verdict_markdown(found, _verdict_lines(found))
     if rows:
         add("## Results per penalty weight\n")
-        add(_results_table(rows, config) + "\n")
+        weights = ("weight", "λ", sorted(config.weights))
+        add(paired.settings_table(rows, config.models, weights, _RESULT_COLUMNS) + "\n")
         add(
             "Mean ± sample standard deviation over seeds (range, count). BN-sharpness "
             f"(δ = {config.delta:g}) before training is taken at the initial weights with the "
@@ -262,19 +277,7 @@ def _markdown(
         add("![BN-sharpness before and after training](figures/bn_sharpness.png)\n")
         add("### Extra cost per step\n")
         add(_cost_markdown(found, records) + "\n")
-    out += reporting.closing_markdown(
-        records,
-        groups=MEASURE_GROUPS,
-        left_out="the comparisons for these runs",
-        setup=_setup_markdown(records),
-        paper=_paper_markdown(config, records.study.get("data", {}) or {}),
-        files=reporting.files_markdown(
-            records,
-            csv="accuracies, time per step, each measure before and after training",
-            result="training history per epoch with the time of the steps, every measure's "
-            "value, options and details",
-        ),
-    )
+    out += paired.closing(records, BN_SHARPNESS, _setup_markdown, _paper_markdown, _FILES)
     return "\n".join(out)
 
 
@@ -284,10 +287,10 @@ def _verdict_markdown(found: list[Pairing], verdicts: list[str]) -> list[str]:
     add = out.append
     decided = [p for p in found if p.verdict != UNDECIDED]
     if decided:
-        held = all(p.verdict == HELD for p in decided)
+        held = all(p.verdict == reporting.HELD for p in decided)
         add(
             "**The paper's claim (the penalty improves test accuracy over plain SGD) "
-            + (HELD if held else NOT_HELD)
+            + (reporting.HELD if held else reporting.NOT_HELD)
             + f"** on this run, judged by the paired difference and its {LEVEL * 100:g} % "
             "Student-t interval:\n"
         )
@@ -297,28 +300,14 @@ def _verdict_markdown(found: list[Pairing], verdicts: list[str]) -> list[str]:
     return out
 
 
-def _results_table(rows: Sequence[Mapping[str, Any]], config: BNSharpnessConfig) -> str:
-    lines = reporting.table_head(
-        "model",
-        "λ",
-        "runs",
-        "test acc",
-        "train acc",
-        "BN-sharpness before",
-        "BN-sharpness after",
-        "ms per step",
-    )
-    weights = sorted(config.weights)
-    for model, weight, chosen in reporting.setting_groups(rows, config.models, "weight", weights):
-        lines.append(
-            f"| {model.name} | {weight:g} | {len(chosen)} | "
-            f"{reporting.spread([r['test_accuracy'] for r in chosen]).text(4)} | "
-            f"{reporting.spread([r['train_accuracy'] for r in chosen]).text(4)} | "
-            f"{reporting.spread([r['bn_sharpness_before'] for r in chosen]).text(3)} | "
-            f"{reporting.spread([r['bn_sharpness'] for r in chosen]).text(3)} | "
-            f"{reporting.spread([1000 * r['seconds_per_step'] for r in chosen]).text(3)} |"
-        )
-    return "\n".join(lines)
+#: The columns of the results table.
+_RESULT_COLUMNS: tuple[paired.Column, ...] = (
+    ("test acc", paired.spread_cell("test_accuracy", 4)),
+    ("train acc", paired.spread_cell("train_accuracy", 4)),
+    ("BN-sharpness before", paired.spread_cell("bn_sharpness_before")),
+    ("BN-sharpness after", paired.spread_cell("bn_sharpness")),
+    ("ms per step", paired.spread_cell("seconds_per_step", scale=1000)),
+)
 
 
 def _cost_markdown(found: Sequence[Pairing], records: StudyRecords) -> str:
@@ -347,9 +336,10 @@ def _cost_markdown(found: Sequence[Pairing], records: StudyRecords) -> str:
 def _setup_markdown(records: StudyRecords) -> str:
     config: BNSharpnessConfig = records.config
     lines = [
-        *reporting.data_lines(records),
-        f"* **Seeds**: {', '.join(map(str, config.seeds))}; a seed initialises a network and "
-        "orders its minibatches, the same for every λ.",
+        *paired.setup_head(
+            records,
+            "a seed initialises a network and orders its minibatches, the same for every λ.",
+        ),
         f"* **Penalty**: λ ∈ {reporting.set_text(config.weights)} (0: plain SGD), "
         f"δ = {config.delta:g} "
         "(each block moves by at most δ times its norm).",

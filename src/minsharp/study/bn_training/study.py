@@ -30,11 +30,11 @@ its report says so.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,25 +49,11 @@ from minsharp.study.core.config import (
     grid_setting_holders,
     raise_kind_problems,
     ratio_label,
+    sgd_training,
 )
-from minsharp.study.core.kind import Flag, StudyData, StudyKind
+from minsharp.study.core.kind import Flag, RunContext, StudyKind
 from minsharp.study.core.kind import RunPlan as GridRunPlan
-from minsharp.training import TrainingConfig, train_classifier
-
-#: The kind of study this module runs (``study.json``'s ``kind``).
-KIND = "bn-sharpness"
-
-#: What the measures are computed on, in words (recorded in every result).
-MEASURED_ON = (
-    "the training inputs with their labels, in eval mode: before training on a copy whose "
-    "batch-norm running statistics are those of the training set, and after training"
-)
-
-#: Keys a complete result holds as finite numbers.
-RESULT_NUMBERS = ("train_accuracy", "test_accuracy", "weight", "seed", "seconds_per_step")
-
-#: Keys of a result holding measure entries: after and before training.
-MEASURE_GROUPS = ("measures", "measures_before")
+from minsharp.training import TrainingConfig
 
 #: What a run's checkpoint records besides the weights: these entries of its result.
 CHECKPOINT_KEYS = ("run_id", "weight", "seed", "training", "train_accuracy", "test_accuracy")
@@ -102,11 +88,6 @@ class BNSharpnessConfig(GridConfig):
         ("seeds", "seed", "seeds"),
     )
 
-    preset: str
-    dataset: str
-    train_size: int | None = None
-    test_size: int | None = None
-    data_seed: int = 0
     weights: tuple[float, ...] = (0.0, 0.5)
     delta: float = DEFAULT_DELTA
     seeds: tuple[int, ...]
@@ -180,18 +161,15 @@ def validate(config: BNSharpnessConfig) -> None:
 # --------------------------------------------------------------------------- presets
 
 
-def _training(**changes: Any) -> dict[str, Any]:
-    """SGD with momentum 0.9, weight decay 5e-4, batch 64, lr 0.05 decaying as 1/(1 + 1e-4 t)."""
-    return {
-        "epochs": 20,
-        "batch_size": 64,
-        "lr": 0.05,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "lr_decay": 1e-4,
-        "target_train_accuracy": None,
-        **changes,
-    }
+#: The presets' training besides :func:`~minsharp.study.core.config.sgd_training`'s SGD:
+#: batch 64, weight decay 5e-4, lr decaying as 1/(1 + 1e-4 t), all epochs.
+TRAINING: dict[str, Any] = {
+    "epochs": 20,
+    "batch_size": 64,
+    "weight_decay": 5e-4,
+    "lr_decay": 1e-4,
+    "target_train_accuracy": None,
+}
 
 
 def demo_preset() -> BNSharpnessConfig:
@@ -201,20 +179,20 @@ def demo_preset() -> BNSharpnessConfig:
         dataset="digits",
         seeds=tuple(range(5)),
         models=(ModelPlan("mlp_bn", "mlp", {"hidden": [64, 64], "batchnorm": True}),),
-        training=_training(epochs=30),
+        training=sgd_training(TRAINING, epochs=30),
     )
 
 
 def cpu_preset() -> BNSharpnessConfig:
-    """``cpu``: 4 000/4 000 MNIST images, the small CNN with batch-norm, λ ∈ {0, 0.5}, 10 seeds."""
-    return BNSharpnessConfig(
+    """``cpu``: the ``paper`` preset's CNN on 4 000/4 000 MNIST images, 15 epochs, 10 seeds."""
+    return dataclasses.replace(
+        paper_preset(),
         preset="cpu",
         dataset="mnist",
         train_size=4000,
         test_size=4000,
         seeds=tuple(range(10)),
-        models=(ModelPlan("cnn_bn", "small_cnn", {"batchnorm": True}),),
-        training=_training(epochs=15),
+        training=sgd_training(TRAINING, epochs=15),
         measure_examples=1000,
     )
 
@@ -226,7 +204,7 @@ def paper_preset() -> BNSharpnessConfig:
         dataset="cifar10",
         seeds=tuple(range(5)),
         models=(ModelPlan("cnn_bn", "small_cnn", {"batchnorm": True}),),
-        training=_training(epochs=100, batch_size=128),
+        training=sgd_training(TRAINING, epochs=100, batch_size=128),
         measure_examples=10000,
     )
 
@@ -304,11 +282,16 @@ def calibrated_copy(
 class BNSharpness(StudyKind[BNSharpnessConfig, RunPlan]):
     """The BN-sharpness training study as a :class:`~minsharp.study.core.kind.StudyKind`."""
 
-    name = KIND
+    name = "bn-sharpness"
+    run_plan = RunPlan
     presets = preset
-    measured_on = MEASURED_ON
-    result_numbers = RESULT_NUMBERS
-    measure_groups = MEASURE_GROUPS
+    measured_on = (
+        "the training inputs with their labels, in eval mode: before training on a copy whose "
+        "batch-norm running statistics are those of the training set, and after training"
+    )
+    result_numbers = ("train_accuracy", "test_accuracy", "weight", "seed", "seconds_per_step")
+    #: The measures after training, and before.
+    measure_groups = ("measures", "measures_before")
     axis = "weights"
     grid_training = GRID_TRAINING
     flags = (
@@ -323,52 +306,29 @@ class BNSharpness(StudyKind[BNSharpnessConfig, RunPlan]):
     )
     help = "BN-sharpness training vs plain SGD"
     description = DESCRIPTION
-    epilog = (
-        "example:\n  minsharp study bn-sharpness --preset cpu --data-dir ~/mnist --output runs/bn"
-    )
     paper_note = "trains 10 networks for 100 epochs each on full CIFAR-10"
-
-    def plan(self, config: BNSharpnessConfig, model: ModelPlan, seed: int, value: Any) -> RunPlan:
-        """The run of ``model`` with penalty weight ``value`` from ``seed``."""
-        training = config.training_config(model, seed, value)
-        return RunPlan(model=model, seed=seed, training=training, weight=value)
 
     def fingerprint(self, config: BNSharpnessConfig, plan: RunPlan) -> str:
         """SHA-256 of every setting that decides a run's result (the penalty is in its training)."""
-        return steps.run_fingerprint(KIND, config, plan)
+        return steps.run_fingerprint(self.name, config, plan)
 
-    def execute(
-        self,
-        config: BNSharpnessConfig,
-        plan: RunPlan,
-        data: StudyData,
-        run_dir: Path,
-        record: dict[str, Any],
-        progress: bool = False,
-    ) -> None:
-        """Measure at initialisation, train with penalty λ, measure again; fill ``record``."""
+    def execute(self, config: BNSharpnessConfig, plan: RunPlan, run: RunContext) -> None:
+        """Measure at initialisation, train with penalty λ, measure again; fill the record."""
         started = time.perf_counter()
+        data, record = run.data, run.record
         record.update(
             steps.run_settings(plan, data, config.dtype, weight=plan.weight, delta=config.delta)
         )
-        model = steps.build_network(plan, data, record)
+        model = steps.build_network(plan, run)
         inputs = steps.measured_examples(
-            data.train_inputs, data.train_labels, config.measure_examples, record, MEASURED_ON
+            data.train_inputs, data.train_labels, config.measure_examples, record, self.measured_on
         )
         options = config.measure_settings()
         record["measures_before"], before_seconds = steps.measure_all(
             calibrated_copy(model, data.train_inputs), inputs, config.measures, options
         )
         began = time.perf_counter()
-        history = train_classifier(
-            model,
-            data.train_inputs,
-            data.train_labels,
-            plan.training,
-            test=(data.test_inputs, data.test_labels),
-            progress=progress,
-            description=plan.run_id,
-        )
+        history = steps.train(model, plan, run, data.train_labels, test=True)
         training_seconds = time.perf_counter() - began
         scores = steps.evaluate(model, data, data.train_labels)
         count, step_seconds = sum(history.steps), sum(history.step_seconds)
@@ -381,7 +341,7 @@ class BNSharpness(StudyKind[BNSharpnessConfig, RunPlan]):
         record["measures"], after_seconds = steps.measure_all(
             model, inputs, config.measures, options
         )
-        steps.save_network(model, plan, data, run_dir, record, CHECKPOINT_KEYS)
+        steps.save_network(model, plan, run, CHECKPOINT_KEYS)
         record["timings"] = {
             "training": training_seconds,
             "measures": before_seconds + after_seconds,

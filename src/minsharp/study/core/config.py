@@ -72,12 +72,27 @@ class ModelPlan:
         }
 
 
-class GridConfig:
+@dataclass(frozen=True, kw_only=True)
+class DataSettings:
+    """The fields every kind's configuration starts with: its preset and its data.
+
+    :class:`GridConfig` documents them.
+    """
+
+    preset: str
+    dataset: str
+    train_size: int | None = None
+    test_size: int | None = None
+    data_seed: int = 0
+
+
+class GridConfig(DataSettings):
     """What the configuration of every study kind is: its shared fields, grid and JSON form.
 
     A kind's configuration is a frozen, keyword-only dataclass deriving from this class: it
-    declares these fields (in the order ``study.json`` lists them, its own among them), its
-    grid's axes (:attr:`AXES`) and :meth:`training_config`; the rest is shared.
+    starts with the fields of :class:`DataSettings`, declares the others (in the order
+    ``study.json`` lists them, its own among them), its grid's axes (:attr:`AXES`) and
+    :meth:`training_config`; the rest is shared.
 
     Attributes:
         preset: the preset this configuration started from (a label for the report).
@@ -99,11 +114,6 @@ class GridConfig:
     #: The fields the grid multiplies, each with its singular and plural in words.
     AXES: ClassVar[tuple[tuple[str, str, str], ...]] = ()
 
-    preset: str
-    dataset: str
-    train_size: int | None
-    test_size: int | None
-    data_seed: int
     seeds: tuple[int, ...]
     models: tuple[ModelPlan, ...]
     training: Mapping[str, Any]
@@ -308,6 +318,16 @@ def _is_int(value: Any) -> bool:
 
 
 # --------------------------------------------------------------------------- the presets
+
+
+def sgd_training(settings: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+    """A preset's training: SGD with lr 0.05 and momentum 0.9, a kind's ``settings``, ``changes``.
+
+    Example:
+        >>> sgd_training({"epochs": 20, "weight_decay": 0.0}, epochs=5)
+        {'lr': 0.05, 'momentum': 0.9, 'epochs': 5, 'weight_decay': 0.0}
+    """
+    return {"lr": 0.05, "momentum": 0.9, **settings, **changes}
 
 
 # --------------------------------------------------------------------------- config files

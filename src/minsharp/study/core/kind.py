@@ -77,6 +77,24 @@ class StudyData:
         return tuple(self.train_inputs.shape[1:])
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What one run is executed with besides its configuration and plan.
+
+    Attributes:
+        data: the study's data on the compute device.
+        directory: the run's directory (``DIR/runs/<run-id>``), where its checkpoint goes.
+        record: the run's result, which the kind fills (it already holds the format, the run
+            id and the fingerprint); the runner writes it.
+        progress: whether to show progress bars.
+    """
+
+    data: StudyData
+    directory: Path
+    record: dict[str, Any]
+    progress: bool = False
+
+
 ConfigT = TypeVar("ConfigT", bound=GridConfig)
 PlanT = TypeVar("PlanT", bound=RunPlan)
 
@@ -151,13 +169,16 @@ class Flag:
 class StudyKind(ABC, Generic[ConfigT, PlanT]):
     """One kind of study: how its runs are planned, fingerprinted, executed, summarised, offered.
 
-    A kind is a subclass that sets the class attributes below and the four methods;
+    A kind is a subclass that sets the class attributes below and the methods :meth:`plan`
+    (unless the default fits), :meth:`fingerprint`, :meth:`execute` and :meth:`summarise`;
     :func:`minsharp.study.core.runner.run_study` does everything else the same way for every
     kind, and ``minsharp study <name>`` is built from what the kind declares
     (:mod:`minsharp.cli.study`).
 
     Attributes:
         name: the kind, as ``study.json`` records it and ``minsharp study <name>`` runs it.
+        run_plan: the class of its runs' plans (a :class:`RunPlan` with the kind's axis), for
+            the default :meth:`plan`.
         presets: the kind's presets (:class:`~minsharp.study.core.config.Presets`).
         measured_on: what the measures are computed on, in words (``study.json``).
         result_numbers: keys a complete result holds as finite numbers.
@@ -169,12 +190,13 @@ class StudyKind(ABC, Generic[ConfigT, PlanT]):
         flags: the override flags of the kind's own fields.
         help: the one line ``minsharp study --help`` shows.
         description: the ``minsharp study <name> --help`` text.
-        epilog: its examples.
+        epilog: its examples (by default, its ``cpu`` preset on MNIST files).
         paper_note: what the ``paper`` preset asks of a CPU, printed when run on one.
         directory_stem: the study directory without ``--output`` is ``<stem>-<preset>``.
     """
 
     name: ClassVar[str]
+    run_plan: ClassVar[type[Any]]
     presets: ClassVar[Presets[Any]]
     measured_on: ClassVar[str]
     result_numbers: ClassVar[tuple[str, ...]]
@@ -184,9 +206,16 @@ class StudyKind(ABC, Generic[ConfigT, PlanT]):
     flags: ClassVar[tuple[Flag, ...]] = ()
     help: ClassVar[str]
     description: ClassVar[str]
-    epilog: ClassVar[str]
     paper_note: ClassVar[str]
     directory_stem: ClassVar[str] = ""
+
+    @property
+    def epilog(self) -> str:
+        """The examples of ``minsharp study <name> --help`` (default: its ``cpu`` preset, MNIST)."""
+        return (
+            f"example:\n  minsharp study {self.name} --preset cpu --data-dir ~/mnist "
+            f"--output runs/{self.name}"
+        )
 
     def plan_runs(self, config: ConfigT) -> list[PlanT]:
         """The runs of ``config``'s grid: for each seed, each model, each value of :attr:`axis`.
@@ -201,9 +230,15 @@ class StudyKind(ABC, Generic[ConfigT, PlanT]):
             for value in getattr(config, self.axis)
         ]
 
-    @abstractmethod
     def plan(self, config: ConfigT, model: ModelPlan, seed: int, value: Any) -> PlanT:
-        """The run of ``model`` from ``seed`` at ``value`` of the kind's axis."""
+        """The run of ``model`` from ``seed`` at ``value`` of the kind's axis.
+
+        By default, for a kind whose axis is a training setting (the batch size, the penalty
+        weight): a :attr:`run_plan` of the training ``config.training_config(model, seed,
+        value)``, with ``value`` as its last field.
+        """
+        training = config.training_config(model, seed, value)  # type: ignore[call-arg]
+        return self.run_plan(model, seed, training, value)
 
     @abstractmethod
     def fingerprint(self, config: ConfigT, plan: PlanT) -> str:
@@ -214,18 +249,10 @@ class StudyKind(ABC, Generic[ConfigT, PlanT]):
         """
 
     @abstractmethod
-    def execute(
-        self,
-        config: ConfigT,
-        plan: PlanT,
-        data: StudyData,
-        run_dir: Path,
-        record: dict[str, Any],
-        progress: bool,
-    ) -> None:
-        """Run ``plan`` and fill ``record`` (already holding format, run id and fingerprint).
+    def execute(self, config: ConfigT, plan: PlanT, run: RunContext) -> None:
+        """Run ``plan`` on ``run.data`` and fill ``run.record`` (:class:`RunContext`).
 
-        An exception marks the run failed, with what ``record`` holds by then; the record is
+        An exception marks the run failed, with what the record holds by then; the record is
         written by :func:`~minsharp.study.core.runner.execute_run`.
         """
 

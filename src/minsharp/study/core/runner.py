@@ -42,7 +42,7 @@ from minsharp.io import write_json_atomic
 from minsharp.models import build_model
 from minsharp.study.core import claims as claims
 from minsharp.study.core.config import GridConfig
-from minsharp.study.core.kind import RunPlan, StudyData, StudyKind
+from minsharp.study.core.kind import RunContext, RunPlan, StudyData, StudyKind
 from minsharp.study.core.provenance import machine_info, now, versions
 from minsharp.study.core.store import (
     FORMAT_VERSION,
@@ -347,7 +347,7 @@ def execute_run(
         "worker": {"host": platform.node(), "pid": os.getpid()},
     }
     try:
-        kind.execute(config, plan, data, run_dir, record, progress)
+        kind.execute(config, plan, RunContext(data, run_dir, record, progress))
     except Exception as error:  # recorded, and redone on resume: the study goes on
         record.update(
             status="failed",

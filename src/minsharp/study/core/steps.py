@@ -1,10 +1,11 @@
 """The steps every run of every study kind shares, and the fingerprint of a run's settings.
 
-A kind's :meth:`~minsharp.study.core.kind.StudyKind.execute` is built from them:
-:func:`run_settings` (what the record states first), :func:`build_network`, :func:`evaluate`
-and :func:`training_outcome` (accuracies, gap, history), :func:`measured_examples` and
-:func:`measure_all`, :func:`save_network`; its fingerprint is :func:`run_fingerprint` with the
-kind's own settings.
+A kind's :meth:`~minsharp.study.core.kind.StudyKind.execute` is built from them, each given
+the run's :class:`~minsharp.study.core.kind.RunContext` where it needs one:
+:func:`run_settings` (what the record states first), :func:`build_network`, :func:`train`,
+:func:`evaluate` and :func:`training_outcome` (accuracies, gap, history),
+:func:`measured_examples` and :func:`measure_all`, :func:`save_network`; its fingerprint is
+:func:`run_fingerprint` with the kind's own settings.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,9 +25,9 @@ from minsharp.io import jsonable
 from minsharp.measures import measure
 from minsharp.models import build_model, count_parameters
 from minsharp.study.core.config import GridConfig
-from minsharp.study.core.kind import RunPlan, StudyData
+from minsharp.study.core.kind import RunContext, RunPlan, StudyData
 from minsharp.study.core.store import CHECKPOINT_DIR, FORMAT_VERSION
-from minsharp.training import TrainingHistory, accuracy, save_checkpoint
+from minsharp.training import TrainingHistory, accuracy, save_checkpoint, train_classifier
 
 
 def derive_seed(*parts: Any) -> int:
@@ -91,19 +91,40 @@ def run_settings(plan: RunPlan, data: StudyData, dtype: str, **axes: Any) -> dic
     }
 
 
-def build_network(plan: RunPlan, data: StudyData, record: dict[str, Any]) -> nn.Module:
+def build_network(plan: RunPlan, run: RunContext) -> nn.Module:
     """The zoo network of a run initialised under ``torch.manual_seed(plan.seed)``.
 
     The caller's global generator is left as it was; the network is on the data's device in
-    their dtype, and its parameter count goes into ``record``.
+    their dtype, and its parameter count goes into the run's record.
     """
+    data = run.data
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(plan.seed)
         network = build_model(
             plan.model.zoo, data.input_shape, data.num_classes, **plan.model.options
         )
-    record["parameters"] = count_parameters(network)
+    run.record["parameters"] = count_parameters(network)
     return network.to(device=data.device, dtype=data.train_inputs.dtype)
+
+
+def train(
+    model: nn.Module, plan: RunPlan, run: RunContext, labels: Tensor, *, test: bool = False
+) -> TrainingHistory:
+    """Train ``model`` on the training inputs with ``labels`` as ``plan.training`` says.
+
+    :func:`minsharp.training.train_classifier`, its progress bar named by the run id; with
+    ``test``, the test accuracy is recorded after every epoch in the history.
+    """
+    data = run.data
+    return train_classifier(
+        model,
+        data.train_inputs,
+        labels,
+        plan.training,
+        test=(data.test_inputs, data.test_labels) if test else None,
+        progress=run.progress,
+        description=plan.run_id,
+    )
 
 
 def evaluate(model: nn.Module, data: StudyData, labels: Tensor) -> tuple[float, float]:
@@ -150,21 +171,15 @@ def measured_examples(
     return inputs[:count], labels[:count]
 
 
-def save_network(
-    model: nn.Module,
-    plan: RunPlan,
-    data: StudyData,
-    run_dir: Path,
-    record: dict[str, Any],
-    keys: Sequence[str],
-) -> None:
-    """Save ``model`` in ``run_dir/checkpoint`` with the entries ``keys`` of its ``record``.
+def save_network(model: nn.Module, plan: RunPlan, run: RunContext, keys: Sequence[str]) -> None:
+    """Save ``model`` in the run's ``checkpoint`` folder with the entries ``keys`` of its record.
 
     :func:`minsharp.training.save_checkpoint` writes the weights and what rebuilds the network;
-    ``record["checkpoint"]`` names the folder.
+    the record's ``checkpoint`` names the folder.
     """
+    data, record = run.data, run.record
     save_checkpoint(
-        run_dir / CHECKPOINT_DIR,
+        run.directory / CHECKPOINT_DIR,
         model,
         model_spec={
             "name": plan.model.zoo,

@@ -67,11 +67,6 @@ class StudyConfig(GridConfig):
         ("models", "model", "models"),
     )
 
-    preset: str
-    dataset: str
-    train_size: int | None = None
-    test_size: int | None = None
-    data_seed: int = 0
     corruption: str = "permute"
     ratios: tuple[float, ...]
     seeds: tuple[int, ...]

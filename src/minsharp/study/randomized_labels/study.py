@@ -39,13 +39,13 @@ import torch
 from minsharp.data.corruption import corrupt_labels
 from minsharp.study.core import runner, steps
 from minsharp.study.core.config import ModelPlan, ratio_label
-from minsharp.study.core.kind import Flag, StudyData, StudyKind
+from minsharp.study.core.kind import Flag, RunContext, StudyData, StudyKind
 from minsharp.study.core.kind import RunPlan as GridRunPlan
 from minsharp.study.core.runner import StudyOutcome
 from minsharp.study.core.steps import derive_seed
 from minsharp.study.core.store import read_result as read_stored_result
 from minsharp.study.randomized_labels.config import StudyConfig, preset
-from minsharp.training import accuracy, train_classifier
+from minsharp.training import accuracy
 
 #: The kind of study this module runs (``study.json``'s ``kind``).
 KIND = "randomized-labels"
@@ -176,7 +176,7 @@ class RandomizedLabels(StudyKind[StudyConfig, RunPlan]):
     )
     help = "train on partly shuffled labels, correlate measures with the gap"
     description = DESCRIPTION
-    epilog = EPILOG
+    epilog = EPILOG  # type: ignore[assignment]
     paper_note = "trains 220 networks for 1000-3000 epochs each on full MNIST"
     directory_stem = "minsharp-study"
 
@@ -202,22 +202,15 @@ class RandomizedLabels(StudyKind[StudyConfig, RunPlan]):
             },
         )
 
-    def execute(
-        self,
-        config: StudyConfig,
-        plan: RunPlan,
-        data: StudyData,
-        run_dir: Path,
-        record: dict[str, Any],
-        progress: bool = False,
-    ) -> None:
-        """Corrupt, build, train, measure and save one run, filling ``record``.
+    def execute(self, config: StudyConfig, plan: RunPlan, run: RunContext) -> None:
+        """Corrupt, build, train, measure and save one run, filling its record.
 
         A training failure (divergence, out of memory…) propagates, and
-        :func:`minsharp.study.core.runner.execute_run` writes the run as failed with what ``record``
-        holds; a measure failure is recorded under that measure and the run is complete.
+        :func:`minsharp.study.core.runner.execute_run` writes the run as failed with what the
+        record holds; a measure failure is recorded under that measure and the run is complete.
         """
         started = time.perf_counter()
+        data, record = run.data, run.record
         record.update(steps.run_settings(plan, data, config.dtype, ratio=plan.ratio))
         corrupted = corrupt_labels(
             data.train_labels.cpu(),
@@ -228,16 +221,8 @@ class RandomizedLabels(StudyKind[StudyConfig, RunPlan]):
         )
         labels = corrupted.labels.to(data.device)
         record["corruption"] = corrupted.record
-        model = steps.build_network(plan, data, record)
-        history = train_classifier(
-            model,
-            data.train_inputs,
-            labels,
-            plan.training,
-            test=(data.test_inputs, data.test_labels),
-            progress=progress,
-            description=plan.run_id,
-        )
+        model = steps.build_network(plan, run)
+        history = steps.train(model, plan, run, labels, test=True)
         training_seconds = time.perf_counter() - started
         scores = steps.evaluate(model, data, labels)
         fit = label_fit(model, data, labels, corrupted.indices.to(data.device))
@@ -252,7 +237,7 @@ class RandomizedLabels(StudyKind[StudyConfig, RunPlan]):
         record["measures"], measure_seconds = steps.measure_all(
             model, inputs, config.measures, config.measure_settings()
         )
-        steps.save_network(model, plan, data, run_dir, record, CHECKPOINT_KEYS)
+        steps.save_network(model, plan, run, CHECKPOINT_KEYS)
         record["timings"] = {
             "training": training_seconds,
             "measures": measure_seconds,

@@ -66,18 +66,8 @@ def spearman_rho(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
     """Spearman's ρ: the Pearson correlation of the ranks, ties given their average rank.
 
     ``ρ = Σ (r_i − r̄)(s_i − s̄) / √(Σ (r_i − r̄)² · Σ (s_i − s̄)²)`` with r, s the average
-    ranks of x and y; equal to ``scipy.stats.spearmanr(x, y).statistic``.
-
-    Args:
-        x: the first sample.
-        y: the second sample, paired with ``x``.
-
-    Returns:
-        ρ in [−1, 1]; ``nan`` for fewer than two pairs, for a constant ``x`` or ``y``, or
-        when either holds a ``nan``.
-
-    Raises:
-        DataError: the samples are not one-dimensional or differ in length.
+    ranks of x and y; equal to ``scipy.stats.spearmanr(x, y).statistic``. The samples, the
+    ``nan`` cases and the errors are :func:`kendall_tau_b`'s: ρ is in [−1, 1], or ``nan``.
 
     Example:
         >>> spearman_rho([1, 2, 3, 4], [1, 3, 2, 4])
