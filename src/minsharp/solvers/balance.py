@@ -23,9 +23,11 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import LinearOperator, cg
 
-TOLERANCE = 1e-10
-MAX_SWEEPS = 5
-MAX_NEWTON = 100
+#: Default certificate to reach: the largest relative imbalance |In − Out| / (In + Out).
+TOLERANCE: float = 1e-10
+#: Osborne sweeps before Newton (they stop early once the imbalance is below 1e-2).
+MAX_SWEEPS: int = 5
+MAX_NEWTON: int = 100
 
 
 @dataclass(frozen=True)
@@ -34,15 +36,15 @@ class Balance:
 
     value: float
     """``inf_u F(u)`` (F over the edges inside strongly connected components)."""
-    log_scales: np.ndarray
-    """u per node (u_0 = 0), a minimiser of the restricted objective."""
+    max_relative_imbalance: float
+    sweeps: int
+    newton_steps: int
     attained: bool
     """False when some edge with a_e > 0 lies on no directed cycle."""
     cut_edges: np.ndarray
     """Indices of the edges that can be driven to 0 (empty when attained)."""
-    max_relative_imbalance: float
-    sweeps: int
-    newton_steps: int
+    log_scales: np.ndarray
+    """u per node (u_0 = 0), a minimiser of the restricted objective."""
 
 
 def balance(

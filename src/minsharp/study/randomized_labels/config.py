@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from minsharp.data.corruption import RULES
@@ -199,17 +199,14 @@ def cpu_lenet_preset() -> StudyConfig:
     scale LeNet does not fully memorise shuffled labels; the report gives the training
     accuracies.
     """
-    return StudyConfig(
+    return replace(
+        cpu_preset(),
         preset="cpu-lenet",
-        dataset="mnist",
         train_size=500,
-        test_size=2000,
         ratios=_ratios(0.25),
-        seeds=(0, 1),
         models=(ModelPlan("lenet", "lenet"),),
         training=_small_training(epochs=150, batch_size=50),
         measures=LENET_MEASURES,
-        measure_options=copy.deepcopy(STUDY_MEASURE_OPTIONS),
     )
 
 
