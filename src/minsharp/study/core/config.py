@@ -195,6 +195,20 @@ def common_problems(config: GridConfig) -> list[str]:
     return problems
 
 
+def check_fits_data(config: GridConfig, train_examples: int) -> None:
+    """Refuse to measure on more training examples than the data hold.
+
+    Raises:
+        StudyError: ``measure_examples`` exceeds ``train_examples``.
+    """
+    if config.measure_examples is not None and config.measure_examples > train_examples:
+        raise StudyError(
+            f"measure_examples (--measure-examples) is {config.measure_examples}, but this "
+            f"study's {config.dataset} training set holds {train_examples} examples; give at "
+            f"most {train_examples}, or leave it unset to measure on all of them."
+        )
+
+
 def grid_setting_holders(config: GridConfig, keys: Sequence[str]) -> list[str]:
     """Where training settings that a kind's grid decides are set anyway (``training``, models).
 
