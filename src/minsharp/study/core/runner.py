@@ -166,8 +166,7 @@ def run_study(
                 kind, config, directory, data_root, download, force, device, argv
             )
     except BaseException:
-        if created:  # a failed start leaves no directory holding only a lock
-            remove_unstarted(directory)
+        remove_unstarted(directory, created=created)  # no directory holding only a lock
         raise
     outcome = StudyOutcome(directory=directory, planned=[plan.run_id for plan in plans])
     session = _Session(kind, config, directory, outcome, echo or _echo, progress)

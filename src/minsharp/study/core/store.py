@@ -191,14 +191,17 @@ def existing_study(directory: Path, *, force: bool) -> dict[str, Any] | None:
         raise StudyError(f"{error} Use --force to start the study there afresh.") from None
 
 
-def remove_unstarted(directory: Path) -> None:
-    """Remove what a failed start left in the new study directory ``directory``.
+def remove_unstarted(directory: Path, *, created: bool) -> None:
+    """Remove what a failed start left in ``directory``, unless it holds a study.
 
-    Only the study directory's lock and an empty ``runs/`` go, then the directory if that
-    leaves it empty: anything else (another worker's files) stays.
+    Without a ``study.json``, the directory's lock and an empty ``runs/`` go, and the
+    directory itself if this start ``created`` it and nothing else is in it: anything else
+    (the user's or another worker's files) stays.
     """
+    if (directory / STUDY_FILE).exists():
+        return
     (directory / claims.LOCK_FILE).unlink(missing_ok=True)
-    for folder in (directory / RUNS_DIR, directory):
+    for folder in (directory / RUNS_DIR, directory) if created else (directory / RUNS_DIR,):
         with contextlib.suppress(OSError):  # absent, or not empty: not this start's to remove
             folder.rmdir()
 
@@ -273,13 +276,13 @@ def check_same_data(directory: Path, previous: Mapping[str, Any], info: Mapping[
 def differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
     """``setting: stored → current`` for each setting that differs, in full.
 
-    Mappings are compared key by key and lists of equal length item by item, so a nested
-    setting is named by its path (``training.epochs``, ``models[0].options.hidden``); each
-    value is written out whole (as JSON), never shortened.
+    Mappings are compared key by key and lists of mappings of equal length item by item, so
+    a nested setting is named by its path (``training.epochs``, ``models[0].options.hidden``);
+    each value is written out whole (as JSON), never shortened.
 
     Example:
-        >>> differences({"a": 1, "b": {"c": [1, 2]}}, {"a": 1, "b": {"c": [1, 3]}, "d": None})
-        ['b.c[1]: 2 → 3', 'd: (absent) → null']
+        >>> differences({"a": 1, "b": [{"c": [1, 2]}]}, {"a": 1, "b": [{"c": [1, 3]}], "d": 0})
+        ['b[0].c: [1, 2] → [1, 3]', 'd: (absent) → 0']
     """
     if isinstance(stored, Mapping) and isinstance(current, Mapping):
         found: list[str] = []
@@ -293,13 +296,18 @@ def differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
             else:
                 found += differences(stored[key], current[key], path)
         return found
-    if isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
+    if _records(stored) and _records(current) and len(stored) == len(current):
         return [
             line
             for index, (old, new) in enumerate(zip(stored, current, strict=True))
             for line in differences(old, new, f"{prefix}[{index}]")
         ]
     return [] if stored == current else [f"{prefix or 'value'}: {_text(stored)} → {_text(current)}"]
+
+
+def _records(value: Any) -> bool:
+    """Whether ``value`` is a list of mappings (compared item by item, e.g. the models)."""
+    return isinstance(value, list) and all(isinstance(item, Mapping) for item in value)
 
 
 def _text(value: Any) -> str:
