@@ -272,3 +272,23 @@ def test_a_bit_flipped_checkpoint_payload_is_refused(capsys, tmp_path):
     assert "does not match checkpoint" in err and "SHA-256" in err
     with pytest.raises(ModelError, match="does not match checkpoint"):
         minsharp.training.load_checkpoint(tmp_path / "ck")
+
+
+# --- progress bars -------------------------------------------------------------------------
+
+
+def test_every_progress_bar_has_a_total(capsys):
+    names = "hessian_trace,fisher_rao,relative_flatness,pac_bayes_flatness"
+    quick = ["--option", "pac_bayes_flatness.samples=2"]
+    code, _, err = measure(capsys, "--measures", names, *quick, "--progress", "--batch-size", "4")
+    assert code == 0, err
+    bars = {}
+    for line in err.replace("\r", "\n").splitlines():
+        description, colon, rest = line.partition(":")
+        if colon and "|" in rest:
+            bars[description.strip()] = rest.split("|")[2].split()[0]  # "done/total"
+    assert bars.keys() >= {"curvature", "fisher-rao", "relative flatness", "PAC-Bayes σ"}
+    for description, counts in bars.items():
+        done, _, total = counts.partition("/")
+        assert total.isdigit() and done == total, (description, counts)
+    assert bars["curvature"] == bars["fisher-rao"] == "3/3"  # 10 examples in batches of 4

@@ -494,7 +494,7 @@ STDOUT = "-"
 _SYSTEM = ("/dev/", "/proc/")
 
 
-def check_output(path: str, *, flag: str = "--output") -> None:
+def check_output(path: str | Path, *, flag: str = "--output") -> None:
     """Refuse an output path that cannot be written, before any computing.
 
     ``-`` (standard output), a FIFO, a character device or a path under ``/dev`` or
@@ -517,7 +517,7 @@ def check_output(path: str, *, flag: str = "--output") -> None:
         raise MinsharpError(f"{flag} {path}: directory {target.parent} does not exist.")
 
 
-def write_output(path: str, text: str, *, flag: str = "--output") -> None:
+def write_output(path: str | Path, text: str, *, flag: str = "--output") -> None:
     """Write ``text`` to a user-named output: a file, a link to one, a FIFO or a device.
 
     ``-`` is standard output. A FIFO, a character device or a path under ``/dev`` or
@@ -544,7 +544,7 @@ def write_output(path: str, text: str, *, flag: str = "--output") -> None:
         raise MinsharpError(f"cannot write {flag} {path}: {failure}.") from failure
 
 
-def _in_place(path: str) -> bool:
+def _in_place(path: str | Path) -> bool:
     """Whether ``path`` is written in place: a FIFO, a character device or a system path."""
     given = Path(path).expanduser().absolute()
     if any(str(name).startswith(_SYSTEM) for name in (given, os.path.realpath(given))):

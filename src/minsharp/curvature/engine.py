@@ -208,8 +208,8 @@ def _curvature_pass(
         # With batch_size=None the data's batches are taken whole here and split below.
         chunk = sys.maxsize if batch_size is None else batch_size
         batches = input_batches(data, chunk, device, dtype)
-        total = batch_count(data, chunk)
-        bar = tqdm(batches, total=total, disable=not progress, desc="curvature", unit="batch")
+        count = batch_count(data, chunk)
+        bar = tqdm(batches, total=count, disable=not progress, desc="curvature", unit="batch")
         index = 0
         for given in bar:
             if index == 0:

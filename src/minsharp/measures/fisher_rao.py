@@ -128,8 +128,8 @@ def _sums(
         total = torch.zeros((), dtype=torch.float64, device=device)
         projection_sum = torch.zeros((), dtype=torch.float64, device=device)
         batches = _batches(data, labels, batch_size, device, dtype)
-        total = batch_count(data, batch_size)
-        bar = tqdm(batches, total=total, disable=not progress, desc="fisher-rao")
+        count = batch_count(data, batch_size)
+        bar = tqdm(batches, total=count, disable=not progress, desc="fisher-rao")
         for chunk, (inputs, targets) in enumerate(bar):
             if chunk == 0:  # a failing forward pass raises a clear error here, on every rank
                 with preserved_buffers(model), torch.no_grad():

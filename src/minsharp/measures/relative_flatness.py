@@ -173,8 +173,8 @@ class _LocalSums:
         weight_trace = torch.zeros((), dtype=accumulate, device=device)
         reaching = False
         batches = input_batches(self.data, self.batch_size, device, self.dtype)
-        total = batch_count(self.data, self.batch_size)
-        bar = tqdm(batches, total=total, disable=not self.progress, desc="relative flatness")
+        count = batch_count(self.data, self.batch_size)
+        bar = tqdm(batches, total=count, disable=not self.progress, desc="relative flatness")
         for chunk, inputs in enumerate(bar):
             if self.chosen is None:
                 probe = inputs[:PROBE_EXAMPLES]
