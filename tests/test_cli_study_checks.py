@@ -117,3 +117,11 @@ def test_a_corrupted_checkpoint_is_noticed_on_resume_and_its_run_redone(capsys, 
 
     code, out, _ = study(capsys, directory)
     assert code == 0 and "0 runs trained, 1 reused" in out
+
+
+def test_a_config_file_without_an_epoch_to_train_is_refused(capsys, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"training": {"epochs": 0}}))
+    code, _, err = study(capsys, tmp_path / "study", "--config", str(config))
+    assert code == 2
+    assert "epochs must be a positive integer; got 0" in err

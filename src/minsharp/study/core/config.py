@@ -264,11 +264,19 @@ def model_problems(config: GridConfig) -> list[str]:
                 f"the settings are {', '.join(TRAINING_KEYS)}"
             )
         elif not unknown_training:
-            try:
-                config.training_config(model, 0)
-            except MinsharpError as error:
-                problems.append(f"model {model.name!r}: {error}".rstrip("."))
+            problems += _training_problems(config, model)
     return problems
+
+
+def _training_problems(config: GridConfig, model: ModelPlan) -> list[str]:
+    """Problems with the training of ``model``: invalid settings, or no epoch to train."""
+    try:
+        epochs = config.training_config(model, 0).epochs
+    except MinsharpError as error:
+        return [f"model {model.name!r}: {error}".rstrip(".")]
+    if epochs < 1:
+        return [f"model {model.name!r}: epochs must be a positive integer; got {epochs}"]
+    return []
 
 
 def measure_problems(config: GridConfig) -> list[str]:
