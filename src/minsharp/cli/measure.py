@@ -28,7 +28,7 @@ from minsharp.cli.common import resolve_device
 from minsharp.cli.loading import check_model_fits, make_model
 from minsharp.cli.printing import list_measures, print_table
 from minsharp.data.sources import DATA_FORMS, LoadedData, load_examples
-from minsharp.errors import MinsharpError, NotAChainError
+from minsharp.errors import MinsharpError, ModelError, NotAChainError
 from minsharp.io import (
     STDOUT,
     check_output,
@@ -344,7 +344,7 @@ def _load_network(
     weights_record: dict[str, Any] | None = None
     if args.weights is not None:
         weights = Path(args.weights).expanduser()
-        digest = sha256_file(weights, what="--weights")
+        digest = sha256_file(weights, what="weights file", error=ModelError)
         check_recorded_digest(weights, digest)  # a checkpoint's weights, checked if recorded
         load_weights(model, weights, model_name=args.model)
         weights_record = {"path": str(weights.resolve()), "sha256": digest}
