@@ -100,12 +100,10 @@ def pac_bayes_flatness(
     _check_options(metric, target, samples, tolerance, magnitude_aware, offset, seed)
     objective = DatasetObjective(model, data, batch_size)
     deviation = _NoiseDeviation(objective, metric, seed, samples, magnitude_aware, offset)
-    with tqdm(
-        total=_most_evaluations(tolerance), disable=not progress, desc="PAC-Bayes σ", unit="σ"
-    ) as bar:
+    most = _most_evaluations(tolerance)
+    with tqdm(total=most, disable=not progress, desc="PAC-Bayes σ", unit="σ") as bar:
         search = _bisect_log(functools.partial(deviation, bar=bar), target, tolerance)
-        bar.total = bar.n  # the search ends when bracketed, mostly before the most it may take
-        bar.refresh()
+        bar.total = bar.n  # it ends once bracketed, mostly before the most it may take
     if not search.bracketed:
         _warn_unbracketed(metric, target, search)
     return _pac_bayes_evaluation(search, objective.num_examples, metric, deviation.baseline)

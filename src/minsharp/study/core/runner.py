@@ -56,7 +56,7 @@ from minsharp.study.core.store import (
     existing_study,
     measure_errors,
     read_result,
-    remove_unstarted,
+    removed_if_unstarted,
 )
 
 
@@ -158,16 +158,11 @@ def run_study(
     device = torch.device(device)
     if directory.exists() and not directory.is_dir():
         raise StudyError(f"--output {directory} is a file; give a directory.")
-    created = not directory.exists()
-    try:
-        # Workers sharing the directory take turns to check and update study.json.
-        with claims.exclusive(directory):
-            splits, plans = _record_session(
-                kind, config, directory, data_root, download, force, device, argv
-            )
-    except BaseException:
-        remove_unstarted(directory, created=created)  # no directory holding only a lock
-        raise
+    # Workers take turns to check and update study.json; a failed start leaves nothing.
+    with removed_if_unstarted(directory), claims.exclusive(directory):
+        splits, plans = _record_session(
+            kind, config, directory, data_root, download, force, device, argv
+        )
     outcome = StudyOutcome(directory=directory, planned=[plan.run_id for plan in plans])
     session = _Session(kind, config, directory, outcome, echo or _echo, progress)
     todo = _scan(session, plans)

@@ -191,19 +191,24 @@ def existing_study(directory: Path, *, force: bool) -> dict[str, Any] | None:
         raise StudyError(f"{error} Use --force to start the study there afresh.") from None
 
 
-def remove_unstarted(directory: Path, *, created: bool) -> None:
-    """Remove what a failed start left in ``directory``, unless it holds a study.
+@contextlib.contextmanager
+def removed_if_unstarted(directory: Path) -> Iterator[None]:
+    """Remove what a start that fails inside the block left in ``directory``, then re-raise.
 
-    Without a ``study.json``, the directory's lock and an empty ``runs/`` go, and the
-    directory itself if this start ``created`` it and nothing else is in it: anything else
-    (the user's or another worker's files) stays.
+    Unless the directory holds a ``study.json``: its lock and an empty ``runs/`` go, and the
+    directory itself if it did not exist before and nothing else is in it; anything else
+    (the user's or another worker's files) stays. No directory holding only a lock is left.
     """
-    if (directory / STUDY_FILE).exists():
-        return
-    (directory / claims.LOCK_FILE).unlink(missing_ok=True)
-    for folder in (directory / RUNS_DIR, directory) if created else (directory / RUNS_DIR,):
-        with contextlib.suppress(OSError):  # absent, or not empty: not this start's to remove
-            folder.rmdir()
+    created = not directory.exists()
+    try:
+        yield
+    except BaseException:
+        if not (directory / STUDY_FILE).exists():
+            (directory / claims.LOCK_FILE).unlink(missing_ok=True)
+            for folder in (directory / RUNS_DIR, directory)[: 2 if created else 1]:
+                with contextlib.suppress(OSError):  # absent, or not empty: not ours to remove
+                    folder.rmdir()
+        raise
 
 
 def check_same_config(
