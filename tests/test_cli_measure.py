@@ -55,6 +55,11 @@ class Branchy(nn.Module):
         return self.last(hidden if hidden.sum() > 0 else -hidden)
 
 
+def smooth():
+    """Not piecewise linear: the exact Hessian trace refuses it, the top eigenvalue does not."""
+    return nn.Sequential(nn.Linear(64, 6), nn.Tanh(), nn.Linear(6, 10))
+
+
 def not_a_module():
     return "a string"
 
@@ -300,19 +305,22 @@ def test_mnist_directory_with_lenet(capsys, tmp_path):
     assert report["measures"][0]["value"] == pytest.approx(expected, rel=1e-10)
 
 
+SMOOTH_PAIR = "hessian_trace,top_eigenvalue"
+
+
 def test_keep_going_records_the_failure_and_exits_2(capsys, tmp_path, factories):
     output = tmp_path / "out.json"
     code, out, err = run(
         capsys,
-        *("--model", f"{factories}:Branchy", "--random-init", "--data", "digits"),
-        *("--examples", "10", "--measures", BOTH, "--keep-going", "--output", str(output)),
+        *("--model", f"{factories}:smooth", "--random-init", "--data", "digits"),
+        *("--examples", "10", "--measures", SMOOTH_PAIR, "--keep-going", "--output", str(output)),
     )
     assert code == 2
-    assert "1 of 2 measures failed: minimum_sharpness" in err
+    assert "1 of 2 measures failed: hessian_trace" in err
     report = json.loads(output.read_text())
-    assert [entry["name"] for entry in report["measures"]] == ["hessian_trace"]
-    assert report["failures"][0]["name"] == "minimum_sharpness"
-    assert report["failures"][0]["error"] == "ModelError"
+    assert [entry["name"] for entry in report["measures"]] == ["top_eigenvalue"]
+    assert report["failures"][0]["name"] == "hessian_trace"
+    assert report["failures"][0]["error"] == "NotPiecewiseLinearError"
     assert "FAILED" in out
 
 
@@ -320,10 +328,10 @@ def test_a_failing_measure_stops_the_command_and_writes_nothing(capsys, tmp_path
     output = tmp_path / "out.json"
     err = fails(
         capsys,
-        *("--model", f"{factories}:Branchy", "--random-init", "--data", "digits"),
-        *("--examples", "10", "--measures", BOTH, "--output", str(output)),
+        *("--model", f"{factories}:smooth", "--random-init", "--data", "digits"),
+        *("--examples", "10", "--measures", SMOOTH_PAIR, "--output", str(output)),
     )
-    assert "measure 'minimum_sharpness' failed" in err
+    assert "measure 'hessian_trace' failed" in err
     assert not output.exists()
 
 

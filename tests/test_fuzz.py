@@ -83,14 +83,17 @@ from minsharp.data import (
     parse_data_spec,
 )
 from minsharp.io import (
+    check_output,
     jsonable,
     load_weights,
+    package_version,
     read_labelled_file,
     read_state_dict,
     read_tensors,
     sha256_file,
     write_bytes_atomic,
     write_json_atomic,
+    write_output,
     write_text_atomic,
 )
 from minsharp.measures import (
@@ -147,6 +150,7 @@ PUBLIC_MODULES = (
 EXEMPT = {
     qualified(available): "takes no arguments",
     qualified(jsonable): "total by design: every value has a JSON form (its str() at worst)",
+    qualified(package_version): "takes no arguments",
     **{
         qualified(getattr(minsharp.measures, name)): f"measure({name!r}) bound to its name: the "
         f"cases of 'measure {name}' are its cases"
@@ -1161,6 +1165,7 @@ for _writer, _payload in (
     (write_json_atomic, {"value": 1.0}),
     (write_text_atomic, "text"),
     (write_bytes_atomic, b"bytes"),
+    (write_output, "text"),
 ):
     cases(
         _writer,
@@ -1171,6 +1176,12 @@ for _writer, _payload in (
         ),
         ("a-directory", lambda f, w=_writer, p=_payload: w(f["folder"], p), "folder"),
     )
+
+cases(
+    check_output,
+    ("missing-directory", lambda f: check_output(Path(f["absent"]) / "out"), "absent"),
+    ("a-directory", lambda f: check_output(f["folder"]), "is a directory"),
+)
 
 # --- data --------------------------------------------------------------------------------
 

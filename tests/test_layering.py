@@ -38,7 +38,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "cli": FOUNDATION
     | {"data", "curvature", "measures", "models", "symmetry", "study", "training"},
     # The package's front doors: the public names, the deprecated module, python -m.
-    "__init__": {"errors", "curvature", "measures", "symmetry"},
+    "__init__": {"errors", "io", "curvature", "measures", "symmetry"},
     "train": {"training"},
     "__main__": {"cli"},
 }

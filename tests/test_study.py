@@ -197,7 +197,7 @@ def test_failing_measures_and_warnings_are_recorded_with_their_messages(tmp_path
 
 def test_another_configuration_in_the_same_directory_is_refused(tmp_path, monkeypatch):
     study(tmp_path, tiny(seeds=(0,)))
-    with pytest.raises(StudyError, match=r"another study configuration \(ratios: \[0\.0, 1\.0\]"):
+    with pytest.raises(StudyError, match=r"\n  ratios: \[0\.0, 1\.0\] → \[0\.0, 0\.5\]\n"):
         study(tmp_path, tiny(seeds=(0,), ratios=(0.0, 0.5)))
     with pytest.raises(StudyError, match="--force"):
         study(tmp_path, tiny(seeds=(0,), training={"epochs": 3, "batch_size": 32, "lr": 0.05}))
@@ -432,7 +432,8 @@ def test_the_study_command_runs_resumes_and_reports(tmp_path, capsys):
     flags = [*TINY_FLAGS]
     flags[flags.index("--epochs") + 1] = "3"
     assert main([*command, *flags]) == 2
-    assert "another study configuration (training:" in capsys.readouterr().err
+    assert "another study configuration;" in (err := capsys.readouterr().err)
+    assert "training.epochs: 2 → 3" in err
 
 
 def test_a_run_another_worker_holds_is_left_to_it_and_the_report_waits(tmp_path, capsys):

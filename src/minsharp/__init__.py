@@ -21,8 +21,13 @@ from minsharp.errors import (
     NotPiecewiseLinearError,
     UnsupportedModuleError,
 )
+from minsharp.io import package_version
 from minsharp.measures import MeasureResult, MinimumSharpness, available, measure, minimum_sharpness
 from minsharp.symmetry.layerwise import chain_layers, rescale
+
+#: The version of minsharp, from the installed package's metadata
+#: (:func:`minsharp.io.package_version`).
+__version__ = package_version()
 
 __all__ = [
     "CurvatureDiagonal",

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
 import pickle
+import re
+import stat
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -32,14 +36,17 @@ from minsharp.tensors import all_finite, check_labels
 __all__ = [
     "CHECKPOINT_KEYS",
     "DATA_KEYS",
+    "check_output",
     "jsonable",
     "load_weights",
+    "package_version",
     "read_labelled_file",
     "read_state_dict",
     "read_tensors",
     "sha256_file",
     "write_bytes_atomic",
     "write_json_atomic",
+    "write_output",
     "write_text_atomic",
 ]
 
@@ -50,6 +57,9 @@ CHECKPOINT_KEYS = ("state_dict", "model")
 DATA_KEYS = ("inputs", "labels")
 
 _MAX_LISTED = 10
+
+#: The state-dict key suffix of batch-norm's step counter, optional in a weights file.
+_COUNTER = ".num_batches_tracked"
 
 
 def sha256_file(
@@ -206,6 +216,9 @@ def load_weights(model: nn.Module, path: str | Path, *, model_name: str) -> None
         path: see :func:`read_state_dict`.
         model_name: how the model is named in error messages.
 
+    A file without the batch-norm counters ``num_batches_tracked`` (saved by an older
+    torch, or with them removed) loads: the counters keep the model's values.
+
     Raises:
         ModelError: unreadable or unsafe file, or a state dict whose keys or shapes differ
             from the model's; the message lists the missing and unexpected keys and the
@@ -216,8 +229,11 @@ def load_weights(model: nn.Module, path: str | Path, *, model_name: str) -> None
             f"model {model_name} must be a torch.nn.Module to load {path} into; got a "
             f"{type(model).__name__}."
         )
-    state = read_state_dict(path)
     expected = model.state_dict()
+    state = read_state_dict(path)
+    # Batch-norm step counters absent from older files keep the model's own values: they
+    # only set the running averages' momentum when that is None, never the function.
+    state = {key: value for key, value in expected.items() if key.endswith(_COUNTER)} | state
     missing, unexpected, reshaped = state_differences(state, expected)
     mismatched = [
         f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
@@ -451,3 +467,90 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def package_version() -> str:
+    """The version of minsharp: the installed package's metadata, else the source tree's.
+
+    A checkout used without installing (``PYTHONPATH=src``) reads ``pyproject.toml`` beside
+    ``src`` and marks the version ``+source``; with neither, ``"0+unknown"``.
+    """
+    try:
+        return importlib.metadata.version("minsharp")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    project = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        found = re.search(r'^version\s*=\s*"([^"]+)"', project.read_text("utf-8"), re.M)
+        if found:
+            return f"{found.group(1)}+source"
+    return "0+unknown"
+
+
+#: The ``--output`` that means standard output.
+STDOUT = "-"
+
+#: Outputs under these folders are written in place, never replaced (``/dev/stdout``…).
+_SYSTEM = ("/dev/", "/proc/")
+
+
+def check_output(path: str | Path, *, flag: str = "--output") -> None:
+    """Refuse an output path that cannot be written, before any computing.
+
+    ``-`` (standard output), a FIFO, a character device or a path under ``/dev`` or
+    ``/proc``, or a file (through symbolic links) in an existing directory.
+
+    Raises:
+        MinsharpError: the path (or its link target) is a directory or another kind of
+            special file, or its directory does not exist.
+    """
+    if path == STDOUT or _in_place(path):
+        return
+    target = Path(os.path.realpath(Path(path).expanduser()))
+    if target.is_dir():
+        raise MinsharpError(f"{flag} {path} is a directory; give a file name.")
+    if target.exists() and not target.is_file():
+        raise MinsharpError(
+            f"{flag} {path} is neither a regular file, a FIFO nor a character device."
+        )
+    if not target.parent.is_dir():
+        raise MinsharpError(f"{flag} {path}: directory {target.parent} does not exist.")
+
+
+def write_output(path: str | Path, text: str, *, flag: str = "--output") -> None:
+    """Write ``text`` to a user-named output: a file, a link to one, a FIFO or a device.
+
+    ``-`` is standard output. A FIFO, a character device or a path under ``/dev`` or
+    ``/proc`` (``/dev/stdout``…) is written in place (appended to, never replaced). A
+    symbolic link is followed and its target written atomically (:func:`write_bytes_atomic`
+    in the target's directory), so the link stays a link; any other path is written
+    atomically.
+
+    Raises:
+        MinsharpError: the output cannot be written (see :func:`check_output`).
+    """
+    check_output(path, flag=flag)
+    if path == STDOUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    if not _in_place(path):
+        write_bytes_atomic(os.path.realpath(Path(path).expanduser()), text.encode("utf-8"))
+        return
+    try:
+        with open(Path(path).expanduser(), "a", encoding="utf-8") as stream:
+            stream.write(text)
+    except OSError as failure:
+        raise MinsharpError(f"cannot write {flag} {path}: {failure}.") from failure
+
+
+def _in_place(path: str | Path) -> bool:
+    """Whether ``path`` is written in place: a FIFO, a character device or a system path."""
+    given = Path(path).expanduser().absolute()
+    if any(str(name).startswith(_SYSTEM) for name in (given, os.path.realpath(given))):
+        return True
+    try:
+        mode = os.stat(given).st_mode  # through symbolic links
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)

@@ -17,13 +17,33 @@ from collections.abc import Sequence
 from minsharp.cli.measure import add_measure_parsers
 from minsharp.cli.study import add_study_parsers
 from minsharp.errors import MinsharpError
+from minsharp.io import package_version
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser that reports unknown arguments itself, with its own (subcommand's) usage.
+
+    argparse hands a subcommand's unknown arguments back to the top-level parser, which
+    would print the top-level usage; the subcommands' parsers (of this class too) refuse
+    them first.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Parse ``args``; an unknown one ends the command with this parser's usage."""
+        parsed, unknown = super().parse_known_args(args, namespace)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return parsed, unknown
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``minsharp`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="minsharp", description="Scale-invariant sharpness of neural-network minima."
     )
+    parser.add_argument("--version", action="version", version=f"minsharp {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     add_study_parsers(commands)
     add_measure_parsers(commands)

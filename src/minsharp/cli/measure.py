@@ -12,11 +12,10 @@ import argparse
 import ast
 import contextlib
 import datetime
-import importlib.metadata
 import io
-import math
+import json
 import re
-import textwrap
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,19 @@ from torch import Tensor, nn
 from minsharp import distributed
 from minsharp.cli.common import resolve_device
 from minsharp.cli.loading import check_model_fits, make_model
+from minsharp.cli.printing import list_measures, print_table
 from minsharp.data.sources import DATA_FORMS, LoadedData, load_examples
-from minsharp.errors import MinsharpError
-from minsharp.io import load_weights, sha256_file, write_json_atomic
+from minsharp.errors import MinsharpError, ModelError
+from minsharp.io import (
+    STDOUT,
+    check_output,
+    jsonable,
+    load_weights,
+    package_version,
+    sha256_file,
+    write_output,
+)
 from minsharp.measures.registry import (
-    SYMMETRIES,
     MeasureResult,
     available,
     check_model_requirements,
@@ -39,6 +46,11 @@ from minsharp.measures.registry import (
     spec,
 )
 from minsharp.models import ZOO
+from minsharp.training.checkpoint import check_recorded_digest
+
+#: The ``format`` tag and version of the JSON ``minsharp measure --output`` writes.
+MEASURE_FORMAT = "minsharp-measure"
+MEASURE_VERSION = 1
 
 #: Measured when ``--measures`` is not given: those of these that are registered.
 DEFAULT_MEASURES = ("minimum_sharpness", "normalized_sharpness", "hessian_trace")
@@ -171,6 +183,9 @@ def run_measures(
 ) -> tuple[list[MeasureResult], list[dict[str, str]]]:
     """Compute each measure; fail fast unless ``keep_going``.
 
+    A measure whose requirement the model lacks (batch-norm) is found before this, by
+    :func:`_not_applicable`, and is not in ``options``.
+
     Returns:
         The results, and for ``keep_going`` the failures (name, error type, message).
 
@@ -198,90 +213,6 @@ def run_measures(
                 raise MinsharpError(f"measure {name!r} failed: {message}") from error
             failures.append({"name": name, "error": type(error).__name__, "message": message})
     return results, failures
-
-
-def format_number(value: Any) -> str:
-    """A short rendering of a number (4 significant digits), or ``str(value)``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.4g}" if math.isfinite(value) else str(value)
-
-
-def certificate_summary(certificate: dict[str, Any] | None) -> str:
-    """One line for a solver certificate: its method, then ``key=value`` pairs."""
-    if not certificate:
-        return "-"
-    parts = [str(certificate["method"])] if "method" in certificate else []
-    parts += [f"{k}={format_number(v)}" for k, v in certificate.items() if k != "method"]
-    return ", ".join(parts)
-
-
-def print_table(results: Sequence[MeasureResult], failures: Sequence[dict[str, str]]) -> None:
-    """Print measure, value, invariances, seconds and certificate, one row per measure."""
-    rows = [("measure", "value", "invariances", "seconds", "certificate")]
-    rows += [
-        (
-            result.name,
-            f"{result.value:.6g}",
-            ", ".join(result.invariances) or "none",
-            f"{result.seconds:.2f}",
-            certificate_summary(result.certificate),
-        )
-        for result in results
-    ]
-    rows += [(failure["name"], "FAILED", "", "", failure["error"]) for failure in failures]
-    widths = [max(len(row[column]) for row in rows) for column in range(4)]
-    lines = [
-        "  ".join(
-            [
-                row[0].ljust(widths[0]),
-                row[1].rjust(widths[1]),
-                row[2].ljust(widths[2]),
-                row[3].rjust(widths[3]),
-                row[4],
-            ]
-        ).rstrip()
-        for row in rows
-    ]
-    # The certificate column runs long: rule off the fixed columns and the certificate heading.
-    lines.insert(1, "-" * len(lines[0]))
-    print("\n".join(lines))
-    for failure in failures:
-        print(f"\n{failure['name']} failed: {failure['message']}")
-
-
-def list_measures(_: argparse.Namespace | None = None) -> None:
-    """Print every registered measure: summary, invariances, requirements and options."""
-    for name in available():
-        chosen = spec(name)
-        invariances = ", ".join(s for s in SYMMETRIES if s in chosen.invariances) or "none"
-        requires = ", ".join(sorted(chosen.requires)) or "nothing special"
-        options = " ".join(f"{k}={v!r}" for k, v in chosen.defaults.items()) or "(none)"
-        print(f"{name}{'  (stochastic: seeded Monte Carlo)' if chosen.stochastic else ''}")
-        print(textwrap.indent(textwrap.fill(chosen.summary, 88), "    "))
-        print(f"    invariant to: {invariances}")
-        print(f"    requires:     {requires}")
-        print(f"    options:      {options}")
-        print(f"    reference:    {chosen.reference}\n")
-
-
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("minsharp")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _check_output(path: Path | None) -> None:
-    """Refuse an ``--output`` that cannot be written, before any computing."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise MinsharpError(f"--output {path} is a directory; give a file name.")
-    if not path.parent.is_dir():
-        raise MinsharpError(f"--output {path}: directory {path.parent} does not exist.")
 
 
 def measure_command(args: argparse.Namespace) -> None:
@@ -325,39 +256,64 @@ def measure_command(args: argparse.Namespace) -> None:
 
 
 def _measure(args: argparse.Namespace, device: torch.device) -> None:
-    """Compute and report the measures of ``measure_command`` on ``device``."""
+    """Compute and report the measures of ``measure_command`` on ``device``.
+
+    With ``--output -`` the JSON alone goes to standard output, the table to stderr.
+    """
     names = select_measures(args.measures)
     progress = args.progress and distributed.rank() == 0
     shared = {"batch_size": args.batch_size, "progress": progress or None}
     options = measure_options(names, args.option, shared)
     model_options = parse_key_values(args.model_option, flag="--model-option")
-    output = Path(args.output).expanduser() if args.output and distributed.rank() == 0 else None
-    _check_output(output)
+    output = args.output if args.output and distributed.rank() == 0 else None
+    if output is not None:
+        check_output(output)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    data = load_examples(args.data, args.split, args.examples)
-    model, records = _load_network(args, model_options, data)
-    if not args.keep_going:  # fail before computing anything (measure() checks it too)
-        for name in names:
-            check_model_requirements(name, model)
-    model.eval()
-    model.to(device=device, dtype=_DTYPES[args.dtype])
-    data.inputs = data.inputs.to(device=device, dtype=_DTYPES[args.dtype])
-    data.labels = data.labels.to(device=device)
-    records["model"]["num_classes"] = check_model_fits(model, data, args.model)
-    _print_setup(args, records["model"], data, device)
-    results, failures = run_measures(
-        model, (data.inputs, data.labels), options, keep_going=args.keep_going
-    )
-    print_table(results, failures)
+    table = contextlib.redirect_stdout(sys.stderr) if output == STDOUT else contextlib.nullcontext()
+    with table:
+        data = load_examples(args.data, args.split, args.examples)
+        model, records = _load_network(args, model_options, data)
+        model.eval()
+        model.to(device=device, dtype=_DTYPES[args.dtype])
+        data.inputs = data.inputs.to(device=device, dtype=_DTYPES[args.dtype])
+        data.labels = data.labels.to(device=device)
+        records["model"]["num_classes"] = check_model_fits(model, data, args.model)
+        _print_setup(args, records["model"], data, device)
+        skipped = _not_applicable(names, model)
+        results, failures = run_measures(
+            model,
+            (data.inputs, data.labels),
+            {name: chosen for name, chosen in options.items() if name not in skipped},
+            keep_going=args.keep_going,
+        )
+        print_table(results, failures, skipped)
     if output is not None:
-        _write_results(output, args, records, data, device, results, failures)
-        print(f"\nwrote {output}")
+        records["outcome"] = {"results": results, "failures": failures, "skipped": skipped}
+        _write_results(output, args, records, data, device)
+        if output != STDOUT:
+            print(f"\nwrote {output}")
     if failures:
         raise MinsharpError(
             f"{len(failures)} of {len(options)} measures failed: "
             f"{', '.join(failure['name'] for failure in failures)}."
         )
+    if not results:
+        raise MinsharpError(
+            f"none of the measures applies to this model ({', '.join(skipped)}); choose "
+            "others with --measures (see `minsharp measures` for what each requires)."
+        )
+
+
+def _not_applicable(names: Sequence[str], model: nn.Module) -> dict[str, str]:
+    """The measures of ``names`` whose requirements ``model`` lacks, with the reason."""
+    skipped: dict[str, str] = {}
+    for name in names:
+        try:
+            check_model_requirements(name, model)
+        except MinsharpError as error:
+            skipped[name] = str(error)
+    return skipped
 
 
 def _load_network(
@@ -381,8 +337,10 @@ def _load_network(
     weights_record: dict[str, Any] | None = None
     if args.weights is not None:
         weights = Path(args.weights).expanduser()
+        digest = sha256_file(weights, what="weights file", error=ModelError)
+        check_recorded_digest(weights, digest)  # a checkpoint's weights, checked if recorded
         load_weights(model, weights, model_name=args.model)
-        weights_record = {"path": str(weights.resolve()), "sha256": sha256_file(weights)}
+        weights_record = {"path": str(weights.resolve()), "sha256": digest}
     return model, {"model": model_record, "weights": weights_record}
 
 
@@ -409,34 +367,40 @@ def _print_setup(
 
 
 def _write_results(
-    output: Path,
+    output: str,
     args: argparse.Namespace,
     records: dict[str, Any],
     data: LoadedData,
     device: torch.device,
-    results: Sequence[MeasureResult],
-    failures: Sequence[dict[str, str]],
 ) -> None:
-    """Write every result and failure with its provenance as JSON to ``output``."""
-    write_json_atomic(
-        output,
-        {
-            "minsharp_version": _package_version(),
-            "torch_version": torch.__version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "argv": args.argv,
-            "model": records["model"],
-            "weights": records["weights"],
-            "random_init_seed": args.seed if args.random_init else None,
-            "data": data.record,
-            "dtype": args.dtype,
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-            "processes": distributed.world_size(),
-            "measures": [result.to_dict() for result in results],
-            "failures": list(failures),
-        },
-    )
+    """Write every result, failure and inapplicable measure with its provenance as JSON.
+
+    ``records`` holds the ``model`` and ``weights`` records and the ``outcome`` (results,
+    failures and the measures that do not apply, with the reason).
+    """
+    outcome = records["outcome"]
+    content = {
+        "format": MEASURE_FORMAT,
+        "version": MEASURE_VERSION,
+        "minsharp_version": package_version(),
+        "torch_version": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "argv": args.argv,
+        "model": records["model"],
+        "weights": records["weights"],
+        "random_init_seed": args.seed if args.random_init else None,
+        "data": data.record,
+        "dtype": args.dtype,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "processes": distributed.world_size(),
+        "measures": [result.to_dict() for result in outcome["results"]],
+        "failures": list(outcome["failures"]),
+        "not_applicable": [
+            {"name": name, "reason": reason} for name, reason in outcome["skipped"].items()
+        ],
+    }
+    write_output(output, json.dumps(jsonable(content), indent=2, allow_nan=False) + "\n")
 
 
 _MEASURE_DESCRIPTION = """\
@@ -461,7 +425,16 @@ $MINSHARP_DATA/NAME or ~/.cache/minsharp/NAME, where the studies keep it.
 Option values are Python literals (3, 1e-3, [64, 32], True) or bare words (strings). The
 model is put in eval mode. A measure that fails stops the command with exit status 2 and
 nothing is written; with --keep-going the others are still computed, the failures are
-recorded in the JSON, and the exit status is 2.
+recorded in the JSON, and the exit status is 2. A measure that does not apply to the model
+(it requires batch-norm layers or a chain of layers the model lacks, see `minsharp
+measures`) costs the others nothing: it is shown as n/a and recorded with the reason under
+"not_applicable" in the JSON; the exit status is 0 when every other measure was computed,
+and 2 when none applied.
+
+--output FILE writes the JSON ("format": "minsharp-measure", "version": 1): through a
+symbolic link into its target (atomically there), directly into a FIFO or character device
+(never replacing it), atomically into a plain file; --output - prints it on standard output
+(and the table on stderr).
 """
 
 _MEASURE_EPILOG = """\
@@ -514,10 +487,17 @@ def add_measure_parsers(commands: Any) -> None:
     run.add_argument("--dtype", choices=tuple(_DTYPES), default="float32", help="(float32)")
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (cpu)")
     run.add_argument("--threads", type=int, metavar="N", help="CPU threads (torch's default)")
-    run.add_argument("--output", metavar="FILE", help="write every result as JSON to FILE")
+    run.add_argument(
+        "--output", metavar="FILE|-", help="write every result as JSON to FILE (-: stdout)"
+    )
     parser.set_defaults(run=measure_command)
     list_parser = commands.add_parser(
         "measures", help="list the registered measures, their invariances and options"
+    )
+    list_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="as JSON: name, summary, invariances, requires, stochastic, options (defaults)",
     )
     list_parser.set_defaults(run=list_measures)
 

@@ -123,6 +123,8 @@ def _with_training_flags(
         for key, flag in flags.items()
         if getattr(args, flag, None) is not None
     }
+    if training.get("epochs", 1) < 1:
+        raise StudyError(f"--epochs must be a positive integer; got {training['epochs']}.")
     if training.get("target_train_accuracy") == "none":
         training["target_train_accuracy"] = None
     if not training:
@@ -145,14 +147,17 @@ def _seeds(text: str) -> list[int]:
             continue
         first, dash, last = part.partition("-")
         try:
-            if dash:
-                seeds += range(int(first), int(last) + 1)
-            else:
-                seeds.append(int(part))
+            bounds = (int(first), int(last)) if dash else (int(part), int(part))
         except ValueError:
             raise StudyError(
                 f"--seeds must be non-negative integers or ranges, e.g. 0,1,2 or 0-9; got {text!r}."
             ) from None
+        if bounds[1] < bounds[0]:
+            raise StudyError(
+                f"--seeds {part}: the range is reversed (a range runs from the smaller seed "
+                f"to the larger); write {bounds[1]}-{bounds[0]}."
+            )
+        seeds += range(bounds[0], bounds[1] + 1)
     if not seeds:
         raise StudyError("--seeds is empty.")
     return seeds

@@ -51,7 +51,7 @@ from minsharp.curvature.guard import (
 )
 from minsharp.curvature.layers import Layer, find_layers, model_dtype_device, preserved_buffers
 from minsharp.curvature.results import Curvature, CurvatureDiagonal, CurvatureTrace
-from minsharp.data.batches import input_batches
+from minsharp.data.batches import batch_count, input_batches
 from minsharp.errors import MinsharpError, ModelError, NotPiecewiseLinearError
 from minsharp.options import choice
 from minsharp.tensors import all_finite
@@ -207,10 +207,10 @@ def _curvature_pass(
         }
         reaching: set[str] = set()
         # With batch_size=None the data's batches are taken whole here and split below.
-        batches = input_batches(
-            data, sys.maxsize if batch_size is None else batch_size, device, dtype
-        )
-        bar = tqdm(batches, disable=not progress, desc="curvature", unit="batch")
+        chunk = sys.maxsize if batch_size is None else batch_size
+        batches = input_batches(data, chunk, device, dtype)
+        count = batch_count(data, chunk)
+        bar = tqdm(batches, total=count, disable=not progress, desc="curvature", unit="batch")
         index = 0
         for given in bar:
             if index == 0:

@@ -55,6 +55,28 @@ def _inputs_of(batch: Any, position: int) -> Tensor:
     )
 
 
+def batch_count(data: Any, batch_size: int) -> int | None:
+    """How many batches :func:`input_batches` yields for ``data``, where known beforehand.
+
+    Known for a single batch and for a list or tuple of batches (the total of a progress
+    bar); ``None`` for other iterables (a generator, a ``DataLoader``) and for malformed
+    data or batch sizes, which :func:`input_batches` then reports.
+
+    Example:
+        >>> batch_count(torch.zeros(10, 3), 4), batch_count([torch.zeros(5, 3)] * 2, 4)
+        (3, 4)
+    """
+    batches = [data] if _is_single_batch(data) else data
+    valid_size = isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0
+    if not valid_size or not isinstance(batches, (list, tuple)):
+        return None  # input_batches refuses a bad batch_size
+    try:
+        sizes = [_inputs_of(batch, position).shape[0] for position, batch in enumerate(batches)]
+    except (DataError, IndexError):  # malformed or 0-d: input_batches says so
+        return None
+    return sum(-(-size // batch_size) for size in sizes)
+
+
 def input_batches(
     data: Any,
     batch_size: int,

@@ -32,7 +32,12 @@ from minsharp.curvature.engine import (
     run_forward,
 )
 from minsharp.curvature.layers import check_measurable, model_dtype_device, preserved_buffers
-from minsharp.data.batches import check_label_range, input_batches, labelled_batches
+from minsharp.data.batches import (
+    batch_count,
+    check_label_range,
+    input_batches,
+    labelled_batches,
+)
 from minsharp.errors import MinsharpError
 from minsharp.measures.result import Evaluation
 from minsharp.options import choice
@@ -123,7 +128,8 @@ def _sums(
         total = torch.zeros((), dtype=torch.float64, device=device)
         projection_sum = torch.zeros((), dtype=torch.float64, device=device)
         batches = _batches(data, labels, batch_size, device, dtype)
-        bar = tqdm(batches, disable=not progress, desc="fisher-rao")
+        count = batch_count(data, batch_size)
+        bar = tqdm(batches, total=count, disable=not progress, desc="fisher-rao")
         for chunk, (inputs, targets) in enumerate(bar):
             if chunk == 0:  # a failing forward pass raises a clear error here, on every rank
                 with preserved_buffers(model), torch.no_grad():

@@ -100,8 +100,10 @@ def pac_bayes_flatness(
     _check_options(metric, target, samples, tolerance, magnitude_aware, offset, seed)
     objective = DatasetObjective(model, data, batch_size)
     deviation = _NoiseDeviation(objective, metric, seed, samples, magnitude_aware, offset)
-    with tqdm(disable=not progress, desc="PAC-Bayes σ", unit="σ") as bar:
+    most = _most_evaluations(tolerance)
+    with tqdm(total=most, disable=not progress, desc="PAC-Bayes σ", unit="σ") as bar:
         search = _bisect_log(functools.partial(deviation, bar=bar), target, tolerance)
+        bar.total = bar.n  # it ends once bracketed, mostly before the most it may take
     if not search.bracketed:
         _warn_unbracketed(metric, target, search)
     return _pac_bayes_evaluation(search, objective.num_examples, metric, deviation.baseline)
@@ -216,6 +218,17 @@ class _Bracket:
     lower_error: float
     evaluations: int
     bracketed: bool
+
+
+def _most_evaluations(tolerance: float) -> int:
+    """The most σ evaluations :func:`_bisect_log` makes (a progress bar's total).
+
+    The start, the longer way out to SIGMA_MIN or SIGMA_MAX by factors SIGMA_FACTOR, then
+    halving the bracket's log-ratio until it is below ``log(1 + tolerance)``.
+    """
+    out = max(math.log(SIGMA_MAX / SIGMA_START), math.log(SIGMA_START / SIGMA_MIN))
+    halvings = math.log2(math.log(SIGMA_FACTOR) / math.log1p(tolerance))
+    return 1 + math.ceil(out / math.log(SIGMA_FACTOR)) + max(0, math.ceil(halvings))
 
 
 def _bisect_log(

@@ -50,7 +50,7 @@ from minsharp.curvature.layers import (
 )
 from minsharp.curvature.results import Curvature
 from minsharp.curvature.rules import RULES
-from minsharp.data.batches import input_batches
+from minsharp.data.batches import batch_count, input_batches
 from minsharp.errors import MinsharpError, ModelError
 from minsharp.measures.result import Evaluation
 from minsharp.options import choice
@@ -173,7 +173,8 @@ class _LocalSums:
         weight_trace = torch.zeros((), dtype=accumulate, device=device)
         reaching = False
         batches = input_batches(self.data, self.batch_size, device, self.dtype)
-        bar = tqdm(batches, disable=not self.progress, desc="relative flatness")
+        count = batch_count(self.data, self.batch_size)
+        bar = tqdm(batches, total=count, disable=not self.progress, desc="relative flatness")
         for chunk, inputs in enumerate(bar):
             if self.chosen is None:
                 probe = inputs[:PROBE_EXAMPLES]

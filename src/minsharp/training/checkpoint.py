@@ -132,6 +132,33 @@ def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         ModelError: ``checkpoint.json`` or ``model.safetensors`` is missing, truncated,
             corrupt or inconsistent; the message names the file.
     """
+    content, weights_path = verify_checkpoint(directory)
+    path = Path(directory) / CHECKPOINT_FILE
+    weights, record = content["weights"], content["record"]
+    spec = _normalised_spec(content.get("model"), where=f"checkpoint file {path}")
+    dtype = getattr(torch, str(weights.get("dtype", "float32")), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ModelError(f"checkpoint file {path}: unknown weights dtype {weights.get('dtype')!r}.")
+    with torch.random.fork_rng(devices=[]):
+        model = _build(spec, where=f"checkpoint file {path}").to(dtype)
+    load_weights(model, weights_path, model_name=spec["name"])
+    model.eval()
+    return model, record
+
+
+def verify_checkpoint(directory: str | Path) -> tuple[dict[str, Any], Path]:
+    """Check that the checkpoint in ``directory`` is whole: its JSON and its weights' SHA-256.
+
+    Reads ``checkpoint.json`` (format and version) and hashes the weights file it names,
+    without building the network (what a resumed study checks of each finished run).
+
+    Returns:
+        The content of ``checkpoint.json`` and the path of its weights file.
+
+    Raises:
+        ModelError: a file is missing, truncated or corrupt, or the weights' SHA-256 is not
+            the one recorded; the message names the file.
+    """
     directory = Path(directory)
     path = directory / CHECKPOINT_FILE
     if not path.is_file():
@@ -145,30 +172,50 @@ def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         fix="Delete the checkpoint directory and train again.",
     )
     weights = content.get("weights")
-    record = content.get("record")
-    if not isinstance(weights, dict) or not isinstance(record, dict):
+    if not isinstance(weights, dict) or not isinstance(content.get("record"), dict):
         raise ModelError(f"checkpoint file {path} lacks its 'weights' or 'record' entry.")
-    spec = _normalised_spec(content.get("model"), where=f"checkpoint file {path}")
     name = weights.get("file", WEIGHTS_FILE)
     if not isinstance(name, str) or not name or Path(name).name != name:
         raise ModelError(f"checkpoint file {path}: the weights file {name!r} is not a file name.")
     weights_path = directory / name
-    expected = weights.get("sha256")
     digest = sha256_file(weights_path, what=f"weights file of checkpoint {path}:", error=ModelError)
+    _check_digest(weights_path, digest, weights.get("sha256"), path)
+    return content, weights_path
+
+
+def check_recorded_digest(weights_path: str | Path, digest: str) -> None:
+    """Refuse a weights file whose SHA-256 ``digest`` differs from the one recorded for it.
+
+    The record is the ``checkpoint.json`` beside the file (:func:`save_checkpoint`), when it
+    names this file; a file without one is not checked.
+
+    Raises:
+        ModelError: a recorded SHA-256 differs from ``digest`` (the file is corrupt).
+    """
+    weights_path = Path(weights_path)
+    path = weights_path.parent / CHECKPOINT_FILE
+    if not path.is_file():
+        return
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return  # not a record this file can be checked against
+    weights = content.get("weights") if isinstance(content, dict) else None
+    if (
+        isinstance(weights, dict)
+        and weights.get("file", WEIGHTS_FILE) == weights_path.name
+        and "sha256" in weights
+    ):
+        _check_digest(weights_path, digest, weights.get("sha256"), path)
+
+
+def _check_digest(weights_path: Path, digest: str, expected: Any, record: Path) -> None:
     if expected != digest:
         raise ModelError(
-            f"weights file {weights_path} does not match checkpoint {path}: its SHA-256 is "
+            f"weights file {weights_path} does not match checkpoint {record}: its SHA-256 is "
             f"{digest}, the checkpoint recorded {expected}. The file is corrupt, truncated or "
             "was replaced; delete the checkpoint directory and train again."
         )
-    dtype = getattr(torch, str(weights.get("dtype", "float32")), None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ModelError(f"checkpoint file {path}: unknown weights dtype {weights.get('dtype')!r}.")
-    with torch.random.fork_rng(devices=[]):
-        model = _build(spec, where=f"checkpoint file {path}").to(dtype)
-    load_weights(model, weights_path, model_name=spec["name"])
-    model.eval()
-    return model, record
 
 
 def _normalised_spec(spec: Any, *, where: str) -> dict[str, Any]:

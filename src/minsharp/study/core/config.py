@@ -205,6 +205,20 @@ def common_problems(config: GridConfig) -> list[str]:
     return problems
 
 
+def check_fits_data(config: GridConfig, train_examples: int) -> None:
+    """Refuse to measure on more training examples than the data hold.
+
+    Raises:
+        StudyError: ``measure_examples`` exceeds ``train_examples``.
+    """
+    if config.measure_examples is not None and config.measure_examples > train_examples:
+        raise StudyError(
+            f"measure_examples (--measure-examples) is {config.measure_examples}, but this "
+            f"study's {config.dataset} training set holds {train_examples} examples; give at "
+            f"most {train_examples}, or leave it unset to measure on all of them."
+        )
+
+
 def grid_setting_holders(config: GridConfig, keys: Sequence[str]) -> list[str]:
     """Where training settings that a kind's grid decides are set anyway (``training``, models).
 
@@ -260,11 +274,19 @@ def model_problems(config: GridConfig) -> list[str]:
                 f"the settings are {', '.join(TRAINING_KEYS)}"
             )
         elif not unknown_training:
-            try:
-                config.training_config(model, 0)
-            except MinsharpError as error:
-                problems.append(f"model {model.name!r}: {error}".rstrip("."))
+            problems += _training_problems(config, model)
     return problems
+
+
+def _training_problems(config: GridConfig, model: ModelPlan) -> list[str]:
+    """Problems with the training of ``model``: invalid settings, or no epoch to train."""
+    try:
+        epochs = config.training_config(model, 0).epochs
+    except MinsharpError as error:
+        return [f"model {model.name!r}: {error}".rstrip(".")]
+    if epochs < 1:
+        return [f"model {model.name!r}: epochs must be a positive integer; got {epochs}"]
+    return []
 
 
 def measure_problems(config: GridConfig) -> list[str]:

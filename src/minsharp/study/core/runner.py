@@ -41,7 +41,7 @@ from minsharp.errors import MinsharpError, StudyError
 from minsharp.io import write_json_atomic
 from minsharp.models import build_model
 from minsharp.study.core import claims as claims
-from minsharp.study.core.config import GridConfig
+from minsharp.study.core.config import GridConfig, check_fits_data
 from minsharp.study.core.kind import RunContext, RunPlan, StudyData, StudyKind
 from minsharp.study.core.provenance import machine_info, now, versions
 from minsharp.study.core.store import (
@@ -56,6 +56,7 @@ from minsharp.study.core.store import (
     existing_study,
     measure_errors,
     read_result,
+    removed_if_unstarted,
 )
 
 
@@ -157,8 +158,8 @@ def run_study(
     device = torch.device(device)
     if directory.exists() and not directory.is_dir():
         raise StudyError(f"--output {directory} is a file; give a directory.")
-    # Workers sharing the directory take turns to check and update study.json.
-    with claims.exclusive(directory):
+    # Workers take turns to check and update study.json; a failed start leaves nothing.
+    with removed_if_unstarted(directory), claims.exclusive(directory):
         splits, plans = _record_session(
             kind, config, directory, data_root, download, force, device, argv
         )
@@ -289,6 +290,7 @@ def _record_session(
     plans = list(kind.plan_runs(config))
     run_ids = [plan.run_id for plan in plans]
     check_models_fit(config, splits)
+    check_fits_data(config, len(splits.train_labels))
     session = {
         "started": now(),
         "argv": argv,

@@ -15,6 +15,7 @@ resume a directory made for another study, naming the :func:`differences`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +28,7 @@ from minsharp.io import jsonable, read_tagged_json
 from minsharp.study.core import claims as claims
 from minsharp.study.core.config import GridConfig
 from minsharp.study.core.kind import StudyKind
+from minsharp.training.checkpoint import verify_checkpoint
 
 #: ``format`` tags and versions of the two kinds of JSON file a study writes.
 STUDY_FORMAT = "minsharp-study"
@@ -52,7 +54,9 @@ def read_result(
     A result is usable when it is a JSON object of this format and version, its status is
     ``"complete"``, the keys ``numbers`` hold finite numbers, each key of ``groups`` holds a
     dictionary of measure entries (each with a value or an error), and (when
-    ``fingerprint`` is given) it was made with the same settings.
+    ``fingerprint`` is given, as on resuming) it was made with the same settings and the
+    checkpoint it names is whole (:func:`~minsharp.training.checkpoint.verify_checkpoint`:
+    a run whose checkpoint is corrupt is redone).
     """
     if not path.exists():
         return None, "not run yet"
@@ -62,8 +66,9 @@ def read_result(
         return None, str(error)
     if content.get("status") != "complete":
         return None, f"the run had failed ({content.get('error')}: {content.get('message')})"
-    if fingerprint is not None and content.get("fingerprint") != fingerprint:
-        return None, "it was made with other settings"
+    reason = "" if fingerprint is None else _not_resumable(path, content, fingerprint)
+    if reason:
+        return None, reason
     for key in numbers:
         if not is_finite_number(content.get(key)):
             return None, f"{path.name} has no valid {key!r}"
@@ -75,6 +80,18 @@ def read_result(
         ):
             return None, f"{path.name} has no valid {key!r}"
     return content, ""
+
+
+def _not_resumable(path: Path, content: Mapping[str, Any], fingerprint: str) -> str:
+    """Why a stored result cannot be kept on resuming (other settings, a corrupt checkpoint)."""
+    if content.get("fingerprint") != fingerprint:
+        return "it was made with other settings"
+    if isinstance(content.get("checkpoint"), str):
+        try:
+            verify_checkpoint(path.parent / content["checkpoint"])
+        except MinsharpError as error:
+            return f"its checkpoint is unusable: {error}"
+    return ""
 
 
 def is_finite_number(value: Any) -> bool:
@@ -174,6 +191,26 @@ def existing_study(directory: Path, *, force: bool) -> dict[str, Any] | None:
         raise StudyError(f"{error} Use --force to start the study there afresh.") from None
 
 
+@contextlib.contextmanager
+def removed_if_unstarted(directory: Path) -> Iterator[None]:
+    """Remove what a start that fails inside the block left in ``directory``, then re-raise.
+
+    Unless the directory holds a ``study.json``: its lock and an empty ``runs/`` go, and the
+    directory itself if it did not exist before and nothing else is in it; anything else
+    (the user's or another worker's files) stays. No directory holding only a lock is left.
+    """
+    created = not directory.exists()
+    try:
+        yield
+    except BaseException:
+        if not (directory / STUDY_FILE).exists():
+            (directory / claims.LOCK_FILE).unlink(missing_ok=True)
+            for folder in (directory / RUNS_DIR, directory)[: 2 if created else 1]:
+                with contextlib.suppress(OSError):  # absent, or not empty: not ours to remove
+                    folder.rmdir()
+        raise
+
+
 def check_same_config(
     directory: Path, previous: Mapping[str, Any], config: GridConfig, kind: StudyKind
 ) -> None:
@@ -199,10 +236,10 @@ def check_same_config(
         pass
     found = differences(stored if isinstance(stored, Mapping) else {}, current)
     raise StudyError(
-        f"{directory / STUDY_FILE} was written for another study configuration ("
-        + "; ".join(found[:6])
-        + (f"; and {len(found) - 6} more" if len(found) > 6 else "")
-        + "). To resume it, run with the same preset, config file and overrides; for a new "
+        f"{directory / STUDY_FILE} was written for another study configuration; the settings "
+        "that differ (stored → now):\n  "
+        + "\n  ".join(found)
+        + "\nTo resume it, run with the same preset, config file and overrides; for a new "
         "study give another --output; or pass --force to overwrite it (runs whose settings "
         "changed are then redone)."
     )
@@ -234,25 +271,52 @@ def check_same_data(directory: Path, previous: Mapping[str, Any], info: Mapping[
         return
     found = differences(stored, current)
     raise StudyError(
-        f"the data differ from those {directory / STUDY_FILE} was made with ("
-        + "; ".join(found[:4])
-        + "): other files or another split. Point --data-dir at the same files, give another "
+        f"the data differ from those {directory / STUDY_FILE} was made with (stored → now):\n  "
+        + "\n  ".join(found)
+        + "\nOther files or another split: point --data-dir at the same files, give another "
         "--output, or pass --force to redo the study with these data."
     )
 
 
-def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``key: stored → current`` for each top-level key that differs."""
-    return [
-        f"{key}: {_short(stored.get(key))} there, {_short(current.get(key))} here"
-        for key in sorted(set(stored) | set(current))
-        if stored.get(key) != current.get(key)
-    ]
+def differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """``setting: stored → current`` for each setting that differs, in full.
+
+    Mappings are compared key by key and lists of mappings of equal length item by item, so
+    a nested setting is named by its path (``training.epochs``, ``models[0].options.hidden``);
+    each value is written out whole (as JSON), never shortened.
+
+    Example:
+        >>> differences({"a": 1, "b": [{"c": [1, 2]}]}, {"a": 1, "b": [{"c": [1, 3]}], "d": 0})
+        ['b[0].c: [1, 2] → [1, 3]', 'd: (absent) → 0']
+    """
+    if isinstance(stored, Mapping) and isinstance(current, Mapping):
+        found: list[str] = []
+        for key in sorted(set(stored) | set(current), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in stored or key not in current:
+                old, new = (
+                    _text(side[key]) if key in side else "(absent)" for side in (stored, current)
+                )
+                found.append(f"{path}: {old} → {new}")
+            else:
+                found += differences(stored[key], current[key], path)
+        return found
+    if _records(stored) and _records(current) and len(stored) == len(current):
+        return [
+            line
+            for index, (old, new) in enumerate(zip(stored, current, strict=True))
+            for line in differences(old, new, f"{prefix}[{index}]")
+        ]
+    return [] if stored == current else [f"{prefix or 'value'}: {_text(stored)} → {_text(current)}"]
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= 80 else text[:77] + "…"
+def _records(value: Any) -> bool:
+    """Whether ``value`` is a list of mappings (compared item by item, e.g. the models)."""
+    return isinstance(value, list) and all(isinstance(item, Mapping) for item in value)
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def measure_entries(
