@@ -141,7 +141,7 @@ def test_measures_json_lists_every_measure_with_options_and_requirements(capsys)
         assert entry["options"] == json.loads(json.dumps(chosen.defaults, default=str))
         assert entry["requires"] == sorted(chosen.requires)
     assert "batchnorm" in entries["bn_sharpness"]["requires"]
-    assert "chain" in entries["minimum_sharpness"]["requires"]
+    assert entries["minimum_sharpness"]["options"]["symmetry"] == "layer"
 
 
 # --- parsing -------------------------------------------------------------------------------
