@@ -952,6 +952,8 @@ cases(
     ("float-classes", lambda f: vgg11(3, 32, 2.5), "num_classes", ModelError),
     ("bias-a-string", lambda f: vgg11(3, 32, 10, bias="no"), "bias", ModelError),
     ("batchnorm-an-int", lambda f: vgg11(3, 32, 10, batchnorm=1), "batchnorm", ModelError),
+    ("width-zero", lambda f: vgg11(3, 32, 10, width=0), "width", ModelError),
+    ("width-a-float", lambda f: build_model("vgg11", (3, 32, 32), 10, width=8.5), "width"),
     ("flat-inputs", lambda f: build_model("vgg11", (3072,), 10), "images", ModelError),
 )
 cases(

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from minsharp.errors import ModelError
 import minsharp
+from minsharp.errors import ModelError
+from minsharp.measures.neuron_sharpness import group_minimum_sharpness
 from minsharp.models import (
     VGG11_LAYOUT,
     ZOO,
@@ -118,6 +119,10 @@ def test_vgg11_is_configuration_a_in_the_cifar_form(batchnorm):
     (linear,) = [m for m in net if isinstance(m, nn.Linear)]
     assert (linear.in_features, linear.out_features) == (512, 10)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    narrow = [
+        m.out_channels for m in vgg11(width=16, batchnorm=batchnorm) if isinstance(m, nn.Conv2d)
+    ]
+    assert narrow == [c.out_channels // 4 for c in convs]
     assert build_model("vgg11", (3, 32, 32), 10, batchnorm=batchnorm)(
         torch.randn(2, 3, 32, 32)
     ).shape == (2, 10)
@@ -172,3 +177,25 @@ def test_exact_trace_runs_on_resnet20(batchnorm):
     torch.manual_seed(0)
     net = build_model("resnet20", (3, 8, 8), 10, batchnorm=batchnorm)
     _exact_trace_check(net, torch.randn(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "options"),
+    [
+        ("vgg11", (3, 32, 32), {"width": 4}),
+        ("vgg11", (3, 32, 32), {"width": 4, "batchnorm": True}),
+        ("resnet20", (3, 4, 4), {"batchnorm": False}),
+        ("resnet20", (3, 4, 4), {"batchnorm": True}),
+    ],
+)
+def test_neuron_wise_minimum_sharpness_runs_and_its_rescaled_twin_attains_it(name, shape, options):
+    torch.manual_seed(0)
+    net = build_model(name, shape, 10, **options).double().eval()
+    inputs = torch.randn(2, *shape, dtype=torch.float64)
+    data = (inputs, torch.tensor([3, 7]))
+    result = group_minimum_sharpness(net, data, symmetry="neuron")
+    assert result.certificate.attained and result.value <= result.trace
+    twin = result.rescaled(net)
+    assert minsharp.hessian_trace(twin, data).total == pytest.approx(result.value, rel=1e-9)
+    with torch.no_grad():
+        assert torch.allclose(twin(inputs), net(inputs), rtol=1e-10, atol=1e-12)

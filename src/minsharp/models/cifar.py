@@ -103,6 +103,7 @@ def vgg11(
     *,
     bias: bool = True,
     batchnorm: bool = False,
+    width: int = 64,
 ) -> nn.Sequential:
     """VGG-11 (Simonyan & Zisserman 2015, configuration A) in the CIFAR form.
 
@@ -117,33 +118,39 @@ def vgg11(
     28 → 14 → 7 → 3 → 1 and skip the fifth. With ``batchnorm`` (the common CIFAR variant;
     the paper's network has none) each convolution is followed by ``nn.BatchNorm2d`` before
     its ReLU and has no bias; ``bias`` gives the convolutions (without batch-norm) and the
-    linear layer their biases.
+    linear layer their biases. ``width`` is the first convolution's channels, 64 in the
+    paper; every layer's channels scale with it (``width=16``: 16, 32, 64, 64, 128…), for the
+    width sweeps of the sharpness literature and for quick checks.
 
     Raises:
         ModelError: a size that is not a positive integer, or a flag not a bool.
 
     Example:
         >>> import torch
+        >>> [m.out_channels for m in vgg11(width=8) if isinstance(m, torch.nn.Conv2d)]
+        [8, 16, 32, 32, 64, 64, 64, 64]
         >>> net = vgg11(3, 32, 10)
         >>> net(torch.zeros(2, 3, 32, 32)).shape, net[-1]
         (torch.Size([2, 10]), Linear(in_features=512, out_features=10, bias=True))
     """
     channels_in = layer_size("in_channels", in_channels)
-    height, width = image_sides(image_size)
+    rows, columns = image_sides(image_size)
     layer_size("num_classes", num_classes)
     check_flags(bias=bias, batchnorm=batchnorm)
+    layer_size("width", width)
     layers: list[nn.Module] = []
     for step in VGG11_LAYOUT:
         if isinstance(step, str):  # "M"
-            kernel = (min(height, 2), min(width, 2))
+            kernel = (min(rows, 2), min(columns, 2))
             if kernel != (1, 1):
                 layers.append(nn.MaxPool2d(kernel, stride=kernel))
-            height, width = height // kernel[0], width // kernel[1]
+            rows, columns = rows // kernel[0], columns // kernel[1]
             continue
-        layers.append(nn.Conv2d(channels_in, step, 3, padding=1, bias=bias and not batchnorm))
+        channels = step * width // 64
+        layers.append(nn.Conv2d(channels_in, channels, 3, padding=1, bias=bias and not batchnorm))
         if batchnorm:
-            layers.append(nn.BatchNorm2d(step))
+            layers.append(nn.BatchNorm2d(channels))
         layers.append(nn.ReLU())
-        channels_in = step
-    layers += [nn.Flatten(), nn.Linear(channels_in * height * width, num_classes, bias=bias)]
+        channels_in = channels
+    layers += [nn.Flatten(), nn.Linear(channels_in * rows * columns, num_classes, bias=bias)]
     return nn.Sequential(*layers)

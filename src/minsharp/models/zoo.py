@@ -109,14 +109,14 @@ ZOO: dict[str, ZooEntry] = {
         "channels, projection shortcuts; batchnorm=False drops the BatchNorm2d layers",
     ),
     "vgg11": ZooEntry(
-        build=lambda shape, classes, *, bias, batchnorm: vgg11(
-            shape[0], (shape[1], shape[2]), classes, bias=bias, batchnorm=batchnorm
+        build=lambda shape, classes, *, bias, batchnorm, width: vgg11(
+            shape[0], (shape[1], shape[2]), classes, bias=bias, batchnorm=batchnorm, width=width
         ),
         images=True,
-        options={"bias": True, "batchnorm": False},
+        options={"bias": True, "batchnorm": False, "width": 64},
         summary="VGG-11 (Simonyan & Zisserman 2015, config A, CIFAR form): 8 conv3×3 "
         "64…512, 5 max-pools (skipped on 1-pixel sides), one linear layer; batchnorm=True puts "
-        "a BatchNorm2d after each convolution",
+        "a BatchNorm2d after each convolution; width scales the channels (first layer's)",
     ),
 }
 
