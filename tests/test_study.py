@@ -594,6 +594,8 @@ def test_every_kind_takes_the_user_s_factory(tmp_path, capsys, user_nets, kind, 
     results = [json.loads(p.read_text()) for p in output.glob("runs/*/result.json")]
     assert len(results) == 2 and all(r["status"] == "complete" for r in results)
     assert {r["zoo"] for r in results} == {model}
+    assert main(["report", str(output)]) == 0
+    assert f"`{model}`" in (output / "report.md").read_text()
 
 
 @pytest.mark.parametrize(

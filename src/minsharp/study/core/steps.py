@@ -168,25 +168,25 @@ def save_network(
     for what a file says: its folder holds the weights alone (``model.safetensors``, for
     ``minsharp measure --model package.module:function --weights``).
     """
-    record["checkpoint"] = CHECKPOINT_DIR
     if is_factory_spec(plan.model.zoo):
         state = {
             key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()
         }
         (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(run_dir / CHECKPOINT_DIR / WEIGHTS_FILE, safetensors_bytes(state))
-        return
-    save_checkpoint(
-        run_dir / CHECKPOINT_DIR,
-        model,
-        model_spec={
-            "name": plan.model.zoo,
-            "input_shape": list(data.input_shape),
-            "num_classes": data.num_classes,
-            "options": dict(plan.model.options),
-        },
-        record={key: record[key] for key in keys},
-    )
+    else:
+        save_checkpoint(
+            run_dir / CHECKPOINT_DIR,
+            model,
+            model_spec={
+                "name": plan.model.zoo,
+                "input_shape": list(data.input_shape),
+                "num_classes": data.num_classes,
+                "options": dict(plan.model.options),
+            },
+            record={key: record[key] for key in keys},
+        )
+    record["checkpoint"] = CHECKPOINT_DIR
 
 
 def measure_all(
