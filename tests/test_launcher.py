@@ -8,6 +8,7 @@ a machine without Slurm can go.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -27,7 +28,10 @@ from minsharp.study.core.store import RESULT_FILE, RUNS_DIR
 from minsharp.study.randomized_labels.config import StudyConfig
 from minsharp.study.randomized_labels.study import RANDOMIZED_LABELS
 
-submitit = pytest.importorskip("submitit")
+#: The tests that submit through submitit itself (the others need none of it).
+needs_submitit = pytest.mark.skipif(
+    importlib.util.find_spec("submitit") is None, reason="submitit is not installed"
+)
 
 #: Two runs of the randomized-label demo, as small as a study gets.
 TINY_FLAGS = [*studies.TINY_FLAGS, "--ratios", "0,1", "--epochs", "1"]
@@ -139,6 +143,7 @@ def test_a_job_refuses_data_other_than_the_study_s(tmp_path):
         job()
 
 
+@needs_submitit
 @pytest.mark.slow  # two job processes, each importing torch (about 10 s)
 def test_the_study_command_runs_its_runs_as_submitit_local_jobs(tmp_path, capsys):
     output = tmp_path / "out"
@@ -173,6 +178,7 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
     return folder
 
 
+@needs_submitit
 def test_the_slurm_flags_become_the_job_array_s_directives(tmp_path, capsys, fake_slurm):
     command = ["study", "randomized-labels", "--output", str(tmp_path / "out"), *TINY_FLAGS]
     command += ["--launcher", "slurm", "--partition", "gpu", "--time", "90", "--mem", "16"]
@@ -196,6 +202,7 @@ def test_the_slurm_flags_become_the_job_array_s_directives(tmp_path, capsys, fak
     assert not results(tmp_path / "out")  # nothing ran
 
 
+@needs_submitit
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -213,6 +220,7 @@ def test_bad_launcher_options_are_refused_before_training(
     assert not results(tmp_path / "out")
 
 
+@needs_submitit
 def test_slurm_without_srun_says_this_is_no_slurm_machine(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(StudyError, match='--launcher slurm: Could not detect "srun"'):

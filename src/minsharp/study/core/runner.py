@@ -290,14 +290,17 @@ def _launch(
 ) -> None:
     """Run each plan of ``todo`` as a job of ``launcher``; count what the run store then holds."""
     outcome = session.outcome
+    # Absolute paths: a job may start in another directory of another machine.
+    root = None if data_root is None else Path(data_root).expanduser().resolve()
+    directory = session.directory.resolve()
     jobs = [
         RunJob(
             session.kind,
             session.config,
             plan,
             digest,
-            session.directory,
-            data_root,
+            directory,
+            root,
             launcher.device,
             launcher.threads,
         )
