@@ -183,6 +183,7 @@ def test_the_slurm_flags_become_the_job_array_s_directives(tmp_path, capsys, fak
     command = ["study", "randomized-labels", "--output", str(tmp_path / "out"), *TINY_FLAGS]
     command += ["--launcher", "slurm", "--partition", "gpu", "--time", "90", "--mem", "16"]
     command += ["--cpus", "4", "--gpus", "1", "--launcher-option", "slurm_account=proj"]
+    command += ["--device", "cuda"]  # the jobs' nodes have the GPUs, not this machine
     assert main(command) == 2
     err = capsys.readouterr().err
     assert "--launcher slurm: cannot submit the 2 jobs" in err
@@ -209,6 +210,7 @@ def test_the_slurm_flags_become_the_job_array_s_directives(tmp_path, capsys, fak
         (["--launcher", "slurm", "--launcher-option", "slurm_colour=red"], "invalid job param"),
         (["--launcher", "local", "--partition", "gpu"], "--launcher local runs here"),
         (["--launcher-option", "qos"], "expected KEY=VALUE"),
+        (["--launcher", "slurm", "--device", "tpu"], "--device must be auto, cpu, cuda or"),
     ],
 )
 def test_bad_launcher_options_are_refused_before_training(

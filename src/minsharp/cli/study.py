@@ -225,16 +225,21 @@ def run_study_command(
     if resamples < 1:
         raise MinsharpError(f"--resamples must be positive; got {resamples}.")
     config = study_config(args, preset_name=preset_name, kind=kind)
-    device = distributed.local_device(resolve_study_device(args.device))
+    launcher = study_launcher(args)
+    # With a launcher, the jobs resolve --device on their nodes; here the data are only checked.
+    device = (
+        distributed.local_device(resolve_study_device(args.device))
+        if launcher is None
+        else torch.device("cpu")
+    )
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    if preset_name == "paper" and device.type == "cpu":
+    if preset_name == "paper" and device.type == "cpu" and launcher is None:
         print(
             f"note: the paper preset {kinds.KINDS[kind].study.paper_note}; on a CPU that takes "
             "days to weeks. Use --device cuda on a GPU machine, or --preset cpu.",
             file=sys.stderr,
         )
     output = Path(args.output or directory).expanduser()
-    launcher = study_launcher(args)
     try:
         outcome = runner.run_study(
             kinds.KINDS[kind].study,

@@ -18,6 +18,7 @@ not start leaves its run to the next resume, with the job's error as the reason.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ JOBS_DIR = "jobs"
 DEFAULT_TIME_MIN = 60
 
 R = TypeVar("R")
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -136,10 +139,12 @@ def make_launcher(
     """The launcher ``--launcher name`` asks for: ``None`` for ``local``, else submitit's.
 
     ``options`` are the executor's parameters (:attr:`SubmititLauncher.parameters`); for
-    ``local`` there must be none.
+    ``local`` there must be none. ``device`` and ``threads`` are each job's (``device`` is
+    resolved in the job, where ``auto`` and ``cuda`` mean the node's GPUs).
 
     Raises:
-        StudyError: an unknown launcher, options given to ``local``, or submitit missing.
+        StudyError: an unknown launcher or device, options given to ``local``, or submitit
+            missing.
     """
     options = dict(options or {})
     if name not in LAUNCHERS:
@@ -151,6 +156,8 @@ def make_launcher(
                 "Use --launcher slurm (or submitit-local) for jobs."
             )
         return None
+    if not _DEVICE.fullmatch(device):
+        raise StudyError(f"--device must be auto, cpu, cuda or cuda:N; got {device!r}.")
     _submitit(name)  # refuse before any data are loaded
     return SubmititLauncher(CLUSTERS[name], options, device=device, threads=threads)
 
