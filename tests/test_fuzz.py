@@ -109,12 +109,16 @@ from minsharp.measures import (
 from minsharp.models import (
     build_model,
     count_parameters,
+    import_factory,
+    is_factory_spec,
     lenet,
+    make_model,
     mlp,
     paper_mlp,
     resnet20,
     small_cnn,
     small_mlp,
+    vgg11,
 )
 from minsharp.study.core import runner as base
 from minsharp.study.core import store
@@ -151,6 +155,7 @@ EXEMPT = {
     qualified(available): "takes no arguments",
     qualified(jsonable): "total by design: every value has a JSON form (its str() at worst)",
     qualified(package_version): "takes no arguments",
+    qualified(is_factory_spec): "a predicate: every value is or is not package.module:function",
     **{
         qualified(getattr(minsharp.measures, name)): f"measure({name!r}) bound to its name: the "
         f"cases of 'measure {name}' are its cases"
@@ -974,6 +979,33 @@ cases(
     ("batchnorm-an-int", lambda f: resnet20(3, 10, batchnorm=1), "batchnorm", ModelError),
 )
 cases(
+    vgg11,
+    ("no-channels", lambda f: vgg11(0), "in_channels", ModelError),
+    ("size-a-string", lambda f: vgg11(3, "32"), "image_size", ModelError),
+    ("negative-side", lambda f: vgg11(3, (32, -1)), "image_size", ModelError),
+    ("float-classes", lambda f: vgg11(3, 32, 2.5), "num_classes", ModelError),
+    ("bias-a-string", lambda f: vgg11(3, 32, 10, bias="no"), "bias", ModelError),
+    ("batchnorm-an-int", lambda f: vgg11(3, 32, 10, batchnorm=1), "batchnorm", ModelError),
+    ("width-zero", lambda f: vgg11(3, 32, 10, width=0), "width", ModelError),
+    ("width-a-float", lambda f: build_model("vgg11", (3, 32, 32), 10, width=8.5), "width"),
+    ("flat-inputs", lambda f: build_model("vgg11", (3072,), 10), "images", ModelError),
+)
+cases(
+    make_model,
+    ("bad-syntax", lambda f: make_model("a:b:c", {}, (64,), 10), "package.module:function"),
+    ("unknown-zoo-name", lambda f: make_model("vgg", {}, (3, 32, 32), 10), "Did you mean vgg11"),
+    ("unknown-module", lambda f: make_model("no_such_mod_q:f", {}, (64,), 10), "cannot import"),
+    ("missing-function", lambda f: make_model("json:nothing", {}, (64,), 10), "no 'nothing'"),
+    ("not-a-module", lambda f: make_model("json:dumps", {"obj": 1}, (64,), 10), "returned a str"),
+    ("factory-raises", lambda f: make_model("json:dumps", {}, (64,), 10), "raised TypeError"),
+    ("zoo-option", lambda f: make_model("lenet", {"width": 3}, (1, 28, 28), 10), "'width'"),
+)
+cases(
+    import_factory,
+    ("not-callable", lambda f: import_factory("json:__doc__"), "not callable", ModelError),
+    ("unknown-module", lambda f: import_factory("no_such_mod_q:f"), "PYTHONPATH", ModelError),
+)
+cases(
     count_parameters,
     ("model-a-dict", lambda f: count_parameters({"w": X}), "torch.nn.Module", ModelError),
 )
@@ -1621,6 +1653,10 @@ SHARED_STUDY = [
     ("seeds-empty", ("--seeds", ","), "--seeds is empty"),
     ("seeds-beyond-torch", ("--seeds", HUGE_SEED), "seed"),
     ("unknown-model", ("--models", "resnet"), "unknown model 'resnet'"),
+    ("unimportable-factory", ("--models", "no_such_mod_q:build"), "cannot import module"),
+    ("unknown-launcher", ("--launcher", "pbs"), "invalid choice"),
+    ("local-with-job-options", ("--launcher", "local", "--gpus", "1"), "takes no job options"),
+    ("launcher-option-no-value", ("--launcher-option", "qos"), "expected KEY=VALUE"),
     ("unknown-measure", ("--measures", "bn_sharpness,sharpness"), "unknown measure 'sharpness'"),
     ("negative-epochs", ("--epochs", "-1"), "epochs must be"),
     ("negative-lr", ("--lr", "-0.1"), "lr must be"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -497,3 +498,120 @@ def test_the_missing_mnist_files_are_explained(tmp_path, capsys):
     ]
     assert main(command) == 2
     assert "--download" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the user's models
+
+USER_NETS = '''
+"""A user's networks for the digits (64 features, 10 classes)."""
+from torch import nn
+
+
+def wide(width=32, batchnorm=False):
+    layers = [nn.Flatten(), nn.Linear(64, width)]
+    if batchnorm:
+        layers.append(nn.BatchNorm1d(width))
+    return nn.Sequential(*layers, nn.ReLU(), nn.Linear(width, 10))
+
+
+def wide_bn():
+    return wide(batchnorm=True)
+
+
+def three_classes():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+'''
+
+#: The tiny studies' flags without ``--hidden`` (a user's network is no zoo ``mlp``).
+USER_FLAGS = [flag for flag in studies.TINY_FLAGS if flag not in ("--hidden", "8")]
+
+
+@pytest.fixture
+def user_nets(tmp_path, monkeypatch) -> Path:
+    """``mynets`` importable from a folder on ``sys.path`` and ``PYTHONPATH``, as a user has it."""
+    folder = tmp_path / "nets"
+    folder.mkdir()
+    (folder / "mynets.py").write_text(USER_NETS)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+    monkeypatch.delitem(sys.modules, "mynets", raising=False)
+    yield folder
+    sys.modules.pop("mynets", None)
+
+
+def test_a_study_over_the_user_s_own_model_runs_resumes_and_keeps_its_weights(
+    tmp_path, capsys, user_nets
+):
+    output = tmp_path / "out"
+    command = ["study", "randomized-labels", "--preset", "demo", "--models", "mynets:wide"]
+    command += ["--ratios", "0", "--seeds", "0", "--epochs", "1", "--output", str(output)]
+    command += [*USER_FLAGS, "--measures", "hessian_trace", "--resamples", "10"]
+    assert main(command) == 0
+    assert "1 runs trained, 0 reused, 0 failed" in capsys.readouterr().out
+    run = output / "runs" / "mynets.wide_r0_s0"
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "complete" and result["zoo"] == "mynets:wide"
+    assert result["parameters"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert result["measures"]["hessian_trace"]["value"] > 0
+    stored = json.loads((output / "study.json").read_text())["config"]["models"]
+    assert stored == [{"name": "mynets.wide", "zoo": "mynets:wide", "options": {}, "training": {}}]
+    assert main(command) == 0  # resumed from the recorded spec
+    assert "0 runs trained, 1 reused" in capsys.readouterr().out
+    # The weights alone (a factory is rebuilt only by running the user's code), for measure.
+    weights = run / "checkpoint" / "model.safetensors"
+    assert not (run / "checkpoint" / "checkpoint.json").exists()
+    measured = tmp_path / "measured.json"
+    measure = ["measure", "--model", "mynets:wide", "--weights", str(weights), "--data"]
+    measure += ["digits", "--examples", "20", "--measures", "hessian_trace"]
+    assert main([*measure, "--output", str(measured)]) == 0
+    assert json.loads(measured.read_text())["model"]["source"] == "factory"
+
+
+def test_a_config_file_gives_the_user_s_factory_its_options(tmp_path, capsys, user_nets):
+    config = tmp_path / "config.json"
+    model = {"name": "wide16", "zoo": "mynets:wide", "options": {"width": 16}}
+    config.write_text(
+        json.dumps({"models": [model], "ratios": [0.0], "measures": ["hessian_trace"]})
+    )
+    output = tmp_path / "out"
+    command = ["study", "randomized-labels", "--config", str(config), "--output", str(output)]
+    assert main([*command, *USER_FLAGS, "--epochs", "1", "--no-report"]) == 0
+    result = json.loads((output / "runs" / "wide16_r0_s0" / "result.json").read_text())
+    assert result["model_options"] == {"width": 16}
+    assert result["parameters"] == 64 * 16 + 16 + 16 * 10 + 10
+
+
+@pytest.mark.parametrize(
+    ("kind", "model", "flags"),
+    [
+        ("batch-size", "mynets:wide", ["--batch-sizes", "16,64"]),
+        ("bn-sharpness", "mynets:wide_bn", []),
+    ],
+)
+def test_every_kind_takes_the_user_s_factory(tmp_path, capsys, user_nets, kind, model, flags):
+    output = tmp_path / "out"
+    command = ["study", kind, "--models", model, "--output", str(output), *USER_FLAGS, *flags]
+    assert main([*command, "--epochs", "1", "--no-report"]) == 0
+    results = [json.loads(p.read_text()) for p in output.glob("runs/*/result.json")]
+    assert len(results) == 2 and all(r["status"] == "complete" for r in results)
+    assert {r["zoo"] for r in results} == {model}
+    assert main(["report", str(output)]) == 0
+    assert f"`{model}`" in (output / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("no_such_module_zz:build", "cannot import module 'no_such_module_zz'"),
+        ("mynets:missing", "module 'mynets' has no 'missing'"),
+        ("mynets:three_classes", "give (2, 3); the data need logits (2, 10)"),
+    ],
+)
+def test_a_user_s_model_that_cannot_run_is_refused_before_training(
+    tmp_path, capsys, user_nets, model, message
+):
+    command = ["study", "randomized-labels", "--models", model, "--output", str(tmp_path / "o")]
+    assert main([*command, *USER_FLAGS]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minsharp: error: ") and message in err
+    assert not list((tmp_path / "o").glob("runs/*/result.json"))

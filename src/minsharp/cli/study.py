@@ -23,11 +23,19 @@ import torch
 
 from minsharp import distributed
 from minsharp.cli.common import resolve_device
+from minsharp.cli.measure import parse_key_values
 from minsharp.errors import MinsharpError, StudyError
-from minsharp.models import ZOO
+from minsharp.models import ZOO, is_factory_spec
 from minsharp.study import kinds
+from minsharp.study.core import launcher as launchers
 from minsharp.study.core import runner
-from minsharp.study.core.config import DTYPES, GridConfig, ModelPlan, read_config_file
+from minsharp.study.core.config import (
+    DTYPES,
+    GridConfig,
+    ModelPlan,
+    named_model,
+    read_config_file,
+)
 from minsharp.study.core.kind import Flag
 from minsharp.study.randomized_labels.study import RANDOMIZED_LABELS
 
@@ -164,7 +172,12 @@ def _seeds(text: str) -> list[int]:
 
 
 def _models(text: str, config: GridConfig) -> list[ModelPlan]:
-    """Models named by ``--models``: the preset's own (by name), else zoo networks."""
+    """Models named by ``--models``: the preset's own (by name), else zoo networks or factories.
+
+    A factory ``package.module:function`` is resolved as ``measure --model`` resolves it
+    (:func:`minsharp.models.make_model`: called with no options here; a config file's model
+    entry gives it options).
+    """
     own = {model.name: model for model in config.models}
     chosen = []
     for name in (part.strip() for part in text.split(",")):
@@ -172,12 +185,13 @@ def _models(text: str, config: GridConfig) -> list[ModelPlan]:
             continue
         if name in own:
             chosen.append(own[name])
-        elif name in ZOO:
-            chosen.append(ModelPlan(name, name))
+        elif name in ZOO or is_factory_spec(name):
+            chosen.append(named_model(name))
         else:
             raise StudyError(
                 f"--models: unknown model {name!r}; give models of the preset "
-                f"({', '.join(own)}) or of the zoo ({', '.join(ZOO)})."
+                f"({', '.join(own)}), of the zoo ({', '.join(ZOO)}) or your own factory as "
+                "package.module:function."
             )
     if not chosen:
         raise StudyError("--models is empty.")
@@ -216,9 +230,15 @@ def run_study_command(
     if resamples < 1:
         raise MinsharpError(f"--resamples must be positive; got {resamples}.")
     config = study_config(args, preset_name=preset_name, kind=kind)
-    device = distributed.local_device(resolve_study_device(args.device))
+    launcher = study_launcher(args)
+    # With a launcher, the jobs resolve --device on their nodes; here the data are only checked.
+    device = (
+        distributed.local_device(resolve_study_device(args.device))
+        if launcher is None
+        else torch.device("cpu")
+    )
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    if preset_name == "paper" and device.type == "cpu":
+    if preset_name == "paper" and device.type == "cpu" and launcher is None:
         print(
             f"note: the paper preset {kinds.KINDS[kind].study.paper_note}; on a CPU that takes "
             "days to weeks. Use --device cuda on a GPU machine, or --preset cpu.",
@@ -236,6 +256,7 @@ def run_study_command(
             progress=progress,
             device=device,
             argv=getattr(args, "argv", None),
+            launcher=launcher,
         )
     except KeyboardInterrupt:
         print(
@@ -245,6 +266,36 @@ def run_study_command(
         )
         raise
     _print_outcome(outcome, output, write_report=not args.no_report, resamples=resamples)
+
+
+#: The job-option flags of ``--launcher slurm`` and the submitit parameter each one sets.
+JOB_FLAGS = {
+    "partition": "slurm_partition",
+    "time": "timeout_min",
+    "mem": "mem_gb",
+    "cpus": "cpus_per_task",
+    "gpus": "gpus_per_node",
+}
+
+
+def study_launcher(args: argparse.Namespace) -> launchers.SubmititLauncher | None:
+    """The launcher of ``--launcher`` with its job options (``None``: runs here).
+
+    The job flags (:data:`JOB_FLAGS`) and the ``--launcher-option KEY=VALUE`` pairs (any
+    parameter of ``submitit.AutoExecutor.update_parameters``) set the job parameters.
+
+    Raises:
+        StudyError: an unknown launcher, job options for ``local``, or no submitit.
+    """
+    options = {
+        parameter: getattr(args, flag)
+        for flag, parameter in JOB_FLAGS.items()
+        if getattr(args, flag, None) is not None
+    }
+    options.update(parse_key_values(args.launcher_option or [], flag="--launcher-option"))
+    return launchers.make_launcher(
+        args.launcher, options=options, device=args.device, threads=args.threads
+    )
 
 
 def _print_outcome(
@@ -345,7 +396,11 @@ def _add_shared_overrides(grid: argparse._ArgumentGroup, *, batch_size: bool) ->
     """Override flags every study kind accepts (``--batch-size`` optional)."""
     grid.add_argument("--seeds", metavar="S,S,…", help="trial seeds, e.g. 0,1,2 or 0-9")
     grid.add_argument(
-        "--models", metavar="M,M,…", help=f"models of the preset or of the zoo ({', '.join(ZOO)})"
+        "--models",
+        metavar="M,M,…",
+        help=f"models of the preset, of the zoo ({', '.join(ZOO)}) or your own factories "
+        "package.module:function, called with no arguments as measure --model calls them "
+        "(the module on PYTHONPATH or in the current directory)",
     )
     grid.add_argument("--hidden", type=int, nargs="+", metavar="W", help="widths of mlp models")
     grid.add_argument("--measures", metavar="A,B,…", help="measures (see `minsharp measures`)")
@@ -405,6 +460,38 @@ def _add_running_arguments(
             "--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples ({RESAMPLES})"
         )
     run.add_argument("--no-report", action="store_true", help="do not write the report")
+    _add_launcher_arguments(parser)
+
+
+def _add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the runs execute: ``--launcher`` and the job options of a cluster."""
+    jobs = parser.add_argument_group(
+        "cluster jobs (--launcher slurm: one job per run through submitit, "
+        "pip install 'minsharp[cluster]')"
+    )
+    jobs.add_argument(
+        "--launcher",
+        choices=launchers.LAUNCHERS,
+        default="local",
+        help="local: the runs here, one after the other (default); slurm: one Slurm job per "
+        "run, waited for before the report; submitit-local: the same jobs as local processes",
+    )
+    jobs.add_argument("--partition", metavar="NAME", help="Slurm partition of the jobs")
+    jobs.add_argument(
+        "--time",
+        type=int,
+        metavar="MIN",
+        help=f"time limit of each job in minutes ({launchers.DEFAULT_TIME_MIN})",
+    )
+    jobs.add_argument("--mem", type=int, metavar="GB", help="memory of each job in GB")
+    jobs.add_argument("--cpus", type=int, metavar="N", help="CPU cores of each job")
+    jobs.add_argument("--gpus", type=int, metavar="N", help="GPUs of each job")
+    jobs.add_argument(
+        "--launcher-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any submitit job parameter, e.g. slurm_account=proj or slurm_qos=high (repeat)",
+    )
 
 
 def _target(text: str) -> float | str:

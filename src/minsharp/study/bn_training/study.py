@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from minsharp.measures.bn_sharpness import DEFAULT_DELTA
+from minsharp.models import is_factory_spec
 from minsharp.study.core import steps
 from minsharp.study.core.config import (
     GridConfig,
@@ -151,8 +152,8 @@ def validate(config: BNSharpnessConfig) -> None:
         f"model {model.name!r} has no batch-norm (BN-sharpness needs it); set its option "
         '"batchnorm": true (zoo models with it: mlp, small_cnn)'
         for model in config.models
-        if model.options.get("batchnorm") is not True
-    ]
+        if model.options.get("batchnorm") is not True and not is_factory_spec(model.zoo)
+    ]  # a factory's batch-norm shows once it is built: the penalty refuses a net without one
     if "bn_sharpness" not in config.measures:
         problems.append("measures must include bn_sharpness (the report compares it)")
     raise_kind_problems(config, problems)

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from minsharp.data.datasets import DATASETS, canonical_name
 from minsharp.errors import MinsharpError, StudyError
 from minsharp.measures import spec
-from minsharp.models import ZOO
+from minsharp.models import ZOO, is_factory_spec
 from minsharp.training import TrainingConfig
 
 #: Training settings a study or a model may set: the fields of
@@ -46,13 +46,16 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 @dataclass(frozen=True)
 class ModelPlan:
-    """One network of the grid: a zoo model with its options and its own training settings.
+    """One network of the grid: a zoo model or the user's factory, its options and training.
 
     Attributes:
         name: the model's value on the grid's ``model`` axis and in run ids (letters,
             digits, ``_``, ``.``, ``-``).
-        zoo: the :data:`minsharp.models.ZOO` entry it is built from.
-        options: the zoo model's options (e.g. ``{"hidden": [128, 128]}``).
+        zoo: what it is built from, resolved by :func:`minsharp.models.make_model` as
+            ``minsharp measure --model`` resolves it: a :data:`minsharp.models.ZOO` name, built
+            for the data's input shape and class count, or ``package.module:function``, the
+            user's factory, called as ``function(**options)``.
+        options: the model's options (e.g. ``{"hidden": [128, 128]}``).
         training: training settings that override the study's for this model (e.g. the
             paper's lr 0.01 and 1 000 epochs for LeNet); keys of :data:`TRAINING_KEYS`.
     """
@@ -255,9 +258,12 @@ def model_problems(config: GridConfig) -> list[str]:
                 f"model name {model.name!r} must be letters, digits, '_', '.' or '-' "
                 "(it names the run directories)"
             )
-        if model.zoo not in ZOO:
+        if is_factory_spec(model.zoo):
+            pass  # the user's factory: its keyword arguments are known once it is called
+        elif model.zoo not in ZOO:
             problems.append(
-                f"model {model.name!r}: zoo must be one of {', '.join(ZOO)}; got {model.zoo!r}"
+                f"model {model.name!r}: zoo must be one of {', '.join(ZOO)} or a factory "
+                f"package.module:function; got {model.zoo!r}"
             )
         else:
             unknown = sorted(set(model.options) - set(ZOO[model.zoo].options))
@@ -404,7 +410,8 @@ def config_from_mapping(
     Works for the configuration dataclass of any study kind: the keys are its fields. Top-level
     keys replace ``base``'s values, except ``training`` and ``measure_options``, which are
     merged into ``base``'s (key by key, measure by measure). ``models`` is a list of
-    ``{"name", "zoo", "options", "training"}`` (``zoo`` defaults to ``name``); lists become
+    ``{"name", "zoo", "options", "training"}`` (``zoo``, a zoo name or a factory
+    ``package.module:function``, defaults to ``name``) or a bare ``zoo`` string; lists become
     tuples (:data:`FLOAT_LISTS` of floats). A ``"preset"`` key names the preset to start from
     instead of ``base``, looked up by ``presets`` (without them, a ``"preset"`` key is refused).
 
@@ -496,9 +503,21 @@ def stored_config(content: Mapping[str, Any], *, base: ConfigT) -> ConfigT:
     return dataclasses.replace(config, preset=str(content["preset"]))
 
 
+def named_model(spec: str) -> ModelPlan:
+    """The plan of a model given by its spec alone, a zoo name or ``package.module:function``.
+
+    It is named after the spec, with ``:`` read as ``.`` (a name is part of run ids).
+
+    Example:
+        >>> named_model("mynets:wide")
+        ModelPlan(name='mynets.wide', zoo='mynets:wide', options={}, training={})
+    """
+    return ModelPlan(spec.replace(":", "."), spec)
+
+
 def _model_plan(entry: Any) -> ModelPlan:
     if isinstance(entry, str):
-        return ModelPlan(entry, entry)
+        return named_model(entry)
     entry = _mapping(entry, "models[]")
     unknown = sorted(set(entry) - set(_MODEL_KEYS))
     if unknown or "name" not in entry:

@@ -10,6 +10,9 @@ A *study kind* (:class:`~minsharp.study.core.kind.StudyKind`) says what one run 
 * skips every run whose ``DIR/runs/<run-id>/result.json`` is complete and carries the same
   fingerprint; redoes a missing, truncated, failed or outdated one
   (:mod:`~minsharp.study.core.store`);
+* executes the runs still to do here, one after the other, or hands each to a cluster job
+  (a ``launcher``, :mod:`~minsharp.study.core.launcher`: a :class:`RunJob` per run) and
+  waits for them all, then reads what each run left in the store;
 * writes each run's record atomically once the run is done (``status`` ``"complete"``, or
   ``"failed"`` with the error, which the next resume redoes);
 * refuses a directory made for another kind, configuration or data unless ``force``;
@@ -39,10 +42,11 @@ from tqdm.auto import tqdm
 from minsharp.data.datasets import Splits, load_dataset
 from minsharp.errors import MinsharpError, StudyError
 from minsharp.io import write_json_atomic
-from minsharp.models import build_model
+from minsharp.models import make_model
 from minsharp.study.core import claims as claims
 from minsharp.study.core.config import GridConfig, check_fits_data
 from minsharp.study.core.kind import RunContext, RunPlan, StudyData, StudyKind
+from minsharp.study.core.launcher import JOBS_DIR, JobFailure, SubmititLauncher
 from minsharp.study.core.provenance import machine_info, now, versions
 from minsharp.study.core.store import (
     FORMAT_VERSION,
@@ -56,6 +60,7 @@ from minsharp.study.core.store import (
     existing_study,
     measure_errors,
     read_result,
+    read_study,
     removed_if_unstarted,
 )
 
@@ -125,6 +130,7 @@ def run_study(
     device: str | torch.device = "cpu",
     argv: list[str] | None = None,
     echo: Callable[[str], None] | None = None,
+    launcher: SubmititLauncher | None = None,
 ) -> StudyOutcome:
     """Run (or resume) the study ``config`` of kind ``kind`` in ``directory``.
 
@@ -144,6 +150,8 @@ def run_study(
         device: where to train and measure.
         argv: the command line, recorded with the session.
         echo: called with one line per run and per notice (default: print to stdout).
+        launcher: run each run as a cluster job and wait for them all
+            (:mod:`~minsharp.study.core.launcher`); ``None``: here, one after the other.
 
     Returns:
         What was reused, trained, redone and failed.
@@ -166,7 +174,10 @@ def run_study(
     outcome = StudyOutcome(directory=directory, planned=[plan.run_id for plan in plans])
     session = _Session(kind, config, directory, outcome, echo or _echo, progress)
     todo = _scan(session, plans)
-    _run_all(session, todo, StudyData.from_splits(splits, device), total=len(plans))
+    if launcher is None or not todo:
+        _run_all(session, todo, StudyData.from_splits(splits, device), total=len(plans))
+    else:
+        _launch(session, todo, launcher, data_root, total=len(plans))
     digests = {plan.run_id: digest for plan, digest in todo}
     outcome.unfinished = [
         run for run in outcome.elsewhere if session.stored(run, digests[run]) is None
@@ -218,17 +229,108 @@ def _run_all(
             bar.set_postfix_str(plan.run_id, refresh=True)
             result = _claim_and_run(session, plan, digest, data)
             bar.update(1)
-            if result is None:
-                continue
-            if result["status"] == "complete":
-                outcome.trained.append(plan.run_id)
-                outcome.measure_errors += measure_errors(
-                    plan.run_id, result, session.kind.measure_groups
-                )
-            else:
-                outcome.failed[plan.run_id] = result["message"]
-            done = len(outcome.reused) + len(outcome.trained) + len(outcome.failed)
-            session.say(f"[{done}/{total}] {session.kind.summary(result)}")
+            if result is not None:
+                _count(session, plan.run_id, result, total=total)
+
+
+def _count(session: _Session, run_id: str, result: dict[str, Any], *, total: int) -> None:
+    """Count the record of a run executed now as trained or failed, and say it."""
+    outcome = session.outcome
+    if result["status"] == "complete":
+        outcome.trained.append(run_id)
+        outcome.measure_errors += measure_errors(run_id, result, session.kind.measure_groups)
+    else:
+        outcome.failed[run_id] = result["message"]
+    done = len(outcome.reused) + len(outcome.trained) + len(outcome.failed)
+    session.say(f"[{done}/{total}] {session.kind.summary(result)}")
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """One run as a launcher's job executes it: its data loaded there, claimed, run, stored.
+
+    Picklable (submitit sends it to the job). In the job, the data are loaded as the study
+    recorded them and checked against ``study.json``; the run is then claimed and executed
+    exactly as a local worker does (:func:`_claim_and_run`): skipped when another worker
+    holds it or finished it, else executed and its ``result.json`` written. Calling it again
+    is harmless.
+    """
+
+    kind: StudyKind[Any, Any]
+    config: GridConfig
+    plan: RunPlan
+    digest: str
+    directory: Path
+    data_root: str | Path | None
+    device: str
+    threads: int | None
+
+    def __call__(self) -> dict[str, Any] | None:
+        """The record of the run executed now; ``None`` when another worker has it."""
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        splits = _load_splits(self.config, self.data_root, download=False)
+        check_same_data(self.directory, read_study(self.directory), splits.info)
+        session = _Session(
+            self.kind, self.config, self.directory, StudyOutcome(self.directory), _echo, False
+        )
+        data = StudyData.from_splits(splits, torch.device(device))
+        return _claim_and_run(session, self.plan, self.digest, data)
+
+
+def _launch(
+    session: _Session,
+    todo: list[tuple[RunPlan, str]],
+    launcher: SubmititLauncher,
+    data_root: str | Path | None,
+    *,
+    total: int,
+) -> None:
+    """Run each plan of ``todo`` as a job of ``launcher``; count what the run store then holds."""
+    outcome = session.outcome
+    # Absolute paths: a job may start in another directory of another machine.
+    root = None if data_root is None else Path(data_root).expanduser().resolve()
+    directory = session.directory.resolve()
+    jobs = [
+        RunJob(
+            session.kind,
+            session.config,
+            plan,
+            digest,
+            directory,
+            root,
+            launcher.device,
+            launcher.threads,
+        )
+        for plan, digest in todo
+    ]
+    session.say(
+        f"  submitting {len(jobs)} jobs (--launcher {launcher.launcher_name}; their files in "
+        f"{session.directory / JOBS_DIR}) and waiting for them"
+    )
+    returned = launcher.run(
+        session.directory / JOBS_DIR, jobs, name=f"minsharp-{session.kind.name}"
+    )
+    for (plan, digest), back in zip(todo, returned, strict=True):
+        stored = session.stored(plan.run_id, digest)  # the store decides, not the job
+        if stored is not None:
+            if isinstance(back, dict):
+                _count(session, plan.run_id, stored, total=total)
+            else:  # another worker finished it
+                session.reuse(plan.run_id, stored)
+                outcome.redone.pop(plan.run_id, None)
+        elif isinstance(back, JobFailure):
+            outcome.failed[plan.run_id] = (
+                f"job {back.job_id} ended without a result: {back.message}"
+            )
+            session.say(f"  {plan.run_id}: {outcome.failed[plan.run_id]}")
+        elif isinstance(back, dict):
+            _count(session, plan.run_id, back, total=total)
+        else:
+            outcome.elsewhere.append(plan.run_id)
 
 
 def _claim_and_run(
@@ -276,15 +378,7 @@ def _record_session(
     previous = existing_study(directory, force=force)
     if previous is not None and not force:
         check_same_config(directory, previous, config, kind)
-    splits = load_dataset(
-        config.dataset,
-        root=data_root,
-        download=download,
-        train_size=config.train_size,
-        test_size=config.test_size,
-        seed=config.data_seed,
-        dtype=getattr(torch, config.dtype),
-    )
+    splits = _load_splits(config, data_root, download=download)
     if previous is not None and not force:
         check_same_data(directory, previous, splits.info)
     plans = list(kind.plan_runs(config))
@@ -316,6 +410,19 @@ def _record_session(
     }
     write_json_atomic(directory / STUDY_FILE, study)
     return splits, plans
+
+
+def _load_splits(config: GridConfig, data_root: str | Path | None, *, download: bool) -> Splits:
+    """The study's data set, split and sized as ``config`` says, in its dtype."""
+    return load_dataset(
+        config.dataset,
+        root=data_root,
+        download=download,
+        train_size=config.train_size,
+        test_size=config.test_size,
+        seed=config.data_seed,
+        dtype=getattr(torch, config.dtype),
+    )
 
 
 def execute_run(
@@ -367,18 +474,39 @@ def execute_run(
 def check_models_fit(config: GridConfig, splits: Splits) -> None:
     """Build every model once for the data (on the meta device) to fail before training.
 
+    A zoo model is built for the data; every model, the user's factories (which do not see
+    the data) above all, must then take two inputs and return a logit for every class.
+
     Raises:
-        StudyError: a model cannot take the data's inputs.
+        StudyError: a model cannot be built or cannot take the data's inputs.
     """
+    shape, classes = splits.input_shape, splits.num_classes
     for model in config.models:
+        where = f"model {model.name!r} cannot be built for the {config.dataset} inputs of shape"
         try:
             with torch.random.fork_rng(devices=[]), torch.device("meta"):
-                build_model(model.zoo, splits.input_shape, splits.num_classes, **model.options)
+                network, _ = make_model(
+                    model.zoo, dict(model.options), shape, classes, flag="model"
+                )
+                problem = _forward_problem(network, shape, classes, getattr(torch, config.dtype))
         except MinsharpError as error:
-            raise StudyError(
-                f"model {model.name!r} cannot be built for the {config.dataset} inputs of "
-                f"shape {splits.input_shape}: {error}"
-            ) from None
+            raise StudyError(f"{where} {shape}: {error}") from None
+        if problem:
+            raise StudyError(f"model {model.name!r} ({model.zoo}): {problem}.")
+
+
+def _forward_problem(
+    network: torch.nn.Module, shape: tuple[int, ...], classes: int, dtype: torch.dtype
+) -> str:
+    """What is wrong with ``network``'s logits (meta device) for two inputs; ``""`` if nothing."""
+    try:
+        logits = network.to(dtype)(torch.empty((2, *shape), dtype=dtype))
+    except Exception as error:  # the user's network: report, don't crash
+        return f"two inputs of shape {shape} raise {type(error).__name__}: {error}"
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, classes):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        return f"two inputs of shape {shape} give {got}; the data need logits (2, {classes})"
+    return ""
 
 
 def _echo(line: str) -> None:

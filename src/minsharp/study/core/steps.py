@@ -19,15 +19,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
-from minsharp.io import jsonable
+from minsharp.io import jsonable, write_bytes_atomic
 from minsharp.measures import measure
-from minsharp.models import build_model, count_parameters
+from minsharp.models import count_parameters, is_factory_spec, make_model
 from minsharp.study.core.config import GridConfig
 from minsharp.study.core.kind import RunContext, RunPlan, StudyData
 from minsharp.study.core.store import CHECKPOINT_DIR, FORMAT_VERSION
 from minsharp.training import TrainingHistory, accuracy, save_checkpoint, train_classifier
+from minsharp.training.checkpoint import WEIGHTS_FILE
 
 
 def derive_seed(*parts: Any) -> int:
@@ -92,7 +94,7 @@ def run_settings(plan: RunPlan, data: StudyData, dtype: str, **axes: Any) -> dic
 
 
 def build_network(plan: RunPlan, run: RunContext) -> nn.Module:
-    """The zoo network of a run initialised under ``torch.manual_seed(plan.seed)``.
+    """The network of a run (zoo or factory) initialised under ``torch.manual_seed(plan.seed)``.
 
     The caller's global generator is left as it was; the network is on the data's device in
     their dtype, and its parameter count goes into the run's record.
@@ -100,8 +102,8 @@ def build_network(plan: RunPlan, run: RunContext) -> nn.Module:
     data = run.data
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(plan.seed)
-        network = build_model(
-            plan.model.zoo, data.input_shape, data.num_classes, **plan.model.options
+        network, _ = make_model(
+            plan.model.zoo, dict(plan.model.options), data.input_shape, data.num_classes
         )
     run.record["parameters"] = count_parameters(network)
     return network.to(device=data.device, dtype=data.train_inputs.dtype)
@@ -175,20 +177,30 @@ def save_network(model: nn.Module, plan: RunPlan, run: RunContext, keys: Sequenc
     """Save ``model`` in the run's ``checkpoint`` folder with the entries ``keys`` of its record.
 
     :func:`minsharp.training.save_checkpoint` writes the weights and what rebuilds the network;
-    the record's ``checkpoint`` names the folder.
+    ``record["checkpoint"]`` names the folder. The network of a user's factory is rebuilt
+    only by running their code, which :func:`~minsharp.training.load_checkpoint` never does
+    for what a file says: its folder holds the weights alone (``model.safetensors``, for
+    ``minsharp measure --model package.module:function --weights``).
     """
     data, record = run.data, run.record
-    save_checkpoint(
-        run.directory / CHECKPOINT_DIR,
-        model,
-        model_spec={
-            "name": plan.model.zoo,
-            "input_shape": list(data.input_shape),
-            "num_classes": data.num_classes,
-            "options": dict(plan.model.options),
-        },
-        record={key: record[key] for key in keys},
-    )
+    if is_factory_spec(plan.model.zoo):
+        state = {
+            key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()
+        }
+        (run.directory / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(run.directory / CHECKPOINT_DIR / WEIGHTS_FILE, safetensors_bytes(state))
+    else:
+        save_checkpoint(
+            run.directory / CHECKPOINT_DIR,
+            model,
+            model_spec={
+                "name": plan.model.zoo,
+                "input_shape": list(data.input_shape),
+                "num_classes": data.num_classes,
+                "options": dict(plan.model.options),
+            },
+            record={key: record[key] for key in keys},
+        )
     record["checkpoint"] = CHECKPOINT_DIR
 
 

@@ -463,7 +463,8 @@ def _training_differences(
     by_zoo = {model.zoo: model for model in paper.models}
     for model in config.models:
         analogue = (
-            by_zoo.get(model.zoo) or by_zoo["lenet" if ZOO[model.zoo].images else "paper_mlp"]
+            by_zoo.get(model.zoo)
+            or by_zoo["lenet" if model.zoo in ZOO and ZOO[model.zoo].images else "paper_mlp"]
         )
         suffix = "" if analogue.zoo == model.zoo else f" (vs the paper's `{analogue.zoo}`)"
         rows += [
