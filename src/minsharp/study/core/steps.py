@@ -187,8 +187,10 @@ def save_network(model: nn.Module, plan: RunPlan, run: RunContext, keys: Sequenc
         state = {
             key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()
         }
+        payload = safetensors_bytes(state)
         (run.directory / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(run.directory / CHECKPOINT_DIR / WEIGHTS_FILE, safetensors_bytes(state))
+        write_bytes_atomic(run.directory / CHECKPOINT_DIR / WEIGHTS_FILE, payload)
+        record["weights_sha256"] = hashlib.sha256(payload).hexdigest()  # checked on resuming
     else:
         save_checkpoint(
             run.directory / CHECKPOINT_DIR,

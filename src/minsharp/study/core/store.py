@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from minsharp.errors import MinsharpError, StudyError
-from minsharp.io import jsonable, read_tagged_json
+from minsharp.io import jsonable, read_tagged_json, sha256_file
 from minsharp.study.core import claims as claims
 from minsharp.study.core.config import GridConfig
 from minsharp.study.core.kind import StudyKind
-from minsharp.training.checkpoint import verify_checkpoint
+from minsharp.training.checkpoint import WEIGHTS_FILE, verify_checkpoint
 
 #: ``format`` tags and versions of the two kinds of JSON file a study writes.
 STUDY_FORMAT = "minsharp-study"
@@ -86,11 +86,18 @@ def _not_resumable(path: Path, content: Mapping[str, Any], fingerprint: str) -> 
     """Why a stored result cannot be kept on resuming (other settings, a corrupt checkpoint)."""
     if content.get("fingerprint") != fingerprint:
         return "it was made with other settings"
-    if isinstance(content.get("checkpoint"), str):
-        try:
-            verify_checkpoint(path.parent / content["checkpoint"])
-        except MinsharpError as error:
-            return f"its checkpoint is unusable: {error}"
+    if not isinstance(content.get("checkpoint"), str):
+        return ""
+    folder = path.parent / content["checkpoint"]
+    try:
+        if "weights_sha256" in content:  # a user's factory network: the weights file alone
+            digest = sha256_file(folder / WEIGHTS_FILE, what="weights file", error=StudyError)
+            if digest != content["weights_sha256"]:
+                raise StudyError(f"{folder / WEIGHTS_FILE} is not the file the run saved")
+        else:
+            verify_checkpoint(folder)
+    except MinsharpError as error:
+        return f"its checkpoint is unusable: {error}"
     return ""
 
 
