@@ -27,6 +27,10 @@ class NotPiecewiseLinearError(ModelError):
     """The network is not piecewise linear in some parameters, so the formula is not exact."""
 
 
+class NoSecondDerivativeError(ModelError):
+    """An operation of the model has no second derivative in torch (no double backward)."""
+
+
 class NotAChainError(ModelError):
     """The model is not a chain of positively homogeneous layers: α-rescaling changes it."""
 
