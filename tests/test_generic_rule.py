@@ -213,3 +213,26 @@ def test_a_root_module_holding_parameters_is_one_generic_layer() -> None:
         dict(minsharp.hessian_diagonal(model, inputs, curvature="ggn")),
         brute_force_ggn_diagonal(model, inputs),
     )
+
+
+class _TimeMajorAttention(nn.Module):
+    """``nn.MultiheadAttention`` with its default ``batch_first=False``: examples on axis 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(4, 2)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        sequence = x.transpose(0, 1)  # (S, N, E)
+        mixed, _ = self.attention(sequence, sequence, sequence)
+        return self.head(mixed.mean(0))
+
+
+def test_attention_with_examples_on_the_second_axis_matches_brute_force() -> None:
+    model = _model(_TimeMajorAttention)
+    inputs = _x(5, 3, 4)
+    _assert_matches(
+        dict(minsharp.hessian_diagonal(model, inputs, curvature="ggn")),
+        brute_force_ggn_diagonal(model, inputs),
+    )

@@ -88,7 +88,9 @@ class GenericCall:
     """Those leaves, detached, to check the per-example recomputation against."""
     edges: list[GradientEdge]
     axis: int
-    """The example axis of the inputs and outputs."""
+    """The example axis of the inputs."""
+    output_axes: tuple[int, ...]
+    """The example axis of each picked output."""
 
     @property
     def output_size(self) -> int:
@@ -125,9 +127,8 @@ def record_call(
         i for i, leaf in enumerate(outputs) if isinstance(leaf, Tensor) and leaf.requires_grad
     )
     copied = False
+    output_axes = tuple(_output_axis(layer, outputs[i], axis, batch) for i in picked)
     for i in picked:
-        if outputs[i].dim() <= axis or outputs[i].shape[axis] != batch:
-            raise _axis_error(layer, axis, batch)
         if outputs[i]._base is not None:
             outputs[i], copied = outputs[i].clone(), True
     call = GenericCall(
@@ -139,8 +140,20 @@ def record_call(
         outputs=[outputs[i].detach() for i in picked],
         edges=[get_gradient_edge(outputs[i]) for i in picked],
         axis=axis,
+        output_axes=output_axes,
     )
     return call, tree_unflatten(outputs, output_spec) if copied else None
+
+
+def _output_axis(layer: GenericLayer, output: Tensor, axis: int, batch: int) -> int:
+    """The example axis of one output: the inputs' one, else the first (attention weights).
+
+    A wrong guess cannot go unnoticed: the per-example outputs are checked against it.
+    """
+    for candidate in (axis, 0):
+        if output.dim() > candidate and output.shape[candidate] == batch:
+            return candidate
+    raise _axis_error(layer, axis, batch)
 
 
 def _axis_error(layer: GenericLayer, axis: int, batch: int) -> ModelError:
@@ -187,7 +200,7 @@ class GenericSums:
         ]
         k = filled[0].shape[0]
         size = sum(p.numel() for p in self.parameters.values())
-        examples = call.outputs[0].shape[call.axis]
+        examples = call.outputs[0].shape[call.output_axes[0]]
         step = max(1, GRADIENT_ELEMENTS // max(k * size, 1))
         for start in range(0, examples, step):
             length = min(step, examples - start)
@@ -216,7 +229,10 @@ class GenericSums:
         axis = call.axis
         batched = [i for i, a in enumerate(call.input_axes) if a is not None]
         pieces = tuple(call.leaves[i].narrow(axis, start, length) for i in batched)
-        chunks = tuple(c.narrow(axis + 1, start, length) for c in cotangents)
+        chunks = tuple(
+            c.narrow(a + 1, start, length)
+            for c, a in zip(cotangents, call.output_axes, strict=True)
+        )
         k = cotangents[0].shape[0]
 
         def one_example(inputs: tuple[Tensor, ...], cotangent: tuple[Tensor, ...]) -> Any:
@@ -227,7 +243,9 @@ class GenericSums:
 
             def forward(parameters: dict[str, Tensor]) -> tuple[Tensor, ...]:
                 found, _ = tree_flatten(functional_call(module, parameters, args, kwargs))
-                return tuple(found[i].squeeze(axis) for i in call.picked)
+                return tuple(
+                    found[i].squeeze(a) for i, a in zip(call.picked, call.output_axes, strict=True)
+                )
 
             outputs, pull = vjp(forward, self.parameters)
             # One pull-back per class: a vmap over the classes inside the vmap over examples
@@ -239,15 +257,17 @@ class GenericSums:
         with torch.enable_grad(), math_attention():
             return vmap(
                 one_example,
-                in_dims=((axis,) * len(pieces), (axis + 1,) * len(chunks)),
-                out_dims=((axis,) * len(chunks), 0),
+                in_dims=((axis,) * len(pieces), tuple(a + 1 for a in call.output_axes)),
+                out_dims=(call.output_axes, 0),
             )(pieces, chunks)
 
     def _check_outputs(self, outputs: tuple[Tensor, ...], start: int, length: int) -> None:
         """Raise unless each example's recomputed output is its output in the batch."""
         axis = self.call.axis
-        for found, recorded in zip(outputs, self.call.outputs, strict=True):
-            expected = recorded.narrow(axis, start, length)
+        for found, recorded, at in zip(
+            outputs, self.call.outputs, self.call.output_axes, strict=True
+        ):
+            expected = recorded.narrow(at, start, length)
             tolerance = math.sqrt(torch.finfo(expected.dtype).eps)
             scale = max(float(expected.abs().max()), 1.0) if expected.numel() else 1.0
             if not torch.allclose(found, expected, rtol=tolerance, atol=tolerance * scale):
