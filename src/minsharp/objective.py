@@ -176,7 +176,12 @@ class DatasetObjective:
                 directional = sum(terms)
                 if not isinstance(directional, Tensor) or not directional.requires_grad:
                     continue  # no parameter reaches this batch's loss, or only linearly
-                parts = torch.autograd.grad(directional, list(point.values()), allow_unused=True)
+                try:
+                    parts = torch.autograd.grad(
+                        directional, list(point.values()), allow_unused=True
+                    )
+                except RuntimeError as error:  # an operation without a double backward
+                    raise _no_second_derivative(error) from error
                 for name, part in zip(point, parts, strict=True):
                     if part is not None:
                         product[name] += part
@@ -184,15 +189,7 @@ class DatasetObjective:
 
         # Double backward: attention on its math kernel (the fused CPU one has none).
         with autograd_enabled(), math_attention():
-            try:
-                product = distributed.summed_over_ranks(local)
-            except RuntimeError as error:  # an operation without a double backward
-                raise NoSecondDerivativeError(
-                    "the Hessian-vector product needs second derivatives of the model, and "
-                    f"torch has none for an operation of this model ({error}). Replace that "
-                    "operation by one with a double backward, or use a measure built on the "
-                    "exact diagonal or trace with curvature='ggn' (first derivatives only)."
-                ) from error
+            product = distributed.summed_over_ranks(local)
         return {name: p.to(self.dtype) for name, p in product.items()}
 
     def perturbed(self, direction: Mapping[str, Tensor], scale: float = 1.0) -> Parameters:
@@ -201,6 +198,15 @@ class DatasetObjective:
             name: p + scale * direction[name] if name in direction else p
             for name, p in self.parameters.items()
         }
+
+
+def _no_second_derivative(error: RuntimeError) -> NoSecondDerivativeError:
+    return NoSecondDerivativeError(
+        "the Hessian-vector product needs second derivatives of the model, and torch has "
+        f"none for an operation of this model ({error}). Replace that operation by one with a "
+        "double backward, or use a measure built on the exact diagonal or trace with "
+        "curvature='ggn' (first derivatives only)."
+    )
 
 
 def flatten(tensors: Mapping[str, Tensor]) -> Tensor:

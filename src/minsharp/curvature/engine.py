@@ -495,9 +495,9 @@ class LayerCotangents:
 
 
 def layer_cotangents(
-    model: nn.Module, layers: list[AnyLayer], inputs: Tensor
+    model: nn.Module, layers: list[Layer], inputs: Tensor
 ) -> list[LayerCotangents]:
-    """Input patches and back-propagated centred cotangents at the output of each layer.
+    """Input patches and back-propagated centred cotangents at the output of each fast layer.
 
     The engine's recording forward pass and its backward passes of the K centred cotangents
     (theory §1), stacked, for measures that combine them differently from the per-parameter
