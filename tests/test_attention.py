@@ -23,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import minsharp
 from minsharp import objective
-from minsharp.curvature import engine
+from minsharp.curvature import brute_force_hessian_diagonal, engine
 from minsharp.errors import MinsharpError, NoSecondDerivativeError, NotPiecewiseLinearError
 from networks import transformer_classifier
 
@@ -126,3 +126,20 @@ def test_without_the_math_kernel_the_raw_torch_error_becomes_a_minsharp_error(
     assert isinstance(refused.value.__cause__, RuntimeError)
     with pytest.raises(NoSecondDerivativeError, match="curvature='ggn'"):
         minsharp.hessian_trace(model, inputs)
+
+
+def test_the_hessian_where_the_encoder_is_piecewise_linear_matches_brute_force() -> None:
+    """The last LayerNorm's γ, β and the head enter the logits linearly: Hessian = GGN."""
+    model, inputs, labels = transformer_classifier(6)
+    model.encoder.requires_grad_(False)
+    model.encoder.norm2.requires_grad_(True)
+    found = minsharp.hessian_diagonal(model, inputs)
+    assert found.curvature == "hessian"
+    expected = brute_force_hessian_diagonal(model, inputs, labels)
+    assert (
+        set(found)
+        == set(expected)
+        == {"encoder.norm2.weight", "encoder.norm2.bias", "head.weight", "head.bias"}
+    )
+    for name, value in expected.items():
+        torch.testing.assert_close(found[name], value, rtol=1e-9, atol=1e-12)
