@@ -236,3 +236,15 @@ def test_attention_with_examples_on_the_second_axis_matches_brute_force() -> Non
         dict(minsharp.hessian_diagonal(model, inputs, curvature="ggn")),
         brute_force_ggn_diagonal(model, inputs),
     )
+
+
+def test_spectral_norm_in_training_mode_is_refused_and_weight_norm_is_not() -> None:
+    """Spectral norm updates its power iteration in every training-mode forward."""
+    spectral = SMOOTH_CASES["spectral norm"]()
+    with pytest.raises(ModelError, match=r"training mode.*0 \(ParametrizedLinear\)"):
+        minsharp.hessian_trace(spectral.double().train(), _x(6, 3), curvature="ggn")
+    weight_norm = SMOOTH_CASES["weight norm"]().double().train()
+    inputs = _x(6, 3)
+    found = minsharp.hessian_trace(weight_norm, inputs, curvature="ggn")
+    expected = brute_force_ggn_diagonal(weight_norm.eval(), inputs)
+    assert found.total == pytest.approx(sum(float(v.sum()) for v in expected.values()), rel=1e-9)

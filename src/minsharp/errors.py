@@ -20,7 +20,7 @@ class ModelError(MinsharpError):
 
 
 class UnsupportedModuleError(ModelError):
-    """Trainable parameters live in modules the exact engine has no rule for."""
+    """A module has no fast rule where one is needed (its weight read as units)."""
 
 
 class NotPiecewiseLinearError(ModelError):

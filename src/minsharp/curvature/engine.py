@@ -427,7 +427,8 @@ def check_formula(
                 f"parameters used more than once per forward pass, or outside their module's "
                 f"forward: {', '.join(misused)} (weight sharing, or functional use such as "
                 "F.linear(x, layer.weight)). The exact formula needs each parameter used "
-                "once, through a call of its module."
+                "once, through a call of its module (a module without a fast rule may use "
+                "it several times, but only in a call its recorded inputs replay)."
             )
         used = [name for name in names if uses[id(parameters[name])] >= 1]
         if curvature == "hessian" and used:

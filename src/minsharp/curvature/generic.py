@@ -255,11 +255,14 @@ class GenericSums:
             return outputs, gradients
 
         with torch.enable_grad(), math_attention():
-            return vmap(
-                one_example,
-                in_dims=((axis,) * len(pieces), tuple(a + 1 for a in call.output_axes)),
-                out_dims=(call.output_axes, 0),
-            )(pieces, chunks)
+            try:
+                return vmap(
+                    one_example,
+                    in_dims=((axis,) * len(pieces), tuple(a + 1 for a in call.output_axes)),
+                    out_dims=(call.output_axes, 0),
+                )(pieces, chunks)
+            except (RuntimeError, ValueError) as error:  # torch.func cannot replay the call
+                raise _replay_error(self.layer, error) from error
 
     def _check_outputs(self, outputs: tuple[Tensor, ...], start: int, length: int) -> None:
         """Raise unless each example's recomputed output is its output in the batch."""
@@ -279,6 +282,15 @@ class GenericSums:
                     "each example's output to depend on that example alone; freeze the "
                     "module's parameters with requires_grad_(False) to measure the rest."
                 )
+
+
+def _replay_error(layer: GenericLayer, error: Exception) -> ModelError:
+    return ModelError(
+        f"module {layer.name or '(root)'} ({type(layer.module).__name__}) has no fast rule, "
+        "and the generic rule could not replay its call one example at a time with "
+        f"torch.func ({type(error).__name__}: {error}). Freeze its parameters with "
+        "requires_grad_(False) to measure the rest, or replace the operation that fails."
+    )
 
 
 def _classes(cotangents: Sequence[Tensor | None]) -> int:

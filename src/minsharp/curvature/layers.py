@@ -23,11 +23,16 @@ _MODE_DEPENDENT = (BATCHNORM, nn.modules.dropout._DropoutNd)
 
 
 def _stochastic(module: nn.Module) -> bool:
-    """Whether ``module``'s forward is stochastic or couples examples in its current mode."""
+    """Whether ``module``'s forward is stochastic, couples examples or updates its state now."""
     if not module.training:
         return False
     if isinstance(module, nn.MultiheadAttention):
         return module.dropout > 0
+    if parametrize.is_parametrized(module):  # a stateful one (spectral norm) updates in training
+        return any(
+            p.training and any(True for _ in p.buffers(recurse=False))
+            for p in module.parametrizations.modules()
+        )
     return isinstance(module, _MODE_DEPENDENT)
 
 
@@ -147,7 +152,8 @@ def _check_mode(model: nn.Module) -> None:
     if training:
         raise ModelError(
             "model is in training mode and these modules then make the forward pass "
-            f"stochastic or couple the examples of a batch: {', '.join(training)}. "
+            f"stochastic or couple the examples of a batch (or update their state, as spectral "
+            f"norm does): {', '.join(training)}. "
             "Call model.eval() first (batch-norm then uses its running statistics)."
         )
 
