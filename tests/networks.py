@@ -93,7 +93,10 @@ def count_trainable(model: nn.Module) -> int:
 
 
 def _freeze_layer_norm(model: nn.Module) -> None:
-    """LayerNorm affine parameters are not measurable (no rule): freeze them."""
+    """Freeze LayerNorm affine parameters: the seeded tables exercise the fast rules only.
+
+    LayerNorm's own parameters are measured by the generic rule
+    (``tests/test_generic_rule.py``)."""
     for module in model.modules():
         if isinstance(module, nn.LayerNorm):
             module.requires_grad_(False)
@@ -481,3 +484,64 @@ def smooth_conv(seed: int) -> Case:
 
 #: Builders of networks that are not piecewise linear in some parameters.
 SMOOTH: list[Builder] = [smooth_mlp, smooth_conv]
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks of modules without a fast rule (the generic rule): attention, LayerNorm, Embedding
+# ---------------------------------------------------------------------------------------------
+
+
+class TransformerClassifier(nn.Module):
+    """One ``nn.TransformerEncoderLayer`` (d_model 8, 2 heads, feed-forward 16), mean-pooled
+    over the sequence, then a Linear head: the attention classifier of issue 15."""
+
+    def __init__(self, classes: int = 3, *, batch_first: bool = True) -> None:
+        super().__init__()
+        self.batch_first = batch_first
+        self.encoder = nn.TransformerEncoderLayer(
+            8, 2, dim_feedforward=16, dropout=0.0, batch_first=batch_first
+        )
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.batch_first:
+            x = x.transpose(0, 1)  # the encoder then sees (S, N, E)
+        features = self.encoder(x)
+        return self.head(features.mean(1 if self.batch_first else 0))
+
+
+def transformer_classifier(
+    seed: int, *, examples: int = 5, length: int = 4, batch_first: bool = True
+) -> Case:
+    """A float64 :class:`TransformerClassifier` in eval mode on (N, length, 8) inputs, K = 3."""
+    with _seeded(seed):
+        model = TransformerClassifier(3, batch_first=batch_first).double().eval()
+        inputs = torch.randn(examples, length, 8, dtype=torch.float64)
+        labels = torch.randint(0, 3, (examples,))
+    return Case(model, inputs, labels)
+
+
+class EmbeddingClassifier(nn.Module):
+    """Embedding of token ids (N, T), optionally LayerNorm, ReLU, flattened into a Linear head."""
+
+    def __init__(self, vocabulary: int = 7, width: int = 3, length: int = 4, *, norm: bool) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary, width)
+        self.norm = nn.LayerNorm(width) if norm else nn.Identity()
+        self.head = nn.Linear(width * length, 3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.head(torch.relu(self.norm(self.embedding(tokens))).flatten(1))
+
+
+def embedding_classifier(seed: int, *, norm: bool = True, examples: int = 6) -> Case:
+    """A float64 :class:`EmbeddingClassifier` on random token ids (N, 4), K = 3.
+
+    Without the LayerNorm it is piecewise linear in every parameter; with it, in LayerNorm's
+    γ, β and the head only.
+    """
+    with _seeded(seed):
+        model = EmbeddingClassifier(norm=norm).double().eval()
+        inputs = torch.randint(0, 7, (examples, 4))
+        labels = torch.randint(0, 3, (examples,))
+    return Case(model, inputs, labels)

@@ -98,7 +98,7 @@ def test_convolution_and_pooling_before_the_head(classes: int) -> None:
 def test_the_head_is_found_only_where_it_gives_the_logits() -> None:
     model, inputs, _ = tiny_mlp(7)
     layers = engine.find_layers(model)
-    with engine.autograd_enabled(), engine._recording(layers, 6, diagonal=False) as calls:
+    with engine.autograd_enabled(), engine.recording(layers, 6, diagonal=False) as calls:
         logits = engine.run_forward(model, inputs)
     recorded = [(layer, calls[layer.name]) for layer in layers]
     head = engine._head(recorded, logits)

@@ -20,11 +20,15 @@ class ModelError(MinsharpError):
 
 
 class UnsupportedModuleError(ModelError):
-    """Trainable parameters live in modules the exact engine has no rule for."""
+    """A module has no fast rule where one is needed (its weight read as units)."""
 
 
 class NotPiecewiseLinearError(ModelError):
     """The network is not piecewise linear in some parameters, so the formula is not exact."""
+
+
+class NoSecondDerivativeError(ModelError):
+    """An operation of the model has no second derivative in torch (no double backward)."""
 
 
 class NotAChainError(ModelError):

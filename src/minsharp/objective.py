@@ -20,10 +20,11 @@ from torch.func import functional_call
 
 from minsharp import distributed
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, autograd_enabled, run_forward
+from minsharp.curvature.generic import math_attention
 from minsharp.curvature.guard import PROBE_EXAMPLES
 from minsharp.curvature.layers import check_measurable, model_dtype_device, preserved_buffers
 from minsharp.data.batches import check_label_range, labelled_batches
-from minsharp.errors import MinsharpError
+from minsharp.errors import MinsharpError, NoSecondDerivativeError
 
 Parameters = dict[str, Tensor]
 
@@ -152,7 +153,13 @@ class DatasetObjective:
         return total, {name: g.to(self.dtype) for name, g in sums.items()}
 
     def hessian_vector_product(self, vector: Mapping[str, Tensor]) -> Parameters:
-        """``H v`` at the model's parameters, ``H = ∇²L`` the full Hessian (all blocks)."""
+        """``H v`` at the model's parameters, ``H = ∇²L`` the full Hessian (all blocks).
+
+        ``H v = ∇(∇L · v)``: a gradient of the directional derivative, a double backward.
+        Attention (``scaled_dot_product_attention``, ``nn.MultiheadAttention``) runs on the math
+        kernel here, and only here. Raises :class:`NoSecondDerivativeError` when an operation
+        of the model has no double backward in torch.
+        """
         point = {name: t.detach().requires_grad_() for name, t in self.parameters.items()}
 
         def local() -> dict[str, Tensor]:
@@ -169,13 +176,19 @@ class DatasetObjective:
                 directional = sum(terms)
                 if not isinstance(directional, Tensor) or not directional.requires_grad:
                     continue  # no parameter reaches this batch's loss, or only linearly
-                parts = torch.autograd.grad(directional, list(point.values()), allow_unused=True)
+                try:
+                    parts = torch.autograd.grad(
+                        directional, list(point.values()), allow_unused=True
+                    )
+                except RuntimeError as error:  # an operation without a double backward
+                    raise _no_second_derivative(error) from error
                 for name, part in zip(point, parts, strict=True):
                     if part is not None:
                         product[name] += part
             return product
 
-        with autograd_enabled():
+        # Double backward: attention on its math kernel (the fused CPU one has none).
+        with autograd_enabled(), math_attention():
             product = distributed.summed_over_ranks(local)
         return {name: p.to(self.dtype) for name, p in product.items()}
 
@@ -185,6 +198,15 @@ class DatasetObjective:
             name: p + scale * direction[name] if name in direction else p
             for name, p in self.parameters.items()
         }
+
+
+def _no_second_derivative(error: RuntimeError) -> NoSecondDerivativeError:
+    return NoSecondDerivativeError(
+        "the Hessian-vector product needs second derivatives of the model, and torch has "
+        f"none for an operation of this model ({error}). Replace that operation by one with a "
+        "double backward, or use a measure built on the exact diagonal or trace with "
+        "curvature='ggn' (first derivatives only)."
+    )
 
 
 def flatten(tensors: Mapping[str, Tensor]) -> Tensor:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from minsharp.curvature.generic import GenericLayer
 from minsharp.curvature.layers import Layer
 
 #: Bytes the working set of one pass may take.
@@ -60,7 +61,7 @@ class Footprint:
 
 def footprint(
     model: nn.Module,
-    layers: list[Layer],
+    layers: list[Layer | GenericLayer],
     probe: Tensor,
     *,
     diagonal: bool,
@@ -83,6 +84,9 @@ def footprint(
         if layer is None or not isinstance(args[0], Tensor):
             return
         sizes["cotangent"] += output.numel()
+        if isinstance(layer, GenericLayer):  # the generic rule keeps its input, as it is
+            sizes["patches"] += args[0].numel()
+            return
         found = layer.rule.patches(module, args[0])
         # One position: only squares are kept (an entry per input, or one norm: trace).
         kept = found.numel() if diagonal or found.shape[-1] > 1 else found.shape[:2].numel()

@@ -8,11 +8,13 @@ and since ``diag p − p pᵀ = Σ_k c_k c_kᵀ`` with centred cotangents ``c_k 
 
     diag H_PP = (1/N) Σ_n Σ_k (J_nᵀ c_nk)^⊙2,     Tr H_PP = (1/N) Σ_n Σ_k ‖J_nᵀ c_nk‖².
 
-One forward pass records, at each supported layer, its input patches and the autograd edge of
-its output. A Linear layer producing the logits gets its sums in closed form; the K
-cotangents are pushed back from there (or from the logits) to the other layers' outputs,
-never to the weights, a chunk of classes at a time (``minsharp.curvature.cotangents``); the
-layer rules then form the sums of squares from patches and cotangents
+One forward pass records, at each layer, its input patches (its inputs, for the generic rule
+of ``minsharp.curvature.generic``) and the autograd edge of its output
+(``minsharp.curvature.recording``). A Linear layer producing the logits gets its sums in
+closed form; the K cotangents are pushed back from there (or from the logits) to the
+other layers' outputs, never to the weights, a chunk of classes at a time
+(``minsharp.curvature.cotangents``); the layer rules then form the sums of squares from
+patches and cotangents
 (``minsharp.curvature.patches``). How many examples a batch holds is the memory budget's
 choice (``minsharp.curvature.budget``) unless ``batch_size`` fixes it: beyond the (N, K)
 probabilities, a pass holds the cotangents of one chunk of classes at a time, so its memory
@@ -31,7 +33,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.autograd.graph import get_gradient_edge
 from tqdm.auto import tqdm
 
 from minsharp import distributed
@@ -42,6 +44,13 @@ from minsharp.curvature.cotangents import (
     head_unit_squares,
     pull_back,
 )
+from minsharp.curvature.generic import (
+    GenericCall,
+    GenericLayer,
+    GenericSums,
+    math_attention,
+    outside_uses,
+)
 from minsharp.curvature.guard import (
     PROBE_EXAMPLES,
     known_piecewise_linear,
@@ -50,11 +59,17 @@ from minsharp.curvature.guard import (
     second_order_ratios,
 )
 from minsharp.curvature.layers import Layer, find_layers, model_dtype_device, preserved_buffers
+from minsharp.curvature.recording import AnyCall, AnyLayer, Call, recording, run_forward
+from minsharp.curvature.recording import check_logits as check_logits
 from minsharp.curvature.results import Curvature, CurvatureDiagonal, CurvatureTrace
+from minsharp.curvature.rules import LINEAR
 from minsharp.data.batches import batch_count, input_batches
-from minsharp.errors import MinsharpError, ModelError, NotPiecewiseLinearError
+from minsharp.errors import (
+    ModelError,
+    NoSecondDerivativeError,
+    NotPiecewiseLinearError,
+)
 from minsharp.options import choice
-from minsharp.tensors import all_finite
 
 #: The batch size of the measures that take one (others, not the curvature engine, whose
 #: default ``batch_size=None`` picks the batch from the memory budget, ``budget.batch_size``).
@@ -76,9 +91,11 @@ def hessian_trace(
     ``Tr H_PP = (1/N) Σ_n Σ_k p_nk ‖J_nᵀ (e_k − p_n)‖²`` for the mean softmax cross-entropy
     over all N examples of ``data`` (theory §1; Ibayashi, Hamaguchi & Imaizumi 2021, "Minimum
     sharpness: scale-invariant parameter-robustness of neural networks", eq. for the
-    per-layer trace). Exact for every weight and bias of ``nn.Linear`` and ``nn.Conv1d/2d/3d``
-    in a network that is piecewise linear in each of them (ReLU, pooling, residual sums,
-    concatenation, eval-mode batch-norm…), whatever the forward code.
+    per-layer trace). Exact for every parameter in which the network is piecewise linear
+    (ReLU, pooling, residual sums, concatenation, eval-mode batch-norm…), whatever the forward
+    code: ``nn.Linear``, ``nn.Conv1d/2d/3d`` and eval-mode batch-norm by their fast rules,
+    every other module (``nn.LayerNorm``, ``nn.Embedding``, attention, parametrized layers)
+    by the generic rule (theory §1a), which gives its exact GGN block with ``curvature="ggn"``.
 
     Args:
         model: the network; its output must be logits of shape (N, K). It is handed back as
@@ -158,20 +175,6 @@ def hessian_diagonal(
     )
 
 
-@dataclass
-class _Call:
-    """What one forward call of a layer leaves for the backward pass."""
-
-    captured: Tensor
-    edge: GradientEdge
-    source: Tensor
-    """The layer's input, still attached to the graph (the head shortcut starts from it)."""
-    source_version: int
-    """``source._version`` at the call: a later in-place change voids the head shortcut."""
-    output_size: int
-    """Number of elements of the layer's output."""
-
-
 def _curvature_pass(
     model: nn.Module,
     data: Any,
@@ -231,7 +234,9 @@ def _curvature_pass(
     return sums, num_examples, time.perf_counter() - start, size
 
 
-def _auto_batch_size(model: nn.Module, layers: list[Layer], probe: Tensor, diagonal: bool) -> int:
+def _auto_batch_size(
+    model: nn.Module, layers: list[AnyLayer], probe: Tensor, diagonal: bool
+) -> int:
     """Examples per batch within the memory budget (:func:`budget.batch_size`)."""
     need = budget.footprint(
         model,
@@ -252,7 +257,7 @@ def autograd_enabled() -> Iterator[None]:
 
 def _batch_sums(
     model: nn.Module,
-    layers: list[Layer],
+    layers: list[AnyLayer],
     inputs: Tensor,
     diagonal: bool,
     reaching: set[str],
@@ -266,22 +271,13 @@ def _batch_sums(
     back to the remaining layers' outputs a chunk of classes at a time, and each layer
     accumulates its sums of squares (:class:`patches.LayerSums`).
     """
-    with _recording(layers, inputs.shape[0], diagonal) as calls:
+    with recording(layers, inputs.shape[0], diagonal) as calls:
         logits = run_forward(model, inputs)
     recorded = [(layer, call) for layer in layers if (call := calls.get(layer.name)) is not None]
     if not recorded:
         return {}
     K = logits.shape[1]
-    accumulators = {
-        layer.name: patches.LayerSums(
-            call.captured,
-            classes=K,
-            weight=layer.weight is not None,
-            bias=layer.bias is not None,
-            diagonal=diagonal,
-        )
-        for layer, call in recorded
-    }
+    accumulators = {layer.name: _accumulator(layer, call, K, diagonal) for layer, call in recorded}
     with torch.no_grad():
         probabilities = logits.detach().softmax(1)
     head = _head(recorded, logits)
@@ -304,7 +300,11 @@ def _batch_sums(
     for layer, _ in recorded:
         if layer.name in unused:
             continue
-        weight_sum, bias_sum = accumulators[layer.name].result()
+        found = accumulators[layer.name]
+        if isinstance(found, GenericSums):
+            sums.update(found.result())
+            continue
+        weight_sum, bias_sum = found.result()
         if layer.weight is not None and weight_sum is not None:
             sums[layer.weight] = (
                 weight_sum.reshape(layer.module.weight.shape) if diagonal else weight_sum
@@ -314,27 +314,50 @@ def _batch_sums(
     return sums
 
 
+def _accumulator(
+    layer: AnyLayer, call: AnyCall, classes: int, diagonal: bool
+) -> patches.LayerSums | GenericSums:
+    """The sums of one layer call: the patch form for a fast rule, the generic rule else."""
+    if isinstance(layer, GenericLayer):
+        assert isinstance(call, GenericCall)
+        return GenericSums(layer, call, diagonal=diagonal)
+    assert isinstance(call, Call)
+    return patches.LayerSums(
+        call.captured,
+        classes=classes,
+        weight=layer.weight is not None,
+        bias=layer.bias is not None,
+        diagonal=diagonal,
+    )
+
+
 def _pushed_back(
     start: Tensor,
-    rest: list[tuple[Layer, _Call]],
+    rest: list[tuple[AnyLayer, AnyCall]],
     cotangents: Callable[[slice], Tensor],
     count: int,
-    accumulators: dict[str, patches.LayerSums],
+    accumulators: dict[str, patches.LayerSums | GenericSums],
 ) -> set[str]:
     """Pull the cotangents of ``start`` back to the layers of ``rest`` into their sums.
 
     Returns the names of the layers whose output the backward passes did not reach.
     """
     unused = set()
-    edges = [call.edge for _, call in rest]
+    edges = [edge for _, call in rest for edge in call.edges]
     size = start.numel() + sum(call.output_size for _, call in rest)
     for pulled in pull_back(start, edges, cotangents, count, size):
+        at_edges = iter(pulled)
         with torch.no_grad():
-            for (layer, _), cotangent in zip(rest, pulled, strict=True):
-                if cotangent is None:
+            for layer, call in rest:
+                mine = [next(at_edges) for _ in call.edges]
+                found = accumulators[layer.name]
+                if all(cotangent is None for cotangent in mine):
                     unused.add(layer.name)
-                    continue
-                accumulators[layer.name].add(layer.rule.rows(layer.module, cotangent))
+                elif isinstance(found, GenericSums):
+                    found.add(mine)
+                else:
+                    assert isinstance(layer, Layer)
+                    found.add(layer.rule.rows(layer.module, mine[0]))
     return unused
 
 
@@ -351,12 +374,14 @@ def untraced_error(name: str) -> ModelError:
     )
 
 
-def _head(recorded: list[tuple[Layer, _Call]], logits: Tensor) -> tuple[Layer, _Call] | None:
+def _head(recorded: list[tuple[AnyLayer, AnyCall]], logits: Tensor) -> tuple[Layer, Call] | None:
     """The recorded ``nn.Linear`` call on 2-D input whose output is the logits, if any."""
     edge = get_gradient_edge(logits)
     for layer, call in recorded:
         if (
-            type(layer.module) is nn.Linear
+            isinstance(layer, Layer)
+            and isinstance(call, Call)
+            and layer.rule is LINEAR
             and call.source.dim() == 2
             and call.source._version == call.source_version
             and call.edge == edge
@@ -365,79 +390,8 @@ def _head(recorded: list[tuple[Layer, _Call]], logits: Tensor) -> tuple[Layer, _
     return None
 
 
-@contextmanager
-def _recording(layers: list[Layer], batch: int, diagonal: bool) -> Iterator[dict[str, _Call]]:
-    """Forward hooks that record each layer's patches and output edge; removed on exit."""
-    calls: dict[str, _Call] = {}
-
-    def hook_for(layer: Layer):  # noqa: ANN202
-        def record(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
-            if layer.name in calls:
-                raise ModelError(
-                    f"module {layer.name or '(root)'} ran twice in one forward pass (weight "
-                    "sharing). The exact formula needs each parameter used once; give each "
-                    "use its own module."
-                )
-            inputs = args[0]
-            if inputs.shape[0] != batch:
-                raise ModelError(
-                    f"module {layer.name or '(root)'} received input of shape "
-                    f"{tuple(inputs.shape)}, whose first axis is not the batch of {batch} "
-                    "examples. minsharp needs the example axis first in every layer."
-                )
-            found = layer.rule.patches(module, inputs.detach())
-            captured = patches.capture_patches(found, inputs, diagonal=diagonal)
-            # An in-place operation on a view (Linear on 3-D input returns one) would cut the
-            # recorded node out of the graph; a copy keeps it reachable.
-            replacement = output.clone() if output._base is not None else None
-            edge = get_gradient_edge(output if replacement is None else replacement)
-            calls[layer.name] = _Call(captured, edge, inputs, inputs._version, output.numel())
-            return replacement
-
-        return record
-
-    handles = [layer.module.register_forward_hook(hook_for(layer)) for layer in layers]
-    try:
-        yield calls
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def run_forward(model: nn.Module, inputs: Tensor) -> Tensor:
-    """Logits of ``model`` on ``inputs``, checked to be a finite (N, K ≥ 2) tensor."""
-    try:
-        logits = model(inputs)
-    except MinsharpError:
-        raise
-    except Exception as error:  # any failure inside user code: name the input that caused it
-        raise ModelError(
-            f"model forward failed on an input batch of shape {tuple(inputs.shape)} "
-            f"({type(error).__name__}: {error}). Check that the data matches the model's "
-            "expected input shape."
-        ) from error
-    check_logits(logits, inputs.shape[0])
-    return logits
-
-
-def check_logits(logits: Any, num_examples: int) -> None:
-    """Raise :class:`ModelError` unless ``logits`` is a finite (num_examples, K ≥ 2) tensor."""
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ModelError(
-            f"model output must be logits of shape (N, K) with K ≥ 2 classes; got {shape}. "
-            "Wrap the model so that it returns the pre-softmax class scores."
-        )
-    if logits.shape[0] != num_examples:
-        raise ModelError(
-            f"model returned {logits.shape[0]} rows of logits for {num_examples} examples."
-        )
-    if not all_finite(logits.detach()):
-        raise ModelError("model produced non-finite logits (NaN or inf) on the data.")
-
-
 def check_formula(
-    model: nn.Module, layers: list[Layer], probe: Tensor, curvature: Curvature
+    model: nn.Module, layers: list[AnyLayer], probe: Tensor, curvature: Curvature
 ) -> set[str]:
     """Raise if the per-layer formula is not exact for ``model`` (see ``guard``).
 
@@ -451,35 +405,64 @@ def check_formula(
         return {layer.name for layer in layers}
     names = [name for layer in layers for name in layer.parameter_names]
     parameters = dict(model.named_parameters())
-    with _recording(layers, probe.shape[0], diagonal=False) as calls:
-        logits = run_forward(model, probe)
-    uses = parameter_uses(logits)
-    owner = {name: layer for layer in layers for name in layer.parameter_names}
-    misused = [
-        name
-        for name in names
-        if uses[id(parameters[name])] > 1
-        or (uses[id(parameters[name])] == 1 and owner[name].name not in calls)
-    ]
-    if misused:
-        raise ModelError(
-            f"parameters used more than once per forward pass, or outside their module's "
-            f"forward: {', '.join(misused)} (weight sharing, or functional use such as "
-            "F.linear(x, layer.weight)). The exact formula needs each parameter used once, "
-            "through a call of its module."
-        )
-    used = [name for name in names if uses[id(parameters[name])] == 1]
-    if curvature == "hessian" and used:
-        _check_piecewise_linear(logits, {name: parameters[name] for name in used}, owner)
+    # The probe's second derivatives need attention's math kernel (the fused one has none).
+    with math_attention():
+        with recording(layers, probe.shape[0], diagonal=False) as calls:
+            logits = run_forward(model, probe)
+        uses = parameter_uses(logits)
+        owner = {name: layer for layer in layers for name in layer.parameter_names}
+        misused = [
+            name
+            for name in names
+            if _misused(owner[name], uses[id(parameters[name])], owner[name].name in calls)
+        ]
+        generic = [
+            (layer, call)
+            for layer in layers
+            if isinstance(layer, GenericLayer)
+            and isinstance(call := calls.get(layer.name), GenericCall)
+        ]
+        misused += [name for name in outside_uses(logits, generic) if name not in misused]
+        if misused:
+            raise ModelError(
+                f"parameters used more than once per forward pass, or outside their module's "
+                f"forward: {', '.join(misused)} (weight sharing, or functional use such as "
+                "F.linear(x, layer.weight)). The exact formula needs each parameter used "
+                "once, through a call of its module (a module without a fast rule may use "
+                "it several times, but only in a call its recorded inputs replay)."
+            )
+        used = [name for name in names if uses[id(parameters[name])] >= 1]
+        if curvature == "hessian" and used:
+            _check_piecewise_linear(logits, {name: parameters[name] for name in used}, owner)
     return {owner[name].name for name in used}
 
 
+def _misused(layer: AnyLayer, uses: int, called: bool) -> bool:
+    """Whether a parameter with ``uses`` edges in the graph breaks its layer's rule.
+
+    A fast rule needs the parameter used once, by its module's call; the generic rule lets
+    the module's call use it any number of times (:func:`outside_uses` checks that nothing
+    else does).
+    """
+    if uses == 0:
+        return False
+    return not called or (isinstance(layer, Layer) and uses > 1)
+
+
 def _check_piecewise_linear(
-    logits: Tensor, parameters: dict[str, Tensor], owner: dict[str, Layer]
+    logits: Tensor, parameters: dict[str, Tensor], owner: dict[str, AnyLayer]
 ) -> None:
     """Raise :class:`NotPiecewiseLinearError` naming parameters the logits curve in."""
     tolerance = ratio_tolerance(logits.dtype)
-    ratios = second_order_ratios(logits, parameters)
+    try:
+        ratios = second_order_ratios(logits, parameters)
+    except RuntimeError as error:  # an operation without a double backward
+        raise NoSecondDerivativeError(
+            "curvature='hessian' checks on a probe batch that the network is piecewise "
+            "linear in each parameter, which takes second derivatives, and torch has none "
+            f"for an operation of this model ({error}). Pass curvature='ggn' (first "
+            "derivatives only) for the exact generalized Gauss–Newton quantities."
+        ) from error
     failing = {name: ratio for name, ratio in ratios.items() if not ratio <= tolerance}
     if failing:
         listed = "\n  ".join(
@@ -516,7 +499,7 @@ class LayerCotangents:
 def layer_cotangents(
     model: nn.Module, layers: list[Layer], inputs: Tensor
 ) -> list[LayerCotangents]:
-    """Input patches and back-propagated centred cotangents at the output of each layer.
+    """Input patches and back-propagated centred cotangents at the output of each fast layer.
 
     The engine's recording forward pass and its backward passes of the K centred cotangents
     (theory §1), stacked, for measures that combine them differently from the per-parameter
@@ -524,7 +507,7 @@ def layer_cotangents(
     does). Layers that did not run are left out. Call inside :func:`autograd_enabled` and
     after :func:`check_formula` has vetted the layers.
     """
-    with _recording(layers, inputs.shape[0], diagonal=False) as calls:
+    with recording(layers, inputs.shape[0], diagonal=False) as calls:
         logits = run_forward(model, inputs)
     recorded = [(layer, call) for layer in layers if (call := calls.get(layer.name)) is not None]
     if not recorded:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.modules import module as module_internals
 
-from minsharp.curvature.rules import RULES
+from minsharp.curvature.rules import fast_rule
 
 #: Examples in the probe batch.
 PROBE_EXAMPLES = 8
@@ -106,7 +106,7 @@ def known_piecewise_linear(model: nn.Module) -> bool:
 
 
 def _known_module(module: nn.Module) -> bool:
-    return type(module) in RULES or type(module) in PIECEWISE_LINEAR_MODULES
+    return fast_rule(module) is not None or type(module) in PIECEWISE_LINEAR_MODULES
 
 
 class _Tracer(fx.Tracer):

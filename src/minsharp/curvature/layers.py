@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from minsharp.curvature.rules import RULES, LayerRule, supported_types
-from minsharp.errors import ModelError, UnsupportedModuleError
+from minsharp.curvature.generic import GenericLayer
+from minsharp.curvature.rules import LayerRule, fast_rule
+from minsharp.errors import ModelError
 from minsharp.options import nn_module
 from minsharp.tensors import all_finite
 
@@ -20,9 +22,23 @@ BATCHNORM = nn.modules.batchnorm._BatchNorm
 _MODE_DEPENDENT = (BATCHNORM, nn.modules.dropout._DropoutNd)
 
 
+def _stochastic(module: nn.Module) -> bool:
+    """Whether ``module``'s forward is stochastic, couples examples or updates its state now."""
+    if not module.training:
+        return False
+    if isinstance(module, nn.MultiheadAttention):
+        return module.dropout > 0
+    if parametrize.is_parametrized(module):  # a stateful one (spectral norm) updates in training
+        return any(
+            p.training and any(True for _ in p.buffers(recurse=False))
+            for p in module.parametrizations.modules()
+        )
+    return isinstance(module, _MODE_DEPENDENT)
+
+
 @dataclass(frozen=True)
 class Layer:
-    """A supported module with trainable parameters, and the full names of those."""
+    """A module with a fast rule and trainable parameters, and the full names of those."""
 
     name: str
     module: nn.Module
@@ -36,20 +52,57 @@ class Layer:
         return [name for name in (self.weight, self.bias) if name is not None]
 
 
-def find_layers(model: nn.Module) -> list[Layer]:
-    """The supported layers holding every trainable parameter of ``model``.
+def find_layers(model: nn.Module) -> list[Layer | GenericLayer]:
+    """The layers holding every trainable parameter of ``model``, each with its rule.
 
-    Raises :class:`UnsupportedModuleError` listing trainable parameters in other modules,
-    :class:`ModelError` for tied parameters, non-finite values, training-mode batch-norm or
-    dropout, or a model with nothing to measure.
+    A module with a fast rule (:func:`rules.fast_rule`) whose trainable parameters are its
+    ``weight`` and ``bias`` is a :class:`Layer`; any other module holding trainable parameters
+    itself, or parametrized (``torch.nn.utils.parametrize``), is a :class:`GenericLayer` with
+    every trainable parameter below it (``nn.MultiheadAttention`` with its ``out_proj``,
+    whose parameters its forward uses directly). Raises :class:`ModelError` for tied
+    parameters, non-finite values, training-mode batch-norm, dropout or attention dropout,
+    or a model with nothing to measure.
     """
     nn_module("model", model)
-    layers, unsupported, owner = [], [], {}
-    for module_name, module in model.named_modules():
+    _check_untied(model)
+    layers: list[Layer | GenericLayer] = []
+    seen: set[int] = set()
+
+    def visit(module: nn.Module, module_name: str) -> None:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
         trainable = [
-            (local, p) for local, p in module.named_parameters(recurse=False) if p.requires_grad
+            local for local, p in module.named_parameters(recurse=False) if p.requires_grad
         ]
-        for local, parameter in trainable:
+        rule = fast_rule(module)
+        prefix = f"{module_name}." if module_name else ""
+        if trainable and rule is not None and set(trainable) <= {"weight", "bias"}:
+            names = {local: prefix + local for local in trainable}
+            layers.append(Layer(module_name, module, rule, names.get("weight"), names.get("bias")))
+        elif trainable or parametrize.is_parametrized(module):
+            below = tuple(local for local, p in module.named_parameters() if p.requires_grad)
+            if below:
+                layers.append(GenericLayer(module_name, module, below))
+            return
+        for child_name, child in module.named_children():
+            visit(child, prefix + child_name)
+
+    visit(model, "")
+    if not layers:
+        raise ModelError("model has no trainable parameters (requires_grad=True) to measure.")
+    _check_finite(model)
+    _check_mode(model)
+    return layers
+
+
+def _check_untied(model: nn.Module) -> None:
+    """Raise :class:`ModelError` if one trainable tensor is held by two modules."""
+    owner: dict[int, str] = {}
+    for module_name, module in model.named_modules():
+        for local, parameter in module.named_parameters(recurse=False):
+            if not parameter.requires_grad:
+                continue
             full = f"{module_name}.{local}" if module_name else local
             if id(parameter) in owner:
                 raise ModelError(
@@ -58,31 +111,6 @@ def find_layers(model: nn.Module) -> list[Layer]:
                     "pass; untie the weights or freeze one copy with requires_grad_(False)."
                 )
             owner[id(parameter)] = full
-        if not trainable:
-            continue
-        rule = RULES.get(type(module))
-        prefix = f"{module_name}." if module_name else ""
-        names = {local: prefix + local for local, _ in trainable}
-        if rule is None or set(names) - {"weight", "bias"}:
-            unsupported.append(
-                f"{module_name or '(root)'} ({type(module).__name__}): {', '.join(names.values())}"
-            )
-            continue
-        layers.append(Layer(module_name, module, rule, names.get("weight"), names.get("bias")))
-    if unsupported:
-        raise UnsupportedModuleError(
-            "trainable parameters outside supported modules:\n  "
-            + "\n  ".join(unsupported)
-            + f"\nSupported modules: {supported_types()} (exact type, not subclasses). "
-            "Freeze the others with requires_grad_(False) to measure the rest, or replace them."
-        )
-    if not layers:
-        raise ModelError(
-            f"model has no trainable parameters in supported modules ({supported_types()})."
-        )
-    _check_finite(model)
-    _check_mode(model)
-    return layers
 
 
 def check_measurable(model: nn.Module) -> None:
@@ -119,14 +147,13 @@ def _check_mode(model: nn.Module) -> None:
             "batch-norm layers track running statistics."
         )
     training = [
-        f"{name} ({type(m).__name__})"
-        for name, m in model.named_modules()
-        if m.training and isinstance(m, _MODE_DEPENDENT)
+        f"{name} ({type(m).__name__})" for name, m in model.named_modules() if _stochastic(m)
     ]
     if training:
         raise ModelError(
             "model is in training mode and these modules then make the forward pass "
-            f"stochastic or couple the examples of a batch: {', '.join(training)}. "
+            f"stochastic or couple the examples of a batch (or update their state, as spectral "
+            f"norm does): {', '.join(training)}. "
             "Call model.eval() first (batch-norm then uses its running statistics)."
         )
 

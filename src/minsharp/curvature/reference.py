@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev
 
 from minsharp.curvature.engine import run_forward
+from minsharp.curvature.generic import math_attention
 from minsharp.curvature.layers import check_measurable
 from minsharp.data.batches import check_label_range
 from minsharp.tensors import check_examples, check_labels
@@ -29,9 +30,11 @@ def brute_force_hessian_diagonal(
     """``diag ∇²L`` of the mean cross-entropy, one double-backward per parameter entry.
 
     ``H_jj = ∂/∂θ_j (∂L/∂θ_j)``: differentiate each gradient entry once more. Cost: one
-    backward pass per entry of every trainable parameter. Exact for any network.
+    backward pass per entry of every trainable parameter. Exact for any network (attention
+    runs on its math kernel, which has second derivatives).
     """
-    logits = _checked_logits(model, inputs)
+    with math_attention():
+        logits = _checked_logits(model, inputs)
     check_labels(labels, inputs.shape[0], "brute_force_hessian_diagonal")
     check_label_range(int(labels.max()), logits.shape[1])
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]

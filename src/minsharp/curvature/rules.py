@@ -2,8 +2,10 @@
 
 A rule turns one call of its module into patches ``U`` (N, G, P, S) and turns the
 back-propagated output cotangents into rows ``δ`` (K, N, G, C, S); ``minsharp.curvature
-.patches`` does the rest for every layer type alike. Modules are matched by exact type,
-because a subclass may change what ``forward`` computes.
+.patches`` does the rest for every layer type alike. A module gets the rule of its class in
+``RULES``, or of the nearest such base class when it computes what that class computes
+(:func:`fast_rule`); every other module holding trainable parameters gets the generic rule
+(``minsharp.curvature.generic``).
 
 Adding a layer type: write its two functions, register them in ``RULES`` below, and add it
 to the random networks of ``tests/test_curvature_exact.py``.
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from minsharp.curvature.batchnorm import (
     batchnorm_patches,
@@ -40,13 +43,13 @@ class LayerRule:
     """The inverse of ``units``."""
 
 
-_LINEAR = LayerRule(linear_patches, linear_rows, linear_units, linear_weight)
+LINEAR = LayerRule(linear_patches, linear_rows, linear_units, linear_weight)
 _CONV = LayerRule(conv_patches, conv_rows, conv_units, conv_weight)
 _BATCHNORM = LayerRule(batchnorm_patches, batchnorm_rows, batchnorm_units, batchnorm_weight)
 
 #: The layers of a network's chain: their weights carry the layer and neuron symmetries.
 WEIGHT_LAYERS: dict[type[nn.Module], LayerRule] = {
-    nn.Linear: _LINEAR,
+    nn.Linear: LINEAR,
     nn.Conv1d: _CONV,
     nn.Conv2d: _CONV,
     nn.Conv3d: _CONV,
@@ -58,6 +61,31 @@ RULES: dict[type[nn.Module], LayerRule] = {
     nn.BatchNorm2d: _BATCHNORM,
     nn.BatchNorm3d: _BATCHNORM,
 }
+
+
+#: The methods a subclass must inherit unchanged to keep its base class's rule.
+_COMPUTING_METHODS = ("forward", "_conv_forward")
+
+
+def fast_rule(module: nn.Module) -> LayerRule | None:
+    """The rule of ``module``'s class in ``RULES``, or of a base class whose computation it keeps.
+
+    A subclass keeps its base class's rule when it inherits ``forward`` (and a convolution's
+    ``_conv_forward``) unchanged; one that overrides them, and every module whose weight is
+    computed by ``torch.nn.utils.parametrize`` (weight norm, spectral norm), has no fast rule:
+    the engine gives it the generic rule.
+    """
+    if parametrize.is_parametrized(module):
+        return None
+    cls = type(module)
+    for base in cls.__mro__:
+        rule = RULES.get(base)
+        if rule is not None:
+            same = all(
+                getattr(cls, name, None) is getattr(base, name, None) for name in _COMPUTING_METHODS
+            )
+            return rule if same else None
+    return None
 
 
 def supported_types() -> str:
@@ -89,10 +117,11 @@ def units_to_weight(module: nn.Module, units: Tensor) -> Tensor:
 
 
 def _rule_of(module: nn.Module) -> LayerRule:
-    rule = RULES.get(type(module))
+    rule = fast_rule(module)
     if rule is None:
         raise UnsupportedModuleError(
             f"{type(module).__name__}: minsharp does not know how its weight maps to output "
-            f"and input units. Supported modules: {supported_types()} (exact type)."
+            f"and input units. Supported modules: {supported_types()} (and subclasses that "
+            "keep their forward)."
         )
     return rule
