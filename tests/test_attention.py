@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.networks import transformer_classifier
 from torch import Tensor, nn
 from torch.autograd.functional import hessian
 from torch.autograd.functional import jacobian as jacobian_of
@@ -25,7 +26,6 @@ import minsharp
 from minsharp import objective
 from minsharp.curvature import brute_force_hessian_diagonal, engine
 from minsharp.errors import MinsharpError, NoSecondDerivativeError, NotPiecewiseLinearError
-from networks import transformer_classifier
 
 
 def _trainable(model: nn.Module) -> dict[str, Tensor]:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from tests.networks import embedding_classifier
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
 
@@ -20,7 +21,6 @@ from minsharp.curvature.generic import GenericLayer
 from minsharp.curvature.layers import Layer, find_layers
 from minsharp.curvature.rules import fast_rule
 from minsharp.errors import ModelError, NotPiecewiseLinearError
-from networks import embedding_classifier
 
 
 def _x(*shape: int, seed: int = 0) -> Tensor:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from minsharp.curvature.conv import grouped_units
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_diagonal
 from minsharp.curvature.layers import find_layers
-from minsharp.curvature.rules import WEIGHT_LAYERS
+from minsharp.curvature.rules import WEIGHT_LAYERS, fast_rule, weight_units
 from minsharp.errors import MinsharpError, ModelError
 from minsharp.measures.result import Evaluation, options_of
 from minsharp.solvers.normalized import (
@@ -179,10 +179,15 @@ def _evaluate(
     """Exact diagonal once, then one solve per weight matrix."""
     check_normalized_options(objective, tolerance, max_iterations)
     diagonal = hessian_diagonal(model, data, batch_size=batch_size, progress=progress)
+    found = find_layers(model)
+    for layer in found:  # a weight matrix without a known layout is refused, not misread
+        weight = getattr(layer.module, "weight", None)
+        if fast_rule(layer.module) is None and isinstance(weight, Tensor) and weight.dim() > 1:
+            weight_units(layer.module, weight)
     layers = [
         layer
-        for layer in find_layers(model)
-        if type(layer.module) in WEIGHT_LAYERS and layer.weight is not None
+        for layer in found
+        if fast_rule(layer.module) in WEIGHT_LAYERS.values() and layer.weight is not None
     ]
     if not layers:
         raise ModelError(
