@@ -46,6 +46,7 @@ from minsharp.study.batch_size.study import (
 from minsharp.study.core import store
 from minsharp.study.core.store import StudyRecords
 from minsharp.study.report import markdown as reporting
+from minsharp.study.report.paths import portable_data
 from minsharp.training import TrainingConfig
 
 #: The measure the paper's claim is about, and the other invariant ones reported with it.
@@ -275,7 +276,7 @@ def _markdown(
         groups=MEASURE_GROUPS,
         left_out="the comparisons for these runs",
         setup=_setup_markdown(records),
-        paper=_paper_markdown(config, records.study.get("data", {}) or {}),
+        paper=_paper_markdown(config, portable_data(records)),
         files=reporting.files_markdown(
             records,
             csv="accuracies, epochs, steps, timings, each measure on the network, on its "

@@ -37,6 +37,7 @@ from minsharp.study.core import store
 from minsharp.study.core.config import ModelPlan, ratio_label
 from minsharp.study.core.store import StudyRecords
 from minsharp.study.report import markdown as reporting
+from minsharp.study.report.paths import portable_data
 from minsharp.study.report.plots import MARKERS, log_scale_if_wide, new_figure
 from minsharp.training import TrainingConfig
 
@@ -267,7 +268,7 @@ def _markdown(
         groups=MEASURE_GROUPS,
         left_out="the comparisons for these runs",
         setup=_setup_markdown(records),
-        paper=_paper_markdown(config, records.study.get("data", {}) or {}),
+        paper=_paper_markdown(config, portable_data(records)),
         files=reporting.files_markdown(
             records,
             csv="accuracies, time per step, each measure before and after training",

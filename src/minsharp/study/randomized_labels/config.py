@@ -47,6 +47,9 @@ from minsharp.study.core.config import (
 )
 from minsharp.training import TrainingConfig
 
+#: The stress tests a study may add to every run (``--stress``).
+STRESS_TESTS: tuple[str, ...] = ("rescale",)
+
 
 @dataclass(frozen=True, kw_only=True)
 class StudyConfig(GridConfig):
@@ -59,6 +62,9 @@ class StudyConfig(GridConfig):
             ``"uniform"``.
         ratios: the label-noise ratios r ∈ [0, 1]; the runs of one trial (seed) at one ratio
             share their corrupted labels, whatever the model.
+        stress: ``"rescale"`` also measures function-equivalent rescaled twins of every
+            network (:mod:`minsharp.study.randomized_labels.stress`); ``None`` (the default)
+            does not.
     """
 
     AXES = (
@@ -81,9 +87,17 @@ class StudyConfig(GridConfig):
     measure_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     measure_examples: int | None = None
     dtype: str = "float32"
+    stress: str | None = None
 
     def __post_init__(self) -> None:
         validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON types; ``stress`` only when set (older studies lack it)."""
+        content = super().to_dict()
+        if self.stress is None:
+            del content["stress"]
+        return content
 
     def training_config(self, model: ModelPlan, seed: int) -> TrainingConfig:
         """The :class:`~minsharp.training.TrainingConfig` of one run of ``model``."""
@@ -94,7 +108,7 @@ def validate(config: StudyConfig) -> None:
     """Check a configuration; raise :class:`StudyError` naming every problem found.
 
     Checked: :func:`common_problems` (data set, sizes, seeds, models, training, measures,
-    dtype); the corruption rule; ratios in [0, 1], distinct to four decimals.
+    dtype); the corruption rule; ratios in [0, 1], distinct to four decimals; the stress test.
     """
     problems = common_problems(config)
     if config.corruption not in RULES:
@@ -107,13 +121,19 @@ def validate(config: StudyConfig) -> None:
     labels = [ratio_label(ratio) for ratio in config.ratios if isinstance(ratio, float)]
     if len(set(labels)) != len(labels):
         problems.append(f"ratios must be distinct to four decimals; got {list(config.ratios)}")
+    if config.stress not in (None, *STRESS_TESTS):
+        problems.append(
+            f"stress must be null or one of {', '.join(STRESS_TESTS)}; got {config.stress!r}"
+        )
     raise_problems(problems)
 
 
-#: Measures of the ``cpu`` and ``paper`` presets: the two scale-invariant measures the paper
-#: compares, the other invariant ones that are cheap on an MLP, and the plain baselines.
+#: Measures of the ``cpu``, ``cpu-lenet`` and ``paper`` presets: the two scale-invariant
+#: measures the paper compares, our neuron-wise Minimum Sharpness, the other invariant ones
+#: that are cheap on an MLP, and the plain baselines.
 STUDY_MEASURES: tuple[str, ...] = (
     "minimum_sharpness",
+    "neuron_minimum_sharpness",
     "normalized_sharpness",
     "normalized_sharpness_icml",
     "hessian_trace",
@@ -168,6 +188,7 @@ def demo_preset() -> StudyConfig:
         training=_small_training(epochs=250, batch_size=64),
         measures=(
             "minimum_sharpness",
+            "neuron_minimum_sharpness",
             "normalized_sharpness",
             "hessian_trace",
             "epsilon_sharpness",
@@ -191,6 +212,23 @@ def cpu_preset() -> StudyConfig:
     )
 
 
+def cpu_lenet_preset() -> StudyConfig:
+    """The ``cpu-lenet`` preset: the paper's LeNet on 2 000 MNIST images, 11 ratios × 2 seeds."""
+    return StudyConfig(
+        preset="cpu-lenet",
+        dataset="mnist",
+        train_size=LENET_TRAIN_SIZE,
+        test_size=LENET_TEST_SIZE,
+        ratios=_ratios(0.1),
+        seeds=(0, 1),
+        models=(ModelPlan("lenet", "lenet"),),
+        training=_small_training(epochs=LENET_EPOCHS, batch_size=128),
+        measures=STUDY_MEASURES,
+        measure_options=copy.deepcopy(STUDY_MEASURE_OPTIONS),
+        measure_examples=LENET_MEASURE_EXAMPLES,
+    )
+
+
 def paper_preset() -> StudyConfig:
     """The ``paper`` preset: theory §6 exactly (full MNIST, 11 ratios × 10 trials, MLP, LeNet)."""
     return StudyConfig(
@@ -208,8 +246,16 @@ def paper_preset() -> StudyConfig:
     )
 
 
+#: The ``cpu-lenet`` preset's sizes, sized from a timed run to about 45 minutes on 2 cores
+#: (docs/studies.md).
+LENET_TRAIN_SIZE, LENET_TEST_SIZE, LENET_EPOCHS, LENET_MEASURE_EXAMPLES = 2000, 1000, 60, 1000
+
+
 #: The presets by name: ``preset("cpu")`` builds one (see the module's docstring).
-preset = Presets(demo=demo_preset, cpu=cpu_preset, paper=paper_preset)
+preset = Presets(
+    **{"demo": demo_preset, "cpu": cpu_preset, "cpu-lenet": cpu_lenet_preset},
+    paper=paper_preset,
+)
 
 
 #: Names of the presets, in the order the command line lists them.
