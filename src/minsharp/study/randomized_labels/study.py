@@ -86,9 +86,11 @@ The settings come from --preset, then the JSON --config file (keys of study.json
 "training" and "measure_options" are merged), then the override flags.
 
 presets:
-  demo   digits (bundled), 5 ratios x 3 seeds, MLP 64-128-128-10, 4 measures (~1-2 min)
+  demo   digits (bundled), 5 ratios x 3 seeds, MLP 64-128-128-10, 5 measures (~1-2 min)
   cpu    4000/2000 MNIST images, the paper's MLP 784-512-128-512-10, 11 ratios x 2 seeds,
-         8 measures (about 25 min on 2 cores)
+         9 measures (about 25-30 min on 2 cores)
+  cpu-lenet  the paper's LeNet on 1000/1000 MNIST images, 11 ratios x 2 seeds, 25 epochs,
+         9 measures on 500 examples (about 45 min on 2 cores)
   paper  the paper's protocol: full MNIST, 11 ratios x 10 trials, MLP (lr 0.1, 3000 epochs)
          and LeNet (lr 0.01, 1000 epochs), batch 1024 (for a GPU machine)
 

@@ -57,7 +57,7 @@ def weak_evidence_warning(table: Sequence[Mapping[str, Any]]) -> str:
     return (
         "**Weak evidence**: these correlations are weak evidence, because "
         + " and ".join(reasons)
-        + ". A ranking of so few networks can come out this way by chance; do not read a "
+        + ". Rankings this uncertain can come out this way by chance; do not read a "
         "difference between two measures into this table without the paired test below, "
         "and prefer a study with more runs (`--seeds`, `--ratios`)."
     )
