@@ -325,7 +325,7 @@ class Presets(Generic[ConfigT]):
     Example:
         >>> from minsharp.study.randomized_labels.config import preset
         >>> preset.names, preset("demo").dataset
-        (('demo', 'cpu', 'paper'), 'digits')
+        (('demo', 'cpu', 'cpu-lenet', 'paper'), 'digits')
     """
 
     def __init__(self, **builders: Callable[[], ConfigT]) -> None:
