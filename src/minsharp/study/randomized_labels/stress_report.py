@@ -73,7 +73,7 @@ def stress_markdown(records: StudyRecords, rows: Sequence[Mapping[str, Any]]) ->
     driven, shifted, steady = [], [], []
     for name in records.config.measures:
         invariant = set(TWIN_SYMMETRIES) <= set(reporting.declared_invariances(name))
-        taus = [kendall_tau_b(values[twin][name], values[twin]["gap"]) for twin in values]
+        taus = [_tau(values[twin][name], values[twin]["gap"]) for twin in values]
         ratios = [_ratios(values["original"][name], values[twin][name]) for twin in values]
         moved = any(_moved(ratio) for ratio in ratios[1:])
         lines.append(
@@ -181,6 +181,12 @@ def _ratios(original: Sequence[float], twin: Sequence[float]) -> list[float]:
         for a, b in zip(original, twin, strict=True)
         if math.isfinite(a) and math.isfinite(b) and a != 0
     ]
+
+
+def _tau(measure: Sequence[float], gaps: Sequence[float]) -> float:
+    """τ-b over the runs where the measure is a number (a failed twin measure is left out)."""
+    kept = [(m, g) for m, g in zip(measure, gaps, strict=True) if math.isfinite(m)]
+    return kendall_tau_b([m for m, _ in kept], [g for _, g in kept])
 
 
 def _moved(ratios: Sequence[float]) -> bool:
