@@ -32,8 +32,11 @@ from minsharp.study.core.provenance import versions
 from minsharp.study.core.store import StudyRecords
 from minsharp.study.randomized_labels.config import StudyConfig, paper_preset
 from minsharp.study.randomized_labels.figures import report_figures
+from minsharp.study.randomized_labels.stress_report import stress_markdown
 from minsharp.study.randomized_labels.study import RANDOMIZED_LABELS
 from minsharp.study.report import markdown as reporting
+from minsharp.study.report.evidence import paired_markdown, weak_evidence_warning
+from minsharp.study.report.paths import portable_data
 from minsharp.study.report.statistics import correlation_table, kendall_tau_b
 from minsharp.training import TrainingConfig
 
@@ -42,6 +45,21 @@ AXES: tuple[str, ...] = ("ratio", "seed", "model")
 
 #: Runs whose training accuracy ends below this are flagged in the report.
 NEAR_PERFECT = 0.99
+
+#: The measures that are ours, not the paper's, with the note the report gives them.
+OURS: dict[str, str] = {
+    "neuron_minimum_sharpness": "`neuron_minimum_sharpness` is ours, not the paper's: Minimum "
+    "Sharpness over per-unit rescalings (theory §7), never above the paper's layer-wise "
+    "`minimum_sharpness`."
+}
+
+#: Pairs (A, B) of measures whose τ-b difference the report tests (paired bootstrap).
+PAIRS: tuple[tuple[str, str], ...] = (
+    ("neuron_minimum_sharpness", "normalized_sharpness"),
+    ("minimum_sharpness", "normalized_sharpness"),
+    ("minimum_sharpness", "hessian_trace"),
+    ("neuron_minimum_sharpness", "minimum_sharpness"),
+)
 
 
 @dataclass
@@ -158,7 +176,7 @@ def format_table(table: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _markdown(records: StudyRecords, results: list[str]) -> str:
-    config, study = records.config, records.study
+    config = records.config
     out: list[str] = []
     add = out.append
     add(f"# Randomized-label study — preset `{config.preset}`\n")
@@ -175,7 +193,7 @@ def _markdown(records: StudyRecords, results: list[str]) -> str:
         groups=("measures",),
         left_out="the correlations for these runs",
         setup=_setup_markdown(records),
-        paper=_paper_markdown(config, study.get("data", {}) or {}),
+        paper=_paper_markdown(config, portable_data(records)),
         files=reporting.files_markdown(
             records,
             csv="axes, accuracies, gap, timings, measure values; `errors` names the measures "
@@ -213,8 +231,11 @@ def _results_markdown(
             f"bootstrap over runs ({resamples} resamples, seed {seed}). ψ: Jiang et al.'s "
             "(2020) granulated Kendall coefficient, the mean τ-b over groups of runs that "
             "differ only in that axis (— where the axis has a single value); Ψ: the mean of "
-            "the defined ψ. Positive values mean the measure grows with the gap.\n"
+            "the defined ψ. Positive values mean the measure grows with the gap."
+            + "".join(f" {OURS[name]}" for name in config.measures if name in OURS)
+            + "\n"
         )
+        out += _evidence_markdown(rows, table, resamples=resamples, seed=seed, level=level)
         add("![every measure against the generalization gap](figures/measures_vs_gap.png)\n")
         add(
             "Each point is one trained network, coloured by its label-noise ratio (marker: "
@@ -226,8 +247,28 @@ def _results_markdown(
         add("![measures against the label-noise ratio](figures/measures_vs_ratio.png)\n")
         add("### Per ratio\n")
         add(_per_ratio_markdown(rows, config) + "\n")
+        out += stress_markdown(records, rows)
     else:
         add("## Results\n\nNo run has finished yet: there is nothing to correlate.\n")
+    return out
+
+
+def _evidence_markdown(
+    rows: list[dict[str, Any]],
+    table: list[dict[str, Any]],
+    *,
+    resamples: int,
+    seed: int,
+    level: float,
+) -> list[str]:
+    """The small-n warning, and the paired tests of :data:`PAIRS` (their heading and table)."""
+    out = []
+    warning = weak_evidence_warning(table)
+    if warning:
+        out.append(warning + "\n")
+    paired = paired_markdown(rows, PAIRS, resamples=resamples, seed=seed, level=level)
+    if paired:
+        out += ["### Does one measure beat another?\n", paired + "\n"]
     return out
 
 
@@ -271,8 +312,9 @@ def _correlation_markdown(table: list[dict[str, Any]], percent: str) -> str:
         "Ψ",
     )
     for row in table:
+        label = f"`{row['measure']}`" + (" (ours)" if row["measure"] in OURS else "")
         lines.append(
-            f"| `{row['measure']}` | {reporting.invariances_text(row['measure'])} | {row['n']} | "
+            f"| {label} | {reporting.invariances_text(row['measure'])} | {row['n']} | "
             f"{_with_interval(row['kendall_tau_b'], row['kendall_tau_b_ci'])} | "
             f"{_with_interval(row['spearman_rho'], row['spearman_rho_ci'])} | "
             + " | ".join(_fixed(row["granulated"].get(axis, math.nan)) for axis in AXES)

@@ -15,7 +15,10 @@ For every run of the grid ratios × seeds × models of a
    corrupted labels**, the labels the network was trained on (as in the paper, measures are
    taken at the end of training over the training inputs). A measure that fails is recorded
    as an error with its message, and the run goes on; warnings a measure raises (a solver
-   stopping early…) are kept with its value.
+   stopping early…) are kept with its value;
+5. with ``stress="rescale"``, every measure is also computed on three function-equivalent
+   rescaled twins of the network (:mod:`minsharp.study.randomized_labels.stress`), recorded
+   under the result's ``stress``.
 
 The directory, resume, atomic per-run results and provenance are those of every study kind
 (:mod:`minsharp.study.core`); this module is the ``randomized-labels`` kind,
@@ -44,7 +47,8 @@ from minsharp.study.core.kind import RunPlan as GridRunPlan
 from minsharp.study.core.runner import StudyOutcome
 from minsharp.study.core.steps import derive_seed
 from minsharp.study.core.store import read_result as read_stored_result
-from minsharp.study.randomized_labels.config import StudyConfig, preset
+from minsharp.study.randomized_labels.config import STRESS_TESTS, StudyConfig, preset
+from minsharp.study.randomized_labels.stress import measure_twins, stress_settings
 from minsharp.training import accuracy
 
 #: The kind of study this module runs (``study.json``'s ``kind``).
@@ -82,13 +86,18 @@ The settings come from --preset, then the JSON --config file (keys of study.json
 "training" and "measure_options" are merged), then the override flags.
 
 presets:
-  demo   digits (bundled), 5 ratios x 3 seeds, MLP 64-128-128-10, 4 measures (~1-2 min)
+  demo   digits (bundled), 5 ratios x 3 seeds, MLP 64-128-128-10, 5 measures (~1-2 min)
   cpu    4000/2000 MNIST images, the paper's MLP 784-512-128-512-10, 11 ratios x 2 seeds,
-         8 measures (about 25 min on 2 cores)
-  cpu-lenet  500/2000 MNIST images, the paper's LeNet, 5 ratios x 2 seeds, the cpu measures
-         and neuron-wise Minimum Sharpness (about 45 min on 2 cores)
+         9 measures (about 25-30 min on 2 cores)
+  cpu-lenet  500/2000 MNIST images, the paper's LeNet, 5 ratios x 2 seeds, 150 epochs,
+         the cpu measures (48 min on 2 cores)
   paper  the paper's protocol: full MNIST, 11 ratios x 10 trials, MLP (lr 0.1, 3000 epochs)
          and LeNet (lr 0.01, 1000 epochs), batch 1024 (for a GPU machine)
+
+--stress rescale also measures, for every network, three function-equivalent rescaled
+twins (verified on a probe batch): a random layer- and neuron-wise rescaling whose spread
+differs from run to run, the trace-minimising one and a trace-raising one; the report shows
+how each measure's tau moves on the random and on the adversarial twins (Dinh et al. 2017).
 
 Each finished run is written to DIR/runs/<run-id>/result.json (atomically) with its
 checkpoint; a stopped study resumes when rerun with the same settings and directory and never
@@ -103,6 +112,7 @@ examples:
   minsharp study randomized-labels --preset cpu --data-dir ~/mnist --output runs/cpu
   minsharp study randomized-labels --preset paper --download --device cuda
   minsharp study randomized-labels --preset demo --ratios 0,0.5,1 --seeds 0-4 --epochs 100
+  minsharp study randomized-labels --preset demo --stress rescale --output runs/stress
   minsharp report runs/cpu
 """
 
@@ -173,6 +183,14 @@ class RandomizedLabels(StudyKind[StudyConfig, RunPlan]):
             choices=("permute", "uniform"),
             after_shared=True,
         ),
+        Flag(
+            "--stress",
+            "stress",
+            "also measure function-equivalent rescaled twins of every network (random, and "
+            "adversarial after Dinh et al. 2017)",
+            choices=STRESS_TESTS,
+            after_shared=True,
+        ),
     )
     help = "train on partly shuffled labels, correlate measures with the gap"
     description = DESCRIPTION
@@ -189,8 +207,10 @@ class RandomizedLabels(StudyKind[StudyConfig, RunPlan]):
     def fingerprint(self, config: StudyConfig, plan: RunPlan) -> str:
         """SHA-256 of every setting that decides a run's result (:func:`.steps.run_fingerprint`).
 
-        The labels' corruption (rule, ratio and seed) enters besides the shared settings.
+        The labels' corruption (rule, ratio and seed) enters besides the shared settings,
+        and the stress test's settings when there is one.
         """
+        stress = {"stress": stress_settings()} if config.stress else {}
         return steps.run_fingerprint(
             KIND,
             config,
@@ -200,7 +220,12 @@ class RandomizedLabels(StudyKind[StudyConfig, RunPlan]):
                 "ratio": plan.ratio,
                 "seed": plan.corruption_seed,
             },
+            **stress,
         )
+
+    def stored_config(self, content: Mapping[str, Any]) -> StudyConfig:
+        """The configuration stored as ``content``; studies made before ``stress`` lack it."""
+        return self.presets.stored({"stress": None, **content})
 
     def execute(self, config: StudyConfig, plan: RunPlan, run: RunContext) -> None:
         """Corrupt, build, train, measure and save one run, filling its record.
@@ -238,11 +263,13 @@ class RandomizedLabels(StudyKind[StudyConfig, RunPlan]):
             model, inputs, config.measures, config.measure_settings()
         )
         steps.save_network(model, plan, run, CHECKPOINT_KEYS)
-        record["timings"] = {
-            "training": training_seconds,
-            "measures": measure_seconds,
-            "total": time.perf_counter() - started,
-        }
+        record["timings"] = {"training": training_seconds, "measures": measure_seconds}
+        if config.stress:
+            record["stress"] = measure_twins(
+                model, inputs, config.measures, config.measure_settings(), plan.run_id
+            )
+            record["timings"]["stress"] = record["stress"]["seconds"]
+        record["timings"]["total"] = time.perf_counter() - started
 
     def summarise(self, result: Mapping[str, Any]) -> str:
         """One line about a complete run: accuracies, gap, timings, failed measures."""

@@ -40,6 +40,7 @@ from minsharp.study.core.store import (
     StudyRecords,
     measure_entries,
 )
+from minsharp.study.report.paths import portable_data
 from minsharp.study.report.plots import save_figure
 from minsharp.training import TrainingConfig
 
@@ -243,8 +244,11 @@ def files_markdown(
 
 
 def data_lines(records: StudyRecords) -> list[str]:
-    """The setup's lines on the data: its summary, and the split unless it is the official one."""
-    data = records.study.get("data", {}) or {}
+    """The setup's lines on the data: its summary, and the split unless it is the official one.
+
+    Paths are relative to the study directory (:func:`~minsharp.study.report.paths.portable_data`).
+    """
+    data = portable_data(records)
     lines = [f"* **Data**: {data.get('summary', records.config.dataset)}"]
     if data.get("split_kind") not in (None, "official"):
         lines.append(

@@ -23,6 +23,7 @@ from minsharp.study.report.markdown import (
     spread,
     table_head,
 )
+from minsharp.study.report.paths import portable_data
 
 #: A column of :func:`settings_table`: its heading, and its cell for the rows of one setting.
 Column = tuple[str, Callable[[Sequence[Mapping[str, Any]]], str]]
@@ -81,8 +82,8 @@ def closing(
 
     The problems of ``kind``'s measure groups (runs left out of the comparisons), the
     ``setup`` and ``paper`` sections of the study's records (the latter given its config and
-    data record), the machines, and the files, ``files`` saying what ``runs.csv`` and each
-    ``result.json`` hold.
+    data record, paths relative to the study directory), the machines, and the files,
+    ``files`` saying what ``runs.csv`` and each ``result.json`` hold.
     """
     csv, result = files
     return closing_markdown(
@@ -90,6 +91,6 @@ def closing(
         groups=kind.measure_groups,
         left_out="the comparisons for these runs",
         setup=setup(records),
-        paper=paper(records.config, records.study.get("data", {}) or {}),
+        paper=paper(records.config, portable_data(records)),
         files=files_markdown(records, csv=csv, result=result),
     )
