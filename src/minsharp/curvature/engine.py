@@ -122,15 +122,10 @@ def hessian_trace(
         >>> abs(hessian_trace(layer, x).total - expected.item()) < 1e-12
         True
     """
-    sums, num_examples, seconds, used = _curvature_pass(
-        model, data, curvature, batch_size, progress, diagonal=False
-    )
+    done = _curvature_pass(model, data, curvature, batch_size, progress, diagonal=False)
     return CurvatureTrace(
-        by_parameter={name: float(total) / num_examples for name, total in sums.items()},
-        curvature=curvature,
-        num_examples=num_examples,
-        seconds=seconds,
-        batch_size=used,
+        by_parameter={name: float(total) / done.num_examples for name, total in done.sums.items()},
+        **done.about(curvature),
     )
 
 
@@ -159,20 +154,35 @@ def hessian_diagonal(
         >>> torch.allclose(hessian_diagonal(layer, x)["weight"], expected)
         True
     """
-    sums, num_examples, seconds, used = _curvature_pass(
-        model, data, curvature, batch_size, progress, diagonal=True
-    )
+    done = _curvature_pass(model, data, curvature, batch_size, progress, diagonal=True)
     parameters = dict(model.named_parameters())
     return CurvatureDiagonal(
         by_parameter={
-            name: total.div_(num_examples).to(parameters[name].dtype)
-            for name, total in sums.items()
+            name: total.div_(done.num_examples).to(parameters[name].dtype)
+            for name, total in done.sums.items()
         },
-        curvature=curvature,
-        num_examples=num_examples,
-        seconds=seconds,
-        batch_size=used,
+        **done.about(curvature),
     )
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What one pass over the data summed, and how."""
+
+    sums: dict[str, Tensor]
+    """Per parameter, the sum over examples (not yet divided by N)."""
+    num_examples: int
+    seconds: float
+    batch_size: int
+
+    def about(self, curvature: Curvature) -> dict[str, Any]:
+        """The result fields besides the values."""
+        return {
+            "curvature": curvature,
+            "num_examples": self.num_examples,
+            "seconds": self.seconds,
+            "batch_size": self.batch_size,
+        }
 
 
 def _curvature_pass(
@@ -183,7 +193,7 @@ def _curvature_pass(
     progress: bool,
     *,
     diagonal: bool,
-) -> tuple[dict[str, Tensor], int, float, int]:
+) -> _Pass:
     """Per-parameter sums over examples (not yet divided by N), N, seconds and batch size.
 
     The data's own batches are split into even batches of at most B examples, B from the
@@ -231,7 +241,7 @@ def _curvature_pass(
 
     with preserved_buffers(model), autograd_enabled():
         sums = distributed.summed_over_ranks(local_sums)
-    return sums, num_examples, time.perf_counter() - start, size
+    return _Pass(sums, num_examples, time.perf_counter() - start, size)
 
 
 def _auto_batch_size(

@@ -235,7 +235,12 @@ def _results_markdown(
             + "".join(f" {OURS[name]}" for name in config.measures if name in OURS)
             + "\n"
         )
-        out += _evidence_markdown(rows, table, resamples=resamples, seed=seed, level=level)
+        warning = weak_evidence_warning(table)
+        if warning:
+            add(warning + "\n")
+        paired = paired_markdown(rows, PAIRS, resamples=resamples, seed=seed, level=level)
+        if paired:
+            out += ["### Does one measure beat another?\n", paired + "\n"]
         add("![every measure against the generalization gap](figures/measures_vs_gap.png)\n")
         add(
             "Each point is one trained network, coloured by its label-noise ratio (marker: "
@@ -250,25 +255,6 @@ def _results_markdown(
         out += stress_markdown(records, rows)
     else:
         add("## Results\n\nNo run has finished yet: there is nothing to correlate.\n")
-    return out
-
-
-def _evidence_markdown(
-    rows: list[dict[str, Any]],
-    table: list[dict[str, Any]],
-    *,
-    resamples: int,
-    seed: int,
-    level: float,
-) -> list[str]:
-    """The small-n warning, and the paired tests of :data:`PAIRS` (their heading and table)."""
-    out = []
-    warning = weak_evidence_warning(table)
-    if warning:
-        out.append(warning + "\n")
-    paired = paired_markdown(rows, PAIRS, resamples=resamples, seed=seed, level=level)
-    if paired:
-        out += ["### Does one measure beat another?\n", paired + "\n"]
     return out
 
 
