@@ -143,3 +143,33 @@ def test_the_hessian_where_the_encoder_is_piecewise_linear_matches_brute_force()
     )
     for name, value in expected.items():
         torch.testing.assert_close(found[name], value, rtol=1e-9, atol=1e-12)
+
+
+def test_the_hessian_trace_measure_takes_the_ggn_option() -> None:
+    model, inputs, labels = transformer_classifier(6)
+    result = minsharp.measure("hessian_trace", model, (inputs, labels), curvature="ggn")
+    assert result.details["curvature"] == "ggn" and result.options["curvature"] == "ggn"
+    assert result.value == pytest.approx(_brute_force_ggn_trace(model, inputs), rel=1e-8)
+    with pytest.raises(NotPiecewiseLinearError):
+        minsharp.measure("hessian_trace", model, (inputs, labels))
+
+
+def test_neuron_minimum_sharpness_with_ggn_frees_the_feed_forward_units() -> None:
+    from tests.group_networks import brute_diagonal, classes_of, scipy_minimum
+
+    from minsharp.symmetry.graph import discover
+
+    model, inputs, labels = transformer_classifier(7, examples=6)
+    result = minsharp.measure(
+        "minimum_sharpness", model, (inputs, labels), symmetry="neuron", curvature="ggn"
+    )
+    assert result.details["num_units"] == 16  # the encoder's feed-forward units, no others
+    group = discover(model, inputs[:4])
+    with sdpa_kernel(SDPBackend.MATH):
+        diagonal = brute_diagonal(model, inputs, ggn=True)
+    reference = scipy_minimum(diagonal, group.edges, classes_of(group))
+    assert result.value == pytest.approx(reference, rel=1e-7)
+    twin = result.rescaled(model)
+    twin_trace = minsharp.hessian_trace(twin, inputs, curvature="ggn").total
+    assert twin_trace == pytest.approx(result.value, rel=1e-8)
+    assert result.value < minsharp.hessian_trace(model, inputs, curvature="ggn").total

@@ -83,7 +83,9 @@ def test_unknown_measure_suggests_close_names() -> None:
 
 def test_unknown_option_lists_the_accepted_ones() -> None:
     model = network("mlp", batchnorm=False, seed=0)
-    with pytest.raises(MinsharpError, match=r"no option 'epochs'.*batch_size=256"):
+    with pytest.raises(
+        MinsharpError, match=r"no option 'epochs'.*curvature='hessian'.*batch_size=None"
+    ):
         measure("hessian_trace", model, labelled_data("mlp", 0), epochs=3)
 
 

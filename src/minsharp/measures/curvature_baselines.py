@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_trace
+from minsharp.curvature.results import Curvature
 from minsharp.measures.result import Evaluation
 from minsharp.objective import DatasetObjective, flatten, unflatten
 from minsharp.options import integer
@@ -28,19 +29,27 @@ def exact_hessian_trace(
     model: nn.Module,
     data: Any,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    curvature: Curvature = "hessian",
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> Evaluation:
     """``Tr H = Σ_P Tr H_PP``, exact for piecewise-linear networks (theory §1).
 
     The trace of the full Hessian is the sum of the traces of its diagonal blocks, which the
-    curvature engine computes exactly in one pass (:func:`minsharp.hessian_trace`).
+    curvature engine computes exactly in one pass (:func:`minsharp.hessian_trace`; its
+    ``batch_size=None`` picks the batch from the memory budget). ``curvature="ggn"`` gives
+    the generalized Gauss–Newton trace ``Tr G`` instead, for any network; ``details`` say
+    which.
     """
-    traces = hessian_trace(model, data, batch_size=batch_size, progress=progress)
+    traces = hessian_trace(
+        model, data, curvature=curvature, batch_size=batch_size, progress=progress
+    )
     return Evaluation(
         value=traces.total,
         num_examples=traces.num_examples,
         per_layer=_by_module(traces.by_parameter),
+        details={"curvature": traces.curvature},
+        resolved={"batch_size": traces.batch_size},
     )
 
 

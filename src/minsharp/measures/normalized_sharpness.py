@@ -30,8 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from minsharp.curvature.conv import grouped_units
-from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_diagonal
+from minsharp.curvature.engine import hessian_diagonal
 from minsharp.curvature.layers import find_layers
+from minsharp.curvature.results import Curvature
 from minsharp.curvature.rules import WEIGHT_LAYERS, fast_rule, weight_units
 from minsharp.errors import MinsharpError, ModelError
 from minsharp.measures.result import Evaluation, options_of
@@ -126,7 +127,8 @@ def normalized_sharpness(
     model: nn.Module,
     data: Any,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    curvature: Curvature = "hessian",
+    batch_size: int | None = None,
     progress: bool = False,
     tolerance: float = NORMALIZED_TOLERANCE,
     max_iterations: int = NORMALIZED_MAX_ITERATIONS,
@@ -140,7 +142,10 @@ def normalized_sharpness(
     Args:
         model: the network (eval mode, piecewise linear in its weights).
         data: a tensor X, a tuple (X, y), or an iterable of such batches (labels unused).
-        batch_size: examples per pass of the curvature engine.
+        curvature: ``"hessian"`` (refuses networks not piecewise linear) or ``"ggn"``, the
+            generalized Gauss–Newton diagonal in place of ``diag H`` (``details`` say which).
+        batch_size: examples per pass of the curvature engine; ``None``: from the memory
+            budget.
         progress: show a progress bar over batches.
         tolerance: relative KKT residual ``‖∇_b F‖₂ / F`` each layer's solve must reach.
         max_iterations: most Newton steps per layer (a ``RuntimeWarning`` if not converged).
@@ -152,7 +157,16 @@ def normalized_sharpness(
         a limit: the value is then the infimum); ``details`` with timings, Hessian–vector
         products and pruned rows and columns per layer.
     """
-    return _evaluate(model, data, "arxiv", batch_size, progress, tolerance, max_iterations)
+    return _evaluate(
+        model,
+        data,
+        "arxiv",
+        curvature=curvature,
+        batch_size=batch_size,
+        progress=progress,
+        tolerance=tolerance,
+        max_iterations=max_iterations,
+    )
 
 
 @options_of(normalized_sharpness)
@@ -171,14 +185,18 @@ def _evaluate(
     model: nn.Module,
     data: Any,
     objective: NormalizedObjective,
-    batch_size: int,
+    *,
+    curvature: Curvature,
+    batch_size: int | None,
     progress: bool,
     tolerance: float,
     max_iterations: int,
 ) -> Evaluation:
     """Exact diagonal once, then one solve per weight matrix."""
     check_normalized_options(objective, tolerance, max_iterations)
-    diagonal = hessian_diagonal(model, data, batch_size=batch_size, progress=progress)
+    diagonal = hessian_diagonal(
+        model, data, curvature=curvature, batch_size=batch_size, progress=progress
+    )
     found = find_layers(model)
     for layer in found:  # a weight matrix without a known layout is refused, not misread
         weight = getattr(layer.module, "weight", None)
@@ -234,6 +252,7 @@ def _evaluate(
         },
         details={
             "objective": objective,
+            "curvature": diagonal.curvature,
             "diagonal_seconds": diagonal.seconds,
             "solve_seconds": seconds,
             "relative_kkt": {name: solution.relative_kkt for name, solution in solutions.items()},
@@ -246,4 +265,5 @@ def _evaluate(
                 for name, solution in solutions.items()
             },
         },
+        resolved={"batch_size": diagonal.batch_size},
     )
