@@ -370,7 +370,7 @@ def test_unknown_measure_option(capsys, weights):
     base = ("--model", "small_mlp", "--weights", str(weights), "--data", "digits")
     err = fails(capsys, *base, "--measures", "hessian_trace", "--option", "hessian_trace.rho=1")
     assert "measure 'hessian_trace' has no option 'rho'" in err
-    assert "batch_size=256" in err
+    assert "curvature='hessian', batch_size=None" in err
     err = fails(
         capsys, *base, "--measures", "hessian_trace", "--option", "minimum_sharpness.seed=1"
     )
