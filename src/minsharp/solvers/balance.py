@@ -79,12 +79,13 @@ def balance(
     u = np.zeros(num_nodes)
     sweeps = _osborne(u, free, edges)
     steps = _newton(u, free, edges, tolerance)
+    rescaled = edges.rescaled(u)
     return Balance(
-        value=float(edges.rescaled(u).sum()),
+        value=float(rescaled.sum()),
         log_scales=u,
         attained=cut.size == 0,
         cut_edges=cut,
-        max_relative_imbalance=edges.imbalance(u, free),
+        max_relative_imbalance=_imbalance(*edges.in_out(rescaled), free),
         sweeps=sweeps,
         newton_steps=steps,
     )
@@ -123,21 +124,20 @@ class _Edges:
         with np.errstate(over="ignore"):
             return self.weight * np.exp(-2.0 * (u[self.dst] - u[self.src]))
 
-    def in_out(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rescaled weight entering and leaving each node."""
-        rescaled = self.rescaled(u)
+    def in_out(self, rescaled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rescaled weight entering and leaving each node, from :meth:`rescaled`."""
         return (
             np.bincount(self.dst, rescaled, minlength=self.num_nodes),
             np.bincount(self.src, rescaled, minlength=self.num_nodes),
         )
 
-    def imbalance(self, u: np.ndarray, free: np.ndarray) -> float:
-        """``max_free |in − out| / (in + out)``, 0 without free nodes."""
-        incoming, outgoing = self.in_out(u)
-        total = (incoming + outgoing)[free]
-        if free.size == 0:
-            return 0.0
-        return float(np.max(np.abs(incoming - outgoing)[free] / np.where(total > 0, total, 1.0)))
+
+def _imbalance(incoming: np.ndarray, outgoing: np.ndarray, free: np.ndarray) -> float:
+    """``max_free |in − out| / (in + out)``, 0 without free nodes."""
+    if free.size == 0:
+        return 0.0
+    total = (incoming + outgoing)[free]
+    return float(np.max(np.abs(incoming - outgoing)[free] / np.where(total > 0, total, 1.0)))
 
 
 def _colour_classes(
@@ -157,11 +157,12 @@ def _osborne(u: np.ndarray, free: np.ndarray, edges: _Edges) -> int:
     if free.size == 0:
         return 0
     classes = _colour_classes(free, edges.dst, edges.src, edges.num_nodes)
+    incoming, outgoing = edges.in_out(edges.rescaled(u))
     for sweep in range(1, MAX_SWEEPS + 1):
         for nodes in classes:
-            incoming, outgoing = edges.in_out(u)
             u[nodes] += 0.25 * np.log(incoming[nodes] / outgoing[nodes])
-        if edges.imbalance(u, free) < 1e-2:
+            incoming, outgoing = edges.in_out(edges.rescaled(u))
+        if _imbalance(incoming, outgoing, free) < 1e-2:
             return sweep
     return MAX_SWEEPS
 
@@ -169,46 +170,92 @@ def _osborne(u: np.ndarray, free: np.ndarray, edges: _Edges) -> int:
 def _newton(u: np.ndarray, free: np.ndarray, edges: _Edges, tolerance: float) -> int:
     position = np.full(edges.num_nodes, -1)
     position[free] = np.arange(free.size)
+    laplacian = _LaplacianPattern.of(position[edges.dst], position[edges.src], free.size)
+    rescaled = edges.rescaled(u)
     for step in range(MAX_NEWTON):
-        if free.size == 0 or edges.imbalance(u, free) <= tolerance:
+        incoming, outgoing = edges.in_out(rescaled)
+        if free.size == 0 or _imbalance(incoming, outgoing, free) <= tolerance:
             return step
-        rescaled = edges.rescaled(u)
-        incoming, outgoing = edges.in_out(u)
         gradient = (-2.0 * (incoming - outgoing))[free]
-        hessian = _laplacian(position, edges.dst, edges.src, 4.0 * rescaled, free.size)
-        direction = _newton_direction(hessian, gradient)
+        direction = _newton_direction(laplacian.matrix(4.0 * rescaled), gradient)
         value, t = rescaled.sum(), 1.0
         while t > 1e-12:
             trial = u.copy()
             trial[free] += t * direction
-            if edges.rescaled(trial).sum() <= value + 1e-4 * t * gradient @ direction:
+            rescaled = edges.rescaled(trial)
+            if rescaled.sum() <= value + 1e-4 * t * gradient @ direction:
                 break
             t *= 0.5
         u[free] = trial[free]
     return MAX_NEWTON
 
 
-def _laplacian(
-    position: np.ndarray, dst: np.ndarray, src: np.ndarray, weight: np.ndarray, size: int
-) -> sp.csc_matrix:
-    """∇²F restricted to the free nodes: the weighted graph Laplacian of the edges."""
-    i, j = position[dst], position[src]
-    rows = [i, j, i, j]
-    cols = [i, j, j, i]
-    values = [weight, weight, -weight, -weight]
-    mask = [(i >= 0), (j >= 0), (i >= 0) & (j >= 0), (i >= 0) & (j >= 0)]
-    r = np.concatenate([a[m] for a, m in zip(rows, mask, strict=True)])
-    c = np.concatenate([a[m] for a, m in zip(cols, mask, strict=True)])
-    v = np.concatenate([a[m] for a, m in zip(values, mask, strict=True)])
-    return sp.csc_matrix((v, (r, c)), shape=(size, size))
+@dataclass(frozen=True)
+class _LaplacianPattern:
+    """The sparsity of ∇²F on the free nodes, built once; each Newton step only sums values.
+
+    ∇²F is the weighted graph Laplacian of the edges: ``+w`` on the diagonal at each free
+    endpoint, ``−w`` at (i, j) and (j, i) when both are free.
+    """
+
+    size: int
+    slot: np.ndarray
+    """Stored entry of each contribution."""
+    edge: np.ndarray
+    """Edge of each contribution."""
+    sign: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+
+    @classmethod
+    def of(cls, i: np.ndarray, j: np.ndarray, size: int) -> _LaplacianPattern:
+        """The pattern for edges from free position ``j`` to ``i`` (−1: not free)."""
+        ends_i, ends_j = np.flatnonzero(i >= 0), np.flatnonzero(j >= 0)
+        both = np.flatnonzero((i >= 0) & (j >= 0))
+        rows = np.concatenate([i[ends_i], j[ends_j], i[both], j[both]])
+        cols = np.concatenate([i[ends_i], j[ends_j], j[both], i[both]])
+        keys, slot = unique_keys(rows * size + cols, size * size)
+        rows_of = keys // size
+        return cls(
+            size=size,
+            slot=slot,
+            edge=np.concatenate([ends_i, ends_j, both, both]),
+            sign=np.repeat(
+                [1.0, 1.0, -1.0, -1.0], [ends_i.size, ends_j.size, both.size, both.size]
+            ),
+            indices=keys % size,
+            indptr=np.searchsorted(rows_of, np.arange(size + 1)),
+        )
+
+    def matrix(self, weight: np.ndarray) -> sp.csr_matrix:
+        """∇²F for edge weights ``weight`` (already rescaled)."""
+        data = np.bincount(self.slot, self.sign * weight[self.edge], minlength=self.indices.size)
+        return sp.csr_matrix((data, self.indices, self.indptr), shape=(self.size, self.size))
 
 
-def _newton_direction(hessian: sp.csc_matrix, gradient: np.ndarray) -> np.ndarray:
+#: Largest key range grouped with a dense table (32 MiB of int64); beyond it, by sorting.
+DENSE_KEYS = 1 << 22
+
+
+def unique_keys(keys: np.ndarray, key_range: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``keys`` (in ``[0, key_range)``), sorted, and each key's index among them.
+
+    ``np.unique(keys, return_inverse=True)``, without sorting when the range is small.
+    """
+    if key_range > DENSE_KEYS:
+        return np.unique(keys, return_inverse=True)
+    present = np.zeros(key_range, dtype=bool)
+    present[keys] = True
+    rank = np.cumsum(present) - 1
+    return np.flatnonzero(present), rank[keys]
+
+
+def _newton_direction(hessian: sp.csr_matrix, gradient: np.ndarray) -> np.ndarray:
     """``−∇²F⁻¹ ∇F`` by Jacobi-preconditioned conjugate gradients (sparse, no fill-in)."""
     inverse_diagonal = 1.0 / hessian.diagonal()
     preconditioner = LinearOperator(hessian.shape, matvec=lambda v: inverse_diagonal * v)
     direction, _ = cg(
-        hessian.tocsr(),
+        hessian,
         -gradient,
         rtol=1e-13,
         atol=0.0,

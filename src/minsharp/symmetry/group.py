@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from minsharp.errors import NotAChainError
+from minsharp.solvers.balance import unique_keys
 from minsharp.symmetry.graph import SymmetryGroup
 
 
@@ -59,28 +60,12 @@ def edge_weights(group: SymmetryGroup, diagonal: Mapping[str, Tensor]) -> EdgeWe
         return EdgeWeights(
             num_nodes, *(np.zeros(0, dtype=np.int64),) * 2, np.zeros(0), constant, node_of
         )
-    unique, weight = _summed_by_key(np.concatenate(keys), np.concatenate(masses), num_nodes**2)
+    unique, inverse = unique_keys(np.concatenate(keys), num_nodes**2)
+    weight = np.bincount(inverse, np.concatenate(masses), minlength=unique.size)
     dst, src = unique // num_nodes, unique % num_nodes
     loop = dst == src
     constant += float(weight[loop].sum())
     return EdgeWeights(num_nodes, dst[~loop], src[~loop], weight[~loop], constant, node_of)
-
-
-#: Largest key range summed by a dense bincount (32 MiB of float64); beyond it, sorting.
-DENSE_KEYS = 1 << 22
-
-
-def _summed_by_key(
-    keys: np.ndarray, values: np.ndarray, key_range: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct keys in increasing order and the sum of ``values`` over each."""
-    if key_range <= DENSE_KEYS:
-        sums = np.bincount(keys, values, minlength=key_range)
-        present = np.bincount(keys, minlength=key_range) > 0
-        unique = np.flatnonzero(present)
-        return unique, sums[unique]
-    unique, inverse = np.unique(keys, return_inverse=True)
-    return unique, np.bincount(inverse, values)
 
 
 def rescaled_copy(model: nn.Module, group: SymmetryGroup, log_scales: np.ndarray) -> nn.Module:
