@@ -36,15 +36,17 @@ from minsharp.symmetry.group import (
     verify_same_function,
 )
 
-Symmetry = Literal["layer", "neuron"]
-SYMMETRIES: tuple[Symmetry, ...] = ("layer", "neuron")
+#: The subgroups Minimum Sharpness minimises over (not the registry's invariance names,
+#: :data:`minsharp.measures.SYMMETRIES`): one scale per module output, or one per unit.
+Group = Literal["layer", "neuron"]
+GROUPS: tuple[Group, ...] = ("layer", "neuron")
 
 
 def minimum_sharpness_evaluation(
     model: nn.Module,
     data: Any,
     *,
-    symmetry: Symmetry = "layer",
+    symmetry: Group = "layer",
     curvature: Curvature = "hessian",
     batch_size: int | None = None,
     progress: bool = False,
@@ -87,7 +89,7 @@ def minimum_sharpness_evaluation(
     is the value.
     """
     start = time.perf_counter()
-    choice("symmetry", symmetry, SYMMETRIES)
+    choice("symmetry", symmetry, GROUPS)
     choice("curvature", curvature, CURVATURES)
     integer("seed", seed)
     dtype, device = model_dtype_device(model)
@@ -143,7 +145,7 @@ def _solved(
     group: SymmetryGroup,
     diagonal: CurvatureDiagonal,
     probe: Tensor,
-    symmetry: Symmetry,
+    symmetry: Group,
     start: float,
 ) -> Evaluation:
     """Balance the edge weights of ``diagonal`` and package the result."""

@@ -79,8 +79,9 @@ def rescale(
     The layers ``l = 1..L`` are the Linear/Conv modules in the order a forward pass on
     ``inputs`` calls them; ``alphas`` holds one positive factor per layer with product 1
     (theory §2). With ``verify`` (the default) the copy is checked to compute the same logits
-    on ``inputs``; if it does not, :class:`NotAChainError` explains why Minimum Sharpness is
-    undefined for this model. ``model`` itself is never modified.
+    on ``inputs``; if it does not, :class:`NotAChainError` explains why the model is not such
+    a chain (:func:`minsharp.minimum_sharpness` still applies: it reads the rescaling group
+    from the model's graph). ``model`` itself is never modified.
 
     Example:
         >>> import torch
@@ -185,7 +186,8 @@ def compare_logits(
         + " → ".join(name or "(root)" for name in order)
         + f" changed the model's logits (max relative deviation {deviation:.2e}, tolerance "
         f"{tolerance:.1e}), so the model is not a chain of positively homogeneous layers and "
-        "Minimum Sharpness is undefined for it." + _suspects(model, order)
+        "this layer-wise rescaling does not apply to it (minsharp.minimum_sharpness does: it "
+        "reads the model's own rescaling group from its graph)." + _suspects(model, order)
     )
 
 
