@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.optimize
 import torch
+from tests.symmetries import network
 from torch import Tensor, nn
 
 from minsharp.curvature import brute_force_ggn_diagonal, brute_force_hessian_diagonal
@@ -102,24 +103,6 @@ def grouped_cnn() -> nn.Module:
     )
 
 
-def plain_mlp() -> nn.Module:
-    """A ReLU chain 4-6-5-3."""
-    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
-
-
-def plain_cnn() -> nn.Module:
-    """Conv, ReLU, average pooling, conv, ReLU, flattened into a Linear."""
-    return nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1),
-        nn.ReLU(),
-        nn.AvgPool2d(2),
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(4 * 2 * 2, 3),
-    )
-
-
 def transformer() -> nn.Module:
     """Linear embedding, a ReLU TransformerEncoderLayer (attention and norms frozen), head."""
     layer = nn.TransformerEncoderLayer(6, 2, 7, dropout=0.0, batch_first=True)
@@ -137,8 +120,9 @@ CASES = {
     "residual_block": (ResidualBlock, (2, 4, 4)),
     "inception": (Inception, (2, 4, 4)),
     "grouped_cnn": (grouped_cnn, (2, 4, 4)),
-    "plain_mlp": (plain_mlp, (4,)),
-    "plain_cnn": (plain_cnn, (2, 4, 4)),
+    # The registry's chains (tests/symmetries.py): a ReLU MLP, and a CNN flattened into a Linear.
+    "plain_mlp": (lambda: network("mlp", batchnorm=False, seed=0), (5,)),
+    "plain_cnn": (lambda: network("cnn", batchnorm=False, seed=0), (2, 6, 6)),
 }
 
 
