@@ -35,7 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import common
@@ -143,12 +142,8 @@ def workloads(
     generator = torch.Generator().manual_seed(1)
     labels = torch.randint(0, network.classes, (inputs.shape[0],), generator=generator)
 
-    def training_step() -> None:
-        model.zero_grad()
-        F.cross_entropy(model(inputs), labels).backward()
-
     functions: dict[str, Callable[[], object]] = {
-        "training": training_step,
+        "training": common.training_step(model, inputs, labels),
         "trace": lambda: minsharp.hessian_trace(model, inputs),
         "diagonal": lambda: minsharp.hessian_diagonal(model, inputs),
     }

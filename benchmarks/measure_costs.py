@@ -16,9 +16,6 @@ import sys
 import warnings
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-from torch import Tensor, nn
-
 import common
 import minsharp
 from minsharp.models import paper_mlp
@@ -43,12 +40,6 @@ class Settings(common.BaseSettings):
         return cls(quick=True, examples=64, epochs=1, step_repeats=2) if quick else cls()
 
 
-def training_step(model: nn.Module, inputs: Tensor, labels: Tensor) -> None:
-    """One optimiser step's gradient work on ``inputs``: forward, loss, backward."""
-    model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(inputs), labels).backward()
-
-
 def main() -> int:
     parser = common.base_parser(__doc__, DEFAULT_OUTPUT)
     args = parser.parse_args()
@@ -62,7 +53,7 @@ def main() -> int:
     common.train_on_test_images(model, flat, labels, slice(5000, stop), training)
     inputs, targets = flat[: settings.examples], labels[: settings.examples]
     step = common.timed_calls(
-        lambda: training_step(model, inputs, targets),
+        common.training_step(model, inputs, targets),
         repeats=settings.step_repeats,
         warmup=2,
         max_other_cores=settings.max_other_cores,
