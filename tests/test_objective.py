@@ -48,6 +48,26 @@ def test_loss_gradient_and_hvp_match_dense_autograd(kind: str, batchnorm: bool) 
     assert_untouched(model, before)
 
 
+@pytest.mark.parametrize("graphs_fit", [True, False])
+def test_reused_hessian_products_match_dense_autograd(
+    graphs_fit: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several products from one block, with the batches' graphs kept or (over budget) not."""
+    model = network("cnn", batchnorm=True, seed=4)
+    inputs, labels = labelled_data("cnn", 4)
+    before = snapshot(model)
+    objective = DatasetObjective(model, (inputs, labels), batch_size=5)
+    _, _, hessian = dense_reference(model, inputs, labels)
+    if not graphs_fit:
+        monkeypatch.setattr("minsharp.curvature.budget.MEMORY_BUDGET", 1)
+    vectors = torch.randn(3, hessian.shape[0], dtype=torch.float64)
+    with objective.hessian_products() as product:
+        for vector in vectors:
+            result = product(unflatten(vector, objective.parameters))
+            torch.testing.assert_close(flatten(result), hessian @ vector, rtol=1e-10, atol=1e-12)
+    assert_untouched(model, before)
+
+
 def test_perturbed_parameters_and_error_rate() -> None:
     model = network("mlp", batchnorm=False, seed=1)
     inputs, labels = labelled_data("mlp", 1)

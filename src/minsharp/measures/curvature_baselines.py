@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, hessian_trace
+from minsharp.curvature.engine import hessian_trace
 from minsharp.curvature.results import Curvature
 from minsharp.measures.result import Evaluation
 from minsharp.objective import DatasetObjective, flatten, unflatten
@@ -57,7 +57,7 @@ def top_eigenvalue(
     model: nn.Module,
     data: Any,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: bool = False,
     tolerance: float = EIGEN_TOLERANCE,
     max_iterations: int = EIGEN_MAX_ITERATIONS,
@@ -83,7 +83,8 @@ def top_eigenvalue(
     Args:
         model: the classifier, in eval mode.
         data: ``(X, y)`` or an iterable of ``(X, y)`` batches.
-        batch_size: examples per forward pass.
+        batch_size: examples per forward pass; None: the whole data within the memory
+            budget (:class:`~minsharp.objective.DatasetObjective`).
         progress: show a progress bar over Hessian-vector products.
         tolerance: relative Ritz residual to reach, in (0, 1).
         max_iterations: largest number of Lanczos steps (Hessian-vector products).
@@ -130,16 +131,20 @@ def hessian_top_eigenvalue(
         eigenvector's share per layer in ``details["direction_share"]``.
     """
     dimension = sum(p.numel() for p in objective.parameters.values())
-    with tqdm(
-        total=max_iterations, disable=not progress, desc="Hessian-vector products", unit="matvec"
-    ) as bar:
+    with (
+        tqdm(
+            total=max_iterations,
+            disable=not progress,
+            desc="Hessian-vector products",
+            unit="matvec",
+        ) as bar,
+        objective.hessian_products() as hessian_times,
+    ):
 
         def product(vector: Tensor) -> Tensor:
             if scales is not None:
                 vector = scales * vector
-            result = flatten(
-                objective.hessian_vector_product(unflatten(vector, objective.parameters))
-            )
+            result = flatten(hessian_times(unflatten(vector, objective.parameters)))
             bar.update(1)
             return result if scales is None else scales * result
 
@@ -173,6 +178,7 @@ def hessian_top_eigenvalue(
             "converged": pair.converged,
         },
         details={"direction_share": _by_module({n: float(s.sum()) for n, s in shares.items()})},
+        resolved={"batch_size": objective.batch_size},
     )
 
 
@@ -180,7 +186,7 @@ def hutchinson_trace(
     model: nn.Module,
     data: Any,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: bool = False,
     samples: int = 100,
     seed: int = 0,
@@ -190,7 +196,9 @@ def hutchinson_trace(
     Unbiased for the trace of the full Hessian ``H = ∇²L`` (theory §0), with variance
     ``2 Σ_{i≠j} H_ij² / S`` (Avron & Toledo 2011); ``details["standard_error"]`` is the sample
     standard deviation of ``v_sᵀ H v_s`` over ``√S``. Each probe costs one Hessian-vector product
-    over all of ``data``. ``per_layer`` splits every quadratic form by the layer of its entries:
+    over all of ``data`` (each batch's forward and gradient computed once for all probes,
+    :meth:`~minsharp.objective.DatasetObjective.hessian_products`). ``per_layer`` splits every
+    quadratic form by the layer of its entries:
     ``v_lᵀ (H v)_l`` has expectation ``Tr H_ll``, so the same probes estimate each layer's
     trace (standard errors in ``details["per_layer_standard_error"]``). The stochastic
     counterpart of the exact ``hessian_trace``, for networks that one does not cover (not
@@ -199,7 +207,8 @@ def hutchinson_trace(
     Args:
         model: the classifier, in eval mode.
         data: ``(X, y)`` or an iterable of ``(X, y)`` batches.
-        batch_size: examples per forward pass.
+        batch_size: examples per forward pass; None: the whole data within the memory
+            budget (:class:`~minsharp.objective.DatasetObjective`).
         progress: show a progress bar over the probes.
         samples: number S of probe vectors, at least 2.
         seed: seed of the probes.
@@ -209,17 +218,18 @@ def hutchinson_trace(
     objective = DatasetObjective(model, data, batch_size)
     generator = torch.Generator().manual_seed(seed)
     forms = torch.empty(samples, len(objective.parameters), dtype=torch.float64)
-    for sample in tqdm(
-        range(samples), disable=not progress, desc="Hutchinson probes", unit="probe"
-    ):
-        probe = {
-            name: (torch.randint(2, p.shape, generator=generator) * 2 - 1).to(p)
-            for name, p in objective.parameters.items()
-        }
-        product = objective.hessian_vector_product(probe)
-        for column, name in enumerate(objective.parameters):
-            # Entries of ±1 times the product are exact in any dtype: sum them in float64.
-            forms[sample, column] = (probe[name] * product[name]).sum(dtype=torch.float64)
+    with objective.hessian_products() as hessian_times:
+        for sample in tqdm(
+            range(samples), disable=not progress, desc="Hutchinson probes", unit="probe"
+        ):
+            probe = {
+                name: (torch.randint(2, p.shape, generator=generator) * 2 - 1).to(p)
+                for name, p in objective.parameters.items()
+            }
+            product = hessian_times(probe)
+            for column, name in enumerate(objective.parameters):
+                # Entries of ±1 times the product are exact in any dtype: sum them in float64.
+                forms[sample, column] = (probe[name] * product[name]).sum(dtype=torch.float64)
     columns: dict[str, list[int]] = {}
     for column, name in enumerate(objective.parameters):
         columns.setdefault(_module(name), []).append(column)
@@ -235,6 +245,7 @@ def hutchinson_trace(
                 module: standard_error(values) for module, values in per_module.items()
             },
         },
+        resolved={"batch_size": objective.batch_size},
     )
 
 

@@ -26,7 +26,7 @@ from minsharp.objective import DatasetObjective
 
 @options_of(top_eigenvalue)
 def quotient_flatness(
-    model: nn.Module, data: Any, *, batch_size: int, **lanczos: Any
+    model: nn.Module, data: Any, *, batch_size: int | None, **lanczos: Any
 ) -> Evaluation:
     """``Sharp(θ) = λ_max(D H D)``, ``D = blockdiag(‖P‖_F · I)`` (Rangamani et al. 2019).
 
