@@ -9,6 +9,7 @@ from tests.symmetries import labelled_data, network
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
+from minsharp.curvature import budget
 from minsharp.errors import DataError, ModelError
 from minsharp.objective import DatasetObjective, flatten, unflatten
 
@@ -91,3 +92,20 @@ def test_bad_data_and_models_are_refused() -> None:
         DatasetObjective(model, [])
     with pytest.raises(ModelError, match="training mode"):
         DatasetObjective(model.train(), (inputs, labels))
+
+
+def test_default_batch_size_is_the_whole_data_within_the_memory_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = network("mlp", batchnorm=False, seed=2)
+    inputs, labels = labelled_data("mlp", 2)
+    whole = DatasetObjective(model, (inputs, labels))
+    assert whole.batch_size == inputs.shape[0] and len(whole.batches) == 1
+    # A budget of at most 5 examples' graphs: even batches of at most 5.
+    need = budget.footprint(model, [], inputs[:8], diagonal=False, forward=model)
+    per_example = 2 * budget.GRAPH_FACTOR * need.activations * inputs.element_size()
+    monkeypatch.setattr("minsharp.curvature.budget.MEMORY_BUDGET", 5 * per_example)
+    split = DatasetObjective(model, (inputs, labels))
+    assert split.batch_size <= 5 and len(split.batches) == -(-inputs.shape[0] // split.batch_size)
+    assert {x.shape[0] for x, _ in split.batches} <= {split.batch_size, split.batch_size - 1}
+    assert split.loss() == pytest.approx(whole.loss(), rel=1e-12)
