@@ -27,7 +27,7 @@ from minsharp.curvature.engine import DEFAULT_BATCH_SIZE, autograd_enabled, run_
 from minsharp.curvature.generic import math_attention
 from minsharp.curvature.guard import PROBE_EXAMPLES
 from minsharp.curvature.layers import check_measurable, model_dtype_device, preserved_buffers
-from minsharp.data.batches import check_label_range, labelled_batches
+from minsharp.data.batches import check_label_range, input_batches, labelled_batches
 from minsharp.errors import MinsharpError, NoSecondDerivativeError
 
 Parameters = dict[str, Tensor]
@@ -99,9 +99,10 @@ class DatasetObjective:
             return sys.maxsize  # an iterable of batches: take them as they come
         inputs = data[0]
         if inputs.dim() == 0 or inputs.shape[0] == 0:
-            return DEFAULT_BATCH_SIZE  # let the data checks refuse it
-        probe = inputs[:PROBE_EXAMPLES].to(self.device)
-        probe = probe.to(self.dtype) if probe.is_floating_point() else probe
+            return DEFAULT_BATCH_SIZE  # let the data checks refuse it, with their message
+        # The first examples, through the data checks (dtype, finiteness) before the model.
+        first = inputs[:PROBE_EXAMPLES]
+        probe = next(input_batches(first, PROBE_EXAMPLES, self.device, self.dtype))
         with preserved_buffers(self.model):
             need = budget.footprint(
                 self.model,
