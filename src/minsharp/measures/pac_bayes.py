@@ -19,6 +19,7 @@ evaluation costs ``samples`` forward passes over the data.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
@@ -30,7 +31,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from minsharp.curvature.engine import DEFAULT_BATCH_SIZE
 from minsharp.measures.perturbation import standard_normal_draws
 from minsharp.measures.result import Evaluation
 from minsharp.objective import DatasetObjective, Parameters
@@ -51,7 +51,7 @@ def pac_bayes_flatness(
     model: nn.Module,
     data: Any,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: bool = False,
     seed: int = 0,
     metric: Metric = "error",
@@ -79,7 +79,8 @@ def pac_bayes_flatness(
     Args:
         model: classifier in eval mode.
         data: ``(X, y)`` or an iterable of ``(X, y)`` batches.
-        batch_size: examples per forward pass.
+        batch_size: examples per forward pass; None: the whole data within the memory
+            budget (:class:`~minsharp.objective.DatasetObjective`).
         progress: progress bar over the σ evaluations.
         seed: seed of the noise draws.
         metric: ``"error"`` (misclassified fraction) or ``"loss"``.
@@ -106,7 +107,8 @@ def pac_bayes_flatness(
         bar.total = bar.n  # it ends once bracketed, mostly before the most it may take
     if not search.bracketed:
         _warn_unbracketed(metric, target, search)
-    return _pac_bayes_evaluation(search, objective.num_examples, metric, deviation.baseline)
+    evaluation = _pac_bayes_evaluation(search, objective.num_examples, metric, deviation.baseline)
+    return dataclasses.replace(evaluation, resolved={"batch_size": objective.batch_size})
 
 
 def _check_options(

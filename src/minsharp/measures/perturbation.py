@@ -51,7 +51,6 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from minsharp.curvature.engine import DEFAULT_BATCH_SIZE
 from minsharp.errors import MinsharpError
 from minsharp.measures.result import Evaluation
 from minsharp.objective import DatasetObjective, Parameters
@@ -189,7 +188,7 @@ def epsilon_sharpness(
     model: nn.Module,
     data: Any,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: bool = False,
     epsilon: float = 1e-3,
     steps: int = 20,
@@ -215,7 +214,8 @@ def epsilon_sharpness(
     Args:
         model: classifier in eval mode.
         data: ``(X, y)`` or an iterable of ``(X, y)`` batches.
-        batch_size: examples per forward pass.
+        batch_size: examples per forward pass; None: the whole data within the memory
+            budget (:class:`~minsharp.objective.DatasetObjective`).
         progress: progress bar over the ascent steps.
         epsilon: ``ε > 0``, the box's relative half-width.
         steps: ascent steps, each one gradient over the data.
@@ -247,7 +247,7 @@ def adaptive_sharpness(
     model: nn.Module,
     data: Any,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: bool = False,
     norm: Norm = "inf",
     rho: float | None = None,
@@ -270,7 +270,8 @@ def adaptive_sharpness(
     Args:
         model: classifier in eval mode.
         data: ``(X, y)`` or an iterable of ``(X, y)`` batches.
-        batch_size: examples per forward pass.
+        batch_size: examples per forward pass; None: the whole data within the memory
+            budget (:class:`~minsharp.objective.DatasetObjective`).
         progress: progress bar over the ascent steps.
         norm: ``"inf"`` (ℓ∞ ball, a box) or ``"2"``.
         rho: radius ``ρ > 0`` in the normalised coordinates; None for the norm's default
@@ -305,7 +306,7 @@ def adaptive_sharpness(
 def _adaptive_worst_case(
     model: nn.Module,
     data: Any,
-    batch_size: int,
+    batch_size: int | None,
     progress: bool,
     norm: Norm,
     rho: float | None,
@@ -331,13 +332,13 @@ def _adaptive_worst_case(
         value=lambda found: found.rise,
         details={"rho": rho, "norm": norm},
     )
-    return dataclasses.replace(evaluation, resolved={"rho": rho})
+    return dataclasses.replace(evaluation, resolved={**evaluation.resolved, "rho": rho})
 
 
 def _worst_case_evaluation(
     model: nn.Module,
     data: Any,
-    batch_size: int,
+    batch_size: int | None,
     progress: bool,
     *,
     offset: float,
@@ -370,6 +371,7 @@ def _worst_case_evaluation(
         num_examples=objective.num_examples,
         certificate=found.certificate,
         details={"loss": found.loss, "perturbed_loss": found.perturbed_loss, **details},
+        resolved={"batch_size": objective.batch_size},
     )
 
 
@@ -377,7 +379,7 @@ def adaptive_sharpness_average(
     model: nn.Module,
     data: Any,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: bool = False,
     seed: int = 0,
     rho: float = 0.1,
@@ -398,7 +400,8 @@ def adaptive_sharpness_average(
     Args:
         model: classifier in eval mode.
         data: ``(X, y)`` or an iterable of ``(X, y)`` batches.
-        batch_size: examples per forward pass.
+        batch_size: examples per forward pass; None: the whole data within the memory
+            budget (:class:`~minsharp.objective.DatasetObjective`).
         progress: progress bar over the draws.
         seed: seed of the noise.
         rho: relative noise level ``ρ > 0``.
@@ -439,6 +442,7 @@ def adaptive_sharpness_average(
             "rho": rho,
             "samples": samples,
         },
+        resolved={"batch_size": objective.batch_size},
     )
 
 
