@@ -90,6 +90,43 @@ def test_exact_for_smooth_networks_and_skips_frozen_parameters():
     assert fisher_rao_norm(model, (inputs, labels)).value == pytest.approx(expected, rel=1e-10)
 
 
+class _SingleDerivativeTanh(torch.autograd.Function):
+    """tanh whose backward has no derivative of its own (no double backward)."""
+
+    @staticmethod
+    def forward(x):
+        return x.tanh()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y)
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        return tangent * (1 - ctx.saved_tanh.square())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.saved_tanh = output
+
+
+class _SingleDerivativeTanhModule(nn.Module):
+    def forward(self, x):
+        return _SingleDerivativeTanh.apply(x)
+
+
+def test_an_operation_without_double_backward_falls_back_to_forward_mode():
+    torch.manual_seed(1)
+    smooth = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    custom = nn.Sequential(smooth[0], _SingleDerivativeTanhModule(), smooth[2])
+    inputs, labels = labelled_data("mlp", 2)
+    expected = reference(smooth, inputs, labels)
+    assert fisher_rao_norm(custom, (inputs, labels)).value == pytest.approx(expected, rel=1e-10)
+
+
 def test_batches_and_loaders_give_the_same_value():
     model = network("cnn", batchnorm=True, seed=0)
     inputs, labels = labelled_data("cnn", 0)

@@ -21,9 +21,10 @@ from scipy.optimize import minimize
 from tests.symmetries import TRANSFORMS, labelled_data, network
 from torch import nn
 
+from minsharp.curvature import budget
 from minsharp.errors import DataError, MinsharpError
 from minsharp.measures import measure
-from minsharp.measures.perturbation import worst_case_perturbation
+from minsharp.measures.perturbation import StandardNormalDraws, worst_case_perturbation
 from minsharp.objective import DatasetObjective, flatten, unflatten
 
 #: (kind, with batch-norm) of the test networks.
@@ -65,16 +66,23 @@ def slow_error(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> flo
 
 
 def noisy_copies(model: nn.Module, seed: int, samples: int, std):
-    """Copies of ``model`` with ``std(p) * z`` added, z the documented noise recipe."""
+    """Copies of ``model`` with ``std(p) * z`` added, z the documented noise recipe.
+
+    One float32 standard normal vector per draw over all trainable parameters in order, from
+    one CPU generator seeded with ``seed``.
+    """
     generator = torch.Generator().manual_seed(seed)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    total = sum(p.numel() for name, p in model.named_parameters() if name in trainable)
     for _ in range(samples):
+        noise = torch.randn(total, generator=generator, dtype=torch.float32)
         twin = copy.deepcopy(model)
         parameters = dict(twin.named_parameters())
         with torch.no_grad():
             for name in trainable:
                 p = parameters[name]
-                p += std(p) * torch.randn(p.shape, generator=generator, dtype=p.dtype)
+                z, noise = noise[: p.numel()].reshape(p.shape), noise[p.numel() :]
+                p += std(p) * z.to(p.dtype)
         yield twin
 
 
@@ -321,3 +329,17 @@ def test_progress_bars_run(capsys):
     measure("adaptive_sharpness_average", model, data, samples=2, progress=True)
     measure("pac_bayes_flatness", model, data, samples=1, metric="loss", progress=True)
     assert "ascent" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("budget_bytes", [1 << 30, 0])
+def test_noise_draws_repeat_on_every_pass_kept_or_drawn_anew(monkeypatch, budget_bytes):
+    monkeypatch.setattr(budget, "MEMORY_BUDGET", budget_bytes)
+    model, _ = case(0)
+    parameters = {name: p.detach() for name, p in model.named_parameters()}
+    draws = StandardNormalDraws(parameters, seed=5, samples=3, keep=True)
+    first, second = list(draws), list(draws)
+    assert len(first) == len(second) == len(draws) == 3
+    for a, b in zip(first, second, strict=True):
+        assert all(torch.equal(a[name], b[name]) for name in parameters)
+    assert (first[1] is second[1]) == (budget_bytes > 0)  # kept only within the budget
+    assert not torch.equal(first[0][next(iter(parameters))], first[1][next(iter(parameters))])

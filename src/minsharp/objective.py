@@ -223,8 +223,12 @@ class DatasetObjective:
         with autograd_enabled(), math_attention():
             kept = list(gradients()) if reuse and self._graphs_fit() else None
 
+            # One batch on one rank has nothing to add up: its product is used as it comes.
+            summing = distributed.active() or self._num_batches > 1
+            dtype = torch.float64 if summing else None
+
             def local(vector: Mapping[str, Tensor]) -> dict[str, Tensor]:
-                product = {n: torch.zeros_like(t, dtype=torch.float64) for n, t in point.items()}
+                product: dict[str, Tensor] = {}
                 for gradient in gradients() if kept is None else kept:
                     terms = [
                         (g * vector[name]).sum()
@@ -241,9 +245,18 @@ class DatasetObjective:
                     except RuntimeError as error:  # an operation without a double backward
                         raise _no_second_derivative(error) from error
                     for name, part in zip(point, parts, strict=True):
-                        if part is not None:
+                        if part is None:
+                            continue
+                        if not summing:
+                            product[name] = part
+                        elif name in product:
                             product[name] += part
-                return product
+                        else:
+                            product[name] = part.double()
+                return {
+                    name: product[name] if name in product else torch.zeros_like(t, dtype=dtype)
+                    for name, t in point.items()
+                }
 
             def product(vector: Mapping[str, Tensor]) -> Parameters:
                 summed = distributed.summed_over_ranks(lambda: local(vector))
@@ -290,9 +303,9 @@ def flatten(tensors: Mapping[str, Tensor]) -> Tensor:
 
 
 def unflatten(vector: Tensor, like: Mapping[str, Tensor]) -> Parameters:
-    """Split a flat vector into tensors shaped (and typed) like ``like``."""
+    """Split a flat vector into tensors shaped like ``like``, on its dtype and device."""
     pieces, offset = {}, 0
     for name, t in like.items():
-        pieces[name] = vector[offset : offset + t.numel()].reshape(t.shape).to(t.dtype)
+        pieces[name] = vector[offset : offset + t.numel()].reshape(t.shape).to(t)
         offset += t.numel()
     return pieces

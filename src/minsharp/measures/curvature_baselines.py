@@ -10,6 +10,7 @@ largest eigenvalue. The last two use products with the full Hessian over the who
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from minsharp.curvature.engine import hessian_trace
 from minsharp.curvature.results import Curvature
 from minsharp.measures.result import Evaluation
-from minsharp.objective import DatasetObjective, flatten, unflatten
+from minsharp.objective import DatasetObjective, Parameters, flatten, unflatten
 from minsharp.options import integer
 from minsharp.solvers.lanczos import EIGEN_MAX_ITERATIONS, EIGEN_TOLERANCE, largest_eigenvalue
 from minsharp.tensors import standard_error
@@ -222,14 +223,12 @@ def hutchinson_trace(
         for sample in tqdm(
             range(samples), disable=not progress, desc="Hutchinson probes", unit="probe"
         ):
-            probe = {
-                name: (torch.randint(2, p.shape, generator=generator) * 2 - 1).to(p)
-                for name, p in objective.parameters.items()
-            }
+            probe = _rademacher(objective.parameters, generator)
             product = hessian_times(probe)
             for column, name in enumerate(objective.parameters):
-                # Entries of ±1 times the product are exact in any dtype: sum them in float64.
-                forms[sample, column] = (probe[name] * product[name]).sum(dtype=torch.float64)
+                # In the product's own dtype: its rounding is already of that order, and a
+                # float64 sum would first copy the whole product to float64.
+                forms[sample, column] = float((probe[name] * product[name]).sum())
     columns: dict[str, list[int]] = {}
     for column, name in enumerate(objective.parameters):
         columns.setdefault(_module(name), []).append(column)
@@ -260,3 +259,14 @@ def _by_module(values: dict[str, float]) -> dict[str, float]:
     for name, value in values.items():
         modules[_module(name)] = modules.get(_module(name), 0.0) + value
     return modules
+
+
+def _rademacher(parameters: Mapping[str, Tensor], generator: torch.Generator) -> Parameters:
+    """A ±1 tensor per parameter, from one float32 draw over all of them in order.
+
+    One call for the whole vector, in float32 (exact for ±1): the cheapest of torch's CPU
+    samplers, and the same probes for float32 and float64 models.
+    """
+    total = sum(p.numel() for p in parameters.values())
+    flat = torch.randint(2, (total,), generator=generator, dtype=torch.float32).mul_(2).sub_(1)
+    return unflatten(flat, parameters)

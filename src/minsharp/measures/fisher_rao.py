@@ -2,11 +2,11 @@
 
 ``‖θ‖²_FR = E[(θᵀ ∇_θ ℓ(x, y))²]``, the squared norm of the parameters in the Fisher
 metric evaluated at the parameters themselves. With logits ``z_n`` and their directional
-derivative ``dz_n = J_n θ`` along ``θ`` (one forward-mode JVP),
+derivative ``dz_n = J_n θ`` along ``θ`` (a Jacobian-vector product),
 
     θᵀ ∇_θ ℓ(x_n, y) = (p_n − e_y)ᵀ dz_n,
 
-so the whole norm costs one forward pass with tangents, whatever the architecture.
+so the whole norm costs one forward pass and two backward passes, whatever the architecture.
 
 A function-preserving reparametrisation ``θ → Tθ`` with diagonal ``T`` (layer, neuron and
 batch-norm rescalings) maps gradients to ``T⁻¹ ∇ℓ``, so ``⟨Tθ, T⁻¹∇ℓ⟩ = ⟨θ, ∇ℓ⟩`` and the
@@ -15,8 +15,9 @@ norm is invariant to all three symmetries.
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -57,7 +58,8 @@ def fisher_rao_norm(
 
     Liang, Poggio, Rakhlin & Stokes 2019, "Fisher–Rao metric, geometry, and complexity of
     neural networks". With ``dz_n = J_n θ`` the derivative of the logits along θ (one
-    forward-mode JVP per batch) and ``p_n`` the softmax, ``θᵀ∇ℓ(x_n, y) = (p_n − e_y)ᵀ dz_n``:
+    Jacobian-vector product per batch) and ``p_n`` the softmax,
+    ``θᵀ∇ℓ(x_n, y) = (p_n − e_y)ᵀ dz_n``:
 
     * ``labels="true"`` (empirical): ``(1/N) Σ_n ((p_n − e_{y_n})ᵀ dz_n)²`` with the data's
       labels;
@@ -97,7 +99,7 @@ def fisher_rao_norm(
     choice("labels", labels, ("true", "model"))
     check_measurable(model)
     # Inside torch.inference_mode() the tensors made here would be inference tensors, which
-    # forward-mode AD and in-place accumulation refuse: work outside it throughout.
+    # autograd and in-place accumulation refuse: work outside it throughout.
     with autograd_enabled():
         total, projection_sum, num_examples = _sums(model, data, labels, batch_size, progress)
     details: dict[str, Any] = {"labels": labels}
@@ -111,7 +113,9 @@ def _sums(
 ) -> tuple[float, float, int]:
     """Sums over the data of ``(θᵀ∇ℓ)²`` (expected over y for "model") and of ``θᵀ∇ℓ``."""
     dtype, device = model_dtype_device(model)
-    parameters = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    parameters = {
+        name: p.detach().requires_grad_() for name, p in model.named_parameters() if p.requires_grad
+    }
     if not parameters:
         raise MinsharpError("model has no trainable parameters: the Fisher–Rao norm is empty.")
     fixed = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
@@ -122,9 +126,10 @@ def _sums(
 
     num_examples = 0
     num_classes = 0
+    forward_mode = False
 
     def local_sums() -> dict[str, Tensor]:
-        nonlocal num_examples, num_classes
+        nonlocal num_examples, num_classes, forward_mode
         total = torch.zeros((), dtype=torch.float64, device=device)
         projection_sum = torch.zeros((), dtype=torch.float64, device=device)
         batches = _batches(data, labels, batch_size, device, dtype)
@@ -139,15 +144,14 @@ def _sums(
             num_examples += inputs.shape[0]
             if not distributed.owns(chunk):
                 continue
-            with warnings.catch_warnings():
-                # torch's first forward-mode call loads decompositions through torch.jit.script
-                warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
-                logits, tangent = jvp(
-                    lambda point, inputs=inputs: logits_at(point, inputs),
-                    (parameters,),
-                    (parameters,),
-                )
+            logits = logits_at(parameters, inputs)
             check_logits(logits, inputs.shape[0])
+            tangent = None if forward_mode else _along_parameters(logits, parameters, chunk == 0)
+            if tangent is None:  # an operation without a (correct) double backward
+                forward_mode = True
+                tangent = _forward_mode_tangent(
+                    lambda point, inputs=inputs: logits_at(point, inputs), parameters
+                )
             probabilities = logits.detach().double().softmax(1)
             tangent = tangent.detach().double()
             centred = tangent - (probabilities * tangent).sum(1, keepdim=True)
@@ -162,6 +166,64 @@ def _sums(
 
     sums = distributed.summed_over_ranks(local_sums)
     return float(sums["total"]), float(sums["projection"]), num_examples
+
+
+def _along_parameters(logits: Tensor, parameters: dict[str, Tensor], check: bool) -> Tensor | None:
+    """``dz = J θ``, the logits' derivative along the parameters, by two backward passes.
+
+    ``g(u) = Jᵀu`` is linear in ``u``, so ``∇_u ⟨g(u), θ⟩ = J θ``. Reverse mode twice instead
+    of forward mode: the same cost once warm, and no forward-mode start-up (torch compiles its
+    forward-mode decompositions on a process's first forward-mode call, about 0.25 s). An
+    operation whose backward torch cannot differentiate either raises or, marked
+    ``once_differentiable`` without a forward-mode rule, silently cuts the second pass; with
+    ``check`` the adjoint identity ``⟨u₀, J θ⟩ = ⟨Jᵀu₀, θ⟩`` for a random ``u₀`` (one more
+    first-order backward) catches the cut. None when it fails or torch refuses.
+    """
+    if not logits.requires_grad:  # no parameter reaches the logits
+        return torch.zeros_like(logits)
+    cotangent = torch.zeros_like(logits, requires_grad=True)
+    weights = list(parameters.values())
+    try:
+        pulled = torch.autograd.grad(
+            logits, weights, grad_outputs=cotangent, create_graph=True, allow_unused=True
+        )
+        if check:
+            probe = torch.randn(
+                logits.shape, generator=torch.Generator().manual_seed(0), dtype=logits.dtype
+            ).to(logits.device)
+            back = torch.autograd.grad(
+                logits, weights, grad_outputs=probe, retain_graph=True, allow_unused=True
+            )
+            adjoint = _inner_with(back, weights)
+        (tangent,) = torch.autograd.grad(_inner_with(pulled, weights), cotangent, allow_unused=True)
+    except RuntimeError:
+        return None
+    tangent = torch.zeros_like(logits) if tangent is None else tangent.detach()
+    if check:
+        forward = float((probe * tangent).sum(dtype=torch.float64))
+        backward = float(adjoint)
+        scale = float((probe * tangent).abs().sum(dtype=torch.float64)) + abs(backward)
+        if abs(forward - backward) > math.sqrt(torch.finfo(logits.dtype).eps) * scale:
+            return None
+    return tangent
+
+
+def _inner_with(gradients: tuple[Tensor | None, ...], weights: list[Tensor]) -> Tensor:
+    """``Σ_p ⟨g_p, θ_p⟩`` over the parameters the gradient reaches (θ detached)."""
+    pairs = zip(gradients, weights, strict=True)
+    terms = [(g * p.detach()).sum() for g, p in pairs if g is not None]
+    return sum(terms, torch.zeros((), dtype=weights[0].dtype, device=weights[0].device))
+
+
+def _forward_mode_tangent(
+    logits_at: Callable[[dict[str, Tensor]], Tensor], parameters: dict[str, Tensor]
+) -> Tensor:
+    """``dz = J θ`` by forward mode, for models with an operation that has no double backward."""
+    point = {name: p.detach() for name, p in parameters.items()}
+    with warnings.catch_warnings():
+        # torch's first forward-mode call loads decompositions through torch.jit.script
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
+        return jvp(logits_at, (point,), (point,))[1]
 
 
 def _batches(

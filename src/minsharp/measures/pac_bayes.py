@@ -2,7 +2,7 @@
 
 ``1/σ²`` for the largest Gaussian noise level σ whose expected rise of the error rate (or the
 loss) stays within ``target``; the noise shares the common random numbers of
-:func:`minsharp.measures.perturbation.standard_normal_draws`.
+:class:`minsharp.measures.perturbation.StandardNormalDraws`.
 
 The expectation is the mean over ``samples`` fixed draws ``z_j`` (the module's
 common-random-number recipe, from ``seed``) with ``u_j = Σ_σ^{1/2} z_j``, so the estimated
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from minsharp.measures.perturbation import standard_normal_draws
+from minsharp.measures.perturbation import StandardNormalDraws
 from minsharp.measures.result import Evaluation
 from minsharp.objective import DatasetObjective, Parameters
 from minsharp.options import boolean, choice, integer, number
@@ -138,7 +138,8 @@ def _check_options(
 class _NoiseDeviation:
     """``σ ↦ (|mean_j metric(θ + u_j) − metric(θ)|, its standard error)``, ``u_j = Σ_σ^{1/2} z_j``.
 
-    The draws ``z_j`` are the common random numbers of :func:`standard_normal_draws`;
+    The draws ``z_j`` are the common random numbers of :class:`StandardNormalDraws`, kept
+    for every σ within the memory budget;
     ``metric(θ)`` is evaluated once, on construction. Each call advances ``bar`` by one.
     """
 
@@ -156,10 +157,11 @@ class _NoiseDeviation:
         )
         self.baseline = self.evaluate(None)
         self.squares = {name: p.square() for name, p in objective.parameters.items()}
+        self.draws = StandardNormalDraws(objective.parameters, self.seed, self.samples, keep=True)
 
     def __call__(self, sigma: float, bar: Any) -> tuple[float, float]:
         values = []
-        for z in standard_normal_draws(self.objective.parameters, self.seed, self.samples):
+        for z in self.draws:
             if self.magnitude_aware:
                 noise = {
                     name: (sigma**2 * self.squares[name] + self.offset**2).sqrt() * z[name]

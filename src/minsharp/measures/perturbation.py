@@ -18,9 +18,9 @@ scale ``s`` both constraint sets read ``ε = s ⊙ η``, ``‖η‖_p ≤ r`` (K
 ``p = ∞``, ``r = ε``; adaptive: ``s = |θ|``, ``r = ρ``), and projected steepest ascent runs
 in the normalised coordinates η. The Monte-Carlo measures share one noise source: draw ``j``
 is a standard normal tensor per trainable parameter, taken in ``named_parameters`` order from
-one ``torch.Generator`` (on the parameters' device) seeded with ``seed``, draw after draw. The
-same ``seed`` gives the same draws on every call, for every noise level and for any rescaled
-copy of the network (common random numbers).
+one CPU ``torch.Generator`` seeded with ``seed``, draw after draw
+(:class:`StandardNormalDraws`). The same ``seed`` gives the same draws on every call, for every
+noise level and for any rescaled copy of the network (common random numbers).
 
 ``adaptive_sharpness`` is solved by projected steepest ascent on η
 (:func:`worst_case_perturbation`, ``s = |θ|``): sign-gradient steps for ℓ∞,
@@ -51,9 +51,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from minsharp.curvature import budget
 from minsharp.errors import MinsharpError
 from minsharp.measures.result import Evaluation
-from minsharp.objective import DatasetObjective, Parameters
+from minsharp.objective import DatasetObjective, Parameters, unflatten
 from minsharp.options import choice, integer, number
 from minsharp.tensors import standard_error
 
@@ -418,7 +419,7 @@ def adaptive_sharpness_average(
     magnitude = {name: p.abs() for name, p in objective.parameters.items()}
     loss = objective.loss()
     draws = tqdm(
-        standard_normal_draws(objective.parameters, seed, samples),
+        StandardNormalDraws(objective.parameters, seed, samples),
         total=samples,
         disable=not progress,
         desc="adaptive noise",
@@ -446,21 +447,43 @@ def adaptive_sharpness_average(
     )
 
 
-def standard_normal_draws(
-    parameters: Mapping[str, Tensor], seed: int, samples: int
-) -> Iterator[Parameters]:
-    """``samples`` standard normal tensors shaped like ``parameters``, the same on every call.
+class StandardNormalDraws:
+    """``samples`` standard normal tensors shaped like ``parameters``, the same on every pass.
 
-    One CPU generator seeded with ``seed`` draws in float64, one tensor per parameter in
-    order, then casts to each parameter's dtype and device: the same seed gives the same noise
-    for float32 and float64 models, on any device.
+    The module's common random numbers: one CPU generator seeded with ``seed`` draws each
+    sample as one float32 vector over all parameters in order (float32 normals cost a fifth of
+    float64 ones on CPU), split and cast to each parameter's dtype and device, so the same seed
+    gives the same noise for float32 and float64 models, on any device. Iterating again gives
+    the same draws: kept from the first pass when ``keep`` and they fit
+    :data:`~minsharp.curvature.budget.MEMORY_BUDGET` (PAC-Bayes reuses them for every σ),
+    drawn anew otherwise.
     """
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(samples):
-        yield {
-            name: torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p)
-            for name, p in parameters.items()
-        }
+
+    def __init__(
+        self, parameters: Mapping[str, Tensor], seed: int, samples: int, *, keep: bool = False
+    ) -> None:
+        self.parameters, self.seed, self.samples = parameters, seed, samples
+        size = sum(p.numel() * p.element_size() for p in parameters.values())
+        self._kept: list[Parameters] | None = (
+            [] if keep and samples * size <= budget.MEMORY_BUDGET else None
+        )
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __iter__(self) -> Iterator[Parameters]:
+        if self._kept is not None and len(self._kept) == self.samples:
+            yield from self._kept
+            return
+        generator = torch.Generator().manual_seed(self.seed)
+        total = sum(p.numel() for p in self.parameters.values())
+        for _ in range(self.samples):
+            draw = unflatten(
+                torch.randn(total, generator=generator, dtype=torch.float32), self.parameters
+            )
+            if self._kept is not None:
+                self._kept.append(draw)
+            yield draw
 
 
 def elementwise_product(scale: Mapping[str, Tensor], tensors: Mapping[str, Tensor]) -> Parameters:
