@@ -7,13 +7,14 @@ loss) stays within ``target``; the noise shares the common random numbers of
 The expectation is the mean over ``samples`` fixed draws ``z_j`` (the module's
 common-random-number recipe, from ``seed``) with ``u_j = Σ_σ^{1/2} z_j``, so the estimated
 deviation is a deterministic function of σ, continuous for the loss and close to
-monotone. σ is bracketed from 0.1 by factors of 2 (within [1e-8, 1e4]) and bisected in
-log-space until the bracket's ratio is below ``1 + tolerance``; the reported σ is the
+monotone. σ is bracketed from 0.1 by factors of 2 (within [1e-8, 1e4]) and the bracket
+shrunk in log-space — interpolated guesses, bisection where they do not pay — until its
+ratio is below ``1 + tolerance``; the reported σ is the
 bracket's lower end, whose deviation is at most ``target`` while the upper end's exceeds
 it. As Jiang et al., the deviation is the absolute change: noise drives the error rate
 towards chance, which lowers it where it starts above chance (random labels, untrained
 networks). They bisected σ linearly on [0, 2] to a fixed depth, stopping early once the
-accuracy change was within 0.01 of 0.1; we bisect log σ to a relative width instead. Each
+accuracy change was within 0.01 of 0.1; we shrink log σ to a relative width instead. Each
 evaluation costs ``samples`` forward passes over the data.
 """
 
@@ -94,7 +95,7 @@ def pac_bayes_flatness(
         ``1/σ²``; ``details`` hold ``sigma``, ``sigma_upper`` (the bracket's upper end),
         ``deviation`` and ``deviation_upper`` (their estimated deviations), its
         ``standard_error``, ``metric_at_minimum`` and ``evaluations``; ``certificate`` the
-        bisection's record (``bracketed`` is False, with a warning, when even the largest σ
+        search's record (``bracketed`` is False, with a warning, when even the largest σ
         tried, 0.1·2¹⁶ ≈ 6554, stays within the target or the smallest, 0.1·2⁻²³ ≈ 1.2e-8,
         exceeds it; σ is then that limit).
     """
@@ -103,7 +104,7 @@ def pac_bayes_flatness(
     deviation = _NoiseDeviation(objective, metric, seed, samples, magnitude_aware, offset)
     most = _most_evaluations(tolerance)
     with tqdm(total=most, disable=not progress, desc="PAC-Bayes σ", unit="σ") as bar:
-        search = _bisect_log(functools.partial(deviation, bar=bar), target, tolerance)
+        search = _search_sigma(functools.partial(deviation, bar=bar), target, tolerance)
         bar.total = bar.n  # it ends once bracketed, mostly before the most it may take
     if not search.bracketed:
         _warn_unbracketed(metric, target, search)
@@ -195,7 +196,7 @@ def _pac_bayes_evaluation(
         value=1 / search.lower**2,
         num_examples=num_examples,
         certificate={
-            "method": "bracketing by factors of 2, then bisection in log σ",
+            "method": "bracketing by factors of 2, then interpolation and bisection in log σ",
             "bracketed": search.bracketed,
             "evaluations": search.evaluations,
             "relative_bracket": search.upper / search.lower - 1 if search.bracketed else None,
@@ -225,60 +226,109 @@ class _Bracket:
 
 
 def _most_evaluations(tolerance: float) -> int:
-    """The most σ evaluations :func:`_bisect_log` makes (a progress bar's total).
+    """The most σ evaluations :func:`_search_sigma` makes (a progress bar's total).
 
-    The start, the longer way out to SIGMA_MIN or SIGMA_MAX by factors SIGMA_FACTOR, then
-    halving the bracket's log-ratio until it is below ``log(1 + tolerance)``.
+    The start, the longer way out to SIGMA_MIN or SIGMA_MAX by factors SIGMA_FACTOR, then at
+    most three evaluations per halving of the bracket's log-ratio (an interpolation and its
+    closing shot that shrink it too little, then a bisection) until it is below
+    ``log(1 + tolerance)``.
     """
     out = max(math.log(SIGMA_MAX / SIGMA_START), math.log(SIGMA_START / SIGMA_MIN))
     halvings = math.log2(math.log(SIGMA_FACTOR) / math.log1p(tolerance))
-    return 1 + math.ceil(out / math.log(SIGMA_FACTOR)) + max(0, math.ceil(halvings))
+    return 1 + math.ceil(out / math.log(SIGMA_FACTOR)) + 3 * max(0, math.ceil(halvings))
 
 
-def _bisect_log(
+@dataclass
+class _Search:
+    """The σ search's state: ``lower`` with deviation ≤ target, ``upper`` with more."""
+
+    deviation: Callable[[float], tuple[float, float]]
+    target: float
+    lower: float = math.nan
+    upper: float = math.nan
+    lower_value: float = math.nan
+    upper_value: float = math.nan
+    lower_error: float = math.nan
+    evaluations: int = 0
+    last: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+
+    def at(self, sigma: float) -> bool:
+        """Evaluate ``σ`` and move the end it replaces; whether it is within the target."""
+        self.evaluations += 1
+        value, error = self.deviation(sigma)
+        self.last = (sigma, value, error)
+        if value <= self.target:
+            self.lower, self.lower_value, self.lower_error = sigma, value, error
+            return True
+        self.upper, self.upper_value = sigma, value
+        return False
+
+    def ratio(self) -> float:
+        return self.upper / self.lower
+
+    def bracket(self) -> _Bracket:
+        return _Bracket(
+            self.lower,
+            self.upper,
+            self.lower_value,
+            self.upper_value,
+            self.lower_error,
+            self.evaluations,
+            True,
+        )
+
+    def unbracketed(self) -> _Bracket:
+        """Both ends at the last σ evaluated (the search limit), with its deviation."""
+        sigma, value, error = self.last
+        return _Bracket(sigma, sigma, value, value, error, self.evaluations, False)
+
+
+def _search_sigma(
     deviation: Callable[[float], tuple[float, float]], target: float, tolerance: float
 ) -> _Bracket:
-    """The largest σ (to ``tolerance``) with ``deviation(σ) ≤ target``, bisecting log σ.
+    """The largest σ (to ``tolerance``) with ``deviation(σ) ≤ target``.
 
-    Keeps ``lower`` with deviation ≤ target and ``upper`` with deviation > target. When the
-    search leaves [SIGMA_MIN, SIGMA_MAX] unbracketed, both ends are that limit.
+    Brackets from SIGMA_START by factors SIGMA_FACTOR, then shrinks the bracket in log σ by
+    guesses interpolated from the ends' deviations (:func:`_interpolated`). Once a guess has
+    shrunk the log-width more than two bisections would, the next guess comes with one shot
+    just across it, which closes the bracket when the guess lands within ``tolerance / 2`` of
+    the crossing; when a guess shrinks it less, the next step bisects. When the search leaves
+    [SIGMA_MIN, SIGMA_MAX] unbracketed, both ends are that limit.
     """
-    evaluations = 0
-
-    def at(sigma: float) -> tuple[float, float]:
-        nonlocal evaluations
-        evaluations += 1
-        return deviation(sigma)
-
+    search = _Search(deviation, target)
+    within = search.at(SIGMA_START)
+    factor = SIGMA_FACTOR if within else 1 / SIGMA_FACTOR
     sigma = SIGMA_START
-    value, error = at(sigma)
-    if value <= target:
-        lower, lower_value, lower_error = sigma, value, error
-        while True:
-            if sigma * SIGMA_FACTOR > SIGMA_MAX:
-                return _Bracket(sigma, sigma, value, value, error, evaluations, False)
-            sigma *= SIGMA_FACTOR
-            value, error = at(sigma)
-            if value > target:
-                upper, upper_value = sigma, value
-                break
-            lower, lower_value, lower_error = sigma, value, error
+    while True:
+        if not SIGMA_MIN <= sigma * factor <= SIGMA_MAX:
+            return search.unbracketed()
+        sigma *= factor
+        if search.at(sigma) != within:
+            break
+    interpolate, trusted = True, False
+    while search.ratio() > 1 + tolerance:
+        width = math.log(search.ratio())
+        guess = _interpolated(search) if interpolate else math.sqrt(search.lower * search.upper)
+        shot = guess * (1 + tolerance / 2) ** (1 if search.at(guess) else -1)
+        if trusted and search.ratio() > 1 + tolerance and search.lower < shot < search.upper:
+            search.at(shot)
+        shrunk = math.log(search.ratio()) <= width / 4
+        trusted = interpolate and shrunk
+        interpolate = not interpolate or shrunk
+    return search.bracket()
+
+
+def _interpolated(search: _Search) -> float:
+    """Where the deviation crosses the target between the bracket's ends, interpolated.
+
+    A power law ``c σᵏ`` through both ends (the loss rise grows like σ² at small σ) when both
+    deviations are positive, else a straight line in log σ; kept off the ends by a twentieth
+    of the bracket's log-width so that it always shrinks.
+    """
+    low, high, target = search.lower_value, search.upper_value, search.target
+    if low > 0:
+        share = math.log(target / low) / math.log(high / low)
     else:
-        upper, upper_value = sigma, value
-        while True:
-            if sigma / SIGMA_FACTOR < SIGMA_MIN:
-                return _Bracket(sigma, sigma, value, value, error, evaluations, False)
-            sigma /= SIGMA_FACTOR
-            value, error = at(sigma)
-            if value <= target:
-                lower, lower_value, lower_error = sigma, value, error
-                break
-            upper, upper_value = sigma, value
-    while upper / lower > 1 + tolerance:
-        middle = math.sqrt(lower * upper)
-        value, error = at(middle)
-        if value <= target:
-            lower, lower_value, lower_error = middle, value, error
-        else:
-            upper, upper_value = middle, value
-    return _Bracket(lower, upper, lower_value, upper_value, lower_error, evaluations, True)
+        share = (target - low) / (high - low)
+    share = min(max(share, 0.05), 0.95)
+    return search.lower * search.ratio() ** share
