@@ -156,33 +156,32 @@ def worst_case_perturbation(
     scale = {name: scale[name].to(p) for name, p in objective.parameters.items()}
     movable = sum(int((s > 0).sum()) for s in scale.values())
     eta = {name: torch.zeros_like(p) for name, p in objective.parameters.items()}
-    best: WorstCase | None = None
-    loss = math.nan
+    # The best iterate: its step, loss, η and gradient in η (its record is made at the end).
+    best_step, loss, best_loss, best_eta, best_g = 0, math.nan, math.nan, eta, eta
     for k in tqdm(range(steps + 1), disable=not progress, desc="ascent", unit="step"):
         current, gradient = objective.gradient(objective.perturbed(elementwise_product(scale, eta)))
+        g = elementwise_product(scale, gradient)
         if k == 0:
             loss = current
-        if best is None or current > best.perturbed_loss:
-            g = elementwise_product(scale, gradient)
-            dual = _dual_norm(g, norm)
-            best = WorstCase(
-                loss=loss,
-                perturbed_loss=current,
-                perturbation=elementwise_product(scale, eta),
-                norm=norm,
-                radius=radius,
-                steps=steps,
-                best_step=k,
-                frank_wolfe_gap=radius * dual - _inner(g, eta),
-                gradient_dual_norm=dual,
-                on_boundary=_boundary(eta, scale, norm, radius, movable),
-            )
+        if k == 0 or current > best_loss:
+            best_step, best_loss, best_eta, best_g = k, current, eta, g
         if k < steps:
             length = step_size * radius * (1 + math.cos(math.pi * k / steps)) / 2
-            direction = _steepest(elementwise_product(scale, gradient), norm)
+            direction = _steepest(g, norm)
             eta = _project({n: eta[n] + length * direction[n] for n in eta}, norm, radius)
-    assert best is not None
-    return best
+    dual = _dual_norm(best_g, norm)
+    return WorstCase(
+        loss=loss,
+        perturbed_loss=best_loss,
+        perturbation=elementwise_product(scale, best_eta),
+        norm=norm,
+        radius=radius,
+        steps=steps,
+        best_step=best_step,
+        frank_wolfe_gap=radius * dual - _inner(best_g, best_eta),
+        gradient_dual_norm=dual,
+        on_boundary=_boundary(best_eta, scale, norm, radius, movable),
+    )
 
 
 def epsilon_sharpness(
