@@ -223,17 +223,23 @@ class DatasetObjective:
             def local(vector: Mapping[str, Tensor]) -> dict[str, Tensor]:
                 product = _BatchSums(point, self._sums_batches())
                 for gradient in gradients() if kept is None else kept:
-                    terms = [
-                        (g * vector[name]).sum()
+                    # H v = ∂(∇L)/∂θ applied to v: the gradient's own backward with v as its
+                    # cotangent (no graph for the inner product ∇L · v).
+                    reached = [
+                        (g, vector[name])
                         for name, g in zip(point, gradient, strict=True)
-                        if g is not None
+                        if g is not None and g.requires_grad
                     ]
-                    directional = sum(terms)
-                    if not isinstance(directional, Tensor) or not directional.requires_grad:
+                    if not reached:
                         continue  # no parameter reaches this batch's loss, or only linearly
+                    outputs, cotangents = zip(*reached, strict=True)
                     try:
                         parts = torch.autograd.grad(
-                            directional, targets, allow_unused=True, retain_graph=kept is not None
+                            outputs,
+                            targets,
+                            grad_outputs=cotangents,
+                            allow_unused=True,
+                            retain_graph=kept is not None,
                         )
                     except RuntimeError as error:  # an operation without a double backward
                         raise _no_second_derivative(error) from error

@@ -17,6 +17,7 @@ lower bound.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -231,9 +232,16 @@ class _Basis:
         self._size += 1
 
     def orthogonalise(self, vector: Tensor) -> Tensor:
-        """``vector`` minus its projection on the basis, Gram–Schmidt applied twice."""
+        """``vector`` minus its projection on the basis, by classical Gram–Schmidt.
+
+        A second pass only when the first removed more than ``1 − 1/√2`` of the norm: the
+        Daniel–Gragg–Kaufman–Stewart criterion, under which the second pass restores
+        orthogonality to working precision ("twice is enough").
+        """
         rows = self._rows[: self._size]
-        for _ in range(2):
+        before = vector.norm()
+        vector = vector - rows.T @ (rows @ vector)
+        if vector.norm() < before / math.sqrt(2):
             vector = vector - rows.T @ (rows @ vector)
         return vector
 
