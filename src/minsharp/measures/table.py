@@ -64,7 +64,7 @@ MEASURES: tuple[MeasureSpec, ...] = (
         name="fisher_rao",
         invariances=frozenset({"layer", "neuron", "batchnorm"}),
         requires=frozenset({"labels"}),
-        summary="Fisher–Rao norm E[(θᵀ∇ℓ)²], exact, by one forward-mode JVP along θ",
+        summary="Fisher–Rao norm E[(θᵀ∇ℓ)²], exact, by one Jacobian-vector product along θ",
         reference="Liang, Poggio, Rakhlin & Stokes 2019",
         compute=fisher_rao.fisher_rao_norm,
     ),
