@@ -229,10 +229,7 @@ def hutchinson_trace(
                 # In the product's own dtype: its rounding is already of that order, and a
                 # float64 sum would first copy the whole product to float64.
                 forms[sample, column] = float((probe[name] * product[name]).sum())
-    columns: dict[str, list[int]] = {}
-    for column, name in enumerate(objective.parameters):
-        columns.setdefault(_module(name), []).append(column)
-    per_module = {module: forms[:, where].sum(1) for module, where in columns.items()}
+    per_module = _forms_by_module(forms, list(objective.parameters))
     totals = forms.sum(1)
     return Evaluation(
         value=float(totals.mean()),
@@ -246,6 +243,14 @@ def hutchinson_trace(
         },
         resolved={"batch_size": objective.batch_size},
     )
+
+
+def _forms_by_module(forms: Tensor, names: list[str]) -> dict[str, Tensor]:
+    """Each module's share of the quadratic forms: the columns of its parameters, summed."""
+    columns: dict[str, list[int]] = {}
+    for column, name in enumerate(names):
+        columns.setdefault(_module(name), []).append(column)
+    return {module: forms[:, where].sum(1) for module, where in columns.items()}
 
 
 def _module(parameter: str) -> str:

@@ -20,7 +20,6 @@ evaluation costs ``samples`` forward passes over the data.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import warnings
@@ -108,8 +107,7 @@ def pac_bayes_flatness(
         bar.total = bar.n  # it ends once bracketed, mostly before the most it may take
     if not search.bracketed:
         _warn_unbracketed(metric, target, search)
-    evaluation = _pac_bayes_evaluation(search, objective.num_examples, metric, deviation.baseline)
-    return dataclasses.replace(evaluation, resolved={"batch_size": objective.batch_size})
+    return _pac_bayes_evaluation(search, objective, metric, deviation.baseline)
 
 
 def _check_options(
@@ -189,12 +187,13 @@ def _warn_unbracketed(metric: Metric, target: float, search: _Bracket) -> None:
 
 
 def _pac_bayes_evaluation(
-    search: _Bracket, num_examples: int, metric: Metric, baseline: float
+    search: _Bracket, objective: DatasetObjective, metric: Metric, baseline: float
 ) -> Evaluation:
-    """``1/σ²`` from the σ bracket, with its certificate and details."""
+    """``1/σ²`` from the σ bracket, with its certificate, details and the batch size used."""
     return Evaluation(
         value=1 / search.lower**2,
-        num_examples=num_examples,
+        num_examples=objective.num_examples,
+        resolved={"batch_size": objective.batch_size},
         certificate={
             "method": "bracketing by factors of 2, then interpolation and bisection in log σ",
             "bracketed": search.bracketed,

@@ -154,7 +154,6 @@ def worst_case_perturbation(
     if missing:
         raise MinsharpError(f"scale has no entry for the parameters {sorted(missing)}.")
     scale = {name: scale[name].to(p) for name, p in objective.parameters.items()}
-    movable = sum(int((s > 0).sum()) for s in scale.values())
     eta = {name: torch.zeros_like(p) for name, p in objective.parameters.items()}
     # The best iterate: its step, loss, η and gradient in η (its record is made at the end).
     best_step, loss, best_loss, best_eta, best_g = 0, math.nan, math.nan, eta, eta
@@ -180,7 +179,7 @@ def worst_case_perturbation(
         best_step=best_step,
         frank_wolfe_gap=radius * dual - _inner(best_g, best_eta),
         gradient_dual_norm=dual,
-        on_boundary=_boundary(best_eta, scale, norm, radius, movable),
+        on_boundary=_boundary(best_eta, scale, norm, radius),
     )
 
 
@@ -391,13 +390,9 @@ def adaptive_sharpness_average(
     between sharpness and generalization" (their adaptive average-case definition; the
     adaptive neighbourhood is Kwon et al. 2021's). Estimated over ``samples`` antithetic pairs
     ``±z_j`` of Gaussian draws (the module's common-random-number recipe, from ``seed``),
-
-        ``(1/S) Σ_j (L(θ + ρ |θ| ⊙ z_j) + L(θ − ρ |θ| ⊙ z_j)) / 2 − L(θ)``,
-
-    unbiased since ``−z`` is distributed as ``z``; the pair cancels the loss's first-order
-    term ``ρ ∇Lᵀ(|θ| ⊙ z)``, which dominates the spread of single draws at small ρ. The noise
-    is relative to each parameter's magnitude, so with the same draws the estimate is exactly
-    invariant — not only in expectation — to layer, neuron and batch-norm rescalings.
+    unbiased, the pair cancelling the first-order term (:func:`_antithetic_losses`). The
+    noise is relative to each parameter's magnitude, so with the same draws the estimate is
+    exactly invariant — not only in expectation — to layer, neuron and batch-norm rescalings.
     Default ``ρ = 0.1``, inside their CIFAR-10 grid (0.05–0.4); they used 20 draws per batch
     of 128 examples, we use 50 pairs (100 perturbed losses) over the whole data. Costs two
     forward passes over the data per pair.
@@ -420,22 +415,10 @@ def adaptive_sharpness_average(
     integer("samples", samples, minimum=2, why="antithetic pairs; the standard error needs two")
     integer("seed", seed)
     objective = DatasetObjective(model, data, batch_size)
-    magnitude = {name: p.abs() for name, p in objective.parameters.items()}
     loss = objective.loss()
-    draws = tqdm(
-        StandardNormalDraws(objective.parameters, seed, samples),
-        total=samples,
-        disable=not progress,
-        desc="adaptive noise",
-        unit="pair",
+    losses = _antithetic_losses(
+        objective, StandardNormalDraws(objective.parameters, seed, samples), rho, progress
     )
-    pairs = []
-    for z in draws:
-        direction = elementwise_product(magnitude, z)
-        plus = objective.loss(objective.perturbed(direction, rho))
-        minus = objective.loss(objective.perturbed(direction, -rho))
-        pairs.append((plus + minus) / 2)
-    losses = torch.tensor(pairs, dtype=torch.float64)
     mean = float(losses.mean())
     return Evaluation(
         value=mean - loss,
@@ -449,6 +432,25 @@ def adaptive_sharpness_average(
         },
         resolved={"batch_size": objective.batch_size},
     )
+
+
+def _antithetic_losses(
+    objective: DatasetObjective, draws: StandardNormalDraws, rho: float, progress: bool
+) -> Tensor:
+    """``(L(θ + ρ|θ| ⊙ z) + L(θ − ρ|θ| ⊙ z)) / 2`` for each draw z, in float64.
+
+    Their mean less ``L(θ)`` estimates the adaptive average-case sharpness without bias,
+    ``−z`` being distributed as ``z``; the pair cancels the first-order term
+    ``ρ ∇Lᵀ(|θ| ⊙ z)``, which dominates the spread of single draws at small ρ.
+    """
+    magnitude = {name: p.abs() for name, p in objective.parameters.items()}
+    pairs = []
+    for z in tqdm(draws, disable=not progress, desc="adaptive noise", unit="pair"):
+        direction = elementwise_product(magnitude, z)
+        plus = objective.loss(objective.perturbed(direction, rho))
+        minus = objective.loss(objective.perturbed(direction, -rho))
+        pairs.append((plus + minus) / 2)
+    return torch.tensor(pairs, dtype=torch.float64)
 
 
 class StandardNormalDraws:
@@ -524,14 +526,11 @@ def _project(eta: Mapping[str, Tensor], norm: Norm, radius: float) -> Parameters
 
 
 def _boundary(
-    eta: Mapping[str, Tensor],
-    scale: Mapping[str, Tensor],
-    norm: Norm,
-    radius: float,
-    movable: int,
+    eta: Mapping[str, Tensor], scale: Mapping[str, Tensor], norm: Norm, radius: float
 ) -> float:
     if norm == "2":
         return _dual_norm(eta, "2") / radius
+    movable = sum(int((s > 0).sum()) for s in scale.values())
     if movable == 0:
         return 0.0
     edge = radius * (1 - 1e-9)
