@@ -170,20 +170,22 @@ def _osborne(u: np.ndarray, free: np.ndarray, edges: _Edges) -> int:
 def _newton(u: np.ndarray, free: np.ndarray, edges: _Edges, tolerance: float) -> int:
     position = np.full(edges.num_nodes, -1)
     position[free] = np.arange(free.size)
-    laplacian = _LaplacianPattern.of(position[edges.dst], position[edges.src], free.size)
+    laplacian = _Laplacian.of(position[edges.dst], position[edges.src], free.size)
     rescaled = edges.rescaled(u)
     for step in range(MAX_NEWTON):
         incoming, outgoing = edges.in_out(rescaled)
         if free.size == 0 or _imbalance(incoming, outgoing, free) <= tolerance:
             return step
         gradient = (-2.0 * (incoming - outgoing))[free]
-        direction = _newton_direction(laplacian.matrix(4.0 * rescaled), gradient)
+        direction = laplacian.solve(4.0 * rescaled, -gradient)
         value, t = rescaled.sum(), 1.0
+        # Near the optimum F's decrease falls below its rounding: allow a few ulps of F.
+        slack = 8 * np.finfo(float).eps * value
         while t > 1e-12:
             trial = u.copy()
             trial[free] += t * direction
             rescaled = edges.rescaled(trial)
-            if rescaled.sum() <= value + 1e-4 * t * gradient @ direction:
+            if rescaled.sum() <= value + 1e-4 * t * gradient @ direction + slack:
                 break
             t *= 0.5
         u[free] = trial[free]
@@ -191,46 +193,63 @@ def _newton(u: np.ndarray, free: np.ndarray, edges: _Edges, tolerance: float) ->
 
 
 @dataclass(frozen=True)
-class _LaplacianPattern:
-    """The sparsity of ∇²F on the free nodes, built once; each Newton step only sums values.
+class _Laplacian:
+    """∇²F on the free nodes, ``diag(d) − A − Aᵀ``, its sparsity fixed once.
 
-    ∇²F is the weighted graph Laplacian of the edges: ``+w`` on the diagonal at each free
-    endpoint, ``−w`` at (i, j) and (j, i) when both are free.
+    An edge of weight w adds ``w`` to ``d`` at each free endpoint and ``w`` to ``A`` at
+    (dst, src) when both ends are free. ``A`` keeps its CSR structure across Newton steps;
+    each step only gathers the new weights into it, and conjugate gradients use ``A`` and
+    its transpose (a view) without forming ``A + Aᵀ``.
     """
 
     size: int
-    slot: np.ndarray
-    """Stored entry of each contribution."""
-    edge: np.ndarray
-    """Edge of each contribution."""
-    sign: np.ndarray
-    indices: np.ndarray
-    indptr: np.ndarray
+    dst_edges: np.ndarray
+    """Edges whose dst is free, and the free position of that dst."""
+    dst_position: np.ndarray
+    src_edges: np.ndarray
+    src_position: np.ndarray
+    inner_edges: np.ndarray
+    """Edges with both ends free, in the row-major order of ``A``'s entries."""
+    columns: np.ndarray
+    row_starts: np.ndarray
 
     @classmethod
-    def of(cls, i: np.ndarray, j: np.ndarray, size: int) -> _LaplacianPattern:
-        """The pattern for edges from free position ``j`` to ``i`` (−1: not free)."""
-        ends_i, ends_j = np.flatnonzero(i >= 0), np.flatnonzero(j >= 0)
-        both = np.flatnonzero((i >= 0) & (j >= 0))
-        rows = np.concatenate([i[ends_i], j[ends_j], i[both], j[both]])
-        cols = np.concatenate([i[ends_i], j[ends_j], j[both], i[both]])
-        keys, slot = unique_keys(rows * size + cols, size * size)
-        rows_of = keys // size
+    def of(cls, i: np.ndarray, j: np.ndarray, size: int) -> _Laplacian:
+        """The operator's structure for edges from free position ``j`` to ``i`` (−1: not free)."""
+        dst_edges, src_edges = np.flatnonzero(i >= 0), np.flatnonzero(j >= 0)
+        inner = np.flatnonzero((i >= 0) & (j >= 0))
+        inner = inner[np.argsort(i[inner], kind="stable")]
+        counts = np.bincount(i[inner], minlength=size)
         return cls(
             size=size,
-            slot=slot,
-            edge=np.concatenate([ends_i, ends_j, both, both]),
-            sign=np.repeat(
-                [1.0, 1.0, -1.0, -1.0], [ends_i.size, ends_j.size, both.size, both.size]
-            ),
-            indices=keys % size,
-            indptr=np.searchsorted(rows_of, np.arange(size + 1)),
+            dst_edges=dst_edges,
+            dst_position=i[dst_edges],
+            src_edges=src_edges,
+            src_position=j[src_edges],
+            inner_edges=inner,
+            columns=j[inner],
+            row_starts=np.concatenate([[0], np.cumsum(counts)]),
         )
 
-    def matrix(self, weight: np.ndarray) -> sp.csr_matrix:
-        """∇²F for edge weights ``weight`` (already rescaled)."""
-        data = np.bincount(self.slot, self.sign * weight[self.edge], minlength=self.indices.size)
-        return sp.csr_matrix((data, self.indices, self.indptr), shape=(self.size, self.size))
+    def solve(self, weight: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """``(∇²F)⁻¹ right`` for edge weights ``weight``, by Jacobi-preconditioned CG."""
+        diagonal = np.bincount(
+            self.dst_position, weight[self.dst_edges], minlength=self.size
+        ) + np.bincount(self.src_position, weight[self.src_edges], minlength=self.size)
+        adjacency = sp.csr_matrix(
+            (weight[self.inner_edges], self.columns, self.row_starts), shape=(self.size,) * 2
+        )
+        transpose = adjacency.T
+
+        def times(v: np.ndarray) -> np.ndarray:
+            return diagonal * v - adjacency @ v - transpose @ v
+
+        operator = LinearOperator((self.size,) * 2, matvec=times)
+        preconditioner = LinearOperator((self.size,) * 2, matvec=lambda v: v / diagonal)
+        solution, _ = cg(
+            operator, right, rtol=1e-13, atol=0.0, M=preconditioner, maxiter=10 * self.size
+        )
+        return solution
 
 
 #: Largest key range grouped with a dense table (32 MiB of int64); beyond it, by sorting.
@@ -248,18 +267,3 @@ def unique_keys(keys: np.ndarray, key_range: int) -> tuple[np.ndarray, np.ndarra
     present[keys] = True
     rank = np.cumsum(present) - 1
     return np.flatnonzero(present), rank[keys]
-
-
-def _newton_direction(hessian: sp.csr_matrix, gradient: np.ndarray) -> np.ndarray:
-    """``−∇²F⁻¹ ∇F`` by Jacobi-preconditioned conjugate gradients (sparse, no fill-in)."""
-    inverse_diagonal = 1.0 / hessian.diagonal()
-    preconditioner = LinearOperator(hessian.shape, matvec=lambda v: inverse_diagonal * v)
-    direction, _ = cg(
-        hessian,
-        -gradient,
-        rtol=1e-13,
-        atol=0.0,
-        M=preconditioner,
-        maxiter=10 * gradient.size,
-    )
-    return direction
