@@ -33,6 +33,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 
 import torch
 from torch import Tensor, nn
@@ -283,8 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             _, functions = workloads(network, images)
             profiles += f"\n## torch.profiler: our diagonal, {network.label}\n\n```\n"
             profiles += profile_table(functions["diagonal"]) + "```\n"
-    backpack = common.optional_module("backpack")[0]
-    version = getattr(backpack, "__version__", "not installed")
+    try:
+        version = metadata.version("backpack-for-pytorch")
+    except metadata.PackageNotFoundError:
+        version = "not installed"
     notes = [
         f"networks: `minsharp.models` (`mlp(784, [100, 100], K)`, `small_mlp`, `small_cnn`, "
         f"`lenet`, `resnet20(1, 10, batchnorm=True)`), untrained, eval mode, on "
