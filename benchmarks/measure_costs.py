@@ -5,8 +5,8 @@ The paper's MLP 784-512-128-512-10 (theory §6), trained briefly on MNIST test i
 first N = 1000 test images with their labels, each measure called as the README shows
 (``minsharp.measure(name, model, (X, y))``, default options). A training step is
 ``zero_grad``, forward, mean cross-entropy and ``.backward()`` on the same N examples, the
-median of interleaved timings, re-timed before each measure. The bar (issue 16): all
-measures together at most 350 steps.
+median of timings spread over the run (groups of steps before and between the measures).
+The bar (issue 16): all measures together at most 350 steps.
 
     python benchmarks/measure_costs.py [--quick] [--output benchmarks/results/measure_costs.md]
 """
@@ -62,23 +62,26 @@ def main() -> int:
     inputs, targets = flat[: settings.examples], labels[: settings.examples]
     training_step = common.training_step(model, inputs, targets)
 
-    def step_time(warmup: int) -> float:
-        return common.timed_calls(
-            training_step,
-            repeats=settings.step_repeats,
-            warmup=warmup,
-            max_other_cores=settings.max_other_cores,
-        ).median
+    step_samples: list[float] = []
 
-    step = step_time(warmup=2)
+    def time_steps(warmup: int) -> None:
+        step_samples.extend(
+            common.timed_calls(
+                training_step,
+                repeats=settings.step_repeats,
+                warmup=warmup,
+                max_other_cores=settings.max_other_cores,
+            ).kept
+        )
+
+    time_steps(warmup=2)
     model.eval()
-    rows, total, local_steps = [], 0.0, []
+    timed: dict[str, tuple[float, float]] = {}
     for name in minsharp.available():
         if "batchnorm" in minsharp.measures.spec(name).requires:
-            rows.append([name, "n/a", "n/a (needs batch-norm; the paper MLP has none)", ""])
             continue
-        # The unit is re-timed before each measure: this machine's speed drifts over a run.
-        local_steps.append(local := step_time(warmup=0))
+        # Steps are timed between the measures, so that the unit samples the whole run.
+        time_steps(warmup=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             call = functools.partial(minsharp.measure, name, model, (inputs, targets))
@@ -89,19 +92,24 @@ def main() -> int:
                 warmup=0,
                 max_other_cores=settings.max_other_cores,
             )
-        seconds = statistics.median([first, *again.kept])
-        total += seconds / local
-        rows.append(
-            [name, common.seconds(seconds), f"{seconds / local:.1f}", f"{first / local:.1f}"]
-        )
-        common.print_row(rows[-1])
+        timed[name] = statistics.median([first, *again.kept]), first
+        print(f"{name}: {timed[name][0]:.3g} s", flush=True)
+    step = statistics.median(step_samples)
+    rows, total = [], 0.0
+    for name in minsharp.available():
+        if name not in timed:
+            rows.append([name, "n/a", "n/a (needs batch-norm; the paper MLP has none)", ""])
+            continue
+        seconds, first = timed[name]
+        total += seconds / step
+        rows.append([name, common.seconds(seconds), f"{seconds / step:.1f}", f"{first / step:.1f}"])
     rows.append(["**all measures**", "", f"**{total:.0f}**", ""])
     notes = [
         f"N = {settings.examples} MNIST test images; training step (forward, loss, backward on "
-        f"the same N) median {common.seconds(step)} at the start; each measure is divided by "
-        f"the median of {settings.step_repeats} steps timed just before it (from "
-        f"{common.seconds(min(local_steps, default=step))} to "
-        f"{common.seconds(max(local_steps, default=step))} over the run)",
+        f"the same N) median {common.seconds(step)} over {len(step_samples)} steps timed in "
+        f"groups of {settings.step_repeats} before and between the measures (quartiles "
+        f"{common.seconds(statistics.quantiles(step_samples)[0])} and "
+        f"{common.seconds(statistics.quantiles(step_samples)[2])})",
         f"bar: all measures together ≤ {BUDGET_STEPS} steps — "
         f"{common.verdict(total <= BUDGET_STEPS)}",
         f"each measure called {settings.measure_repeats} times at its default options, after "
