@@ -346,4 +346,8 @@ def test_noise_draws_repeat_on_every_pass_kept_or_drawn_anew(monkeypatch, budget
     for a, b in zip(first, second, strict=True):
         assert all(torch.equal(a[name], b[name]) for name in parameters)
     assert (first[1] is second[1]) == (budget_bytes > 0)  # kept only within the budget
+    fresh = StandardNormalDraws(parameters, seed=5, samples=3, keep=True)
+    next(iter(fresh))  # a pass stopped after one draw
+    for a, b in zip(list(fresh), first, strict=True):
+        assert all(torch.equal(a[name], b[name]) for name in parameters)
     assert not torch.equal(first[0][next(iter(parameters))], first[1][next(iter(parameters))])

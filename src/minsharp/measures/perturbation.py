@@ -481,6 +481,8 @@ class StandardNormalDraws:
         if self._kept is not None and len(self._kept) == self.samples:
             yield from self._kept
             return
+        if self._kept is not None:
+            self._kept.clear()  # a pass stopped early kept only some: draw them all again
         generator = torch.Generator().manual_seed(self.seed)
         total = sum(p.numel() for p in self.parameters.values())
         for _ in range(self.samples):
