@@ -126,10 +126,10 @@ def _sums(
 
     num_examples = 0
     num_classes = 0
-    forward_mode = False
+    forward_mode = checked = False
 
     def local_sums() -> dict[str, Tensor]:
-        nonlocal num_examples, num_classes, forward_mode
+        nonlocal num_examples, num_classes, forward_mode, checked
         total = torch.zeros((), dtype=torch.float64, device=device)
         projection_sum = torch.zeros((), dtype=torch.float64, device=device)
         batches = _batches(data, labels, batch_size, device, dtype)
@@ -146,7 +146,9 @@ def _sums(
                 continue
             logits = logits_at(parameters, inputs)
             check_logits(logits, inputs.shape[0])
-            tangent = None if forward_mode else _along_parameters(logits, parameters, chunk == 0)
+            # The adjoint check runs on the first batch of every rank (each rank owns others).
+            first_here, checked = not checked, True
+            tangent = None if forward_mode else _along_parameters(logits, parameters, first_here)
             if tangent is None:  # an operation without a (correct) double backward
                 forward_mode = True
                 tangent = _forward_mode_tangent(
