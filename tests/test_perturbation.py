@@ -24,6 +24,7 @@ from torch import nn
 from minsharp.curvature import budget
 from minsharp.errors import DataError, MinsharpError
 from minsharp.measures import measure
+from minsharp.measures.pac_bayes import _most_evaluations, _search_sigma
 from minsharp.measures.perturbation import StandardNormalDraws, worst_case_perturbation
 from minsharp.objective import DatasetObjective, flatten, unflatten
 
@@ -351,3 +352,20 @@ def test_noise_draws_repeat_on_every_pass_kept_or_drawn_anew(monkeypatch, budget
     for a, b in zip(list(fresh), first, strict=True):
         assert all(torch.equal(a[name], b[name]) for name in parameters)
     assert not torch.equal(first[0][next(iter(parameters))], first[1][next(iter(parameters))])
+
+
+@pytest.mark.parametrize("power", [2.0, 6.0])
+@pytest.mark.parametrize("crossing", [0.0173, 0.05, 3.7])
+def test_sigma_search_brackets_the_crossing_in_fewer_evaluations_than_bisection(power, crossing):
+    target, tolerance = 0.1, 0.01
+
+    def deviation(sigma: float) -> tuple[float, float]:
+        return target * (sigma / crossing) ** power, 0.0
+
+    search = _search_sigma(deviation, target, tolerance)
+    assert search.bracketed
+    assert search.lower <= crossing < search.upper <= search.lower * (1 + tolerance)
+    # Bisection needs ⌈log2(log 2 / log 1.01)⌉ = 7 halvings after bracketing.
+    outward = 1 + math.ceil(abs(math.log2(crossing / 0.1)))
+    assert search.evaluations < outward + 7
+    assert search.evaluations <= _most_evaluations(tolerance)
