@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import scipy.optimize
@@ -58,3 +60,49 @@ def test_edge_on_no_cycle_is_driven_to_zero():
 def test_zero_weights_and_isolated_nodes_are_ignored():
     result = balance(3, np.array([1, 0, 2]), np.array([0, 1, 0]), np.array([1.0, 1.0, 0.0]))
     assert result.attained and result.value == pytest.approx(2.0, rel=1e-14)
+
+
+def _layered(widths: list[int]) -> tuple[int, np.ndarray, np.ndarray]:
+    """A chain's graph: ground → layer 1 → … → layer L → ground, all edges between layers."""
+    starts = np.cumsum([1, *widths])
+    layers = [np.array([0])] + [np.arange(a, b) for a, b in itertools.pairwise(starts)]
+    layers.append(np.array([0]))
+    dst, src = [], []
+    for before, after in itertools.pairwise(layers):
+        grid_dst, grid_src = np.meshgrid(after, before, indexing="ij")
+        dst.append(grid_dst.ravel())
+        src.append(grid_src.ravel())
+    return int(starts[-1]), np.concatenate(dst), np.concatenate(src)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_layered_graphs_match_scipy(seed):
+    # The free nodes' graph is bipartite (layers alternate), so Osborne updates whole layers.
+    rng = np.random.default_rng(seed)
+    num_nodes, dst, src = _layered([5, 3, 4])
+    weight = rng.lognormal(0, 1.5, dst.size)
+    result = balance(num_nodes, dst, src, weight)
+    assert result.attained and result.max_relative_imbalance <= 1e-10
+    assert result.value == pytest.approx(_scipy(num_nodes, dst, src, weight), rel=1e-8)
+
+
+def test_parallel_edges_are_summed():
+    rng = np.random.default_rng(7)
+    num_nodes, dst, src = _layered([3, 2])
+    weight = rng.lognormal(0, 1, dst.size)
+    split = rng.random(dst.size)
+    doubled = balance(
+        num_nodes,
+        np.tile(dst, 2),
+        np.tile(src, 2),
+        np.concatenate([weight * split, weight * (1 - split)]),
+    )
+    single = balance(num_nodes, dst, src, weight)
+    assert doubled.value == pytest.approx(single.value, rel=1e-12)
+    np.testing.assert_allclose(doubled.log_scales, single.log_scales, atol=1e-9)
+
+
+def test_component_without_ground_is_balanced_around_its_own_anchor():
+    # Nodes 1 ⇄ 2 form a cycle that never meets ground: only their ratio matters.
+    result = balance(3, np.array([2, 1]), np.array([1, 2]), np.array([9.0, 1.0]))
+    assert result.attained and result.value == pytest.approx(6.0, rel=1e-14)

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor, nn
 
 from minsharp.errors import NotAChainError
-from minsharp.solvers.balance import unique_keys
 from minsharp.symmetry.graph import SymmetryGroup
 
 
@@ -37,35 +36,56 @@ class EdgeWeights:
 
 
 def edge_weights(group: SymmetryGroup, diagonal: Mapping[str, Tensor]) -> EdgeWeights:
-    """``a_e = Σ_{p on e} h_p`` per edge between tie classes, from a per-parameter diagonal."""
+    """``a_e = Σ_{p on e} h_p`` per edge between tie classes, from a per-parameter diagonal.
+
+    Entries along an axis on which both ends stay in one tie class (a first layer's inputs,
+    all ground; a kernel's positions) are summed before the edges are listed; the edges that
+    remain may repeat a (dst, src) pair, which the solver sums.
+    """
     representatives = group.representatives()
     classes, node_of = np.unique(representatives, return_inverse=True)  # ground (0) first
     num_nodes = classes.size
-    keys, masses, constant = [], [], 0.0
+    dsts, srcs, masses, constant = [], [], [], 0.0
     for name, entries in diagonal.items():
-        h = entries.detach().to("cpu", torch.float64).numpy()
         if name not in group.edges:
-            constant += float(h.sum())
+            constant += float(entries.detach().double().sum())
             continue
-        dst, src = group.edges[name]
-        shape = np.broadcast_shapes(dst.shape, src.shape)
-        summed = tuple(d for d in range(h.ndim) if d >= len(shape) or shape[d] == 1)
-        h = h.sum(axis=summed, keepdims=True).reshape(shape) if summed else h
-        pair = (
-            node_of[np.broadcast_to(dst, shape)] * num_nodes + node_of[np.broadcast_to(src, shape)]
-        )
-        keys.append(pair.ravel())
-        masses.append(h.ravel())
-    if not keys:
+        dst, src = (node_of[units] for units in group.edges[name])
+        # The unit arrays index the leading axes; trailing ones (a kernel's) are broadcast.
+        dst, src = (np.reshape(n, n.shape + (1,) * (entries.ndim - n.ndim)) for n in (dst, src))
+        summed = [
+            axis
+            for axis in range(entries.ndim)
+            if _constant_along(dst, axis) and _constant_along(src, axis)
+        ]
+        h = entries.detach()
+        if summed:
+            h = h.sum(dim=summed, keepdim=True, dtype=torch.float64)
+            dst, src = (_first_along(n, summed) for n in (dst, src))
+        reduced = h.shape
+        dsts.append(np.broadcast_to(dst, reduced).ravel())
+        srcs.append(np.broadcast_to(src, reduced).ravel())
+        masses.append(h.to("cpu", torch.float64).numpy().ravel())
+    if not dsts:
         return EdgeWeights(
             num_nodes, *(np.zeros(0, dtype=np.int64),) * 2, np.zeros(0), constant, node_of
         )
-    unique, inverse = unique_keys(np.concatenate(keys), num_nodes**2)
-    weight = np.bincount(inverse, np.concatenate(masses), minlength=unique.size)
-    dst, src = unique // num_nodes, unique % num_nodes
+    dst, src, weight = np.concatenate(dsts), np.concatenate(srcs), np.concatenate(masses)
     loop = dst == src
     constant += float(weight[loop].sum())
     return EdgeWeights(num_nodes, dst[~loop], src[~loop], weight[~loop], constant, node_of)
+
+
+def _constant_along(nodes: np.ndarray, axis: int) -> bool:
+    """Whether ``nodes`` holds one value along ``axis`` (trivially so when broadcast there)."""
+    return nodes.shape[axis] == 1 or bool(np.all(nodes == nodes.take([0], axis=axis)))
+
+
+def _first_along(nodes: np.ndarray, axes: list[int]) -> np.ndarray:
+    """``nodes`` with each of ``axes`` cut to its first index (kept as length 1)."""
+    for axis in axes:
+        nodes = nodes.take([0], axis=axis)
+    return nodes
 
 
 def rescaled_copy(model: nn.Module, group: SymmetryGroup, log_scales: np.ndarray) -> nn.Module:
