@@ -106,3 +106,12 @@ def test_component_without_ground_is_balanced_around_its_own_anchor():
     # Nodes 1 ⇄ 2 form a cycle that never meets ground: only their ratio matters.
     result = balance(3, np.array([2, 1]), np.array([1, 2]), np.array([9.0, 1.0]))
     assert result.attained and result.value == pytest.approx(6.0, rel=1e-14)
+
+
+def test_parallel_edges_with_a_cut_edge():
+    # scipy's strong components mislabel repeated entries; the solver merges them first.
+    dst, src = np.array([1, 1, 0, 1, 1]), np.array([0, 0, 1, 2, 2])
+    result = balance(3, dst, src, np.array([1.0, 3.0, 9.0, 2.0, 5.0]))
+    assert not result.attained
+    assert sorted(result.cut_edges.tolist()) == [3, 4]
+    assert result.value == pytest.approx(2 * np.sqrt(4.0 * 9.0), rel=1e-12)

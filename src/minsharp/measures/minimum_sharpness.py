@@ -40,6 +40,9 @@ from minsharp.symmetry.group import (
 #: :data:`minsharp.measures.SYMMETRIES`): one scale per module output, or one per unit.
 Group = Literal["layer", "neuron"]
 GROUPS: tuple[Group, ...] = ("layer", "neuron")
+#: Examples the model's graph runs on to find the group (more than one, so that the batch
+#: axis cannot be confused with a feature axis of length 1).
+DISCOVERY_EXAMPLES = 4
 
 
 def minimum_sharpness_evaluation(
@@ -98,7 +101,9 @@ def minimum_sharpness_evaluation(
     first = next(batches)
     probe = first[:PROBE_EXAMPLES]
     run_forward(model, probe)  # a bad input batch fails here, named, not inside the tracer
-    group = discover(model, probe)
+    # The rules read only shapes, so a few examples find the group; the check below, which
+    # could catch a rule that is wrong for this model, uses the whole probe.
+    group = discover(model, probe[:DISCOVERY_EXAMPLES])
     if symmetry == "layer":
         group.tie_layers()
     check = rescaled_copy(model, group, random_log_scales(group, seed))
@@ -159,7 +164,7 @@ def _solved(
     return Evaluation(
         value=solution.value + edges.constant,
         num_examples=diagonal.num_examples,
-        per_layer=_traces_at(group, diagonal, log_scales) if attained else None,
+        per_layer=_traces_at(diagonal, edges, solution.log_scales) if attained else None,
         certificate={
             "attained": attained,
             "max_relative_imbalance": solution.max_relative_imbalance,
@@ -181,16 +186,12 @@ def _solved(
         },
         resolved={"batch_size": diagonal.batch_size},
         invariances=frozenset({"layer", "neuron"} if symmetry == "neuron" else {"layer"}),
-        rescale=_twin_maker(group, log_scales, probe, solution, edges) if attained else None,
+        rescale=_twin_maker(group, log_scales, probe) if attained else None,
     )
 
 
 def _twin_maker(
-    group: SymmetryGroup,
-    log_scales: np.ndarray,
-    probe: Tensor,
-    solution: Balance,
-    edges: EdgeWeights,
+    group: SymmetryGroup, log_scales: np.ndarray, probe: Tensor
 ) -> Callable[[nn.Module], nn.Module]:
     def rescaled(model: nn.Module) -> nn.Module:
         """The copy of ``model`` at the optimal scales, checked on the probe batch."""
@@ -202,17 +203,14 @@ def _twin_maker(
 
 
 def _traces_at(
-    group: SymmetryGroup, diagonal: CurvatureDiagonal, log_scales: np.ndarray
+    diagonal: CurvatureDiagonal, edges: EdgeWeights, node_scales: np.ndarray
 ) -> dict[str, float]:
-    """Each module's trace after the rescaling, ``Σ_p h_p e^{−2 c_p(u)}``."""
+    """Each module's trace after the rescaling, ``Σ_p h_p e^{−2 c_p(u)}`` over its parameters."""
+    by_parameter = edges.traces_at(node_scales)
     traces: dict[str, float] = {}
-    for name, entries in diagonal.items():
-        h = entries.detach().to("cpu").double().numpy()
-        if name in group.edges:
-            dst, src = group.edges[name]
-            h = h * np.exp(-2 * (log_scales[dst] - log_scales[src]))
+    for name in diagonal:
         module = name.rpartition(".")[0]
-        traces[module] = traces.get(module, 0.0) + float(h.sum())
+        traces[module] = traces.get(module, 0.0) + by_parameter[name]
     return traces
 
 

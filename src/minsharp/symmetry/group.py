@@ -29,10 +29,32 @@ class EdgeWeights:
     dst: np.ndarray
     src: np.ndarray
     weight: np.ndarray
-    constant: float
-    """Diagonal mass on no edge (pinned-to-pinned entries, parameters outside the group)."""
+    owner: np.ndarray
+    """Index into ``parameters`` of the parameter each edge's entries belong to."""
+    parameters: tuple[str, ...]
+    fixed: dict[str, float]
+    """Per parameter, the diagonal mass on no edge (between units of one tie class, or a
+    parameter outside the group)."""
     node_of: np.ndarray
     """Unit id → node index."""
+
+    @property
+    def constant(self) -> float:
+        """Diagonal mass no group element moves."""
+        return sum(self.fixed.values())
+
+    def traces_at(self, node_scales: np.ndarray) -> dict[str, float]:
+        """Each parameter's trace at log-scales u per node (fixed mass + moved edges).
+
+        The moved part is ``Σ_e a_e e^{−2(u_dst − u_src)}`` over the parameter's edges.
+        """
+        down = np.exp(-2.0 * node_scales)
+        moved = self.weight * down[self.dst] / down[self.src]
+        sums = np.bincount(self.owner, moved, minlength=len(self.parameters))
+        traces = dict(self.fixed)
+        for name, total in zip(self.parameters, sums.tolist(), strict=True):
+            traces[name] = traces.get(name, 0.0) + total
+        return traces
 
 
 def edge_weights(group: SymmetryGroup, diagonal: Mapping[str, Tensor]) -> EdgeWeights:
@@ -44,36 +66,57 @@ def edge_weights(group: SymmetryGroup, diagonal: Mapping[str, Tensor]) -> EdgeWe
     """
     representatives = group.representatives()
     classes, node_of = np.unique(representatives, return_inverse=True)  # ground (0) first
-    num_nodes = classes.size
-    dsts, srcs, masses, constant = [], [], [], 0.0
-    for name, entries in diagonal.items():
-        if name not in group.edges:
-            constant += float(entries.detach().double().sum())
-            continue
-        dst, src = (node_of[units] for units in group.edges[name])
-        # The unit arrays index the leading axes; trailing ones (a kernel's) are broadcast.
-        dst, src = (np.reshape(n, n.shape + (1,) * (entries.ndim - n.ndim)) for n in (dst, src))
-        summed = [
-            axis
-            for axis in range(entries.ndim)
-            if _constant_along(dst, axis) and _constant_along(src, axis)
-        ]
-        h = entries.detach()
-        if summed:
-            h = h.sum(dim=summed, keepdim=True, dtype=torch.float64)
-            dst, src = (_first_along(n, summed) for n in (dst, src))
-        reduced = h.shape
-        dsts.append(np.broadcast_to(dst, reduced).ravel())
-        srcs.append(np.broadcast_to(src, reduced).ravel())
-        masses.append(h.to("cpu", torch.float64).numpy().ravel())
-    if not dsts:
-        return EdgeWeights(
-            num_nodes, *(np.zeros(0, dtype=np.int64),) * 2, np.zeros(0), constant, node_of
-        )
-    dst, src, weight = np.concatenate(dsts), np.concatenate(srcs), np.concatenate(masses)
-    loop = dst == src
-    constant += float(weight[loop].sum())
-    return EdgeWeights(num_nodes, dst[~loop], src[~loop], weight[~loop], constant, node_of)
+    parameters = tuple(name for name in diagonal if name in group.edges)
+    fixed = {
+        name: float(entries.detach().double().sum())
+        for name, entries in diagonal.items()
+        if name not in group.edges
+    }
+    dsts, srcs, masses, owners = [], [], [], []
+    for index, name in enumerate(parameters):
+        dst, src, mass = _parameter_edges(diagonal[name].detach(), *group.edges[name], node_of)
+        loop = dst == src
+        fixed[name] = 0.0
+        if loop.any():
+            fixed[name] = float(mass[loop].sum())
+            dst, src, mass = dst[~loop], src[~loop], mass[~loop]
+        dsts.append(dst)
+        srcs.append(src)
+        masses.append(mass)
+        owners.append(np.full(dst.size, index))
+    empty = np.zeros(0, dtype=np.int64)
+    return EdgeWeights(
+        num_nodes=classes.size,
+        dst=np.concatenate([empty, *dsts]),
+        src=np.concatenate([empty, *srcs]),
+        weight=np.concatenate([np.zeros(0), *masses]),
+        owner=np.concatenate([empty, *owners]),
+        parameters=parameters,
+        fixed=fixed,
+        node_of=node_of,
+    )
+
+
+def _parameter_edges(
+    h: Tensor, dst_units: np.ndarray, src_units: np.ndarray, node_of: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dst node, src node, mass) for each entry of ``h``, after summing constant axes."""
+    # Unit arrays broadcast against h as numpy does; padded to h's rank to walk its axes.
+    dst, src = (
+        np.reshape(node_of[units], (1,) * (h.ndim - units.ndim) + units.shape)
+        for units in (dst_units, src_units)
+    )
+    summed = [
+        axis for axis in range(h.ndim) if _constant_along(dst, axis) and _constant_along(src, axis)
+    ]
+    if summed:
+        h = h.sum(dim=summed, keepdim=True, dtype=torch.float64)
+        dst, src = (_first_along(nodes, summed) for nodes in (dst, src))
+    return (
+        np.broadcast_to(dst, h.shape).ravel(),
+        np.broadcast_to(src, h.shape).ravel(),
+        h.to("cpu", torch.float64).numpy().ravel(),
+    )
 
 
 def _constant_along(nodes: np.ndarray, axis: int) -> bool:
@@ -98,9 +141,10 @@ def rescaled_copy(model: nn.Module, group: SymmetryGroup, log_scales: np.ndarray
     with torch.no_grad():
         for name, (dst, src) in group.edges.items():
             parameter = parameters[name]
-            exponent = log_scales[dst] - log_scales[src]
-            factor = torch.from_numpy(np.exp(exponent)).to(parameter.dtype)
-            parameter.mul_(factor.to(parameter.device))
+            # e^{u_dst − u_src} as two broadcast factors: no exponential per entry.
+            for units, sign in ((dst, 1.0), (src, -1.0)):
+                factor = torch.from_numpy(np.exp(sign * log_scales[units]))
+                parameter.mul_(factor.to(parameter.device, parameter.dtype))
     return twin
 
 
