@@ -100,10 +100,11 @@ def minimum_sharpness_evaluation(
     batches = input_batches(data, sys.maxsize if batch_size is None else batch_size, device, dtype)
     first = next(batches)
     probe = first[:PROBE_EXAMPLES]
-    run_forward(model, probe)  # a bad input batch fails here, named, not inside the tracer
     # The rules read only shapes, so a few examples find the group; the check below, which
     # could catch a rule that is wrong for this model, uses the whole probe.
-    group = discover(model, probe[:DISCOVERY_EXAMPLES])
+    examples = probe[:DISCOVERY_EXAMPLES]
+    run_forward(model, examples)  # a bad input batch fails here, named, not inside the tracer
+    group = discover(model, examples)
     if symmetry == "layer":
         group.tie_layers()
     check = rescaled_copy(model, group, random_log_scales(group, seed))
@@ -168,7 +169,7 @@ def _solved(
         certificate={
             "attained": attained,
             "max_relative_imbalance": solution.max_relative_imbalance,
-            "iterations": solution.sweeps + solution.newton_steps,
+            "iterations": solution.osborne_steps + solution.newton_steps,
             "method": "osborne+newton",
         },
         details={

@@ -30,7 +30,7 @@ from minsharp.errors import MinsharpError
 #: Default certificate to reach: the largest relative imbalance |In − Out| / (In + Out).
 TOLERANCE: float = 1e-10
 #: Osborne steps before Newton (they stop early once the imbalance is below 1e-2).
-MAX_SWEEPS: int = 4
+MAX_OSBORNE: int = 4
 MAX_NEWTON: int = 100
 
 
@@ -41,7 +41,7 @@ class Balance:
     value: float
     """``inf_u F(u)`` (F over the edges inside strongly connected components)."""
     max_relative_imbalance: float
-    sweeps: int
+    osborne_steps: int
     newton_steps: int
     attained: bool
     """False when some edge with a_e > 0 lies on no directed cycle."""
@@ -59,7 +59,7 @@ def balance(
     *,
     tolerance: float = TOLERANCE,
 ) -> Balance:
-    """``inf_u Σ_e a_e e^{−2(u_dst − u_src)}`` with u_0 = 0, by Osborne sweeps then Newton.
+    """``inf_u Σ_e a_e e^{−2(u_dst − u_src)}`` with u_0 = 0, by Osborne steps then Newton.
 
     Balancing of a non-negative matrix (Osborne 1960; Kalantari, Khachiyan & Shokoufandeh
     1997), applied to the rescaled-trace objective of theory §7. ``dst``/``src`` are node
@@ -85,7 +85,7 @@ def balance(
             edges = _Edges.of(num_nodes, dst[inside], src[inside], weight[inside])
     free = _free_nodes(edges, labels)
     u = np.zeros(num_nodes)
-    sweeps = _osborne(u, free, edges)
+    osborne_steps = _osborne(u, free, edges)
     steps = _newton(u, free, edges, tolerance)
     incoming, outgoing = edges.in_out(u)
     value = float(incoming.sum())
@@ -100,7 +100,7 @@ def balance(
         attained=cut.size == 0,
         cut_edges=cut,
         max_relative_imbalance=_imbalance(incoming, outgoing, free),
-        sweeps=sweeps,
+        osborne_steps=osborne_steps,
         newton_steps=steps,
     )
 
@@ -222,15 +222,15 @@ def _osborne(u: np.ndarray, free: np.ndarray, edges: _Edges) -> int:
     from balance these log-space steps fix the scales' orders of magnitude that Newton's
     quadratic model gets wrong.
     """
-    for sweep in range(MAX_SWEEPS):
+    for taken in range(MAX_OSBORNE):
         incoming, outgoing = edges.in_out(u)
         if free.size == 0 or _imbalance(incoming, outgoing, free) < 1e-2:
-            return sweep
+            return taken
         step = 0.25 * np.log(incoming[free] / outgoing[free])
         _line_search(
             u, free, edges, step, float(incoming.sum()), -2.0 * (incoming - outgoing)[free]
         )
-    return MAX_SWEEPS
+    return MAX_OSBORNE
 
 
 def _line_search(

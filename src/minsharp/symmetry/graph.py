@@ -1,6 +1,6 @@
 """Discovery of the full rescaling group from a model's torch.fx graph (theory §7).
 
-The model is traced with :func:`torch.fx.symbolic_trace` and the traced graph is run on a
+The model is traced by a :class:`torch.fx.Tracer` and the traced graph is run on a
 probe batch; each tensor carries a *label*: the axis its units live on and the unit id of
 every index along it (id 0 is the ground: inputs, logits and pinned units). :data:`OP_RULES`,
 one entry per operation, says how an operation propagates labels, creates units (Linear,
@@ -110,9 +110,9 @@ def discover(model: nn.Module, probe: Tensor) -> SymmetryGroup:
     read, as unknown modules do). Raises :class:`~minsharp.errors.ModelError` when the
     model's own forward cannot be traced.
     """
-    traced = _traced(model)
-    context = _Context(SymmetryGroup(), dict(model.named_modules()), _shared_modules(model, traced))
-    _Propagation(traced, context).run(probe)
+    graph = _traced(model)
+    context = _Context(SymmetryGroup(), dict(model.named_modules()), _shared_modules(model, graph))
+    _Propagation(model, graph, context).run(probe)
     return context.group
 
 
@@ -127,17 +127,21 @@ class _LeafTracer(fx.Tracer):
         return qualified_name in self.leaves or super().is_leaf_module(module, qualified_name)
 
 
-def _traced(model: nn.Module) -> fx.GraphModule:
-    """``model``'s fx graph; untraceable submodules become leaves."""
+def _traced(model: nn.Module) -> fx.Graph:
+    """``model``'s fx graph; untraceable submodules become leaves.
+
+    The graph is run by an interpreter over ``model`` itself, so no GraphModule (and its
+    generated code) is built.
+    """
     try:
-        return fx.symbolic_trace(model)
+        return fx.Tracer().trace(model)
     except Exception as error:  # fx raises TraceError, TypeError, NotImplementedError…
         failure: Exception = error
     leaves = {name for name, module in model.named_modules() if name and not _traceable(module)}
     if leaves:
         tracer = _LeafTracer(leaves)
         try:
-            return fx.GraphModule(model, tracer.trace(model))
+            return tracer.trace(model)
         except Exception as error:
             failure = error
     raise ModelError(
@@ -157,11 +161,11 @@ def _traceable(module: nn.Module) -> bool:
     return True
 
 
-def _shared_modules(model: nn.Module, traced: fx.GraphModule) -> set[str]:
+def _shared_modules(model: nn.Module, graph: fx.Graph) -> set[str]:
     """Modules called more than once, or whose parameters are shared or read directly."""
-    calls = Counter(node.target for node in traced.graph.nodes if node.op == "call_module")
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     shared = {name for name, count in calls.items() if count > 1}
-    read = {node.target for node in traced.graph.nodes if node.op == "get_attr"}
+    read = {node.target for node in graph.nodes if node.op == "get_attr"}
     owners: dict[int, list[str]] = {}
     for name, parameter in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(parameter), []).append(name)
@@ -174,8 +178,8 @@ def _shared_modules(model: nn.Module, traced: fx.GraphModule) -> set[str]:
 class _Propagation(fx.Interpreter):
     """Runs the traced graph, carrying a :class:`Label` (or None: all ground) per node."""
 
-    def __init__(self, traced: fx.GraphModule, context: _Context) -> None:
-        super().__init__(traced)
+    def __init__(self, model: nn.Module, graph: fx.Graph, context: _Context) -> None:
+        super().__init__(model, graph=graph)
         self.context = context
         self.labels: dict[fx.Node, Label | None] = {}
 
