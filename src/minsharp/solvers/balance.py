@@ -19,6 +19,7 @@ can be driven to 0: the infimum is F over the edges inside components, not attai
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,15 +73,16 @@ def balance(
         >>> round(result.value, 12), result.attained
         (4.0, True)
     """
-    kept = np.flatnonzero(weight > 0)
-    if kept.size < weight.size:
+    positive = weight > 0
+    kept = None if positive.all() else np.flatnonzero(positive)
+    if kept is not None:
         dst, src, weight = dst[kept], src[kept], weight[kept]
     edges = _Edges.of(num_nodes, dst, src, weight)
     labels = _strong_components(edges)
     cut = np.zeros(0, dtype=np.int64)
     if labels is not None:
         inside = labels[dst] == labels[src]
-        cut = kept[~inside]
+        cut = np.flatnonzero(~inside) if kept is None else kept[~inside]
         if cut.size:
             edges = _Edges.of(num_nodes, dst[inside], src[inside], weight[inside])
     free = _free_nodes(edges, labels)
@@ -119,6 +121,12 @@ class _Edges:
         """The edges ``src → dst`` with weights ``weight`` (parallel edges add up in A)."""
         matrix = _csr(num_nodes, dst, src, weight)
         return cls(dst, src, matrix, matrix.T)
+
+    @functools.cached_property
+    def touched(self) -> np.ndarray:
+        """Whether each node has a kept edge, either direction."""
+        num_nodes = self.matrix.shape[0]
+        return (np.diff(self.matrix.indptr) > 0) | (np.bincount(self.src, minlength=num_nodes) > 0)
 
     def in_out(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rescaled weight entering and leaving each node: ``d ⊙ (A w)``, ``w ⊙ (Aᵀ d)``."""
@@ -161,7 +169,7 @@ def _strong_components(edges: _Edges) -> np.ndarray | None:
     breadth-first searches done as sparse products; otherwise scipy's search runs on a
     copy of A with parallel edges merged (it mislabels graphs with repeated entries).
     """
-    touched = _degree(edges) > 0
+    touched = edges.touched.copy()
     touched[0] = True
     if np.array_equal(_reached_from_ground(edges.matrix), touched) and np.array_equal(
         _reached_from_ground(edges.transpose), touched
@@ -185,18 +193,12 @@ def _reached_from_ground(matrix: sp.spmatrix) -> np.ndarray:
         frontier = new.astype(float)
 
 
-def _degree(edges: _Edges) -> np.ndarray:
-    """Number of kept edges at each node, either direction."""
-    num_nodes = edges.matrix.shape[0]
-    return np.bincount(edges.dst, minlength=num_nodes) + np.bincount(edges.src, minlength=num_nodes)
-
-
 def _free_nodes(edges: _Edges, labels: np.ndarray | None) -> np.ndarray:
     """Nodes that are variables: not ground, not alone, not their component's anchor.
 
     ``labels`` None: one strongly connected component, ground included.
     """
-    touched = np.flatnonzero(_degree(edges))
+    touched = np.flatnonzero(edges.touched)
     if labels is None:
         return touched[touched != 0]
     # The first touched node of each component without ground anchors it at u = 0.
