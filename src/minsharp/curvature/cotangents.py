@@ -51,7 +51,9 @@ def head_cotangents(weight: Tensor, probabilities: Tensor) -> Callable[[slice], 
     of N·H each, instead of N·K·H for ``c_k`` times ``W``: no K × K block is ever formed.
     ``Wᵀ p`` is formed once, by one (N, K) × (K, H) product, for all groups.
     """
-    roots = probabilities.sqrt().T.unsqueeze(2)  # (K, N, 1)
+    # Contiguous: a transposed view here made every group's (k, N, H) product
+    # non-contiguous too (the output follows the first operand's strides).
+    roots = probabilities.sqrt().T.contiguous().unsqueeze(2)  # (K, N, 1)
     mean_row = probabilities @ weight  # (N, H): Wᵀ p_n for every example
 
     def group(classes: slice) -> Tensor:

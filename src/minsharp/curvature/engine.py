@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from minsharp import distributed
 from minsharp.curvature import budget, patches
+from minsharp.curvature.chain import LinearReluChain, chain_cotangents, linear_relu_chain
 from minsharp.curvature.cotangents import (
     class_cotangents,
     head_cotangents,
@@ -219,6 +220,7 @@ def _curvature_pass(
             for name in layer.parameter_names
         }
         reaching: set[str] = set()
+        chain: LinearReluChain | None = None
         # With batch_size=None the data's batches are taken whole here and split below.
         chunk = sys.maxsize if batch_size is None else batch_size
         batches = input_batches(data, chunk, device, dtype)
@@ -229,11 +231,12 @@ def _curvature_pass(
             if index == 0:
                 probe = given[:PROBE_EXAMPLES]
                 reaching = check_formula(model, layers, probe, curvature)
-                size = batch_size or _auto_batch_size(model, layers, probe, diagonal)
+                chain = linear_relu_chain(model, layers, probe)
+                size = batch_size or _auto_batch_size(model, layers, probe, diagonal, chain)
             for inputs in given.split(budget.even_split(given.shape[0], size)):
                 num_examples += inputs.shape[0]
                 if distributed.owns(index):
-                    found = _batch_sums(model, layers, inputs, diagonal, reaching)
+                    found = _batch_sums(model, layers, inputs, diagonal, reaching, chain)
                     for name, value in found.items():
                         sums[name] += value
                 index += 1
@@ -245,16 +248,26 @@ def _curvature_pass(
 
 
 def _auto_batch_size(
-    model: nn.Module, layers: list[AnyLayer], probe: Tensor, diagonal: bool
+    model: nn.Module,
+    layers: list[AnyLayer],
+    probe: Tensor,
+    diagonal: bool,
+    chain: LinearReluChain | None,
 ) -> int:
-    """Examples per batch within the memory budget (:func:`budget.batch_size`)."""
-    need = budget.footprint(
-        model,
-        layers,
-        probe,
-        diagonal=diagonal,
-        forward=lambda inputs: run_forward(model, inputs),
-    )
+    """Examples per batch within the memory budget (:func:`budget.batch_size`).
+
+    A Linear–ReLU chain's footprint follows from its widths; other models run the probe.
+    """
+    if chain is not None:
+        need = chain.footprint(diagonal=diagonal)
+    else:
+        need = budget.footprint(
+            model,
+            layers,
+            probe,
+            diagonal=diagonal,
+            forward=lambda inputs: run_forward(model, inputs),
+        )
     return budget.batch_size(need, probe.element_size())
 
 
@@ -271,6 +284,7 @@ def _batch_sums(
     inputs: Tensor,
     diagonal: bool,
     reaching: set[str],
+    chain: LinearReluChain | None = None,
 ) -> dict[str, Tensor]:
     """Per-parameter sums over one batch; ``reaching``: layers whose output reaches the logits.
 
@@ -278,8 +292,9 @@ def _batch_sums(
     head), its sums in closed form (:func:`head_unit_squares`) and the K centred cotangents
     pulled back through it without the K × K block (:func:`head_cotangents`); otherwise the
     K centred cotangents of the logits (:func:`class_cotangents`). Either way they are pushed
-    back to the remaining layers' outputs a chunk of classes at a time, and each layer
-    accumulates its sums of squares (:class:`patches.LayerSums`).
+    back to the remaining layers' outputs a chunk of classes at a time, by hand through a
+    Linear–ReLU ``chain`` (:mod:`minsharp.curvature.chain`) and by autograd otherwise, and
+    each layer accumulates its sums of squares (:class:`patches.LayerSums`).
     """
     with recording(layers, inputs.shape[0], diagonal) as calls:
         logits = run_forward(model, inputs)
@@ -302,7 +317,11 @@ def _batch_sums(
         start = head_call.source
         rest = [(layer, call) for layer, call in recorded if layer is not head_layer]
     unused = {layer.name for layer, _ in rest}
-    if rest and start.requires_grad:
+    if head is not None and _chain_applies(chain, calls, head[0]):
+        assert chain is not None
+        _chain_pushed_back(chain, calls, cotangents, K, accumulators)
+        unused = set()
+    elif rest and start.requires_grad:
         unused = _pushed_back(start, rest, cotangents, K, accumulators)
     if unused & reaching:
         raise untraced_error(sorted(unused & reaching)[0])
@@ -369,6 +388,41 @@ def _pushed_back(
                     assert isinstance(layer, Layer)
                     found.add(layer.rule.rows(layer.module, mine[0]))
     return unused
+
+
+def _chain_applies(chain: LinearReluChain | None, calls: dict[str, AnyCall], head: Layer) -> bool:
+    """Whether this batch's calls let the cotangents go down ``chain`` by hand.
+
+    Every layer of the chain ran, on 2-D input left as it was, the last being the head.
+    """
+    if chain is None or len(chain.layers) < 2 or chain.layers[-1] is not head:
+        return False
+    for layer in chain.layers:
+        call = calls.get(layer.name)
+        if not isinstance(call, Call) or call.source.dim() != 2:
+            return False
+        if call.source._version != call.source_version:
+            return False
+    return True
+
+
+def _chain_pushed_back(
+    chain: LinearReluChain,
+    calls: dict[str, AnyCall],
+    cotangents: Callable[[slice], Tensor],
+    count: int,
+    accumulators: dict[str, patches.LayerSums | GenericSums],
+) -> None:
+    """The head's input cotangents down a Linear–ReLU chain into its layers' unit squares."""
+    relu_outputs = [calls[layer.name].source.detach() for layer in chain.layers[1:]]
+    weights = [layer.module.weight.detach() for layer in chain.layers[:-1]]
+    with torch.no_grad():
+        for _, found in chain_cotangents(weights, relu_outputs, cotangents, count):
+            for layer, rows in zip(chain.layers[:-1], found, strict=True):
+                sums = accumulators[layer.name]
+                assert isinstance(sums, patches.LayerSums)
+                # rows are spent: the chain has gone past them (and einsum ran 4× slower).
+                sums.add_unit_squares(rows.square_().sum(0).unsqueeze(1))
 
 
 def untraced_error(name: str) -> ModelError:

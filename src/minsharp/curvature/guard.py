@@ -74,6 +74,13 @@ PIECEWISE_LINEAR_METHODS = frozenset(
 )
 
 
+def has_forward_hooks(model: nn.Module) -> bool:
+    """Whether a forward hook (global or on a module of ``model``) could change an output."""
+    if module_internals._global_forward_hooks or module_internals._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 def known_piecewise_linear(model: nn.Module) -> bool:
     """Whether ``model`` is piecewise linear in each parameter by construction.
 
@@ -86,9 +93,7 @@ def known_piecewise_linear(model: nn.Module) -> bool:
     outputs. Then every parameter enters the logits once, through a piecewise-linear map,
     and the probe is moot: it costs one double-backward pass per parameter tensor.
     """
-    if module_internals._global_forward_hooks or module_internals._global_forward_pre_hooks:
-        return False
-    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+    if has_forward_hooks(model):
         return False
     seen: set[int] = set()
 
