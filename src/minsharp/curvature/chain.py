@@ -17,12 +17,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from minsharp.curvature.budget import Footprint
-from minsharp.curvature.generic import GenericLayer
+from minsharp.curvature.generic import GenericLayer, GenericSums
 from minsharp.curvature.guard import has_forward_hooks
 from minsharp.curvature.layers import Layer
+from minsharp.curvature.patches import LayerSums
+from minsharp.curvature.recording import AnyCall, Call
 
 #: Most elements of one chunk's cotangents at all layers together (2 MiB in float32). Chunks
 #: that stay in cache beat large products: on 784-100-100-K (N = 1000, 2 threads) the
@@ -57,6 +60,43 @@ class LinearReluChain:
             cotangent=sum(outputs) + classes,
             widest=max(*flat, *outputs, *kept),
         )
+
+    def applies(self, calls: dict[str, AnyCall], head: Layer) -> bool:
+        """Whether one batch's recorded ``calls`` let the cotangents go down the chain by hand.
+
+        Every layer of the chain ran, on 2-D input left as it was, the last being the head.
+        """
+        if len(self.layers) < 2 or self.layers[-1] is not head:
+            return False
+        for layer in self.layers:
+            call = calls.get(layer.name)
+            if not isinstance(call, Call) or call.source.dim() != 2:
+                return False
+            if call.source._version != call.source_version:
+                return False
+        return True
+
+    def pull_back(
+        self,
+        calls: dict[str, AnyCall],
+        head_cotangents: Callable[[slice], Tensor],
+        count: int,
+        accumulators: dict[str, LayerSums | GenericSums],
+    ) -> set[str]:
+        """The head's input cotangents down the chain into its layers' unit squares.
+
+        Returns the layers not reached: none (the engine's general path can miss some).
+        """
+        relu_outputs = [calls[layer.name].source.detach() for layer in self.layers[1:]]
+        weights = [layer.module.weight.detach() for layer in self.layers[:-1]]
+        with torch.no_grad():
+            for found in chain_cotangents(weights, relu_outputs, head_cotangents, count):
+                for layer, rows in zip(self.layers[:-1], found, strict=True):
+                    sums = accumulators[layer.name]
+                    assert isinstance(sums, LayerSums)
+                    # rows are spent, the chain having gone past them (einsum ran 4× slower).
+                    sums.add_unit_squares(rows.square_().sum(0).unsqueeze(1))
+        return set()
 
 
 def linear_relu_chain(
@@ -109,13 +149,13 @@ def chain_cotangents(
     relu_outputs: list[Tensor],
     head_cotangents: Callable[[slice], Tensor],
     count: int,
-) -> Iterator[tuple[slice, list[Tensor]]]:
+) -> Iterator[list[Tensor]]:
     """Per chunk of the ``count`` classes, the cotangents (k, N, C_l) at each layer's output.
 
     For the chain's layers ``L_0 … L_m`` (``L_m`` the head): ``weights`` are those of
     ``L_0 … L_{m−1}``, ``relu_outputs`` the recorded inputs ``h_1 … h_m`` of ``L_1 … L_m``,
-    and ``head_cotangents(classes)`` gives the cotangents (k, N, H) at ``h_m``. Yields the
-    chunk's classes and the cotangents at the outputs of ``L_0 … L_{m−1}``, in that order:
+    and ``head_cotangents(classes)`` gives the cotangents (k, N, H) at ``h_m``. Yields, per
+    chunk of classes, the cotangents at the outputs of ``L_0 … L_{m−1}``, in that order:
     ``δ_{m−1} = c ⊙ 1[h_m > 0]``, ``δ_{l−1} = (δ_l W_l) ⊙ 1[h_l > 0]``.
     """
     masks = [(h > 0).to(h.dtype) for h in relu_outputs]
@@ -131,4 +171,4 @@ def chain_cotangents(
             flat = cotangent.reshape(-1, cotangent.shape[-1]) @ weight
             cotangent = flat.view(*cotangent.shape[:-1], -1).mul_(mask)
             found.append(cotangent)
-        yield classes, found[::-1]
+        yield found[::-1]

@@ -13,7 +13,8 @@ of ``minsharp.curvature.generic``) and the autograd edge of its output
 (``minsharp.curvature.recording``). A Linear layer producing the logits gets its sums in
 closed form; the K cotangents are pushed back from there (or from the logits) to the
 other layers' outputs, never to the weights, a chunk of classes at a time
-(``minsharp.curvature.cotangents``); the layer rules then form the sums of squares from
+(``minsharp.curvature.cotangents``; by hand through a Linear–ReLU chain,
+``minsharp.curvature.chain``); the layer rules then form the sums of squares from
 patches and cotangents
 (``minsharp.curvature.patches``). How many examples a batch holds is the memory budget's
 choice (``minsharp.curvature.budget``) unless ``batch_size`` fixes it: beyond the (N, K)
@@ -38,7 +39,7 @@ from tqdm.auto import tqdm
 
 from minsharp import distributed
 from minsharp.curvature import budget, patches
-from minsharp.curvature.chain import LinearReluChain, chain_cotangents, linear_relu_chain
+from minsharp.curvature.chain import LinearReluChain, linear_relu_chain
 from minsharp.curvature.cotangents import (
     class_cotangents,
     head_cotangents,
@@ -291,9 +292,8 @@ def _batch_sums(
     One recording forward pass; then, when the logits are the output of a Linear layer (the
     head), its sums in closed form (:func:`head_unit_squares`) and the K centred cotangents
     pulled back through it without the K × K block (:func:`head_cotangents`); otherwise the
-    K centred cotangents of the logits (:func:`class_cotangents`). Either way they are pushed
-    back to the remaining layers' outputs a chunk of classes at a time, by hand through a
-    Linear–ReLU ``chain`` (:mod:`minsharp.curvature.chain`) and by autograd otherwise, and
+    K centred cotangents of the logits (:func:`class_cotangents`). They go back to the other
+    layers' outputs a chunk of classes at a time (by hand down a Linear–ReLU ``chain``), and
     each layer accumulates its sums of squares (:class:`patches.LayerSums`).
     """
     with recording(layers, inputs.shape[0], diagonal) as calls:
@@ -317,10 +317,8 @@ def _batch_sums(
         start = head_call.source
         rest = [(layer, call) for layer, call in recorded if layer is not head_layer]
     unused = {layer.name for layer, _ in rest}
-    if head is not None and _chain_applies(chain, calls, head[0]):
-        assert chain is not None
-        _chain_pushed_back(chain, calls, cotangents, K, accumulators)
-        unused = set()
+    if head is not None and chain is not None and chain.applies(calls, head[0]):
+        unused = chain.pull_back(calls, cotangents, K, accumulators)
     elif rest and start.requires_grad:
         unused = _pushed_back(start, rest, cotangents, K, accumulators)
     if unused & reaching:
@@ -388,41 +386,6 @@ def _pushed_back(
                     assert isinstance(layer, Layer)
                     found.add(layer.rule.rows(layer.module, mine[0]))
     return unused
-
-
-def _chain_applies(chain: LinearReluChain | None, calls: dict[str, AnyCall], head: Layer) -> bool:
-    """Whether this batch's calls let the cotangents go down ``chain`` by hand.
-
-    Every layer of the chain ran, on 2-D input left as it was, the last being the head.
-    """
-    if chain is None or len(chain.layers) < 2 or chain.layers[-1] is not head:
-        return False
-    for layer in chain.layers:
-        call = calls.get(layer.name)
-        if not isinstance(call, Call) or call.source.dim() != 2:
-            return False
-        if call.source._version != call.source_version:
-            return False
-    return True
-
-
-def _chain_pushed_back(
-    chain: LinearReluChain,
-    calls: dict[str, AnyCall],
-    cotangents: Callable[[slice], Tensor],
-    count: int,
-    accumulators: dict[str, patches.LayerSums | GenericSums],
-) -> None:
-    """The head's input cotangents down a Linear–ReLU chain into its layers' unit squares."""
-    relu_outputs = [calls[layer.name].source.detach() for layer in chain.layers[1:]]
-    weights = [layer.module.weight.detach() for layer in chain.layers[:-1]]
-    with torch.no_grad():
-        for _, found in chain_cotangents(weights, relu_outputs, cotangents, count):
-            for layer, rows in zip(chain.layers[:-1], found, strict=True):
-                sums = accumulators[layer.name]
-                assert isinstance(sums, patches.LayerSums)
-                # rows are spent: the chain has gone past them (and einsum ran 4× slower).
-                sums.add_unit_squares(rows.square_().sum(0).unsqueeze(1))
 
 
 def untraced_error(name: str) -> ModelError:
