@@ -215,9 +215,13 @@ def test_the_default_batch_takes_small_data_whole() -> None:
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
     layers = engine.find_layers(model)
+    probe = torch.randn(8, 20)
+    chain = engine.linear_relu_chain(model, layers, probe)
+    assert chain is not None
     with engine.autograd_enabled():
-        size = engine._auto_batch_size(model, layers, torch.randn(8, 20), True)
-    assert size > 5000
+        measured = engine._auto_batch_size(model, layers, probe, True, None)
+        from_widths = engine._auto_batch_size(model, layers, probe, True, chain)
+    assert measured == from_widths > 5000
     assert budget.even_split(1000, 600) == 500
     assert budget.even_split(1001, 500) == 334
     assert budget.even_split(10, 256) == 10
