@@ -111,6 +111,18 @@ def _hooked() -> nn.Module:
     return model
 
 
+def _backward_hooked() -> nn.Module:
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    model[1].register_full_backward_hook(lambda module, grad_in, grad_out: (grad_in[0] * 2,))
+    return model
+
+
+def _forward_replaced() -> nn.Module:
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    model[1].forward = lambda x: torch.nn.functional.leaky_relu(x, 0.3)
+    return model
+
+
 class _Subclass(nn.Sequential):
     pass
 
@@ -124,9 +136,21 @@ class _Subclass(nn.Sequential):
         (nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)), torch.randn(2, 6, 4)),
         (nn.Sequential(nn.Flatten(2), nn.Linear(4, 3)), torch.randn(2, 1, 2, 2)),
         (_hooked(), torch.randn(2, 4)),
+        (_backward_hooked(), torch.randn(2, 4)),
+        (_forward_replaced(), torch.randn(2, 4)),
         (_Subclass(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)), torch.randn(2, 4)),
     ],
-    ids=["relu6", "two relus", "no head", "3-d input", "partial flatten", "hook", "subclass"],
+    ids=[
+        "relu6",
+        "two relus",
+        "no head",
+        "3-d input",
+        "partial flatten",
+        "hook",
+        "backward hook",
+        "forward replaced",
+        "subclass",
+    ],
 )
 def test_other_models_take_the_general_path(model, inputs):
     assert chain.linear_relu_chain(model, find_layers(model), inputs) is None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as module_internals
 
 from minsharp.curvature.budget import Footprint
 from minsharp.curvature.generic import GenericLayer, GenericSums
@@ -109,7 +110,7 @@ def linear_relu_chain(
     ``nn.Linear`` among ``layers``, no forward hook that could change an output, and the data
     (``probe``: a few of its examples) reaching the first Linear as rows of its width.
     """
-    if type(model) is not nn.Sequential or has_forward_hooks(model):
+    if type(model) is not nn.Sequential or has_forward_hooks(model) or _altered(model):
         return None
     modules = list(_flattened(model))
     flattened = bool(modules) and type(modules[0]) is nn.Flatten
@@ -134,6 +135,20 @@ def linear_relu_chain(
     if probe.dim() != 2 or probe.shape[1] != chain[0].module.in_features:
         return None
     return LinearReluChain(chain, flattened)
+
+
+def _altered(model: nn.Module) -> bool:
+    """Whether a backward hook or a ``forward`` set on an instance could change the pull-back.
+
+    The hand pull-back assumes each module's class forward and plain gradients; autograd
+    honours both changes, so such models take the general path.
+    """
+    if module_internals._global_backward_hooks or module_internals._global_backward_pre_hooks:
+        return True
+    return any(
+        m._backward_hooks or m._backward_pre_hooks or "forward" in vars(m)
+        for m in model.modules()
+    )
 
 
 def _flattened(module: nn.Module) -> Iterator[nn.Module]:
