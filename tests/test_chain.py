@@ -21,8 +21,9 @@ from minsharp.curvature.reference import brute_force_hessian_diagonal
 
 
 def _chain(seed: int, *, flatten: bool = False, classes: int = 3) -> tuple[nn.Module, torch.Tensor]:
-    """A float64 Linear–ReLU chain of 1–4 layers with random widths and biases, and inputs."""
+    """A float64 chain of 2–4 Linear layers (random widths, biases, ReLUs), and inputs."""
     generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the layers' initial weights
     depth = int(torch.randint(2, 5, (), generator=generator))
     widths = [int(w) for w in torch.randint(2, 7, (depth,), generator=generator)] + [classes]
     modules: list[nn.Module] = [nn.Flatten()] if flatten else []
@@ -31,7 +32,6 @@ def _chain(seed: int, *, flatten: bool = False, classes: int = 3) -> tuple[nn.Mo
         modules.append(nn.Linear(width_in, width_out, bias=bias))
         if index < depth - 1:
             modules.append(nn.ReLU(inplace=bool(torch.rand((), generator=generator) < 0.5)))
-    torch.manual_seed(seed)
     model = nn.Sequential(*modules).double().eval()
     shape = (9, 1, widths[0]) if flatten else (9, widths[0])
     return model, torch.randn(*shape, generator=generator, dtype=torch.float64)

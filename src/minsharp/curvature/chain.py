@@ -50,8 +50,8 @@ class LinearReluChain:
         ReLU's; patches: each Linear's squared inputs (diagonal) or one squared norm
         (trace); one class's cotangents: each Linear's output and the logits.
         """
-        inputs = [layer.module.in_features for layer in self.layers]
-        outputs = [layer.module.out_features for layer in self.layers]
+        inputs = [layer.module.weight.shape[1] for layer in self.layers]
+        outputs = [layer.module.weight.shape[0] for layer in self.layers]
         kept = inputs if diagonal else [1] * len(self.layers)
         classes = outputs[-1]
         flat = [inputs[0]] if self.flattened else []
@@ -132,7 +132,7 @@ def linear_relu_chain(
             chain.append(layer)
     if len(modules) % 2 == 0 or len(chain) != len(layers):
         return None
-    if probe.dim() != 2 or probe.shape[1] != chain[0].module.in_features:
+    if probe.dim() != 2 or probe.shape[1] != chain[0].module.weight.shape[1]:
         return None
     return LinearReluChain(chain, flattened)
 
