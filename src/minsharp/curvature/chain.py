@@ -146,8 +146,7 @@ def _altered(model: nn.Module) -> bool:
     if module_internals._global_backward_hooks or module_internals._global_backward_pre_hooks:
         return True
     return any(
-        m._backward_hooks or m._backward_pre_hooks or "forward" in vars(m)
-        for m in model.modules()
+        m._backward_hooks or m._backward_pre_hooks or "forward" in vars(m) for m in model.modules()
     )
 
 
