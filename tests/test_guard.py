@@ -48,6 +48,17 @@ def test_a_hook_that_bends_the_output_sends_the_model_to_the_probe():
         minsharp.hessian_trace(model, torch.randn(5, 3, dtype=torch.float64))
 
 
+def test_a_forward_set_on_an_instance_sends_the_model_to_the_probe():
+    # The module's class says ReLU; its own forward says tanh. Judged by its class the model
+    # skipped the probe and got a silently wrong trace (1.33 against the Hessian's 1.53).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    model[1].forward = torch.tanh
+    assert not known_piecewise_linear(model)
+    with pytest.raises(minsharp.NotPiecewiseLinearError, match=r"0\.weight"):
+        minsharp.hessian_trace(model, torch.randn(6, 4, dtype=torch.float64))
+
+
 def test_a_global_hook_disables_the_shortcut():
     handle = module_internals.register_module_forward_hook(lambda module, args, output: None)
     try:

@@ -23,7 +23,7 @@ from torch.nn.modules import module as module_internals
 
 from minsharp.curvature.budget import Footprint
 from minsharp.curvature.generic import GenericLayer, GenericSums
-from minsharp.curvature.guard import has_forward_hooks
+from minsharp.curvature.guard import forward_altered
 from minsharp.curvature.layers import Layer
 from minsharp.curvature.patches import LayerSums
 from minsharp.curvature.recording import AnyCall, Call
@@ -110,7 +110,7 @@ def linear_relu_chain(
     ``nn.Linear`` among ``layers``, no forward hook that could change an output, and the data
     (``probe``: a few of its examples) reaching the first Linear as rows of its width.
     """
-    if type(model) is not nn.Sequential or has_forward_hooks(model) or _altered(model):
+    if type(model) is not nn.Sequential or forward_altered(model) or _altered(model):
         return None
     modules = list(_flattened(model))
     flattened = bool(modules) and type(modules[0]) is nn.Flatten

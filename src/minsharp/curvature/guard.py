@@ -74,11 +74,18 @@ PIECEWISE_LINEAR_METHODS = frozenset(
 )
 
 
-def has_forward_hooks(model: nn.Module) -> bool:
-    """Whether a forward hook (global or on a module of ``model``) could change an output."""
+def forward_altered(model: nn.Module) -> bool:
+    """Whether a module of ``model`` may not compute what its class's ``forward`` says.
+
+    A forward hook (global or on a module) can change an output, and so can a ``forward``
+    assigned on an instance (``model[1].forward = torch.tanh``): judging a module by its
+    class would then be wrong, so such models get the probe and the engine's general path.
+    """
     if module_internals._global_forward_hooks or module_internals._global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) for m in model.modules()
+    )
 
 
 def known_piecewise_linear(model: nn.Module) -> bool:
@@ -89,11 +96,12 @@ def known_piecewise_linear(model: nn.Module) -> bool:
     module instance used once; and for any model whose forward ``torch.fx`` traces into
     calls of such modules, each layer called once, joined only by
     :data:`PIECEWISE_LINEAR_FUNCTIONS` and :data:`PIECEWISE_LINEAR_METHODS` (residual sums,
-    ``torch.relu``, flattening: a ResNet). Never with forward hooks, which could change
-    outputs. Then every parameter enters the logits once, through a piecewise-linear map,
-    and the probe is moot: it costs one double-backward pass per parameter tensor.
+    ``torch.relu``, flattening: a ResNet). Never with forward hooks or a ``forward`` set on
+    an instance (:func:`forward_altered`). Then every parameter enters the logits once,
+    through a piecewise-linear map, and the probe is moot: it costs one double-backward pass
+    per parameter tensor.
     """
-    if has_forward_hooks(model):
+    if forward_altered(model):
         return False
     seen: set[int] = set()
 
