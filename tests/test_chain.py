@@ -41,10 +41,10 @@ def _general_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine, "linear_relu_chain", lambda *arguments: None)
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_chain_equals_the_general_path_and_brute_force(seed, monkeypatch):
-    model, inputs = _chain(seed, flatten=seed % 3 == 0)
-    taken = []
+@pytest.fixture
+def pull_backs(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """One entry per batch that went down the chain by hand."""
+    taken: list[bool] = []
     by_hand = chain.LinearReluChain.pull_back
 
     def counted(*arguments):
@@ -52,9 +52,15 @@ def test_chain_equals_the_general_path_and_brute_force(seed, monkeypatch):
         return by_hand(*arguments)
 
     monkeypatch.setattr(chain.LinearReluChain, "pull_back", counted)
+    return taken
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_chain_equals_the_general_path_and_brute_force(seed, monkeypatch, pull_backs):
+    model, inputs = _chain(seed, flatten=seed % 3 == 0)
     fast_diagonal = minsharp.hessian_diagonal(model, inputs)
     fast_trace = minsharp.hessian_trace(model, inputs)
-    assert len(taken) == 2  # both calls went down the chain by hand
+    assert len(pull_backs) == 2  # both calls went down the chain by hand
     labels = torch.zeros(inputs.shape[0], dtype=torch.long)  # the Hessian ignores labels
     brute = brute_force_hessian_diagonal(model, inputs, labels)
     _general_path(monkeypatch)
@@ -68,7 +74,7 @@ def test_chain_equals_the_general_path_and_brute_force(seed, monkeypatch):
         assert value == pytest.approx(slow_trace.by_parameter[name], rel=1e-13, abs=1e-15)
 
 
-def test_dead_units_and_exact_zero_preactivations_match_autograd(monkeypatch):
+def test_dead_units_and_exact_zero_preactivations_match_autograd(monkeypatch, pull_backs):
     # A unit whose pre-activation is exactly 0 on every example: ReLU's derivative there is
     # 0 for autograd, and the mask 1[h > 0] must agree.
     model, inputs = _chain(3)
@@ -77,25 +83,37 @@ def test_dead_units_and_exact_zero_preactivations_match_autograd(monkeypatch):
         if model[0].bias is not None:
             model[0].bias[0] = 0.0
     fast = minsharp.hessian_diagonal(model, inputs)
+    assert pull_backs
     _general_path(monkeypatch)
     slow = minsharp.hessian_diagonal(model, inputs)
     for name, value in fast.items():
         torch.testing.assert_close(value, slow[name], rtol=1e-13, atol=1e-15)
 
 
-def test_classes_in_several_chunks_give_the_same_sums(monkeypatch):
+def test_classes_in_several_chunks_give_the_same_sums(monkeypatch, pull_backs):
     model, inputs = _chain(5, classes=7)
     whole = minsharp.hessian_diagonal(model, inputs)
+    chunks: list[int] = []
+    produce = chain.chain_cotangents
+
+    def counted(*arguments):
+        for found in produce(*arguments):
+            chunks.append(found[0].shape[0])
+            yield found
+
+    monkeypatch.setattr(chain, "chain_cotangents", counted)
     monkeypatch.setattr(chain, "CHUNK_ELEMENTS", inputs.shape[0] * 30)  # a few classes each
     chunked = minsharp.hessian_diagonal(model, inputs)
+    assert len(pull_backs) == 2 and len(chunks) > 1 and sum(chunks) == 7
     for name, value in whole.items():
         torch.testing.assert_close(value, chunked[name], rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("flatten", [False, True])
 @pytest.mark.parametrize("diagonal", [False, True])
-def test_footprint_from_the_widths_is_the_measured_one(flatten, diagonal):
-    model, inputs = _chain(7, flatten=flatten)
+def test_footprint_from_the_widths_is_the_measured_one(seed, flatten, diagonal):
+    model, inputs = _chain(seed, flatten=flatten)
     layers = find_layers(model)
     found = chain.linear_relu_chain(model, layers, inputs[:2])
     assert found is not None
@@ -133,6 +151,7 @@ class _Subclass(nn.Sequential):
         (nn.Sequential(nn.Linear(4, 5), nn.ReLU6(), nn.Linear(5, 3)), torch.randn(2, 4)),
         (nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.ReLU(), nn.Linear(5, 3)), torch.randn(2, 4)),
         (nn.Sequential(nn.Linear(4, 5), nn.ReLU()), torch.randn(2, 4)),
+        (nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), torch.randn(2, 4)),
         (nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)), torch.randn(2, 6, 4)),
         (nn.Sequential(nn.Flatten(2), nn.Linear(4, 3)), torch.randn(2, 1, 2, 2)),
         (_hooked(), torch.randn(2, 4)),
@@ -144,6 +163,7 @@ class _Subclass(nn.Sequential):
         "relu6",
         "two relus",
         "no head",
+        "single linear",
         "3-d input",
         "partial flatten",
         "hook",

@@ -26,12 +26,12 @@ from minsharp.curvature.generic import GenericLayer, GenericSums
 from minsharp.curvature.guard import forward_altered
 from minsharp.curvature.layers import Layer
 from minsharp.curvature.patches import LayerSums
-from minsharp.curvature.recording import AnyCall, Call
+from minsharp.curvature.recording import AnyCall
 
 #: Most elements of one chunk's cotangents at all layers together (2 MiB in float32). Chunks
-#: that stay in cache beat large products: on 784-100-100-K (N = 1000, 2 threads) the
-#: diagonal took 32 ms at K = 100 with this, 62 ms with 8× larger chunks, 38 ms with one class
-#: per chunk; at K = 10 every size from one class to all ten took the same time.
+#: that stay in cache beat large products: timing hessian_diagonal on 784-100-100-K
+#: (N = 1000, 2 threads, 2026-12-03) gave 32 ms at K = 100 with this, 62 ms with 8× larger
+#: chunks, 38 ms with one class per chunk; at K = 10 all sizes took the same time.
 CHUNK_ELEMENTS = 1 << 19
 
 
@@ -62,21 +62,6 @@ class LinearReluChain:
             widest=max(*flat, *outputs, *kept),
         )
 
-    def applies(self, calls: dict[str, AnyCall], head: Layer) -> bool:
-        """Whether one batch's recorded ``calls`` let the cotangents go down the chain by hand.
-
-        Every layer of the chain ran, on 2-D input left as it was, the last being the head.
-        """
-        if len(self.layers) < 2 or self.layers[-1] is not head:
-            return False
-        for layer in self.layers:
-            call = calls.get(layer.name)
-            if not isinstance(call, Call) or call.source.dim() != 2:
-                return False
-            if call.source._version != call.source_version:
-                return False
-        return True
-
     def pull_back(
         self,
         calls: dict[str, AnyCall],
@@ -86,10 +71,12 @@ class LinearReluChain:
     ) -> set[str]:
         """The head's input cotangents down the chain into its layers' unit squares.
 
-        Returns the layers not reached: none (the engine's general path can miss some).
+        Any batch that ran reached every Linear as rows: input of another shape gives logits
+        that are not (N, K), which ``run_forward`` refuses. Returns the layers not reached,
+        as the general path does: none, here.
         """
         relu_outputs = [calls[layer.name].source.detach() for layer in self.layers[1:]]
-        weights = [layer.module.weight.detach() for layer in self.layers[:-1]]
+        weights = [layer.module.weight.detach() for layer in self.layers[1:-1]]
         with torch.no_grad():
             for found in chain_cotangents(weights, relu_outputs, head_cotangents, count):
                 for layer, rows in zip(self.layers[:-1], found, strict=True):
@@ -106,11 +93,12 @@ def linear_relu_chain(
     """The measured Linear layers of ``model`` in forward order, if it is a Linear–ReLU chain.
 
     None unless ``model`` is a plain ``nn.Sequential`` (nested plain Sequentials flattened)
-    of the form ``[Flatten,] Linear, ReLU, Linear, …, ReLU, Linear`` with every Linear an
-    ``nn.Linear`` among ``layers``, no forward hook that could change an output, and the data
-    (``probe``: a few of its examples) reaching the first Linear as rows of its width.
+    of the form ``[Flatten,] Linear, ReLU, Linear, …, ReLU, Linear`` with at least two
+    Linears, every one an ``nn.Linear`` among ``layers``, each module computing what its
+    class says (no hooks, no ``forward`` set on an instance), and the data (``probe``: a few
+    of its examples) reaching the first Linear as rows of its width.
     """
-    if type(model) is not nn.Sequential or forward_altered(model) or _altered(model):
+    if type(model) is not nn.Sequential or forward_altered(model) or _backward_hooked(model):
         return None
     modules = list(_flattened(model))
     flattened = bool(modules) and type(modules[0]) is nn.Flatten
@@ -130,24 +118,18 @@ def linear_relu_chain(
             if layer is None:
                 return None
             chain.append(layer)
-    if len(modules) % 2 == 0 or len(chain) != len(layers):
+    if len(modules) % 2 == 0 or len(chain) < 2 or len(chain) != len(layers):
         return None
     if probe.dim() != 2 or probe.shape[1] != chain[0].module.weight.shape[1]:
         return None
     return LinearReluChain(chain, flattened)
 
 
-def _altered(model: nn.Module) -> bool:
-    """Whether a backward hook or a ``forward`` set on an instance could change the pull-back.
-
-    The hand pull-back assumes each module's class forward and plain gradients; autograd
-    honours both changes, so such models take the general path.
-    """
+def _backward_hooked(model: nn.Module) -> bool:
+    """Whether a backward hook could change the gradients, as autograd would honour it."""
     if module_internals._global_backward_hooks or module_internals._global_backward_pre_hooks:
         return True
-    return any(
-        m._backward_hooks or m._backward_pre_hooks or "forward" in vars(m) for m in model.modules()
-    )
+    return any(m._backward_hooks or m._backward_pre_hooks for m in model.modules())
 
 
 def _flattened(module: nn.Module) -> Iterator[nn.Module]:
@@ -167,9 +149,10 @@ def chain_cotangents(
     """Per chunk of the ``count`` classes, the cotangents (k, N, C_l) at each layer's output.
 
     For the chain's layers ``L_0 … L_m`` (``L_m`` the head): ``weights`` are those of
-    ``L_0 … L_{m−1}``, ``relu_outputs`` the recorded inputs ``h_1 … h_m`` of ``L_1 … L_m``,
-    and ``head_cotangents(classes)`` gives the cotangents (k, N, H) at ``h_m``. Yields, per
-    chunk of classes, the cotangents at the outputs of ``L_0 … L_{m−1}``, in that order:
+    ``L_1 … L_{m−1}`` (``W_0`` is never needed), ``relu_outputs`` the recorded inputs
+    ``h_1 … h_m`` of ``L_1 … L_m``, and ``head_cotangents(classes)`` gives the cotangents
+    (k, N, H) at ``h_m``. Yields, per chunk of classes, the cotangents at the outputs of
+    ``L_0 … L_{m−1}``, in that order:
     ``δ_{m−1} = c ⊙ 1[h_m > 0]``, ``δ_{l−1} = (δ_l W_l) ⊙ 1[h_l > 0]``.
     """
     masks = [(h > 0).to(h.dtype) for h in relu_outputs]
@@ -180,7 +163,7 @@ def chain_cotangents(
         classes = slice(first, min(first + step, count))
         cotangent = head_cotangents(classes).mul_(masks[-1])
         found = [cotangent]
-        for weight, mask in zip(weights[:0:-1], masks[-2::-1], strict=True):
+        for weight, mask in zip(weights[::-1], masks[-2::-1], strict=True):
             # One 2-D product: torch.matmul of a 3-D by a 2-D tensor ran 1.9× slower here.
             flat = cotangent.reshape(-1, cotangent.shape[-1]) @ weight
             cotangent = flat.view(*cotangent.shape[:-1], -1).mul_(mask)

@@ -285,7 +285,7 @@ def _batch_sums(
     inputs: Tensor,
     diagonal: bool,
     reaching: set[str],
-    chain: LinearReluChain | None = None,
+    chain: LinearReluChain | None,
 ) -> dict[str, Tensor]:
     """Per-parameter sums over one batch; ``reaching``: layers whose output reaches the logits.
 
@@ -317,8 +317,8 @@ def _batch_sums(
         start = head_call.source
         rest = [(layer, call) for layer, call in recorded if layer is not head_layer]
     unused = {layer.name for layer, _ in rest}
-    if head is not None and chain is not None and chain.applies(calls, head[0]):
-        unused = chain.pull_back(calls, cotangents, K, accumulators)
+    if head is not None and chain is not None:
+        unused = chain.pull_back(calls, cotangents, K, accumulators)  # reaches every layer
     elif rest and start.requires_grad:
         unused = _pushed_back(start, rest, cotangents, K, accumulators)
     if unused & reaching:
