@@ -221,6 +221,19 @@ def test_a_foreign_directory_is_refused(tmp_path):
         study(tmp_path / "file")
 
 
+def test_what_a_worker_killed_before_study_json_leaves_does_not_block_the_next(tmp_path):
+    # SIGKILL between taking the lock and renaming study.json into place leaves these.
+    (tmp_path / ".lock").write_text('{"host": "h", "pid": 1}')
+    (tmp_path / "runs").mkdir()
+    (tmp_path / ".study.json.k2x9.tmp").write_text('{"format": "minsh')
+    outcome = study(tmp_path, tiny(seeds=(0,)))
+    assert outcome.trained == ["mlp_r0_s0", "mlp_r1_s0"]
+    assert not list(tmp_path.glob(".study.json.*.tmp"))
+    (tmp_path / "study.json").unlink()
+    with pytest.raises(StudyError, match="not a study directory"):
+        study(tmp_path, tiny(seeds=(0,)))  # runs/ is no longer empty: a finished run's files
+
+
 def test_a_model_that_cannot_take_the_data_fails_before_training(tmp_path, monkeypatch):
     counter = counting_training(monkeypatch)
     with pytest.raises(StudyError, match=r"model 'lenet' cannot be built .* shape \(64,\)"):

@@ -183,7 +183,7 @@ def existing_study(directory: Path, *, force: bool) -> dict[str, Any] | None:
     if not directory.is_dir():
         return None
     if not (directory / STUDY_FILE).exists():
-        if any(item.name != claims.LOCK_FILE for item in directory.iterdir()) and not force:
+        if any(not _left_by_a_start(item) for item in directory.iterdir()) and not force:
             raise StudyError(
                 f"{directory} exists, is not empty and is not a study directory (no "
                 f"{STUDY_FILE}); give a new or empty directory with --output (or --force to "
@@ -196,6 +196,19 @@ def existing_study(directory: Path, *, force: bool) -> dict[str, Any] | None:
         if force:
             return None
         raise StudyError(f"{error} Use --force to start the study there afresh.") from None
+
+
+def _left_by_a_start(item: Path) -> bool:
+    """Whether ``item`` is what a worker killed before writing ``study.json`` leaves behind.
+
+    Its lock, an empty ``runs/`` and a half-written ``study.json`` temporary are ours; a
+    directory holding only these is taken as empty, so another worker can start the study.
+    """
+    if item.name == claims.LOCK_FILE:
+        return True
+    if item.name == RUNS_DIR and item.is_dir():
+        return not any(item.iterdir())
+    return item.name.startswith(f".{STUDY_FILE}.") and item.name.endswith(".tmp")
 
 
 @contextlib.contextmanager
