@@ -443,7 +443,7 @@ def write_bytes_atomic(path: str | Path, payload: bytes) -> None:
     path = Path(path)
     try:
         descriptor, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+            dir=path.parent, prefix=f".{path.name}.", suffix=_TEMPORARY_SUFFIX
         )
     except OSError as failure:
         raise MinsharpError(f"cannot write {path}: {failure}.") from failure
@@ -460,6 +460,16 @@ def write_bytes_atomic(path: str | Path, payload: bytes) -> None:
         if isinstance(failure, OSError):
             raise MinsharpError(f"cannot write {path}: {failure}.") from failure
         raise
+
+
+#: The suffix of :func:`write_bytes_atomic`'s temporaries, named ``.<file name>.<random>.tmp``.
+_TEMPORARY_SUFFIX = ".tmp"
+
+
+def atomic_leftovers(path: str | Path) -> list[Path]:
+    """The temporaries of atomic writes of ``path`` that a killed process left behind."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*{_TEMPORARY_SUFFIX}"))
 
 
 def _umask() -> int:

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from minsharp.data.datasets import Splits, load_dataset
 from minsharp.errors import MinsharpError, StudyError
-from minsharp.io import write_json_atomic
+from minsharp.io import atomic_leftovers, write_json_atomic
 from minsharp.models import make_model
 from minsharp.study.core import claims as claims
 from minsharp.study.core.config import GridConfig, check_fits_data
@@ -394,7 +394,7 @@ def _record_session(
         "versions": versions(),
     }
     sessions = list(previous.get("sessions", [])) if previous is not None else []
-    for leftover in directory.glob(f".{STUDY_FILE}.*.tmp"):  # a worker killed mid-write
+    for leftover in atomic_leftovers(directory / STUDY_FILE):  # a worker killed mid-write
         leftover.unlink()
     (directory / RUNS_DIR).mkdir(exist_ok=True)
     study = {

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from minsharp.errors import MinsharpError, StudyError
-from minsharp.io import jsonable, read_tagged_json, sha256_file
+from minsharp.io import atomic_leftovers, jsonable, read_tagged_json, sha256_file
 from minsharp.study.core import claims as claims
 from minsharp.study.core.config import GridConfig
 from minsharp.study.core.kind import StudyKind
@@ -183,7 +183,9 @@ def existing_study(directory: Path, *, force: bool) -> dict[str, Any] | None:
     if not directory.is_dir():
         return None
     if not (directory / STUDY_FILE).exists():
-        if any(not _left_by_a_start(item) for item in directory.iterdir()) and not force:
+        leftovers = set(atomic_leftovers(directory / STUDY_FILE))
+        foreign = [item for item in directory.iterdir() if not _left_by_a_start(item, leftovers)]
+        if foreign and not force:
             raise StudyError(
                 f"{directory} exists, is not empty and is not a study directory (no "
                 f"{STUDY_FILE}); give a new or empty directory with --output (or --force to "
@@ -198,7 +200,7 @@ def existing_study(directory: Path, *, force: bool) -> dict[str, Any] | None:
         raise StudyError(f"{error} Use --force to start the study there afresh.") from None
 
 
-def _left_by_a_start(item: Path) -> bool:
+def _left_by_a_start(item: Path, study_temporaries: set[Path]) -> bool:
     """Whether ``item`` is what a worker killed before writing ``study.json`` leaves behind.
 
     Its lock, an empty ``runs/`` and a half-written ``study.json`` temporary are ours; a
@@ -208,7 +210,7 @@ def _left_by_a_start(item: Path) -> bool:
         return True
     if item.name == RUNS_DIR and item.is_dir():
         return not any(item.iterdir())
-    return item.name.startswith(f".{STUDY_FILE}.") and item.name.endswith(".tmp")
+    return item in study_temporaries
 
 
 @contextlib.contextmanager
