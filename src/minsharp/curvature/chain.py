@@ -156,7 +156,7 @@ def chain_cotangents(
     ``δ_{m−1} = c ⊙ 1[h_m > 0]``, ``δ_{l−1} = (δ_l W_l) ⊙ 1[h_l > 0]``.
     """
     # h ≥ 0 (a ReLU's output), so sign(h) is 1[h > 0]: one kernel where a comparison and a
-    # cast took two, 9 µs against 79 µs for (1000, 100) on 2 threads.
+    # cast take two.
     masks = [h.sign() for h in relu_outputs]
     N = relu_outputs[0].shape[0]
     held = N * sum(h.shape[1] for h in relu_outputs)  # one class's cotangents, all layers

@@ -176,6 +176,9 @@ def read_records(directory: str | Path, kind: StudyKind) -> StudyRecords:
 def existing_study(directory: Path, *, force: bool) -> dict[str, Any] | None:
     """The stored ``study.json`` of the directory ``directory``, ``None`` for a new or empty one.
 
+    A directory holding only what a worker killed before writing ``study.json`` left behind
+    (:func:`_left_by_a_start`) counts as empty.
+
     Raises:
         StudyError: ``directory`` is not empty but holds no study (unless ``force``), or its
             ``study.json`` is unreadable (unless ``force``).
