@@ -215,8 +215,9 @@ def test_independent_of_batch_size_and_data_form(build: Builder, seed: int, spli
 # ---------------------------------------------------------------------------------------------
 
 
-def _uses_gram_form(K: int, C: int, P: int, S: int) -> bool:
-    """The engine's choice (patches._weight_trace), restated."""
+def _uses_gram_form(classes: int, C: int, P: int, S: int) -> bool:
+    """The engine's choice (patches.LayerSums._gram_is_cheaper), restated: K − 1 cotangents."""
+    K = classes - 1
     return S * (K * C + P) < K * C * P
 
 
@@ -231,7 +232,7 @@ class _SequenceMean(nn.Module):
 
 
 def _form_cases() -> list[tuple[str, Callable[[], Case], tuple[int, int, int, int], bool]]:
-    """Networks whose first layer has (K, C, P, S) on either side of the Gram/direct choice."""
+    """Networks whose first layer has (classes, C, P, S) either side of the Gram/direct choice."""
 
     def conv2d_gram() -> Case:
         model = nn.Sequential(nn.Conv2d(3, 6, 2), nn.ReLU(), nn.Flatten(), nn.Linear(24, 3))
@@ -239,9 +240,9 @@ def _form_cases() -> list[tuple[str, Callable[[], Case], tuple[int, int, int, in
 
     def grouped_conv2d_gram() -> Case:
         model = nn.Sequential(
-            nn.Conv2d(4, 8, 2, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3)
+            nn.Conv2d(4, 8, 2, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(32, 4)
         )
-        return Case(model, torch.randn(4, 4, 3, 3), torch.tensor([0, 1, 2, 0]))
+        return Case(model, torch.randn(4, 4, 3, 3), torch.tensor([0, 1, 2, 3]))
 
     def conv1d_direct() -> Case:
         model = nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3))
@@ -255,7 +256,7 @@ def _form_cases() -> list[tuple[str, Callable[[], Case], tuple[int, int, int, in
 
     return [
         ("conv2d, Gram form", conv2d_gram, (3, 6, 12, 4), True),
-        ("grouped conv2d, Gram form", grouped_conv2d_gram, (3, 4, 8, 4), True),
+        ("grouped conv2d, Gram form", grouped_conv2d_gram, (4, 4, 8, 4), True),
         ("conv1d, direct form", conv1d_direct, (3, 2, 3, 8), False),
         ("linear on sequences, Gram form", linear_gram, (4, 6, 5, 2), True),
         ("linear on sequences, direct form", linear_direct, (2, 3, 2, 4), False),

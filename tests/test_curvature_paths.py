@@ -143,27 +143,36 @@ def test_every_chunk_size_gives_the_same_result(
     )
 
 
-def test_head_formulas_in_closed_form() -> None:
-    """``Σ_k c_k² = p(1 − p)`` and ``Wᵀ c_k`` equal the explicit centred cotangents."""
+@pytest.mark.parametrize("classes", [1, 2, 3, 9])
+def test_head_formulas_in_closed_form(classes: int) -> None:
+    """K − 1 cotangents factor ``diag p − p pᵀ``; ``Σ c² = p(1 − p)``; ``Wᵀ c`` as formed."""
     torch.manual_seed(3)
-    probabilities = torch.randn(4, 9, dtype=torch.float64).softmax(1)
-    weight = torch.randn(9, 5, dtype=torch.float64)
-    explicit = cotangents.class_cotangents(probabilities, slice(0, 9))  # (K, N, K)
-    torch.testing.assert_close(
-        cotangents.head_unit_squares(probabilities)[:, 0],
-        explicit.square().sum(0),
-        rtol=1e-14,
-        atol=0,
-    )
-    pulled = cotangents.head_cotangents(weight, probabilities)
-    torch.testing.assert_close(pulled(slice(0, 9)), explicit @ weight, rtol=1e-12, atol=1e-15)
-    torch.testing.assert_close(pulled(slice(3, 5)), pulled(slice(0, 9))[3:5], rtol=0, atol=0)
-    torch.testing.assert_close(
-        cotangents.class_cotangents(probabilities, slice(3, 5)), explicit[3:5], rtol=0, atol=0
-    )
+    probabilities = torch.randn(4, classes, dtype=torch.float64).softmax(1)
+    # A confident prediction of the last class: the reflection's denominator stays ≥ 1.
+    probabilities[0] = torch.full((classes,), 1e-30, dtype=torch.float64)
+    probabilities[0, -1] = 1
+    weight = torch.randn(classes, 5, dtype=torch.float64)
+    count = cotangents.cotangent_count(classes)
+    assert count == max(classes - 1, 1)
+    explicit = cotangents.class_cotangents(probabilities, slice(0, count))  # (K − 1, N, K)
     outer = torch.einsum("knc,knd->ncd", explicit, explicit)
     expected = torch.diag_embed(probabilities) - probabilities[:, :, None] * probabilities[:, None]
     torch.testing.assert_close(outer, expected, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(
+        cotangents.head_unit_squares(probabilities)[:, 0],
+        explicit.square().sum(0),
+        rtol=1e-12,
+        atol=1e-15,
+    )
+    pulled = cotangents.head_cotangents(weight, probabilities)
+    torch.testing.assert_close(pulled(slice(0, count)), explicit @ weight, rtol=1e-12, atol=1e-14)
+    if count > 2:
+        torch.testing.assert_close(
+            pulled(slice(1, 3)), pulled(slice(0, count))[1:3], rtol=0, atol=0
+        )
+        torch.testing.assert_close(
+            cotangents.class_cotangents(probabilities, slice(1, 3)), explicit[1:3], rtol=0, atol=0
+        )
 
 
 @pytest.mark.parametrize("diagonal", [True, False])

@@ -1,10 +1,10 @@
-"""The cotangents of a Linear–ReLU chain pulled back by hand, all classes at once.
+"""The cotangents of a Linear–ReLU chain pulled back by hand, a chunk at once.
 
 For ``nn.Sequential(Linear, ReLU, Linear, ReLU, …, Linear)`` the pull-back of theory §1 is
 two operations per layer: through a ReLU, ``δ ← δ ⊙ 1[h > 0]`` with ``h`` the ReLU's output
 (the next Linear's recorded input); through a Linear, ``δ ← δ W``. Done here for a chunk of
-classes at a time, each step is one (k·N, C) × (C, P) product and one mask, where the
-general path runs one autograd backward pass per class: on a 784-100-100-10 MLP
+cotangents at a time, each step is one (k·N, C) × (C, P) product and one mask, where the
+general path runs one autograd backward pass per cotangent: on a 784-100-100-10 MLP
 (N = 1000, K = 10) the ten passes' fixed costs were a third of the whole trace.
 
 A model qualifies when it is a plain ``nn.Sequential`` (nested ones flattened) of ``nn.Linear``
@@ -14,7 +14,7 @@ every Linear measured and fed 2-D input; anything else takes the general path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_internals
 
 from minsharp.curvature.budget import Footprint
+from minsharp.curvature.cotangents import HeadCotangents
 from minsharp.curvature.generic import GenericLayer, GenericSums
 from minsharp.curvature.guard import forward_altered
 from minsharp.curvature.layers import Layer
@@ -65,7 +66,7 @@ class LinearReluChain:
     def pull_back(
         self,
         calls: dict[str, AnyCall],
-        head_cotangents: Callable[[slice], Tensor],
+        head_cotangents: HeadCotangents,
         count: int,
         accumulators: dict[str, LayerSums | GenericSums],
     ) -> set[str]:
@@ -82,8 +83,7 @@ class LinearReluChain:
                 for layer, rows in zip(self.layers[:-1], found, strict=True):
                     sums = accumulators[layer.name]
                     assert isinstance(sums, LayerSums)
-                    # rows are spent, the chain having gone past them (einsum ran 4× slower).
-                    sums.add_unit_squares(rows.square_().sum(0).unsqueeze(1))
+                    sums.add(rows[:, :, None, :, None])  # (k, N, G = 1, C, S = 1)
         return set()
 
 
@@ -143,31 +143,38 @@ def _flattened(module: nn.Module) -> Iterator[nn.Module]:
 def chain_cotangents(
     weights: list[Tensor],
     relu_outputs: list[Tensor],
-    head_cotangents: Callable[[slice], Tensor],
+    head_cotangents: HeadCotangents,
     count: int,
 ) -> Iterator[list[Tensor]]:
-    """Per chunk of the ``count`` classes, the cotangents (k, N, C_l) at each layer's output.
+    """Per chunk of the ``count`` cotangents, the cotangents (k, N, C_l) at each layer's output.
 
     For the chain's layers ``L_0 … L_m`` (``L_m`` the head): ``weights`` are those of
     ``L_1 … L_{m−1}`` (``W_0`` is never needed), ``relu_outputs`` the recorded inputs
     ``h_1 … h_m`` of ``L_1 … L_m``, and ``head_cotangents(classes)`` gives the cotangents
-    (k, N, H) at ``h_m``. Yields, per chunk of classes, the cotangents at the outputs of
+    (k, N, H) at ``h_m``. Yields, per chunk, the cotangents at the outputs of
     ``L_0 … L_{m−1}``, in that order:
     ``δ_{m−1} = c ⊙ 1[h_m > 0]``, ``δ_{l−1} = (δ_l W_l) ⊙ 1[h_l > 0]``.
+    Every chunk is written into the same buffers: what it yields is valid until the next.
     """
     # h ≥ 0 (a ReLU's output), so sign(h) is 1[h > 0]: one kernel where a comparison and a
     # cast take two.
     masks = [h.sign() for h in relu_outputs]
     N = relu_outputs[0].shape[0]
-    held = N * sum(h.shape[1] for h in relu_outputs)  # one class's cotangents, all layers
+    held = N * sum(h.shape[1] for h in relu_outputs)  # one cotangent at all layers
     step = max(1, min(count, CHUNK_ELEMENTS // max(held, 1)))
+    # One buffer per layer, reused by every chunk: fresh tensors per chunk are fresh pages,
+    # which glibc hands back to the system when freed and which then fault in again.
+    buffers = [h.new_empty(step, *h.shape) for h in relu_outputs]
     for first in range(0, count, step):
         classes = slice(first, min(first + step, count))
-        cotangent = head_cotangents(classes).mul_(masks[-1])
+        k = classes.stop - classes.start
+        cotangent = head_cotangents(classes, out=buffers[-1][:k]).mul_(masks[-1])
         found = [cotangent]
-        for weight, mask in zip(weights[::-1], masks[-2::-1], strict=True):
+        for weight, mask, buffer in zip(weights[::-1], masks[-2::-1], buffers[-2::-1], strict=True):
+            out = buffer[:k]
             # One 2-D product: torch.matmul of a 3-D by a 2-D tensor ran 1.9× slower here.
-            flat = cotangent.reshape(-1, cotangent.shape[-1]) @ weight
-            cotangent = flat.view(*cotangent.shape[:-1], -1).mul_(mask)
+            rows = cotangent.view(-1, cotangent.shape[-1])
+            torch.mm(rows, weight, out=out.view(-1, out.shape[-1]))
+            cotangent = out.mul_(mask)
             found.append(cotangent)
         yield found[::-1]

@@ -1,19 +1,23 @@
-"""The K centred cotangents of the logits, and their backward passes to the layers' outputs.
+"""The K − 1 cotangents of the logits that factor their Hessian, and their backward passes.
 
-``diag p − p pᵀ = Σ_k c_k c_kᵀ`` with ``c_k = √p_k (e_k − p)`` (theory §1), so every sum of
-squares the engine forms is a sum over these K cotangents pulled back to a layer. They are
-made a chunk of classes at a time, as one (k, N, …) tensor, and pulled back by one plain
-backward pass per class, or one vectorised pass per chunk where one class's cotangents are
-small (:data:`CHUNK_ELEMENTS`). Measured on CPU (torch 2.13, 784-100-100-K MLP, N = 1000),
-K plain passes beat one vectorised pass of all K by 1.2× at K = 10 and 2.4× at K = 100:
-the vectorised pass copies and re-strides every saved tensor, and K cotangents held at once
-leave the caches, where one class's cotangents, consumed by the layer rules right after its
-pass, stay in them.
+``diag p − p pᵀ = RᵀR`` with the rows ``√p_k (e_k − p)`` of R (theory §1); since ``√pᵀ R = 0``,
+the Householder reflection that sends ``√p`` to ``−e_K`` zeroes R's last row and leaves the
+other K − 1 rows in the same simple form, ``c_j = √p_j (e_j − q)`` with
+``q = (p + √p_K e_K) / (1 + √p_K)``. Every sum of squares the engine forms is therefore a sum
+over these K − 1 cotangents pulled back to a layer: one class fewer to push back than the
+plain factorisation, a tenth of the work at K = 10 and half at K = 2. They are made a chunk at
+a time, as one (k, N, …) tensor, and pulled back by one plain backward pass per cotangent, or
+one vectorised pass per chunk where one cotangent is small (:data:`CHUNK_ELEMENTS`). Measured
+on CPU (torch 2.13, 784-100-100-K MLP, N = 1000), plain passes beat one vectorised pass of
+all K by 1.2× at K = 10 and 2.4× at K = 100: the vectorised pass copies and re-strides every
+saved tensor, and K cotangents held at once leave the caches, where one, consumed by the
+layer rules right after its pass, stays in them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -26,38 +30,72 @@ from torch.autograd.graph import GradientEdge
 CHUNK_ELEMENTS = 1 << 16
 
 
+def cotangent_count(classes: int) -> int:
+    """How many cotangents factor the logits' Hessian over ``classes`` classes: K − 1.
+
+    One class (a constant softmax) has a zero Hessian, which one zero cotangent factors.
+    """
+    return max(classes - 1, 1)
+
+
+def _shifted_mean(probabilities: Tensor) -> tuple[Tensor, Tensor]:
+    """``√p`` (N, K) and ``q = (p + √p_K e_K) / (1 + √p_K)`` (N, K), with K the last class.
+
+    ``1 + √p_K ≥ 1``: the reflection that sends ``√p`` to ``−e_K`` (not to ``+e_K``, whose
+    denominator ``1 − √p_K`` vanishes for confident predictions of class K) is always stable.
+    """
+    roots = probabilities.sqrt()
+    last = roots[:, -1:]
+    shifted = probabilities.clone()
+    shifted[:, -1:] += last
+    return roots, shifted.div_(1 + last)
+
+
 def class_cotangents(probabilities: Tensor, classes: slice) -> Tensor:
-    """``c_k = √p_k (e_k − p)`` (k, N, K) for the classes ``k`` in ``classes``."""
-    roots = probabilities.sqrt().T[classes, :, None]  # (k, N, 1)
-    cotangents = probabilities.unsqueeze(0) * -roots
+    """``c_j = √p_j (e_j − q)`` (k, N, K) for the cotangents ``j`` in ``classes`` (j < K − 1).
+
+    ``Σ_j c_j c_jᵀ = diag p − p pᵀ`` over the :func:`cotangent_count` cotangents.
+    """
+    roots, mean = _shifted_mean(probabilities)
     picked = torch.arange(classes.start, classes.stop, device=probabilities.device)
-    cotangents[torch.arange(len(picked)), :, picked] += roots[:, :, 0]
+    chosen = roots.T[classes, :, None]  # (k, N, 1)
+    cotangents = mean.unsqueeze(0) * -chosen
+    cotangents[torch.arange(len(picked)), :, picked] += chosen[:, :, 0]
     return cotangents
 
 
 def head_unit_squares(probabilities: Tensor) -> Tensor:
-    """``Σ_k c_k^⊙2 = p ⊙ (1 − p)`` (N, 1, K): the diagonal of ``diag p − p pᵀ``.
+    """``Σ_j c_j^⊙2 = p ⊙ (1 − p)`` (N, 1, K): the diagonal of ``diag p − p pᵀ``.
 
     The rows ``δ`` of a head layer (logits = W h + b) are the centred cotangents themselves,
-    so its sums need only these squares, not the K × K cotangents.
+    so its sums need only these squares, not the (K − 1) × K cotangents.
     """
     return (probabilities * (1 - probabilities)).unsqueeze(1)
 
 
-def head_cotangents(weight: Tensor, probabilities: Tensor) -> Callable[[slice], Tensor]:
-    """``Wᵀ c_k = √p_k (W[k] − Wᵀ p)`` (k, N, H), pulled back through the head, per group.
+class HeadCotangents(Protocol):
+    """The cotangents (k, N, H) at a head's input for a slice of them, into ``out`` if given."""
 
-    The centred cotangents of the logits pulled back through ``logits = W h + b`` at a cost
-    of N·H each, instead of N·K·H for ``c_k`` times ``W``: no K × K block is ever formed.
-    ``Wᵀ p`` is formed once, by one (N, K) × (K, H) product, for all groups.
+    def __call__(self, classes: slice, out: Tensor | None = None) -> Tensor:
+        """``Wᵀ c_j`` for ``j`` in ``classes``, written into ``out`` (k, N, H) if given."""
+
+
+def head_cotangents(weight: Tensor, probabilities: Tensor) -> HeadCotangents:
+    """``Wᵀ c_j = √p_j (W[j] − Wᵀ q)`` (k, N, H), pulled back through the head, per group.
+
+    The cotangents of :func:`class_cotangents` pulled back through ``logits = W h + b`` at a
+    cost of N·H each, instead of N·K·H for ``c_j`` times ``W``: no K × K block is ever formed.
+    ``Wᵀ q`` is formed once, by one (N, K) × (K, H) product, for all groups.
     """
+    roots, mean = _shifted_mean(probabilities)
     # Contiguous: a transposed view here made every group's (k, N, H) product
     # non-contiguous too (the output follows the first operand's strides).
-    roots = probabilities.sqrt().T.contiguous().unsqueeze(2)  # (K, N, 1)
-    mean_row = probabilities @ weight  # (N, H): Wᵀ p_n for every example
+    roots = roots.T.contiguous().unsqueeze(2)  # (K, N, 1)
+    mean_row = mean @ weight  # (N, H): Wᵀ q_n for every example
 
-    def group(classes: slice) -> Tensor:
-        return roots[classes] * (weight[classes].unsqueeze(1) - mean_row)
+    def group(classes: slice, out: Tensor | None = None) -> Tensor:
+        difference = torch.sub(weight[classes].unsqueeze(1), mean_row, out=out)
+        return difference.mul_(roots[classes])
 
     return group
 

@@ -4,22 +4,23 @@ For a network piecewise linear in each parameter P, with mean softmax cross-entr
 
     H_PP = (1/N) Σ_n J_nᵀ (diag p_n − p_n p_nᵀ) J_n,        J_n = ∂z_n/∂P,
 
-and since ``diag p − p pᵀ = Σ_k c_k c_kᵀ`` with centred cotangents ``c_k = √p_k (e_k − p)``,
+and since ``diag p − p pᵀ = Σ_j c_j c_jᵀ`` over K − 1 cotangents ``c_j = √p_j (e_j − q)``
+(``minsharp.curvature.cotangents``),
 
-    diag H_PP = (1/N) Σ_n Σ_k (J_nᵀ c_nk)^⊙2,     Tr H_PP = (1/N) Σ_n Σ_k ‖J_nᵀ c_nk‖².
+    diag H_PP = (1/N) Σ_n Σ_j (J_nᵀ c_nj)^⊙2,     Tr H_PP = (1/N) Σ_n Σ_j ‖J_nᵀ c_nj‖².
 
 One forward pass records, at each layer, its input patches (its inputs, for the generic rule
 of ``minsharp.curvature.generic``) and the autograd edge of its output
 (``minsharp.curvature.recording``). A Linear layer producing the logits gets its sums in
-closed form; the K cotangents are pushed back from there (or from the logits) to the
-other layers' outputs, never to the weights, a chunk of classes at a time
+closed form; the K − 1 cotangents are pushed back from there (or from the logits) to the
+other layers' outputs, never to the weights, a chunk of them at a time
 (``minsharp.curvature.cotangents``; by hand through a Linear–ReLU chain,
 ``minsharp.curvature.chain``); the layer rules then form the sums of squares from
 patches and cotangents
 (``minsharp.curvature.patches``). How many examples a batch holds is the memory budget's
 choice (``minsharp.curvature.budget``) unless ``batch_size`` fixes it: beyond the (N, K)
-probabilities, a pass holds the cotangents of one chunk of classes at a time, so its memory
-is bounded whatever K (:func:`layer_cotangents`, which returns all K, holds them all).
+probabilities, a pass holds one chunk of cotangents at a time, so its memory is bounded
+whatever K (:func:`layer_cotangents`, which returns all K − 1, holds them all).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from minsharp.curvature import budget, patches
 from minsharp.curvature.chain import LinearReluChain, linear_relu_chain
 from minsharp.curvature.cotangents import (
     class_cotangents,
+    cotangent_count,
     head_cotangents,
     head_unit_squares,
     pull_back,
@@ -290,10 +292,10 @@ def _batch_sums(
     """Per-parameter sums over one batch; ``reaching``: layers whose output reaches the logits.
 
     One recording forward pass; then, when the logits are the output of a Linear layer (the
-    head), its sums in closed form (:func:`head_unit_squares`) and the K centred cotangents
+    head), its sums in closed form (:func:`head_unit_squares`) and the K − 1 cotangents
     pulled back through it without the K × K block (:func:`head_cotangents`); otherwise the
-    K centred cotangents of the logits (:func:`class_cotangents`). They go back to the other
-    layers' outputs a chunk of classes at a time (by hand down a Linear–ReLU ``chain``), and
+    K − 1 cotangents of the logits (:func:`class_cotangents`). They go back to the other
+    layers' outputs a chunk at a time (by hand down a Linear–ReLU ``chain``), and
     each layer accumulates its sums of squares (:class:`patches.LayerSums`).
     """
     with recording(layers, inputs.shape[0], diagonal) as calls:
@@ -301,8 +303,10 @@ def _batch_sums(
     recorded = [(layer, call) for layer in layers if (call := calls.get(layer.name)) is not None]
     if not recorded:
         return {}
-    K = logits.shape[1]
-    accumulators = {layer.name: _accumulator(layer, call, K, diagonal) for layer, call in recorded}
+    count = cotangent_count(logits.shape[1])
+    accumulators = {
+        layer.name: _accumulator(layer, call, count, diagonal) for layer, call in recorded
+    }
     with torch.no_grad():
         probabilities = logits.detach().softmax(1)
     head = _head(recorded, logits)
@@ -318,9 +322,9 @@ def _batch_sums(
         rest = [(layer, call) for layer, call in recorded if layer is not head_layer]
     unused = {layer.name for layer, _ in rest}
     if head is not None and chain is not None:
-        unused = chain.pull_back(calls, cotangents, K, accumulators)  # reaches every layer
+        unused = chain.pull_back(calls, cotangents, count, accumulators)  # reaches every layer
     elif rest and start.requires_grad:
-        unused = _pushed_back(start, rest, cotangents, K, accumulators)
+        unused = _pushed_back(start, rest, cotangents, count, accumulators)
     if unused & reaching:
         raise untraced_error(sorted(unused & reaching)[0])
     sums = {}
@@ -518,8 +522,9 @@ class LayerCotangents:
     norms ``‖U_n‖²`` (N, G, 1, 1) when the layer has one position, the patches ``U``
     (N, G, P, S) otherwise."""
     cotangents: Tensor | None
-    """``J_nᵀ c_nk`` with respect to the layer's output, for the centred cotangents
-    ``c_nk = √p_nk (e_k − p_n)``: shape (K, N, *output shape); None when the output does not
+    """``J_nᵀ c_nj`` with respect to the layer's output, for the K − 1 cotangents ``c_nj``
+    that factor the logits' Hessian (:func:`cotangents.class_cotangents`): shape
+    (K − 1, N, *output shape) (one zero cotangent when K = 1); None when the output does not
     reach the logits."""
 
 
@@ -528,7 +533,7 @@ def layer_cotangents(
 ) -> list[LayerCotangents]:
     """Input patches and back-propagated centred cotangents at the output of each fast layer.
 
-    The engine's recording forward pass and its backward passes of the K centred cotangents
+    The engine's recording forward pass and its backward passes of the K − 1 cotangents
     (theory §1), stacked, for measures that combine them differently from the per-parameter
     sums of :func:`hessian_trace` (for example with the layer's weight, as relative flatness
     does). Layers that did not run are left out. Call inside :func:`autograd_enabled` and
@@ -542,10 +547,10 @@ def layer_cotangents(
     with torch.no_grad():
         probabilities = logits.detach().softmax(1)
     edges = [call.edge for _, call in recorded]
-    K = logits.shape[1]
+    count = cotangent_count(logits.shape[1])
     size = logits.numel() + sum(call.output_size for _, call in recorded)
     cotangents = functools.partial(class_cotangents, probabilities)
-    chunks = list(pull_back(logits, edges, cotangents, K, size))
+    chunks = list(pull_back(logits, edges, cotangents, count, size))
     return [
         LayerCotangents(
             layer,

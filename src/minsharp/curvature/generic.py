@@ -2,9 +2,9 @@
 
 For a module M without a fast rule (``nn.LayerNorm``, ``nn.MultiheadAttention``,
 ``nn.Embedding``, a parametrized or subclassed layer, any module holding parameters
-directly), with input ``x_n`` and parameters θ, the engine pulls the K centred cotangents
-back to M's output as for every layer (``minsharp.curvature.cotangents``): ``δ_nk = ∂z_n/∂y_nᵀ
-c_nk``. The chain rule through M alone gives the per-cotangent gradient
+directly), with input ``x_n`` and parameters θ, the engine pulls the K − 1 cotangents of the
+logits back to M's output as for every layer (``minsharp.curvature.cotangents``):
+``δ_nk = ∂z_n/∂y_nᵀ c_nk``. The chain rule through M alone gives the per-cotangent gradient
 
     g_nk(θ) = (∂M(θ; x_n)/∂θ)ᵀ δ_nk,
 

@@ -7,7 +7,7 @@ index, a convolution one per output pixel, with ``U`` the unfolded input patches
 Index letters, used in every name and einsum of ``minsharp.curvature``:
 
 ====  ==========================================================
-K     cotangents pushed back per example (one per class)
+K     cotangents pushed back per example (one fewer than the classes)
 N     examples in the batch
 G     groups (convolutions with ``groups > 1``; 1 otherwise)
 C     output units per group
@@ -15,8 +15,8 @@ P     inputs per output unit (patch size: C_in / G · kernel volume)
 S     positions sharing the weights (sequence steps, output pixels)
 ====  ==========================================================
 
-The engine folds the class weights into the cotangents (``√p_nk (e_k − p_n)``, see
-``minsharp.curvature.engine``), so every quantity below is a plain sum of squares over
+The engine folds the class probabilities into the cotangents (``√p_nk (e_k − q_n)``, see
+``minsharp.curvature.cotangents``), so every quantity below is a plain sum of squares over
 ``(k, n)`` of the per-cotangent gradients ``g_kn(W) = δ_kn U_nᵀ`` (theory §1):
 
 * weight diagonal  ``Σ_kn (δ_kn U_nᵀ)^⊙2``
