@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import minsharp
-from minsharp.curvature import budget, chain, engine
+from minsharp.curvature import budget, chain, engine, patches
 from minsharp.curvature.layers import find_layers
 from minsharp.curvature.recording import run_forward
 from minsharp.curvature.reference import brute_force_hessian_diagonal
@@ -107,6 +107,19 @@ def test_classes_in_several_chunks_give_the_same_sums(monkeypatch, pull_backs):
     assert len(pull_backs) == 2 and len(chunks) > 1 and sum(chunks) == 6  # K − 1 cotangents
     for name, value in whole.items():
         torch.testing.assert_close(value, chunked[name], rtol=1e-13, atol=1e-15)
+
+
+def test_inputs_squared_in_blocks_of_examples_give_the_same_diagonal(monkeypatch, pull_backs):
+    # The chain keeps each Linear's inputs unsquared and squares them a block at a time;
+    # blocks of 2 rows (the last one short: N = 9) must give the one-block sums.
+    model, inputs = _chain(7, flatten=True)
+    whole = minsharp.hessian_diagonal(model, inputs)
+    widest = max(module.in_features for module in model if isinstance(module, nn.Linear))
+    monkeypatch.setattr(patches, "SQUARES_ELEMENTS", 2 * widest)
+    blocked = minsharp.hessian_diagonal(model, inputs)
+    assert len(pull_backs) == 2
+    for name, value in whole.items():
+        torch.testing.assert_close(value, blocked[name], rtol=1e-13, atol=1e-15)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -298,14 +298,18 @@ def _batch_sums(
     layers' outputs a chunk at a time (by hand down a Linear–ReLU ``chain``), and
     each layer accumulates its sums of squares (:class:`patches.LayerSums`).
     """
-    with recording(layers, inputs.shape[0], diagonal) as calls:
+    # A Linear–ReLU chain changes no Linear's input after its call (its ReLUs act in place
+    # on Linear outputs only), so its diagonals may keep the inputs unsquared.
+    unsquared = chain is not None
+    with recording(layers, inputs.shape[0], diagonal, unsquared=unsquared) as calls:
         logits = run_forward(model, inputs)
     recorded = [(layer, call) for layer in layers if (call := calls.get(layer.name)) is not None]
     if not recorded:
         return {}
     count = cotangent_count(logits.shape[1])
     accumulators = {
-        layer.name: _accumulator(layer, call, count, diagonal) for layer, call in recorded
+        layer.name: _accumulator(layer, call, count, diagonal, unsquared)
+        for layer, call in recorded
     }
     with torch.no_grad():
         probabilities = logits.detach().softmax(1)
@@ -346,7 +350,7 @@ def _batch_sums(
 
 
 def _accumulator(
-    layer: AnyLayer, call: AnyCall, classes: int, diagonal: bool
+    layer: AnyLayer, call: AnyCall, classes: int, diagonal: bool, unsquared: bool
 ) -> patches.LayerSums | GenericSums:
     """The sums of one layer call: the patch form for a fast rule, the generic rule else."""
     if isinstance(layer, GenericLayer):
@@ -359,6 +363,7 @@ def _accumulator(
         weight=layer.weight is not None,
         bias=layer.bias is not None,
         diagonal=diagonal,
+        unsquared=unsquared,
     )
 
 

@@ -42,16 +42,28 @@ from torch import Tensor
 #: Largest intermediate of the direct form, in elements; the batch is split to stay below it.
 DIRECT_FORM_ELEMENTS = 1 << 24
 
+#: Elements of the squared inputs formed at once from unsquared ones (see ``unsquared``). On
+#: hessian_diagonal of 784-100-100-10 (N = 1000, 2 threads, 2026-12-04) squaring all at once
+#: took 1500 page faults and 7.1 ms per call, 2 MiB blocks 15 faults and 5.5 ms, 4 MiB ones
+#: 1400 faults and 6.1 ms (freed blocks that large go back to the system).
+SQUARES_ELEMENTS = 1 << 19
 
-def capture_patches(patches: Tensor, source: Tensor, *, diagonal: bool) -> Tensor:
+
+def capture_patches(
+    patches: Tensor, source: Tensor, *, diagonal: bool, unsquared: bool = False
+) -> Tensor:
     """Keep what the weight rules need from the patches ``U`` (N, G, P, S) of one call.
 
     With a single position only squares are needed, so they are formed at once (squared
-    entries for the diagonal, squared norms for the trace). Otherwise ``U`` itself is kept,
-    copied if it still shares memory with the layer input, which later in-place code may
-    overwrite.
+    entries for the diagonal, squared norms for the trace), unless ``unsquared``: then the
+    diagonal keeps ``U`` as it is, and :class:`LayerSums` squares it a block of examples at a
+    time. Only a caller that knows nothing changes the layer's input after the call may ask
+    for that. Otherwise ``U`` itself is kept, copied if it still shares memory with the layer
+    input, which later in-place code may overwrite.
     """
     if patches.shape[-1] == 1:
+        if diagonal and unsquared:
+            return patches
         if diagonal:
             return patches * patches
         return torch.linalg.vector_norm(patches, dim=2, keepdim=True).square()
@@ -69,12 +81,22 @@ class LayerSums:
             the Gram and the direct form of the weight trace).
         weight, bias: which sums to form.
         diagonal: diagonals (weight (G, C, P), bias (G, C)) rather than traces (scalars).
+        unsquared: ``captured`` holds the unsquared patches of a single-position layer's
+            diagonal (``capture_patches(..., unsquared=True)``).
     """
 
     def __init__(
-        self, captured: Tensor, *, classes: int, weight: bool, bias: bool, diagonal: bool
+        self,
+        captured: Tensor,
+        *,
+        classes: int,
+        weight: bool,
+        bias: bool,
+        diagonal: bool,
+        unsquared: bool = False,
     ) -> None:
         self.captured = captured
+        self.unsquared = unsquared and diagonal and captured.shape[-1] == 1
         self.classes = classes
         self.weight = weight
         self.bias = bias
@@ -133,12 +155,16 @@ class LayerSums:
         """S = 1: ``Σ_n Σ_k δ_kn² ⊗ U_n^⊙2`` (diagonal) or ``Σ_n Σ_k ‖δ_kn‖² ‖U_n‖²`` (trace)."""
         weight_sum = None
         if self.weight:
-            if self.diagonal and per_unit.shape[1] == 1:
+            if self.diagonal and per_unit.shape[1] == 1 and self.unsquared:
+                weight_sum = _times_squares(per_unit[:, 0], self.captured[:, 0, :, 0])
+                weight_sum = weight_sum.unsqueeze(0)
+            elif self.diagonal and per_unit.shape[1] == 1:
                 # One group (every Linear layer): a plain (C, N) × (N, P) product, which runs
                 # about 1.2× faster than the batched product einsum makes of it.
                 weight_sum = (per_unit[:, 0].T @ self.captured[:, 0, :, 0]).unsqueeze(0)
             elif self.diagonal:
-                weight_sum = torch.einsum("ngc,ngp->gcp", per_unit, self.captured[..., 0])
+                squares = self.captured.square() if self.unsquared else self.captured
+                weight_sum = torch.einsum("ngc,ngp->gcp", per_unit, squares[..., 0])
             else:
                 weight_sum = (per_unit.sum(2) * self.captured[:, :, 0, 0]).sum()
         bias_sum = None
@@ -151,6 +177,24 @@ class LayerSums:
         P, S = self.captured.shape[2:]
         K = self.classes
         return S * (K * C + P) < K * C * P
+
+
+def _times_squares(per_unit: Tensor, inputs: Tensor) -> Tensor:
+    """``per_unitᵀ @ inputs^⊙2`` (C, P) for (N, C) and (N, P), squaring a block at a time.
+
+    One block of squares of at most :data:`SQUARES_ELEMENTS`, reused, where squaring all of
+    ``inputs`` at once allocates N × P fresh elements, whose pages fault in on every call.
+    """
+    N, P = inputs.shape
+    rows = max(1, min(N, SQUARES_ELEMENTS // max(P, 1)))
+    total = per_unit.new_zeros(per_unit.shape[1], P)
+    squares = inputs.new_empty(rows, P)
+    for first in range(0, N, rows):
+        block = slice(first, min(first + rows, N))
+        square = squares[: block.stop - block.start]
+        torch.mul(inputs[block], inputs[block], out=square)
+        total.addmm_(per_unit[block].T, square)
+    return total
 
 
 def layer_sums(
