@@ -26,6 +26,7 @@ from minsharp import (
     NotPiecewiseLinearError,
     UnsupportedModuleError,
 )
+from minsharp.tensors import finite_flags
 
 ENGINES = [minsharp.hessian_diagonal, minsharp.hessian_trace]
 ENGINE_IDS = ["diagonal", "trace"]
@@ -301,6 +302,16 @@ def test_non_finite_parameters_are_named(name: str, index: tuple[int, ...], valu
     check_rejected(
         model, _X(5, 3), ModelError, rf"non-finite \(NaN or inf\)[^\n]*{re.escape(name)}"
     )
+
+
+def test_finite_flags_survive_sums_past_float32_range() -> None:
+    # The one-round-trip check casts each sum to float32; a finite float64 tensor whose sum
+    # overflows there must still count as finite, and each non-finite one be found.
+    huge = torch.full((3,), 1e300, dtype=torch.float64)
+    bad = torch.tensor([1.0, float("nan")], dtype=torch.float64)
+    assert finite_flags([huge, torch.ones(2, dtype=torch.float64)]) == [True, True]
+    assert finite_flags([torch.ones(2, dtype=torch.float64), bad, huge]) == [True, False, True]
+    assert finite_flags([torch.ones(2), torch.tensor([float("inf")])]) == [True, False]
 
 
 def test_wrong_input_shape_is_reported() -> None:

@@ -143,6 +143,18 @@ def test_every_chunk_size_gives_the_same_result(
     )
 
 
+@pytest.mark.parametrize("classes", [2, 10, 15, 16, 100])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_class_probabilities_are_the_softmax(classes: int, dtype: torch.dtype) -> None:
+    # Few classes take the written-out formula, many torch's kernel; both must be the
+    # softmax, also where exp of the raw logits would overflow.
+    generator = torch.Generator().manual_seed(classes)
+    logits = torch.randn(50, classes, generator=generator, dtype=dtype) * 30
+    logits[0] += 1e4
+    found = cotangents.class_probabilities(logits)
+    torch.testing.assert_close(found, logits.softmax(1), rtol=0, atol=4 * torch.finfo(dtype).eps)
+
+
 @pytest.mark.parametrize("classes", [1, 2, 3, 9])
 def test_head_formulas_in_closed_form(classes: int) -> None:
     """K − 1 cotangents factor ``diag p − p pᵀ``; ``Σ c² = p(1 − p)``; ``Wᵀ c`` as formed."""

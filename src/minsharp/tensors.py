@@ -50,6 +50,23 @@ def all_finite(tensor: Tensor) -> bool:
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
+def finite_flags(tensors: list[Tensor]) -> list[bool]:
+    """Per tensor, whether every entry is finite (as :func:`all_finite` says).
+
+    Floating tensors on one device, all finite, cost one host round trip: their sums, cast to
+    float32 and stacked, are finite. Anything else (or a float64 sum past float32's range)
+    takes the per-tensor test.
+    """
+    together = (
+        tensors
+        and len({tensor.device for tensor in tensors}) == 1
+        and all(tensor.is_floating_point() for tensor in tensors)
+    )
+    if together and bool(torch.isfinite(torch.stack([t.sum().float() for t in tensors])).all()):
+        return [True] * len(tensors)
+    return [all_finite(tensor) for tensor in tensors]
+
+
 def check_examples(inputs: Any) -> Tensor:
     """``inputs`` if it is a tensor of N ≥ 1 examples without NaN or inf; DataError otherwise."""
     if not isinstance(inputs, Tensor) or inputs.dim() == 0 or inputs.shape[0] == 0:

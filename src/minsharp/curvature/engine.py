@@ -43,6 +43,7 @@ from minsharp.curvature import budget, patches
 from minsharp.curvature.chain import LinearReluChain, linear_relu_chain
 from minsharp.curvature.cotangents import (
     class_cotangents,
+    class_probabilities,
     cotangent_count,
     head_cotangents,
     head_unit_squares,
@@ -312,7 +313,7 @@ def _batch_sums(
         for layer, call in recorded
     }
     with torch.no_grad():
-        probabilities = logits.detach().softmax(1)
+        probabilities = class_probabilities(logits.detach())
     head = _head(recorded, logits)
     if head is None:
         start, rest = logits, recorded
@@ -550,7 +551,7 @@ def layer_cotangents(
     if not recorded:
         return []
     with torch.no_grad():
-        probabilities = logits.detach().softmax(1)
+        probabilities = class_probabilities(logits.detach())
     edges = [call.edge for _, call in recorded]
     count = cotangent_count(logits.shape[1])
     size = logits.numel() + sum(call.output_size for _, call in recorded)

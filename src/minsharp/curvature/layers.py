@@ -14,7 +14,7 @@ from minsharp.curvature.generic import GenericLayer
 from minsharp.curvature.rules import LayerRule, fast_rule
 from minsharp.errors import ModelError
 from minsharp.options import nn_module
-from minsharp.tensors import all_finite
+from minsharp.tensors import finite_flags
 
 #: The batch-norm modules (``nn.BatchNorm1d/2d/3d`` and their subclasses).
 BATCHNORM = nn.modules.batchnorm._BatchNorm
@@ -121,11 +121,9 @@ def check_measurable(model: nn.Module) -> None:
 
 
 def _check_finite(model: nn.Module) -> None:
-    bad = [
-        name
-        for name, p in model.named_parameters()
-        if p.requires_grad and not all_finite(p.detach())
-    ]
+    trainable = [(name, p.detach()) for name, p in model.named_parameters() if p.requires_grad]
+    flags = finite_flags([p for _, p in trainable])
+    bad = [name for (name, _), finite in zip(trainable, flags, strict=True) if not finite]
     if bad:
         raise ModelError(
             f"non-finite (NaN or inf) values in parameters: {', '.join(bad)}. "
