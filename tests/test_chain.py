@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import minsharp
+from minsharp import ModelError
 from minsharp.curvature import budget, chain, engine, patches
 from minsharp.curvature.layers import find_layers
 from minsharp.curvature.recording import run_forward
@@ -45,13 +46,13 @@ def _general_path(monkeypatch: pytest.MonkeyPatch) -> None:
 def pull_backs(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """One entry per batch that went down the chain by hand."""
     taken: list[bool] = []
-    by_hand = chain.LinearReluChain.pull_back
+    by_hand = chain.LinearReluChain.batch_sums
 
-    def counted(*arguments):
+    def counted(*arguments, **options):
         taken.append(True)
-        return by_hand(*arguments)
+        return by_hand(*arguments, **options)
 
-    monkeypatch.setattr(chain.LinearReluChain, "pull_back", counted)
+    monkeypatch.setattr(chain.LinearReluChain, "batch_sums", counted)
     return taken
 
 
@@ -107,6 +108,16 @@ def test_classes_in_several_chunks_give_the_same_sums(monkeypatch, pull_backs):
     assert len(pull_backs) == 2 and len(chunks) > 1 and sum(chunks) == 6  # K − 1 cotangents
     for name, value in whole.items():
         torch.testing.assert_close(value, chunked[name], rtol=1e-13, atol=1e-15)
+
+
+def test_a_later_batch_of_the_wrong_width_is_refused(pull_backs):
+    # The chain is recognised on the first batch; its forward by hand must refuse, as the
+    # model itself would, a later batch whose rows do not fit the first Linear.
+    model, inputs = _chain(2)
+    batches = [inputs, torch.randn(4, inputs.shape[1] + 1, dtype=torch.float64)]
+    with pytest.raises(ModelError, match=rf"first Linear layer takes rows of {inputs.shape[1]}"):
+        minsharp.hessian_diagonal(model, batches)
+    assert pull_backs
 
 
 def test_inputs_squared_in_blocks_of_examples_give_the_same_diagonal(monkeypatch, pull_backs):

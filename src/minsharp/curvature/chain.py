@@ -22,12 +22,19 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_internals
 
 from minsharp.curvature.budget import Footprint
-from minsharp.curvature.cotangents import HeadCotangents
-from minsharp.curvature.generic import GenericLayer, GenericSums
+from minsharp.curvature.cotangents import (
+    HeadCotangents,
+    class_probabilities,
+    cotangent_count,
+    head_cotangents,
+    head_unit_squares,
+)
+from minsharp.curvature.generic import GenericLayer
 from minsharp.curvature.guard import forward_altered
 from minsharp.curvature.layers import Layer
-from minsharp.curvature.patches import LayerSums
-from minsharp.curvature.recording import AnyCall
+from minsharp.curvature.patches import LayerSums, capture_patches
+from minsharp.curvature.recording import check_logits
+from minsharp.errors import ModelError
 
 #: Most elements of one chunk's cotangents at all layers together (2 MiB in float32). Chunks
 #: that stay in cache beat large products: timing hessian_diagonal on 784-100-100-K
@@ -63,28 +70,72 @@ class LinearReluChain:
             widest=max(*flat, *outputs, *kept),
         )
 
-    def pull_back(
-        self,
-        calls: dict[str, AnyCall],
-        head_cotangents: HeadCotangents,
-        count: int,
-        accumulators: dict[str, LayerSums | GenericSums],
-    ) -> set[str]:
-        """The head's input cotangents down the chain into its layers' unit squares.
+    def batch_sums(self, inputs: Tensor, *, diagonal: bool) -> dict[str, Tensor]:
+        """Per-parameter sums of squares over one batch, as the engine's general path gives.
 
-        Any batch that ran reached every Linear as rows: input of another shape gives logits
-        that are not (N, K), which ``run_forward`` refuses. Returns the layers not reached,
-        as the general path does: none, here.
+        The forward by hand (:meth:`recorded_forward`); the head's sums in closed form and its
+        K − 1 cotangents pulled down the chain (:func:`chain_cotangents`) into each Linear's
+        :class:`LayerSums`. Nothing changes a Linear's recorded input afterwards, so the
+        diagonals keep those inputs unsquared.
         """
-        relu_outputs = [calls[layer.name].source.detach() for layer in self.layers[1:]]
+        logits, layer_inputs = self.recorded_forward(inputs)
+        check_logits(logits, inputs.shape[0])
+        count = cotangent_count(logits.shape[1])
+        accumulators = [
+            LayerSums(
+                capture_patches(
+                    layer.rule.patches(layer.module, rows),
+                    rows,
+                    diagonal=diagonal,
+                    unsquared=True,
+                ),
+                classes=count,
+                weight=layer.weight is not None,
+                bias=layer.bias is not None,
+                diagonal=diagonal,
+                unsquared=True,
+            )
+            for layer, rows in zip(self.layers, layer_inputs, strict=True)
+        ]
         weights = [layer.module.weight.detach() for layer in self.layers[1:-1]]
         with torch.no_grad():
-            for found in chain_cotangents(weights, relu_outputs, head_cotangents, count):
-                for layer, rows in zip(self.layers[:-1], found, strict=True):
-                    sums = accumulators[layer.name]
-                    assert isinstance(sums, LayerSums)
+            probabilities = class_probabilities(logits)
+            accumulators[-1].add_unit_squares(head_unit_squares(probabilities))
+            cotangents = head_cotangents(self.layers[-1].module.weight.detach(), probabilities)
+            for found in chain_cotangents(weights, layer_inputs[1:], cotangents, count):
+                for sums, rows in zip(accumulators[:-1], found, strict=True):
                     sums.add(rows[:, :, None, :, None])  # (k, N, G = 1, C, S = 1)
-        return set()
+        return {
+            name: total
+            for layer, sums in zip(self.layers, accumulators, strict=True)
+            for name, total in layer.by_parameter(*sums.result(), diagonal=diagonal).items()
+        }
+
+    def recorded_forward(self, inputs: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The logits, and each Linear's input, computed as the model's forward computes them.
+
+        The model is a plain Sequential of exactly these modules, without hooks or an
+        instance ``forward`` (:func:`linear_relu_chain`), so its forward is
+        ``h ← relu(h Wᵀ + b)`` down the Linears: done here without autograd and without the
+        modules' call machinery. Raises :class:`ModelError` for a batch whose rows do not fit
+        the first Linear (the chain was recognised on the first batch only).
+        """
+        rows = inputs.flatten(1) if self.flattened else inputs
+        width = self.layers[0].module.weight.shape[1]
+        if rows.dim() != 2 or rows.shape[1] != width:
+            raise ModelError(
+                f"model forward failed on an input batch of shape {tuple(inputs.shape)}: its "
+                f"first Linear layer takes rows of {width} features. Check that the data "
+                "matches the model's expected input shape."
+            )
+        layer_inputs = []
+        with torch.no_grad():
+            for position, layer in enumerate(self.layers):
+                layer_inputs.append(rows)
+                rows = nn.functional.linear(rows, layer.module.weight, layer.module.bias)
+                if position < len(self.layers) - 1:
+                    rows = rows.relu_()  # a fresh output of ours: in place is safe
+        return rows, layer_inputs
 
 
 def linear_relu_chain(

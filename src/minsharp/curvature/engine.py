@@ -292,25 +292,24 @@ def _batch_sums(
 ) -> dict[str, Tensor]:
     """Per-parameter sums over one batch; ``reaching``: layers whose output reaches the logits.
 
-    One recording forward pass; then, when the logits are the output of a Linear layer (the
-    head), its sums in closed form (:func:`head_unit_squares`) and the K − 1 cotangents
-    pulled back through it without the K × K block (:func:`head_cotangents`); otherwise the
-    K − 1 cotangents of the logits (:func:`class_cotangents`). They go back to the other
-    layers' outputs a chunk at a time (by hand down a Linear–ReLU ``chain``), and
-    each layer accumulates its sums of squares (:class:`patches.LayerSums`).
+    A Linear–ReLU ``chain`` goes all the way by hand (:meth:`LinearReluChain.batch_sums`).
+    Otherwise one recording forward pass; then, when the logits are the output of a Linear
+    layer (the head), its sums in closed form (:func:`head_unit_squares`) and the K − 1
+    cotangents pulled back through it without the K × K block (:func:`head_cotangents`);
+    otherwise the K − 1 cotangents of the logits (:func:`class_cotangents`). They go back to
+    the other layers' outputs a chunk at a time, and each layer accumulates its sums of
+    squares (:class:`patches.LayerSums`).
     """
-    # A Linear–ReLU chain changes no Linear's input after its call (its ReLUs act in place
-    # on Linear outputs only), so its diagonals may keep the inputs unsquared.
-    unsquared = chain is not None
-    with recording(layers, inputs.shape[0], diagonal, unsquared=unsquared) as calls:
+    if chain is not None:
+        return chain.batch_sums(inputs, diagonal=diagonal)
+    with recording(layers, inputs.shape[0], diagonal) as calls:
         logits = run_forward(model, inputs)
     recorded = [(layer, call) for layer in layers if (call := calls.get(layer.name)) is not None]
     if not recorded:
         return {}
     count = cotangent_count(logits.shape[1])
     accumulators = {
-        layer.name: _accumulator(layer, call, count, diagonal, unsquared)
-        for layer, call in recorded
+        layer.name: _accumulator(layer, call, count, diagonal) for layer, call in recorded
     }
     with torch.no_grad():
         probabilities = class_probabilities(logits.detach())
@@ -326,9 +325,7 @@ def _batch_sums(
         start = head_call.source
         rest = [(layer, call) for layer, call in recorded if layer is not head_layer]
     unused = {layer.name for layer, _ in rest}
-    if head is not None and chain is not None:
-        unused = chain.pull_back(calls, cotangents, count, accumulators)  # reaches every layer
-    elif rest and start.requires_grad:
+    if rest and start.requires_grad:
         unused = _pushed_back(start, rest, cotangents, count, accumulators)
     if unused & reaching:
         raise untraced_error(sorted(unused & reaching)[0])
@@ -339,19 +336,14 @@ def _batch_sums(
         found = accumulators[layer.name]
         if isinstance(found, GenericSums):
             sums.update(found.result())
-            continue
-        weight_sum, bias_sum = found.result()
-        if layer.weight is not None and weight_sum is not None:
-            sums[layer.weight] = (
-                weight_sum.reshape(layer.module.weight.shape) if diagonal else weight_sum
-            )
-        if layer.bias is not None and bias_sum is not None:
-            sums[layer.bias] = bias_sum.reshape(-1) if diagonal else bias_sum
+        else:
+            assert isinstance(layer, Layer)
+            sums.update(layer.by_parameter(*found.result(), diagonal=diagonal))
     return sums
 
 
 def _accumulator(
-    layer: AnyLayer, call: AnyCall, classes: int, diagonal: bool, unsquared: bool
+    layer: AnyLayer, call: AnyCall, classes: int, diagonal: bool
 ) -> patches.LayerSums | GenericSums:
     """The sums of one layer call: the patch form for a fast rule, the generic rule else."""
     if isinstance(layer, GenericLayer):
@@ -364,7 +356,6 @@ def _accumulator(
         weight=layer.weight is not None,
         bias=layer.bias is not None,
         diagonal=diagonal,
-        unsquared=unsquared,
     )
 
 

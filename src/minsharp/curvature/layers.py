@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from minsharp.curvature.generic import GenericLayer
@@ -50,6 +50,21 @@ class Layer:
     def parameter_names(self) -> list[str]:
         """Full names of the trainable parameters of this layer."""
         return [name for name in (self.weight, self.bias) if name is not None]
+
+    def by_parameter(
+        self, weight_sum: Tensor | None, bias_sum: Tensor | None, *, diagonal: bool
+    ) -> dict[str, Tensor]:
+        """The layer's sums (``patches.LayerSums.result``) by full parameter name.
+
+        Diagonals come shaped like their parameters.
+        """
+        sums = {}
+        if self.weight is not None and weight_sum is not None:
+            shape = self.module.weight.shape
+            sums[self.weight] = weight_sum.reshape(shape) if diagonal else weight_sum
+        if self.bias is not None and bias_sum is not None:
+            sums[self.bias] = bias_sum.reshape(-1) if diagonal else bias_sum
+        return sums
 
 
 def find_layers(model: nn.Module) -> list[Layer | GenericLayer]:

@@ -47,14 +47,8 @@ AnyCall = Call | GenericCall
 
 
 @contextmanager
-def recording(
-    layers: list[AnyLayer], batch: int, diagonal: bool, *, unsquared: bool = False
-) -> Iterator[dict[str, AnyCall]]:
-    """Forward hooks that record each layer's patches and output edge; removed on exit.
-
-    ``unsquared``: see :func:`patches.capture_patches`; for models that change no layer's
-    input after its call.
-    """
+def recording(layers: list[AnyLayer], batch: int, diagonal: bool) -> Iterator[dict[str, AnyCall]]:
+    """Forward hooks that record each layer's patches and output edge; removed on exit."""
     calls: dict[str, AnyCall] = {}
 
     def check_once(layer: AnyLayer) -> None:
@@ -86,9 +80,7 @@ def recording(
                     "examples. minsharp needs the example axis first in every layer."
                 )
             found = layer.rule.patches(module, inputs.detach())
-            captured = patches.capture_patches(
-                found, inputs, diagonal=diagonal, unsquared=unsquared
-            )
+            captured = patches.capture_patches(found, inputs, diagonal=diagonal)
             # An in-place operation on a view (Linear on 3-D input returns one) would cut the
             # recorded node out of the graph; a copy keeps it reachable.
             replacement = output.clone() if output._base is not None else None
