@@ -79,7 +79,8 @@ def find_layers(model: nn.Module) -> list[Layer | GenericLayer]:
     or a model with nothing to measure.
     """
     nn_module("model", model)
-    _check_untied(model)
+    modules = list(model.named_modules())
+    trainable = _untied_trainable(modules)
     layers: list[Layer | GenericLayer] = []
     seen: set[int] = set()
 
@@ -106,15 +107,19 @@ def find_layers(model: nn.Module) -> list[Layer | GenericLayer]:
     visit(model, "")
     if not layers:
         raise ModelError("model has no trainable parameters (requires_grad=True) to measure.")
-    _check_finite(model)
-    _check_mode(model)
+    _check_finite(trainable)
+    _check_mode(modules)
     return layers
 
 
-def _check_untied(model: nn.Module) -> None:
-    """Raise :class:`ModelError` if one trainable tensor is held by two modules."""
+def _untied_trainable(modules: list[tuple[str, nn.Module]]) -> list[tuple[str, Tensor]]:
+    """The trainable parameters of ``modules`` by full name.
+
+    Raises :class:`ModelError` if one trainable tensor is held by two modules.
+    """
     owner: dict[int, str] = {}
-    for module_name, module in model.named_modules():
+    trainable = []
+    for module_name, module in modules:
         for local, parameter in module.named_parameters(recurse=False):
             if not parameter.requires_grad:
                 continue
@@ -126,18 +131,19 @@ def _check_untied(model: nn.Module) -> None:
                     "pass; untie the weights or freeze one copy with requires_grad_(False)."
                 )
             owner[id(parameter)] = full
+            trainable.append((full, parameter))
+    return trainable
 
 
 def check_measurable(model: nn.Module) -> None:
     """Raise :class:`ModelError` unless ``model`` is a module with finite weights in eval mode."""
     nn_module("model", model)
-    _check_finite(model)
-    _check_mode(model)
+    _check_finite([(name, p) for name, p in model.named_parameters() if p.requires_grad])
+    _check_mode(list(model.named_modules()))
 
 
-def _check_finite(model: nn.Module) -> None:
-    trainable = [(name, p.detach()) for name, p in model.named_parameters() if p.requires_grad]
-    flags = finite_flags([p for _, p in trainable])
+def _check_finite(trainable: list[tuple[str, Tensor]]) -> None:
+    flags = finite_flags([p.detach() for _, p in trainable])
     bad = [name for (name, _), finite in zip(trainable, flags, strict=True) if not finite]
     if bad:
         raise ModelError(
@@ -146,10 +152,10 @@ def _check_finite(model: nn.Module) -> None:
         )
 
 
-def _check_mode(model: nn.Module) -> None:
+def _check_mode(modules: list[tuple[str, nn.Module]]) -> None:
     batch_statistics = [
         f"{name} ({type(m).__name__})"
-        for name, m in model.named_modules()
+        for name, m in modules
         if isinstance(m, BATCHNORM) and m.running_mean is None
     ]
     if batch_statistics:
@@ -159,9 +165,7 @@ def _check_mode(model: nn.Module) -> None:
             f"how the data is batched: {', '.join(batch_statistics)}. Measure a model whose "
             "batch-norm layers track running statistics."
         )
-    training = [
-        f"{name} ({type(m).__name__})" for name, m in model.named_modules() if _stochastic(m)
-    ]
+    training = [f"{name} ({type(m).__name__})" for name, m in modules if _stochastic(m)]
     if training:
         raise ModelError(
             "model is in training mode and these modules then make the forward pass "
