@@ -1,11 +1,12 @@
-"""The cotangents of a Linear–ReLU chain pulled back by hand, a chunk at once.
+"""The engine's whole pass for a Linear–ReLU chain, by hand: forward, then cotangents.
 
 For ``nn.Sequential(Linear, ReLU, Linear, ReLU, …, Linear)`` the pull-back of theory §1 is
 two operations per layer: through a ReLU, ``δ ← δ ⊙ 1[h > 0]`` with ``h`` the ReLU's output
 (the next Linear's recorded input); through a Linear, ``δ ← δ W``. Done here for a chunk of
 cotangents at a time, each step is one (k·N, C) × (C, P) product and one mask, where the
 general path runs one autograd backward pass per cotangent: on a 784-100-100-10 MLP
-(N = 1000, K = 10) the ten passes' fixed costs were a third of the whole trace.
+(N = 1000, K = 10) the ten passes' fixed costs were a third of the whole trace. The forward
+runs by hand too, without hooks or an autograd graph (SmallMLP's trace: 1.58 → 1.42 ms).
 
 A model qualifies when it is a plain ``nn.Sequential`` (nested ones flattened) of ``nn.Linear``
 layers separated by exactly one ``nn.ReLU`` each, optionally led by ``nn.Flatten``, with
