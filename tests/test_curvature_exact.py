@@ -168,6 +168,24 @@ def test_float32_within_1e5_of_float64_reference(build: Builder, seed: int) -> N
     assert_traces_close(traces, traces_of(expected), FLOAT32_RTOL, what)
 
 
+@settings(max_examples=25, **SETTINGS)
+@every_builder(PIECEWISE_LINEAR)
+@given(build=st.sampled_from(PIECEWISE_LINEAR), seed=SEEDS)
+def test_float32_over_several_batches_accumulates_in_float64(build: Builder, seed: int) -> None:
+    # One batch's sums stay in float32; from the second batch on they are added in float64
+    # and handed back in float32.
+    case = build(seed)
+    expected = reference(case)
+    model32 = copy.deepcopy(case.model).float()
+    inputs32 = case.inputs.float()
+    what = f"{build.__name__}({seed}) in float32, batches of 2"
+    diagonal = minsharp.hessian_diagonal(model32, inputs32, batch_size=2)
+    assert all(value.dtype == torch.float32 for value in diagonal.values())
+    assert_diagonals_close(diagonal, expected, FLOAT32_RTOL, what)
+    traces = minsharp.hessian_trace(model32, inputs32, batch_size=2)
+    assert_traces_close(traces, traces_of(expected), FLOAT32_RTOL, what)
+
+
 def _data_forms(inputs: Tensor, labels: Tensor, split: int) -> dict[str, object]:
     dataset = TensorDataset(inputs, labels)
     return {

@@ -240,18 +240,32 @@ def _curvature_pass(
                     for name, value in found.items():
                         _accumulate(sums, name, value, accumulate)
                 index += 1
-        for layer in layers:
-            for name in layer.parameter_names:
-                if name not in sums:  # a layer whose output never reached the logits
-                    shape = parameters[name].shape if diagonal else ()
-                    sums[name] = torch.zeros(shape, dtype=accumulate, device=device)
-        if distributed.active():  # the same dtype on every rank, however many batches
-            sums = {name: total.to(accumulate) for name, total in sums.items()}
-        return sums
+        return _completed(sums, layers, parameters, diagonal, accumulate)
 
     with preserved_buffers(model), autograd_enabled():
         sums = distributed.summed_over_ranks(local_sums)
     return _Pass(sums, num_examples, time.perf_counter() - start, size)
+
+
+def _completed(
+    sums: dict[str, Tensor],
+    layers: list[AnyLayer],
+    parameters: dict[str, Tensor],
+    diagonal: bool,
+    dtype: torch.dtype,
+) -> dict[str, Tensor]:
+    """``sums`` with zeros (in ``dtype``) for the parameters no batch reached.
+
+    All in ``dtype`` when ranks will add them up, however many batches each had.
+    """
+    for layer in layers:
+        for name in layer.parameter_names:
+            if name not in sums:  # a layer whose output never reached the logits
+                shape = parameters[name].shape if diagonal else ()
+                sums[name] = parameters[name].new_zeros(shape, dtype=dtype)
+    if distributed.active():
+        return {name: total.to(dtype) for name, total in sums.items()}
+    return sums
 
 
 def _accumulate(sums: dict[str, Tensor], name: str, value: Tensor, dtype: torch.dtype) -> None:
