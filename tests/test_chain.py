@@ -43,7 +43,7 @@ def _general_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def pull_backs(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+def chain_batches(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """One entry per batch that went down the chain by hand."""
     taken: list[bool] = []
     by_hand = chain.LinearReluChain.batch_sums
@@ -57,11 +57,11 @@ def pull_backs(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_chain_equals_the_general_path_and_brute_force(seed, monkeypatch, pull_backs):
+def test_chain_equals_the_general_path_and_brute_force(seed, monkeypatch, chain_batches):
     model, inputs = _chain(seed, flatten=seed % 3 == 0)
     fast_diagonal = minsharp.hessian_diagonal(model, inputs)
     fast_trace = minsharp.hessian_trace(model, inputs)
-    assert len(pull_backs) == 2  # both calls went down the chain by hand
+    assert len(chain_batches) == 2  # both calls went down the chain by hand
     labels = torch.zeros(inputs.shape[0], dtype=torch.long)  # the Hessian ignores labels
     brute = brute_force_hessian_diagonal(model, inputs, labels)
     _general_path(monkeypatch)
@@ -75,7 +75,7 @@ def test_chain_equals_the_general_path_and_brute_force(seed, monkeypatch, pull_b
         assert value == pytest.approx(slow_trace.by_parameter[name], rel=1e-13, abs=1e-15)
 
 
-def test_dead_units_and_exact_zero_preactivations_match_autograd(monkeypatch, pull_backs):
+def test_dead_units_and_exact_zero_preactivations_match_autograd(monkeypatch, chain_batches):
     # A unit whose pre-activation is exactly 0 on every example: ReLU's derivative there is
     # 0 for autograd, and the mask 1[h > 0] must agree.
     model, inputs = _chain(3)
@@ -84,14 +84,14 @@ def test_dead_units_and_exact_zero_preactivations_match_autograd(monkeypatch, pu
         if model[0].bias is not None:
             model[0].bias[0] = 0.0
     fast = minsharp.hessian_diagonal(model, inputs)
-    assert pull_backs
+    assert chain_batches
     _general_path(monkeypatch)
     slow = minsharp.hessian_diagonal(model, inputs)
     for name, value in fast.items():
         torch.testing.assert_close(value, slow[name], rtol=1e-13, atol=1e-15)
 
 
-def test_classes_in_several_chunks_give_the_same_sums(monkeypatch, pull_backs):
+def test_classes_in_several_chunks_give_the_same_sums(monkeypatch, chain_batches):
     model, inputs = _chain(5, classes=7)
     whole = minsharp.hessian_diagonal(model, inputs)
     chunks: list[int] = []
@@ -105,22 +105,42 @@ def test_classes_in_several_chunks_give_the_same_sums(monkeypatch, pull_backs):
     monkeypatch.setattr(chain, "chain_cotangents", counted)
     monkeypatch.setattr(chain, "CHUNK_ELEMENTS", inputs.shape[0] * 30)  # a few classes each
     chunked = minsharp.hessian_diagonal(model, inputs)
-    assert len(pull_backs) == 2 and len(chunks) > 1 and sum(chunks) == 6  # K − 1 cotangents
+    assert len(chain_batches) == 2 and len(chunks) > 1 and sum(chunks) == 6  # K − 1 cotangents
     for name, value in whole.items():
         torch.testing.assert_close(value, chunked[name], rtol=1e-13, atol=1e-15)
 
 
-def test_a_later_batch_of_the_wrong_width_is_refused(pull_backs):
+def test_a_later_batch_of_the_wrong_width_is_refused(chain_batches):
     # The chain is recognised on the first batch; its forward by hand must refuse, as the
     # model itself would, a later batch whose rows do not fit the first Linear.
     model, inputs = _chain(2)
     batches = [inputs, torch.randn(4, inputs.shape[1] + 1, dtype=torch.float64)]
-    with pytest.raises(ModelError, match=rf"first Linear layer takes rows of {inputs.shape[1]}"):
+    with pytest.raises(ModelError, match=r"model forward failed on an input batch of shape"):
         minsharp.hessian_diagonal(model, batches)
-    assert pull_backs
+    assert chain_batches
 
 
-def test_inputs_squared_in_blocks_of_examples_give_the_same_diagonal(monkeypatch, pull_backs):
+def test_inputs_that_require_grad_give_the_general_paths_diagonal(monkeypatch, chain_batches):
+    # The chain's products write into buffers (out=), which autograd refuses for inputs
+    # that require grad: the chain must work on a detached view of them.
+    model, inputs = _chain(4)
+    fast = minsharp.hessian_diagonal(model, inputs.clone().requires_grad_())
+    assert chain_batches
+    _general_path(monkeypatch)
+    slow = minsharp.hessian_diagonal(model, inputs)
+    for name, value in fast.items():
+        torch.testing.assert_close(value, slow[name], rtol=1e-13, atol=1e-15)
+
+
+def test_autocast_takes_the_general_path(chain_batches):
+    model, inputs = _chain(6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        found = minsharp.hessian_diagonal(model.float(), inputs.float())
+    assert not chain_batches
+    assert all(torch.isfinite(value).all() for value in found.values())
+
+
+def test_inputs_squared_in_blocks_of_examples_give_the_same_diagonal(monkeypatch, chain_batches):
     # The chain keeps each Linear's inputs unsquared and squares them a block at a time;
     # blocks of 2 rows (the last one short: N = 9) must give the one-block sums.
     model, inputs = _chain(7, flatten=True)
@@ -128,7 +148,7 @@ def test_inputs_squared_in_blocks_of_examples_give_the_same_diagonal(monkeypatch
     widest = max(module.in_features for module in model if isinstance(module, nn.Linear))
     monkeypatch.setattr(patches, "SQUARES_ELEMENTS", 2 * widest)
     blocked = minsharp.hessian_diagonal(model, inputs)
-    assert len(pull_backs) == 2
+    assert len(chain_batches) == 2
     for name, value in whole.items():
         torch.testing.assert_close(value, blocked[name], rtol=1e-13, atol=1e-15)
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import minsharp
-from minsharp.curvature import patches
+from minsharp.curvature import engine, patches
 
 FLOAT64_RTOL = 1e-9
 FLOAT32_RTOL = 1e-5
@@ -173,16 +173,26 @@ def test_float32_within_1e5_of_float64_reference(build: Builder, seed: int) -> N
 @given(build=st.sampled_from(PIECEWISE_LINEAR), seed=SEEDS)
 def test_float32_over_several_batches_accumulates_in_float64(build: Builder, seed: int) -> None:
     # One batch's sums stay in float32; from the second batch on they are added in float64
-    # and handed back in float32.
+    # and handed back in float32. The data twice over has the same mean Hessian.
     case = build(seed)
     expected = reference(case)
     model32 = copy.deepcopy(case.model).float()
-    inputs32 = case.inputs.float()
-    what = f"{build.__name__}({seed}) in float32, batches of 2"
-    diagonal = minsharp.hessian_diagonal(model32, inputs32, batch_size=2)
+    twice = [case.inputs.float(), case.inputs.float()]
+    held: list[torch.dtype] = []
+    accumulate = engine._accumulate
+
+    def watched(sums: dict[str, Tensor], name: str, value: Tensor, dtype: torch.dtype) -> None:
+        accumulate(sums, name, value, dtype)
+        held.append(sums[name].dtype)
+
+    what = f"{build.__name__}({seed}) in float32, two batches"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "_accumulate", watched)
+        diagonal = minsharp.hessian_diagonal(model32, twice)
+        traces = minsharp.hessian_trace(model32, twice)
+    assert torch.float32 in held and torch.float64 in held
     assert all(value.dtype == torch.float32 for value in diagonal.values())
     assert_diagonals_close(diagonal, expected, FLOAT32_RTOL, what)
-    traces = minsharp.hessian_trace(model32, inputs32, batch_size=2)
     assert_traces_close(traces, traces_of(expected), FLOAT32_RTOL, what)
 
 

@@ -143,11 +143,11 @@ def test_every_chunk_size_gives_the_same_result(
     )
 
 
-@pytest.mark.parametrize("classes", [2, 10, 15, 16, 100])
+@pytest.mark.parametrize("classes", [2, 10, 15])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_class_probabilities_are_the_softmax(classes: int, dtype: torch.dtype) -> None:
-    # Few classes take the written-out formula, many torch's kernel; both must be the
-    # softmax, also where exp of the raw logits would overflow.
+    # Fewer than 16 classes take the written-out formula (more take torch's own softmax): it
+    # must be the softmax, also where exp of the raw logits would overflow.
     generator = torch.Generator().manual_seed(classes)
     logits = torch.randn(50, classes, generator=generator, dtype=dtype) * 30
     logits[0] += 1e4
@@ -155,7 +155,7 @@ def test_class_probabilities_are_the_softmax(classes: int, dtype: torch.dtype) -
     torch.testing.assert_close(found, logits.softmax(1), rtol=0, atol=4 * torch.finfo(dtype).eps)
 
 
-@pytest.mark.parametrize("classes", [1, 2, 3, 9])
+@pytest.mark.parametrize("classes", [2, 3, 9])
 def test_head_formulas_in_closed_form(classes: int) -> None:
     """K − 1 cotangents factor ``diag p − p pᵀ``; ``Σ c² = p(1 − p)``; ``Wᵀ c`` as formed."""
     torch.manual_seed(3)
@@ -165,7 +165,7 @@ def test_head_formulas_in_closed_form(classes: int) -> None:
     probabilities[0, -1] = 1
     weight = torch.randn(classes, 5, dtype=torch.float64)
     count = cotangents.cotangent_count(classes)
-    assert count == max(classes - 1, 1)
+    assert count == classes - 1
     explicit = cotangents.class_cotangents(probabilities, slice(0, count))  # (K − 1, N, K)
     outer = torch.einsum("knc,knd->ncd", explicit, explicit)
     expected = torch.diag_embed(probabilities) - probabilities[:, :, None] * probabilities[:, None]

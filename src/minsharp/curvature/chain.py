@@ -34,13 +34,12 @@ from minsharp.curvature.generic import GenericLayer
 from minsharp.curvature.guard import forward_altered
 from minsharp.curvature.layers import Layer
 from minsharp.curvature.patches import LayerSums, capture_patches
-from minsharp.curvature.recording import check_logits
-from minsharp.errors import ModelError
+from minsharp.curvature.recording import check_logits, forward_failure
 
 #: Most elements of one chunk's cotangents at all layers together (2 MiB in float32). Chunks
 #: that stay in cache beat large products: timing hessian_diagonal on 784-100-100-K
 #: (N = 1000, 2 threads, 2026-12-03) gave 32 ms at K = 100 with this, 62 ms with 8× larger
-#: chunks, 38 ms with one class per chunk; at K = 10 all sizes took the same time.
+#: chunks, 38 ms with one cotangent per chunk; at K = 10 all sizes took the same time.
 CHUNK_ELEMENTS = 1 << 19
 
 
@@ -53,11 +52,13 @@ class LinearReluChain:
     """Whether an ``nn.Flatten`` leads the chain."""
 
     def footprint(self, *, diagonal: bool) -> Footprint:
-        """What ``budget.footprint`` measures on a forward pass, from the widths alone.
+        """What ``budget.footprint`` measures on the model's forward, from the widths alone.
 
         Module outputs: the flattened input (with a leading Flatten), each Linear's and each
         ReLU's; patches: each Linear's squared inputs (diagonal) or one squared norm
-        (trace); one class's cotangents: each Linear's output and the logits.
+        (trace); one cotangent: each Linear's output and the logits. An upper bound on what
+        :meth:`batch_sums` holds: its ReLUs act in place and its diagonals keep the inputs
+        unsquared (squaring 2 MiB at a time, ``patches.SQUARES_ELEMENTS``).
         """
         inputs = [layer.module.weight.shape[1] for layer in self.layers]
         outputs = [layer.module.weight.shape[0] for layer in self.layers]
@@ -118,24 +119,22 @@ class LinearReluChain:
         The model is a plain Sequential of exactly these modules, without hooks or an
         instance ``forward`` (:func:`linear_relu_chain`), so its forward is
         ``h ← relu(h Wᵀ + b)`` down the Linears: done here without autograd and without the
-        modules' call machinery. Raises :class:`ModelError` for a batch whose rows do not fit
-        the first Linear (the chain was recognised on the first batch only).
+        modules' call machinery. A batch the model's forward would fail on raises the
+        :class:`ModelError` that ``recording.run_forward`` raises (the chain was recognised
+        on the first batch only).
         """
-        rows = inputs.flatten(1) if self.flattened else inputs
-        width = self.layers[0].module.weight.shape[1]
-        if rows.dim() != 2 or rows.shape[1] != width:
-            raise ModelError(
-                f"model forward failed on an input batch of shape {tuple(inputs.shape)}: its "
-                f"first Linear layer takes rows of {width} features. Check that the data "
-                "matches the model's expected input shape."
-            )
         layer_inputs = []
-        with torch.no_grad():
-            for position, layer in enumerate(self.layers):
-                layer_inputs.append(rows)
-                rows = nn.functional.linear(rows, layer.module.weight, layer.module.bias)
-                if position < len(self.layers) - 1:
-                    rows = rows.relu_()  # a fresh output of ours: in place is safe
+        try:
+            with torch.no_grad():
+                rows = inputs.detach()
+                rows = rows.flatten(1) if self.flattened else rows
+                for position, layer in enumerate(self.layers):
+                    layer_inputs.append(rows)
+                    rows = nn.functional.linear(rows, layer.module.weight, layer.module.bias)
+                    if position < len(self.layers) - 1:
+                        rows = rows.relu_()  # a fresh output of ours: in place is safe
+        except Exception as error:  # as the model's own forward would have failed
+            raise forward_failure(inputs, error) from error
         return rows, layer_inputs
 
 
@@ -147,10 +146,15 @@ def linear_relu_chain(
     None unless ``model`` is a plain ``nn.Sequential`` (nested plain Sequentials flattened)
     of the form ``[Flatten,] Linear, ReLU, Linear, …, ReLU, Linear`` with at least two
     Linears, every one an ``nn.Linear`` among ``layers``, each module computing what its
-    class says (no hooks, no ``forward`` set on an instance), and the data (``probe``: a few
-    of its examples) reaching the first Linear as rows of its width.
+    class says (no hooks, no ``forward`` set on an instance), no autocast active, and the data
+    (``probe``: a few of its examples) reaching the first Linear as rows of its width.
     """
-    if type(model) is not nn.Sequential or forward_altered(model) or _backward_hooked(model):
+    if (
+        type(model) is not nn.Sequential
+        or forward_altered(model)
+        or _backward_hooked(model)
+        or torch.is_autocast_enabled(probe.device.type)  # its products write into fixed dtypes
+    ):
         return None
     modules = list(_flattened(model))
     flattened = bool(modules) and type(modules[0]) is nn.Flatten

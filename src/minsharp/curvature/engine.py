@@ -1,4 +1,4 @@
-"""The exact curvature engine: the centred-cotangent pass of theory §1.
+"""The exact curvature engine: the cotangent pass of theory §1.
 
 For a network piecewise linear in each parameter P, with mean softmax cross-entropy,
 
@@ -555,14 +555,14 @@ class LayerCotangents:
     cotangents: Tensor | None
     """``J_nᵀ c_nj`` with respect to the layer's output, for the K − 1 cotangents ``c_nj``
     that factor the logits' Hessian (:func:`cotangents.class_cotangents`): shape
-    (K − 1, N, *output shape) (one zero cotangent when K = 1); None when the output does not
+    (K − 1, N, *output shape); None when the output does not
     reach the logits."""
 
 
 def layer_cotangents(
     model: nn.Module, layers: list[Layer], inputs: Tensor
 ) -> list[LayerCotangents]:
-    """Input patches and back-propagated centred cotangents at the output of each fast layer.
+    """Input patches and back-propagated cotangents at the output of each fast layer.
 
     The engine's recording forward pass and its backward passes of the K − 1 cotangents
     (theory §1), stacked, for measures that combine them differently from the per-parameter

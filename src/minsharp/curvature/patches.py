@@ -112,7 +112,7 @@ class LayerSums:
         return self.captured.shape[-1] == 1
 
     def add(self, rows: Tensor) -> None:
-        """Add the cotangents ``δ`` (k, N, G, C, S) of k of the K classes."""
+        """Add the cotangents ``δ`` (k, N, G, C, S) of k of the K − 1 cotangents."""
         if self.single_position:
             self._add_single_position(rows[..., 0])
             return

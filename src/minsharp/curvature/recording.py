@@ -110,13 +110,18 @@ def run_forward(model: nn.Module, inputs: Tensor) -> Tensor:
     except MinsharpError:
         raise
     except Exception as error:  # any failure inside user code: name the input that caused it
-        raise ModelError(
-            f"model forward failed on an input batch of shape {tuple(inputs.shape)} "
-            f"({type(error).__name__}: {error}). Check that the data matches the model's "
-            "expected input shape."
-        ) from error
+        raise forward_failure(inputs, error) from error
     check_logits(logits, inputs.shape[0])
     return logits
+
+
+def forward_failure(inputs: Tensor, error: Exception) -> ModelError:
+    """The error for a model forward that raised ``error`` on the batch ``inputs``."""
+    return ModelError(
+        f"model forward failed on an input batch of shape {tuple(inputs.shape)} "
+        f"({type(error).__name__}: {error}). Check that the data matches the model's "
+        "expected input shape."
+    )
 
 
 def check_logits(logits: Any, num_examples: int) -> None:
