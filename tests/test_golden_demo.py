@@ -6,9 +6,9 @@ own wording where it names a moved module or the theory document, for the demo's
 ``neuron_minimum_sharpness`` (issue 17: new fingerprints, a column and a row more, the small-n
 warning and the paired τ tests), and once more (2026-12-03) when the demo began to run with
 its CPU kernels pinned to AVX2 (``tests/golden_demo.py`` says why), and (2026-12-04) when the
-engine's softmax for few classes was written out: rounding-level changes moved one mean across
-a rounding boundary (``hessian_trace`` at r = 0.25: 9.5054998, printed 9.505; it had printed
-9.506), with the same fingerprints. Regenerate them with
+engine's Linear–ReLU path and its few-class softmax were rewritten: rounding-level
+changes moved one mean across a rounding boundary (``hessian_trace`` at r = 0.25:
+9.5054998, printed 9.505; it had printed 9.506), with the same fingerprints. Regenerate them with
 ``.venv/bin/python -m tests.golden_demo``. Dates, timings, the directory, the machine and the
 versions are masked.
 """
