@@ -33,6 +33,7 @@ SECTIONS = {
     "solvers.md": "Solvers: Minimum Sharpness",
     "balance.md": "Minimum Sharpness over the rescaling group: solver and neuron-wise gap",
     "measure_costs.md": "Every measure at its defaults, in training steps",
+    "engine_choices.md": "The engine's small design choices, against their alternatives",
     "normalized_sharpness_solver.md": "Solvers: normalized sharpness",
     "tracking_overhead.md": "Tracking sharpness during training: overhead",
 }

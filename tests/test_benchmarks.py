@@ -60,6 +60,22 @@ def table(text: str, header_start: str, *first_cells: str) -> tuple[list[str], l
     return header, [row for row in rows if len(row) == len(header)]
 
 
+def test_engine_choices_quick(tmp_path) -> None:
+    text = run_quick("engine_choices.py", tmp_path / "choices.md")
+    header, rows = table(text, "K ", "3 ", "20 ")
+    assert [row[header.index("engine")] for row in rows] == ["written out", "torch"]
+    header, rows = table(text, "network", "784-100-100-10", "SmallMLP")
+    variants = {(row[0], row[1], row[2]) for row in rows}
+    for network in ("784-100-100-10", "SmallMLP 784-20-20-10"):
+        assert (network, "diagonal", "chain, inputs squared at once") in variants
+        assert (network, "trace", "general autograd path") in variants
+    for row in rows:
+        assert float(row[header.index("ms per call")]) > 0, row
+        if row[2] == "chain by hand (default)":
+            assert row[header.index("÷ default")] == "1.00", row
+    assert "| find_layers(SmallMLP) |" in text
+
+
 def test_paper_exactness_speed_quick(tmp_path) -> None:
     text = run_quick("paper_exactness_speed.py", tmp_path / "exactness.md")
     assert "## float32" in text

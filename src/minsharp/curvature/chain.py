@@ -6,7 +6,8 @@ two operations per layer: through a ReLU, ``δ ← δ ⊙ 1[h > 0]`` with ``h`` 
 cotangents at a time, each step is one (k·N, C) × (C, P) product and one mask, where the
 general path runs one autograd backward pass per cotangent: on a 784-100-100-10 MLP
 (N = 1000, K = 10) the ten passes' fixed costs were a third of the whole trace. The forward
-runs by hand too, without hooks or an autograd graph (SmallMLP's trace: 1.58 → 1.42 ms).
+runs by hand too, without hooks or an autograd graph. Against the general path the chain
+runs 1.1–1.8× faster (``benchmarks/results/engine_choices.md``).
 
 A model qualifies when it is a plain ``nn.Sequential`` (nested ones flattened) of ``nn.Linear``
 layers separated by exactly one ``nn.ReLU`` each, optionally led by ``nn.Flatten``, with

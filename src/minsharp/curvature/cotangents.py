@@ -30,19 +30,20 @@ from torch.autograd.graph import GradientEdge
 CHUNK_ELEMENTS = 1 << 16
 
 
-#: Fewest classes for which torch's CPU softmax runs vectorised over a row; shorter rows take
-#: a scalar path (1000 × 10 float32, 2 threads: 89 µs, against 34 µs for the same formula
-#: written as max-shift, exp and normalise; 12 µs at 16 classes).
-VECTORISED_SOFTMAX_CLASSES = 16
+#: Class counts whose softmax the engine writes out on CPU: torch's kernel takes a scalar path
+#: over rows shorter than one vector (16 float32 values here), slower from 3 classes on than
+#: max-shift, exp and normalise (``benchmarks/results/engine_choices.md``: 1.9× at 10
+#: classes; torch's own is 2.4–3.3× faster at 16 and 100 classes, and faster at 2).
+WRITTEN_OUT_SOFTMAX_CLASSES = range(3, 16)
 
 
 def class_probabilities(logits: Tensor) -> Tensor:
     """The softmax ``p_nk = exp(z_nk − m_n) / Σ_j exp(z_nj − m_n)``, ``m_n = max_j z_nj``.
 
-    Written out for the few-class rows torch's CPU kernel handles slowly
-    (:data:`VECTORISED_SOFTMAX_CLASSES`); ``torch.softmax`` otherwise.
+    Written out for the class counts torch's CPU kernel handles slowly
+    (:data:`WRITTEN_OUT_SOFTMAX_CLASSES`); ``torch.softmax`` otherwise.
     """
-    if logits.device.type != "cpu" or logits.shape[1] >= VECTORISED_SOFTMAX_CLASSES:
+    if logits.device.type != "cpu" or logits.shape[1] not in WRITTEN_OUT_SOFTMAX_CLASSES:
         return logits.softmax(1)
     exponentials = (logits - logits.amax(1, keepdim=True)).exp_()
     return exponentials.div_(exponentials.sum(1, keepdim=True))

@@ -224,7 +224,7 @@ def _curvature_pass(
         chunk = sys.maxsize if batch_size is None else batch_size
         batches = input_batches(data, chunk, device, dtype)
         count = batch_count(data, chunk)
-        # A disabled bar still costs 80 µs to set up, 1 % of a small network's whole call.
+        # A disabled bar still costs about 30 µs (benchmarks/results/engine_choices.md).
         bar = tqdm(batches, total=count, desc="curvature", unit="batch") if progress else batches
         index = 0
         for given in bar:
@@ -271,9 +271,8 @@ def _completed(
 def _accumulate(sums: dict[str, Tensor], name: str, value: Tensor, dtype: torch.dtype) -> None:
     """Add one batch's ``value`` to ``sums[name]``, in ``dtype`` from the second batch on.
 
-    One batch's sums stay as computed: zeros in ``dtype``, the sum, and the cast back were
-    three passes over every diagonal for nothing (dropping them took hessian_diagonal on
-    784-100-100-10, N = 1000, from 6.4 to 6.1 ms); over several batches ``dtype`` (float64)
+    One batch's sums stay as computed: zeros in ``dtype``, the sum and the cast back would be
+    three passes over every diagonal for nothing; over several batches ``dtype`` (float64)
     keeps long runs in float32 from losing accuracy to accumulation.
     """
     held = sums.get(name)

@@ -42,10 +42,9 @@ from torch import Tensor
 #: Largest intermediate of the direct form, in elements; the batch is split to stay below it.
 DIRECT_FORM_ELEMENTS = 1 << 24
 
-#: Elements of the squared inputs formed at once from unsquared ones (see ``unsquared``). On
-#: hessian_diagonal of 784-100-100-10 (N = 1000, 2 threads, 2026-12-04) squaring all at once
-#: took 1500 page faults and 7.1 ms per call, 2 MiB blocks 15 faults and 5.5 ms, 4 MiB ones
-#: 1400 faults and 6.1 ms (freed blocks that large go back to the system).
+#: Elements of the squared inputs formed at once from unsquared ones (see ``unsquared``): a
+#: 2 MiB block in place of a copy of every input, at the same speed
+#: (``benchmarks/results/engine_choices.md``: all at once took 0.99–1.01× the time).
 SQUARES_ELEMENTS = 1 << 19
 
 
@@ -183,7 +182,8 @@ def _times_squares(per_unit: Tensor, inputs: Tensor) -> Tensor:
     """``per_unitᵀ @ inputs^⊙2`` (C, P) for (N, C) and (N, P), squaring a block at a time.
 
     One block of squares of at most :data:`SQUARES_ELEMENTS`, reused, where squaring all of
-    ``inputs`` at once allocates N × P fresh elements, whose pages fault in on every call.
+    ``inputs`` at once allocates N × P fresh elements (whose pages fault in again on calls
+    after glibc has handed them back).
     """
     N, P = inputs.shape
     rows = max(1, min(N, SQUARES_ELEMENTS // max(P, 1)))
