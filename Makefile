@@ -47,6 +47,7 @@ bench: bench-setup
 	$(BIN)/python benchmarks/solvers.py $(BENCH)
 	$(BIN)/python benchmarks/balance.py $(BENCH)
 	$(BIN)/python benchmarks/measure_costs.py $(BENCH)
+	$(BIN)/python benchmarks/engine_choices.py $(BENCH)
 	$(BIN)/python benchmarks/normalized_sharpness_solver.py $(BENCH)
 	$(BIN)/python benchmarks/tracking_overhead.py $(BENCH)
 	$(BIN)/python benchmarks/report.py
