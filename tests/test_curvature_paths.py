@@ -23,7 +23,7 @@ from tests.test_curvature_exact import (
 from torch import Tensor, nn
 
 import minsharp
-from minsharp.curvature import budget, cotangents, engine
+from minsharp.curvature import budget, cotangents, engine, patches
 from minsharp.models import resnet20
 
 #: Class counts much larger than the widths of the tiny networks below.
@@ -141,6 +141,32 @@ def test_every_chunk_size_gives_the_same_result(
     assert_traces_close(
         minsharp.hessian_trace(case.model, case.inputs), trace, 1e-12, f"chunk {chunk}"
     )
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_unsquared_inputs_give_the_squared_inputs_sums(
+    groups: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Keeping one-position inputs unsquared and squaring them a few examples at a time must
+    # give the sums of squares formed at capture, weight and bias alike.
+    generator = torch.Generator().manual_seed(groups)
+    inputs = torch.randn(7, groups, 5, 1, generator=generator, dtype=torch.float64)
+    rows = torch.randn(4, 7, groups, 3, 1, generator=generator, dtype=torch.float64)
+    monkeypatch.setattr(patches, "SQUARES_ELEMENTS", 10)  # blocks of 2 examples, the last 1
+    found = {}
+    for unsquared in (False, True):
+        sums = patches.LayerSums(
+            patches.capture_patches(inputs, inputs, diagonal=True, unsquared=unsquared),
+            classes=4,
+            weight=True,
+            bias=True,
+            diagonal=True,
+            unsquared=unsquared,
+        )
+        sums.add(rows)
+        found[unsquared] = sums.result()
+    for squared, unsquared in zip(found[False], found[True], strict=True):
+        torch.testing.assert_close(unsquared, squared, rtol=1e-14, atol=0)
 
 
 @pytest.mark.parametrize("classes", [2, 10, 15])

@@ -154,16 +154,19 @@ class LayerSums:
         """S = 1: ``Σ_n Σ_k δ_kn² ⊗ U_n^⊙2`` (diagonal) or ``Σ_n Σ_k ‖δ_kn‖² ‖U_n‖²`` (trace)."""
         weight_sum = None
         if self.weight:
-            if self.diagonal and per_unit.shape[1] == 1 and self.unsquared:
-                weight_sum = _times_squares(per_unit[:, 0], self.captured[:, 0, :, 0])
-                weight_sum = weight_sum.unsqueeze(0)
+            if self.diagonal and self.unsquared:
+                blocks = [
+                    _times_squares(per_unit[:, g], self.captured[:, g, :, 0])
+                    for g in range(per_unit.shape[1])
+                ]
+                # One group (Linear): a view, not stack's copy.
+                weight_sum = blocks[0].unsqueeze(0) if len(blocks) == 1 else torch.stack(blocks)
             elif self.diagonal and per_unit.shape[1] == 1:
                 # One group (every Linear layer): a plain (C, N) × (N, P) product, which runs
                 # about 1.2× faster than the batched product einsum makes of it.
                 weight_sum = (per_unit[:, 0].T @ self.captured[:, 0, :, 0]).unsqueeze(0)
             elif self.diagonal:
-                squares = self.captured.square() if self.unsquared else self.captured
-                weight_sum = torch.einsum("ngc,ngp->gcp", per_unit, squares[..., 0])
+                weight_sum = torch.einsum("ngc,ngp->gcp", per_unit, self.captured[..., 0])
             else:
                 weight_sum = (per_unit.sum(2) * self.captured[:, :, 0, 0]).sum()
         bias_sum = None
